@@ -1,0 +1,145 @@
+//! Agent configuration: a TOML file plus flags. Unknown keys are errors.
+
+use ipnet::Ipv4Net;
+use serde::Deserialize;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Name of this node; names its bpffs directory by default.
+    pub node_name: String,
+    /// This node's pod CIDR, e.g. "10.244.1.0/24". Its first host address is the pods' gateway.
+    pub pod_cidr: Option<Ipv4Net>,
+    /// The node's uplink interface; the node address is taken from it unless `node_ip` is set.
+    pub uplink: String,
+    pub node_ip: Option<Ipv4Addr>,
+    /// Directory of the agent's own state (the redb store).
+    pub state_dir: PathBuf,
+    /// Root-only unix socket of the local API.
+    pub socket: PathBuf,
+    /// Per-node bpffs directory holding the pinned maps and links.
+    pub bpf_dir: Option<PathBuf>,
+    /// Masquerade pod traffic leaving through the uplink to the node address (kernel nftables).
+    pub masquerade: bool,
+    /// Turn on IPv4 forwarding in the node's netns (needed for pod-to-world through the kernel).
+    pub ip_forward: bool,
+    /// "text" or "json".
+    pub log_format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            node_name: String::new(),
+            pod_cidr: None,
+            uplink: "eth0".into(),
+            node_ip: None,
+            state_dir: PathBuf::from("/var/lib/myelin"),
+            socket: PathBuf::from(myelin_api::DEFAULT_AGENT_SOCKET),
+            bpf_dir: None,
+            masquerade: true,
+            ip_forward: true,
+            log_format: "text".into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.to_path_buf(), message },
+            other => other,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<inline>"),
+            message: e.message().to_owned() + &e.span().map(|s| format!(" (at byte {})", s.start)).unwrap_or_default(),
+        })
+    }
+
+    /// Check what can be checked without the kernel.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.node_name.is_empty() {
+            return Err(ConfigError::Invalid("node_name is required (set it in the file or with --node-name)".into()));
+        }
+        let cidr = self.pod_cidr.ok_or_else(|| {
+            ConfigError::Invalid("pod_cidr is required, e.g. pod_cidr = \"10.244.1.0/24\"".into())
+        })?;
+        if cidr.prefix_len() > 29 {
+            return Err(ConfigError::Invalid(format!(
+                "pod_cidr {cidr}: prefix /{} leaves no room for pods; use /29 or shorter",
+                cidr.prefix_len()
+            )));
+        }
+        if cidr.network() != cidr.addr() {
+            return Err(ConfigError::Invalid(format!(
+                "pod_cidr {cidr}: host bits are set; did you mean {}?",
+                cidr.trunc()
+            )));
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return Err(ConfigError::Invalid(format!(
+                "log_format {:?}: must be \"text\" or \"json\"",
+                self.log_format
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn bpf_dir(&self) -> PathBuf {
+        self.bpf_dir.clone().unwrap_or_else(|| PathBuf::from("/sys/fs/bpf/myelin").join(&self.node_name))
+    }
+
+    /// The pods' default gateway: the first host address of the pod CIDR.
+    pub fn gateway(&self) -> Option<Ipv4Addr> {
+        self.pod_cidr.and_then(|c| c.hosts().next())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_defaults() {
+        let c = Config::from_toml("node_name = \"n1\"\npod_cidr = \"10.244.1.0/24\"\n").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.uplink, "eth0");
+        assert!(c.masquerade);
+        assert_eq!(c.gateway(), Some(Ipv4Addr::new(10, 244, 1, 1)));
+        assert_eq!(c.bpf_dir(), PathBuf::from("/sys/fs/bpf/myelin/n1"));
+    }
+
+    #[test]
+    fn unknown_key_is_an_error() {
+        let e = Config::from_toml("node_name = \"n1\"\npod_cdir = \"10.0.0.0/24\"\n").unwrap_err();
+        assert!(e.to_string().contains("pod_cdir"), "{e}");
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let e = Config::from_toml("pod_cidr = \"10.244.1.0/24\"").unwrap().validate().unwrap_err();
+        assert!(e.to_string().contains("node_name"), "{e}");
+        let e = Config::from_toml("node_name=\"a\"\npod_cidr = \"10.244.1.7/24\"").unwrap().validate().unwrap_err();
+        assert!(e.to_string().contains("host bits"), "{e}");
+        let e = Config::from_toml("node_name=\"a\"\npod_cidr = \"10.244.1.0/30\"").unwrap().validate().unwrap_err();
+        assert!(e.to_string().contains("/30"), "{e}");
+        assert!(Config::from_toml("node_name = 3").is_err());
+    }
+}

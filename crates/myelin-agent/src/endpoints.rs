@@ -1,0 +1,394 @@
+//! Endpoint lifecycle: CNI ADD/DEL/CHECK turned into veths, addresses,
+//! routes, datapath map entries and TCX links — and adoption of all of it
+//! after an agent restart without touching what already forwards.
+//!
+//! Every change runs under one lock, in this order, and is undone in reverse
+//! on failure, so a failed ADD leaves nothing behind:
+//!   allocate address (store) -> veth pair (netlink) -> map entry ->
+//!   TCX links (pinned) -> host route + neighbour -> endpoint record (store)
+
+use crate::ipam::{Ipam, IpamError};
+use crate::store::{Store, StoreError};
+use myelin_api::{Endpoint, EndpointAddRequest, ErrorCode, LabelsUpdate};
+use myelin_bpf::{Datapath, EndpointEntry};
+use myelin_netlink as nl;
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tracing::{info, warn};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("network namespace {0} does not exist (was the container removed?)")]
+    NetnsNotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error(transparent)]
+    Ipam(#[from] IpamError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Netlink(#[from] nl::NetlinkError),
+    #[error(transparent)]
+    Bpf(#[from] myelin_bpf::BpfError),
+}
+
+impl EndpointError {
+    #[must_use]
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::BadRequest(_) => ErrorCode::BadRequest,
+            Self::NotFound(_) => ErrorCode::NotFound,
+            Self::NetnsNotFound(_) | Self::Netlink(nl::NetlinkError::NetnsNotFound(_)) => ErrorCode::NetnsNotFound,
+            Self::AlreadyExists(_) => ErrorCode::AlreadyExists,
+            Self::Ipam(IpamError::Exhausted(..)) => ErrorCode::PoolExhausted,
+            _ => ErrorCode::Internal,
+        }
+    }
+}
+
+/// Owner key of an address allocation: one per container interface.
+fn owner_key(container_id: &str, ifname: &str) -> String {
+    format!("{container_id}/{ifname}")
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn parse_ip(s: &str) -> Option<Ipv4Addr> {
+    s.parse().ok()
+}
+
+pub struct Endpoints {
+    store: Store,
+    datapath: Datapath,
+    ipam: Ipam,
+    by_id: BTreeMap<u32, Endpoint>,
+    next_id: u32,
+    adopted: usize,
+}
+
+impl Endpoints {
+    /// Rebuild from the store and adopt what still exists in the kernel.
+    pub async fn restore(store: Store, datapath: Datapath, pod_cidr: ipnet::Ipv4Net) -> Result<Self, EndpointError> {
+        let snap = store.snapshot()?;
+        let mut ipam = Ipam::new(pod_cidr);
+        if let Some(c) = snap.ipam_cursor {
+            ipam.set_cursor(c);
+        }
+        let mut this = Self { store, datapath, ipam, by_id: BTreeMap::new(), next_id: snap.next_endpoint_id, adopted: 0 };
+        let known: std::collections::HashSet<String> =
+            snap.endpoints.iter().map(|e| owner_key(&e.container_id, &e.ifname)).collect();
+        for (ip, owner) in &snap.allocations {
+            if known.contains(owner) {
+                if let Err(e) = this.ipam.reserve(*ip, owner) {
+                    warn!(%ip, %owner, error = %e, "stored allocation does not fit the pod CIDR");
+                }
+            } else {
+                // An ADD that died between allocation and record: undo it.
+                warn!(%ip, %owner, "releasing an allocation left by an interrupted ADD");
+                if let Some((cid, ifname)) = owner.rsplit_once('/') {
+                    let _ = nl::delete_link(&nl::host_ifname(cid, ifname)).await;
+                }
+                this.store.release_allocation(*ip)?;
+            }
+        }
+        for ep in snap.endpoints {
+            this.adopt(&ep).await;
+            this.by_id.insert(ep.id, ep);
+        }
+        Ok(this)
+    }
+
+    /// Make sure an endpoint known from the store is wired; touch nothing that is.
+    async fn adopt(&mut self, ep: &Endpoint) {
+        let link = match nl::link_by_name(&ep.host_ifname).await {
+            Ok(Some(l)) if l.index == ep.host_ifindex => l,
+            Ok(_) => {
+                warn!(endpoint = ep.id, ifname = %ep.host_ifname, "host veth is gone; endpoint kept until CNI DEL");
+                return;
+            }
+            Err(e) => {
+                warn!(endpoint = ep.id, error = %e, "cannot inspect host veth");
+                return;
+            }
+        };
+        let Some(ip) = parse_ip(&ep.ipv4) else { return };
+        let entry = match self.entry_for(ep, &link) {
+            Some(e) => e,
+            None => return,
+        };
+        let mut ok = true;
+        // Writing the same value into a hash map is atomic per entry: traffic does not notice.
+        if let Err(e) = self.datapath.upsert_endpoint(ip, &entry) {
+            warn!(endpoint = ep.id, error = %e, "restoring map entry");
+            ok = false;
+        }
+        match self.datapath.attach_endpoint(&ep.host_ifname, link.index) {
+            Ok(false) => {}
+            Ok(true) => info!(endpoint = ep.id, "links were missing; attached again"),
+            Err(e) => {
+                warn!(endpoint = ep.id, error = %e, "attaching");
+                ok = false;
+            }
+        }
+        if let Err(e) = nl::replace_host_route(ip, link.index).await {
+            warn!(endpoint = ep.id, error = %e, "restoring route");
+        }
+        if ok {
+            self.adopted += 1;
+        }
+    }
+
+    fn entry_for(&self, ep: &Endpoint, link: &nl::LinkInfo) -> Option<EndpointEntry> {
+        let mac = nl::parse_mac(&ep.mac)?;
+        Some(EndpointEntry {
+            ifindex: link.index,
+            endpoint_id: ep.id,
+            identity: ep.identity,
+            flags: 0,
+            mac,
+            host_mac: link.mac,
+        })
+    }
+
+    #[must_use]
+    pub fn adopted(&self) -> usize {
+        self.adopted
+    }
+
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    pub fn datapath(&self) -> &Datapath {
+        &self.datapath
+    }
+
+    #[must_use]
+    pub fn list(&self) -> Vec<Endpoint> {
+        self.by_id.values().cloned().collect()
+    }
+
+    #[must_use]
+    pub fn get(&self, id: u32) -> Option<&Endpoint> {
+        self.by_id.get(&id)
+    }
+
+    #[must_use]
+    pub fn find(&self, container_id: &str, ifname: &str) -> Option<&Endpoint> {
+        self.by_id.values().find(|e| e.container_id == container_id && e.ifname == ifname)
+    }
+
+    pub async fn add(&mut self, req: EndpointAddRequest) -> Result<Endpoint, EndpointError> {
+        validate_add(&req)?;
+        if let Some(existing) = self.find(&req.container_id, &req.ifname) {
+            if existing.netns == req.netns {
+                return Ok(existing.clone()); // a retried ADD
+            }
+            return Err(EndpointError::AlreadyExists(format!(
+                "container {} already has interface {} in {}; DEL it first",
+                req.container_id, req.ifname, existing.netns
+            )));
+        }
+        if !Path::new(&req.netns).exists() {
+            return Err(EndpointError::NetnsNotFound(req.netns));
+        }
+        let owner = owner_key(&req.container_id, &req.ifname);
+        let ip = self.ipam.allocate(&owner)?;
+        let id = self.next_id;
+        if let Err(e) = self.store.record_allocation(ip, &owner, id + 1) {
+            self.ipam.release(ip);
+            return Err(e.into());
+        }
+        self.next_id += 1;
+        match self.plumb(&req, id, ip).await {
+            Ok(ep) => {
+                info!(endpoint = id, %ip, container = %req.container_id, "endpoint added");
+                self.by_id.insert(id, ep.clone());
+                Ok(ep)
+            }
+            Err(e) => {
+                self.ipam.release(ip);
+                if let Err(se) = self.store.release_allocation(ip) {
+                    warn!(error = %se, "releasing address after failed ADD");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn plumb(&mut self, req: &EndpointAddRequest, id: u32, ip: Ipv4Addr) -> Result<Endpoint, EndpointError> {
+        let host_ifname = nl::host_ifname(&req.container_id, &req.ifname);
+        let gateway = self.ipam.gateway();
+        let veth = nl::create_pod_veth(&nl::PodVeth {
+            host_ifname: host_ifname.clone(),
+            netns_path: req.netns.clone().into(),
+            pod_ifname: req.ifname.clone(),
+            pod_ip: ip,
+            gateway,
+            mtu: None,
+        })
+        .await?;
+        let ep = Endpoint {
+            id,
+            container_id: req.container_id.clone(),
+            netns: req.netns.clone(),
+            ifname: req.ifname.clone(),
+            host_ifname: host_ifname.clone(),
+            host_ifindex: veth.host.index,
+            ipv4: ip.to_string(),
+            gateway: gateway.to_string(),
+            mac: nl::format_mac(&veth.pod_mac),
+            host_mac: nl::format_mac(&veth.host.mac),
+            namespace: req.namespace.clone(),
+            pod_name: req.pod_name.clone(),
+            labels: req.labels.clone(),
+            ports: req.ports.clone(),
+            identity: 0,
+            created: now(),
+        };
+        let wired = async {
+            let entry = EndpointEntry {
+                ifindex: veth.host.index,
+                endpoint_id: id,
+                identity: 0,
+                flags: 0,
+                mac: veth.pod_mac,
+                host_mac: veth.host.mac,
+            };
+            self.datapath.upsert_endpoint(ip, &entry)?;
+            self.datapath.attach_endpoint(&host_ifname, veth.host.index)?;
+            nl::replace_host_route(ip, veth.host.index).await?;
+            nl::replace_neighbour(ip, veth.pod_mac, veth.host.index).await?;
+            self.store.put_endpoint(&ep)?;
+            Ok::<(), EndpointError>(())
+        }
+        .await;
+        if let Err(e) = wired {
+            self.unplumb(&host_ifname, ip, id).await;
+            return Err(e);
+        }
+        Ok(ep)
+    }
+
+    /// Undo the kernel side of an endpoint; best effort, logs what fails.
+    async fn unplumb(&mut self, host_ifname: &str, ip: Ipv4Addr, id: u32) {
+        if let Err(e) = self.datapath.delete_endpoint(ip) {
+            warn!(endpoint = id, error = %e, "deleting map entry");
+        }
+        if let Err(e) = self.datapath.detach_endpoint(host_ifname) {
+            warn!(endpoint = id, error = %e, "detaching");
+        }
+        // Deleting the host side removes the pair, its route and its neighbour entry.
+        if let Err(e) = nl::delete_link(host_ifname).await {
+            warn!(endpoint = id, error = %e, "deleting veth");
+        }
+        if let Err(e) = self.datapath.delete_metrics(id) {
+            warn!(endpoint = id, error = %e, "deleting counters");
+        }
+    }
+
+    /// CNI DEL: idempotent; `Ok(false)` when there was nothing to delete.
+    pub async fn delete(&mut self, container_id: &str, ifname: &str) -> Result<bool, EndpointError> {
+        let Some(ep) = self.find(container_id, ifname).cloned() else {
+            // Nothing recorded; still remove a veth an interrupted ADD may have left.
+            let _ = nl::delete_link(&nl::host_ifname(container_id, ifname)).await;
+            return Ok(false);
+        };
+        let ip = parse_ip(&ep.ipv4);
+        if let Some(ip) = ip {
+            self.unplumb(&ep.host_ifname, ip, ep.id).await;
+        }
+        self.store.remove_endpoint(ep.id, ip)?;
+        if let Some(ip) = ip {
+            self.ipam.release(ip);
+        }
+        self.by_id.remove(&ep.id);
+        info!(endpoint = ep.id, container = %container_id, "endpoint deleted");
+        Ok(true)
+    }
+
+    /// CNI CHECK: the endpoint exists and everything it needs is in place.
+    pub async fn check(&self, container_id: &str, ifname: &str) -> Result<Endpoint, EndpointError> {
+        let ep = self.find(container_id, ifname).cloned().ok_or_else(|| {
+            EndpointError::NotFound(format!("no endpoint for container {container_id} interface {ifname}"))
+        })?;
+        let ip = parse_ip(&ep.ipv4).ok_or_else(|| EndpointError::BadRequest("stored address is corrupt".into()))?;
+        let link = nl::link_by_name(&ep.host_ifname).await?;
+        match link {
+            Some(l) if l.index == ep.host_ifindex && l.up => {}
+            Some(_) => return Err(EndpointError::NotFound(format!("host veth {} changed or is down", ep.host_ifname))),
+            None => return Err(EndpointError::NotFound(format!("host veth {} is missing", ep.host_ifname))),
+        }
+        if !self.datapath.endpoint_attached(&ep.host_ifname) {
+            return Err(EndpointError::NotFound(format!("datapath programs are not attached to {}", ep.host_ifname)));
+        }
+        let in_map = self.datapath.endpoints()?.into_iter().any(|(a, e)| a == ip && e.endpoint_id == ep.id);
+        if !in_map {
+            return Err(EndpointError::NotFound(format!("endpoint {} is missing from the datapath map", ep.id)));
+        }
+        let gw = parse_ip(&ep.gateway).unwrap_or(self.ipam.gateway());
+        nl::check_pod_interface(Path::new(&ep.netns), &ep.ifname, ip, gw).await?;
+        Ok(ep)
+    }
+
+    pub fn update_labels(&mut self, id: u32, update: LabelsUpdate) -> Result<Endpoint, EndpointError> {
+        for (k, v) in &update.labels {
+            validate_label(k, v)?;
+        }
+        let ep = self.by_id.get(&id).ok_or_else(|| EndpointError::NotFound(format!("no endpoint {id}")))?;
+        let mut ep = ep.clone();
+        ep.labels = update.labels;
+        if let Some(ports) = update.ports {
+            ep.ports = ports;
+        }
+        self.store.put_endpoint(&ep)?;
+        self.by_id.insert(id, ep.clone());
+        Ok(ep)
+    }
+}
+
+fn validate_add(req: &EndpointAddRequest) -> Result<(), EndpointError> {
+    let bad = |m: String| Err(EndpointError::BadRequest(m));
+    if req.container_id.is_empty() {
+        return bad("container_id is empty".into());
+    }
+    if req.container_id.contains('/') {
+        return bad(format!("container_id {:?} must not contain '/'", req.container_id));
+    }
+    if req.ifname.is_empty() || req.ifname.len() > 15 || req.ifname.contains(['/', ' ']) {
+        return bad(format!("ifname {:?} is not a valid interface name (1-15 chars, no '/' or space)", req.ifname));
+    }
+    if req.netns.is_empty() {
+        return bad("netns is empty: the container's network namespace path is required".into());
+    }
+    for (k, v) in &req.labels {
+        validate_label(k, v)?;
+    }
+    Ok(())
+}
+
+fn validate_label(k: &str, v: &str) -> Result<(), EndpointError> {
+    let ok_key = !k.is_empty() && k.len() <= 253 && k.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
+    let ok_val = v.len() <= 63 && v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if !ok_key {
+        return Err(EndpointError::BadRequest(format!("label key {k:?} is not a valid label key")));
+    }
+    if !ok_val {
+        return Err(EndpointError::BadRequest(format!("label {k}={v:?}: value is not a valid label value")));
+    }
+    Ok(())
+}
