@@ -1,0 +1,258 @@
+//! Helpers shared by the end-to-end tests: lab guards, traffic in namespaces,
+//! waiting for conditions with deadlines. Tests panic with context.
+#![forbid(unsafe_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
+
+use myelin_api::{Client, DatapathMetric};
+use myelin_lab::{Lab, LabOptions, LabSpec};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// Fail (not skip) when the tests cannot do what they claim.
+pub fn require_root() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "these tests load eBPF programs and build network namespaces: run them as root (./test.sh)"
+    );
+}
+
+/// A short lab name unique to this process and call.
+pub fn unique_name(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let p: String = prefix.chars().take(4).collect();
+    format!("{p}{}{n}", std::process::id() % 100_000)
+}
+
+/// A lab that is torn down when dropped, even when the test panics.
+pub struct LabGuard(Option<Lab>);
+
+impl LabGuard {
+    pub fn up(yaml: &str, prefix: &str) -> Self {
+        require_root();
+        let spec = LabSpec::from_yaml(yaml, "test lab").expect("lab spec");
+        let name = unique_name(prefix);
+        let lab = Lab::up(spec, &name, LabOptions::default()).unwrap_or_else(|e| panic!("lab up {name}: {e}"));
+        Self(Some(lab))
+    }
+
+    pub fn lab(&self) -> &Lab {
+        self.0.as_ref().expect("lab")
+    }
+
+    pub fn lab_mut(&mut self) -> &mut Lab {
+        self.0.as_mut().expect("lab")
+    }
+}
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        if let Some(lab) = self.0.take() {
+            let name = lab.name().to_owned();
+            if let Err(e) = lab.down() {
+                eprintln!("lab down {name}: {e}");
+                let _ = Lab::down_by_name(&name);
+            }
+        }
+    }
+}
+
+/// Poll `f` until it returns Some, or panic after `timeout` with `what`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Run `f` on a thread inside the network namespace at `path`. Sockets made
+/// there stay in that namespace after the thread is gone.
+pub fn in_ns<T: Send + 'static>(path: &Path, f: impl FnOnce() -> T + Send + 'static) -> T {
+    myelin_netlink::in_netns(path, f).unwrap_or_else(|e| panic!("entering {}: {e}", path.display()))
+}
+
+pub fn pod_ns(lab: &Lab, ns: &str, pod: &str) -> PathBuf {
+    lab.pod(ns, pod).unwrap_or_else(|e| panic!("{e}")).netns_path
+}
+
+pub fn pod_ip(lab: &Lab, ns: &str, pod: &str) -> std::net::Ipv4Addr {
+    lab.pod(ns, pod).unwrap().ip.expect("pod has an address").parse().unwrap()
+}
+
+pub fn endpoint_id(lab: &Lab, ns: &str, pod: &str) -> u32 {
+    lab.pod(ns, pod).unwrap().endpoint_id.expect("pod has an endpoint")
+}
+
+pub fn node_ns(lab: &Lab, node: &str) -> PathBuf {
+    lab.node(node).unwrap().netns_path
+}
+
+pub fn client(lab: &Lab, node: &str) -> Client {
+    lab.client(node).unwrap()
+}
+
+/// Run a command in a lab target (pod `ns/name`, node or external host).
+pub fn exec(lab: &Lab, target: &str, argv: &[&str]) -> Output {
+    lab.exec_command(target, argv).unwrap().output().unwrap_or_else(|e| panic!("exec in {target}: {e}"))
+}
+
+pub fn ping(lab: &Lab, target: &str, ip: &str) -> bool {
+    exec(lab, target, &["ping", "-c", "2", "-i", "0.2", "-W", "2", ip]).status.success()
+}
+
+/// A TCP listener in a namespace, on `ip:0`.
+pub fn tcp_listen(ns: &Path, ip: std::net::Ipv4Addr) -> TcpListener {
+    in_ns(ns, move || TcpListener::bind((ip, 0)).expect("bind"))
+}
+
+/// Connect from inside a namespace (with a timeout); Err when not reached.
+pub fn tcp_connect(ns: &Path, to: SocketAddr) -> std::io::Result<TcpStream> {
+    in_ns(ns, move || TcpStream::connect_timeout(&to, Duration::from_secs(3)))
+}
+
+/// Serve one echo connection on `l` in the background; returns the peer address seen.
+pub fn echo_once(l: TcpListener) -> std::thread::JoinHandle<SocketAddr> {
+    std::thread::spawn(move || {
+        let (mut s, peer) = l.accept().expect("accept");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = vec![0u8; 65536];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        peer
+    })
+}
+
+/// Send `len` bytes and read them back; panics on any mismatch.
+pub fn echo_roundtrip(mut s: TcpStream, len: usize) {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    let mut back = vec![0u8; len];
+    let writer = {
+        let mut w = s.try_clone().unwrap();
+        let data = data.clone();
+        std::thread::spawn(move || w.write_all(&data).expect("write"))
+    };
+    s.read_exact(&mut back).expect("read echo");
+    writer.join().unwrap();
+    assert!(back == data, "echoed data differs");
+}
+
+/// One UDP request/response from `from_ns` to a socket bound in `to_ns`.
+pub fn udp_roundtrip(from_ns: &Path, to_ns: &Path, to_ip: std::net::Ipv4Addr) -> bool {
+    let server = in_ns(to_ns, move || UdpSocket::bind((to_ip, 0)).expect("udp bind"));
+    let addr = server.local_addr().unwrap();
+    server.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let srv = std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        if let Ok((n, peer)) = server.recv_from(&mut buf) {
+            let _ = server.send_to(&buf[..n], peer);
+        }
+    });
+    let c = in_ns(from_ns, || UdpSocket::bind(("0.0.0.0", 0)).expect("udp bind"));
+    c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    c.send_to(b"myelin-udp-probe", addr).unwrap();
+    let mut buf = [0u8; 64];
+    let ok = matches!(c.recv_from(&mut buf), Ok((16, _)) if &buf[..16] == b"myelin-udp-probe");
+    srv.join().unwrap();
+    ok
+}
+
+/// Datapath counters of a node, summed per (endpoint, direction, reason).
+pub fn metric(lab: &Lab, node: &str, endpoint: u32, direction: &str, reason: u8) -> (u64, u64) {
+    let rows: Vec<DatapathMetric> = client(lab, node).get("/v1/metrics/datapath").expect("metrics");
+    rows.iter()
+        .filter(|r| r.endpoint_id == endpoint && r.direction == direction && r.reason == reason)
+        .fold((0, 0), |(p, b), r| (p + r.packets, b + r.bytes))
+}
+
+/// Read or write a sysctl inside a namespace (/proc/sys/net follows the thread's netns).
+pub fn sysctl(ns: &Path, key: &str, value: Option<&str>) -> String {
+    let path = format!("/proc/sys/{}", key.replace('.', "/"));
+    let value = value.map(str::to_owned);
+    in_ns(ns, move || {
+        if let Some(v) = value {
+            std::fs::write(&path, v).unwrap_or_else(|e| panic!("writing {path}: {e}"));
+        }
+        std::fs::read_to_string(&path).unwrap().trim().to_owned()
+    })
+}
+
+/// `ip -n NS ...` output (for assertions about links and routes).
+pub fn ip_n(netns: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new("ip").arg("-n").arg(netns).args(args).output().expect("ip");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The result of one CNI plugin run.
+pub struct CniRun {
+    pub code: i32,
+    pub stdout: serde_json::Value,
+    pub raw: String,
+}
+
+/// Run the real `myelin-cni` binary as a container runtime does.
+pub fn run_cni(command: &str, config: &serde_json::Value, env: &[(&str, &str)]) -> CniRun {
+    let bin = myelin_lab::find_binary("myelin-cni", None).expect("myelin-cni binary");
+    let mut cmd = std::process::Command::new(bin);
+    cmd.env_clear().env("CNI_COMMAND", command).env("CNI_PATH", "/opt/cni/bin");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn myelin-cni");
+    child.stdin.take().unwrap().write_all(config.to_string().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let raw = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stdout = if raw.trim().is_empty() { serde_json::Value::Null } else {
+        serde_json::from_str(&raw).unwrap_or_else(|e| panic!("CNI output is not JSON ({e}): {raw}"))
+    };
+    CniRun { code: out.status.code().unwrap_or(-1), stdout, raw }
+}
+
+/// A network namespace made with `ip netns add`, deleted on drop.
+pub struct NetnsGuard {
+    pub name: String,
+}
+
+impl NetnsGuard {
+    pub fn new(prefix: &str) -> Self {
+        let name = unique_name(prefix);
+        let ok = std::process::Command::new("ip").args(["netns", "add", &name]).status().expect("ip").success();
+        assert!(ok, "ip netns add {name}");
+        Self { name }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/var/run/netns").join(&self.name)
+    }
+}
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// Number of entries in a pinned BPF map, read with bpftool (independent of the agent).
+pub fn pinned_map_len(path: &Path) -> usize {
+    let out = std::process::Command::new("bpftool").args(["-j", "map", "dump", "pinned"]).arg(path).output().expect("bpftool");
+    assert!(out.status.success(), "bpftool map dump {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    v.as_array().map_or(0, Vec::len)
+}

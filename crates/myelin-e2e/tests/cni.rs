@@ -1,0 +1,183 @@
+//! The CNI contract, driven through the real `myelin-cni` binary against a
+//! real agent: ADD/CHECK/DEL round trip, idempotent DEL, error objects, and
+//! that DEL leaves no veth, route, map entry or address allocation behind.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use myelin_e2e::*;
+use serde_json::{json, Value};
+
+const LAB: &str = "nodes: [{name: node1}]\nnamespaces: [{name: default}]\n";
+
+fn conf(sock: &str) -> Value {
+    json!({"cniVersion": "1.0.0", "name": "myelin", "type": "myelin-cni", "agentSocket": sock})
+}
+
+#[test]
+fn add_check_del_round_trip_leaves_nothing_behind() {
+    let g = LabGuard::up(LAB, "cni");
+    let lab = g.lab();
+    let node = lab.node("node1").unwrap();
+    let sock = node.agent_socket.display().to_string();
+    let pod = NetnsGuard::new("cnip");
+    let netns = pod.path().display().to_string();
+    let env = [("CNI_CONTAINERID", "ctr-roundtrip"), ("CNI_NETNS", netns.as_str()), ("CNI_IFNAME", "eth0"),
+        ("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=rt")];
+
+    let add = run_cni("ADD", &conf(&sock), &env);
+    assert_eq!(add.code, 0, "ADD failed: {}", add.raw);
+    let r = &add.stdout;
+    assert_eq!(r["cniVersion"], "1.0.0");
+    let addr = r["ips"][0]["address"].as_str().unwrap().to_owned();
+    let ip = addr.strip_suffix("/32").expect("a /32");
+    let host_if = r["interfaces"][0]["name"].as_str().unwrap().to_owned();
+    assert_eq!(r["interfaces"][1]["name"], "eth0");
+    assert_eq!(r["interfaces"][1]["sandbox"], netns.as_str());
+    assert_eq!(r["ips"][0]["interface"], 1);
+    assert_eq!(r["routes"][0]["dst"], "0.0.0.0/0");
+    assert!(r["ips"][0]["gateway"].is_string());
+    // The pod side really is configured as the result says.
+    let shown = ip_n(&pod.name, &["-4", "addr", "show", "dev", "eth0"]);
+    assert!(shown.contains(&addr), "pod eth0 carries {addr}: {shown}");
+    assert!(ip_n(&node.netns, &["link", "show", &host_if]).contains(&host_if));
+    assert!(ip_n(&node.netns, &["route", "show", ip]).contains(&host_if));
+    assert_eq!(pinned_map_len(&node.bpf_dir.join("endpoints")), 1);
+
+    // CHECK with the previous result.
+    let mut c = conf(&sock);
+    c["prevResult"] = r.clone();
+    let check = run_cni("CHECK", &c, &env);
+    assert_eq!(check.code, 0, "CHECK failed: {}", check.raw);
+
+    // A retried ADD is idempotent (same address).
+    let again = run_cni("ADD", &conf(&sock), &env);
+    assert_eq!(again.code, 0, "{}", again.raw);
+    assert_eq!(again.stdout["ips"][0]["address"], addr.as_str());
+
+    // DEL, twice.
+    let del = run_cni("DEL", &conf(&sock), &env);
+    assert_eq!(del.code, 0, "DEL failed: {}", del.raw);
+    let del2 = run_cni("DEL", &conf(&sock), &env);
+    assert_eq!(del2.code, 0, "second DEL must succeed too: {}", del2.raw);
+
+    // Nothing remains: veth, route, map entry, allocation.
+    assert!(!ip_n(&node.netns, &["link", "show"]).contains(&host_if), "host veth removed");
+    assert!(ip_n(&pod.name, &["link", "show", "eth0"]).is_empty(), "pod veth removed");
+    assert!(ip_n(&node.netns, &["route", "show", ip]).trim().is_empty(), "route removed");
+    assert_eq!(pinned_map_len(&node.bpf_dir.join("endpoints")), 0, "map entry removed");
+    let ipam: myelin_api::IpamState = client(lab, "node1").get("/v1/ipam").unwrap();
+    assert!(ipam.allocations.is_empty(), "address released: {:?}", ipam.allocations);
+    let eps: Vec<myelin_api::Endpoint> = client(lab, "node1").get("/v1/endpoints").unwrap();
+    assert!(eps.is_empty());
+
+    // CHECK after DEL reports the container as unknown.
+    let check = run_cni("CHECK", &c, &env);
+    assert_ne!(check.code, 0);
+    assert_eq!(check.stdout["code"], 3, "{}", check.raw);
+}
+
+fn assert_error(run: &CniRun, code: u64, needle: &str) {
+    assert_ne!(run.code, 0, "must exit non-zero: {}", run.raw);
+    let e = &run.stdout;
+    assert_eq!(e["code"], code, "error code: {}", run.raw);
+    assert!(e["msg"].is_string() && e["details"].is_string(), "error object has msg and details: {}", run.raw);
+    assert!(run.raw.contains(needle), "error mentions {needle:?}: {}", run.raw);
+    assert!(e["cniVersion"].is_string());
+}
+
+#[test]
+fn errors_follow_the_cni_contract() {
+    let g = LabGuard::up("nodes: [{name: node1, podCidr: 10.77.0.0/29}]\nnamespaces: [{name: default}]\n", "cnie");
+    let lab = g.lab();
+    let sock = lab.node("node1").unwrap().agent_socket.display().to_string();
+    let pod = NetnsGuard::new("cnie");
+    let netns = pod.path().display().to_string();
+    let env = |cid: &'static str| vec![("CNI_CONTAINERID", cid), ("CNI_IFNAME", "eth0")];
+
+    // Agent unreachable.
+    let mut e = env("c1");
+    e.push(("CNI_NETNS", netns.as_str()));
+    assert_error(&run_cni("ADD", &conf("/run/myelin/no-such-agent.sock"), &e), 11, "unreachable");
+    // Malformed config.
+    let bad = run_cni("ADD", &json!({"cniVersion": "1.0.0", "name": 7, "type": "myelin-cni"}), &e);
+    assert_error(&bad, 6, "decode");
+    // Unsupported version.
+    let mut c = conf(&sock);
+    c["cniVersion"] = json!("2.5.0");
+    assert_error(&run_cni("ADD", &c, &e), 1, "2.5.0");
+    // Missing netns.
+    let mut e2 = env("c2");
+    e2.push(("CNI_NETNS", "/var/run/netns/myelin-does-not-exist"));
+    assert_error(&run_cni("ADD", &conf(&sock), &e2), 3, "does not exist");
+    // Missing environment.
+    assert_error(&run_cni("ADD", &conf(&sock), &env("c3")), 4, "CNI_NETNS");
+
+    // Pool exhausted: a /29 has 5 pod addresses (network, gateway, broadcast reserved).
+    let ids = ["x1", "x2", "x3", "x4", "x5"];
+    for (i, cid) in ids.iter().enumerate() {
+        let ifname = format!("eth{i}");
+        let r = run_cni("ADD", &conf(&sock), &[("CNI_CONTAINERID", cid), ("CNI_IFNAME", &ifname), ("CNI_NETNS", &netns)]);
+        assert_eq!(r.code, 0, "ADD {cid}: {}", r.raw);
+    }
+    let r = run_cni("ADD", &conf(&sock), &[("CNI_CONTAINERID", "x6"), ("CNI_IFNAME", "eth9"), ("CNI_NETNS", &netns)]);
+    assert_error(&r, 100, "exhausted");
+    // The failed ADD left nothing: still 5 endpoints, and DEL frees room again.
+    let eps: Vec<myelin_api::Endpoint> = client(lab, "node1").get("/v1/endpoints").unwrap();
+    assert_eq!(eps.len(), 5);
+    for (i, cid) in ids.iter().enumerate() {
+        let ifname = format!("eth{i}");
+        let r = run_cni("DEL", &conf(&sock), &[("CNI_CONTAINERID", cid), ("CNI_IFNAME", &ifname), ("CNI_NETNS", &netns)]);
+        assert_eq!(r.code, 0, "DEL {cid}: {}", r.raw);
+    }
+    let r = run_cni("ADD", &conf(&sock), &[("CNI_CONTAINERID", "x6"), ("CNI_IFNAME", "eth9"), ("CNI_NETNS", &netns)]);
+    assert_eq!(r.code, 0, "ADD after DELs: {}", r.raw);
+}
+
+#[test]
+fn version_and_status() {
+    let v = run_cni("VERSION", &json!({"cniVersion": "1.0.0"}), &[]);
+    assert_eq!(v.code, 0);
+    assert!(v.stdout["supportedVersions"].as_array().unwrap().iter().any(|x| x == "1.0.0"));
+    let s = run_cni("STATUS", &conf("/run/myelin/no-such-agent.sock"), &[]);
+    assert_eq!(s.code, 1);
+    assert_eq!(s.stdout["code"], 50);
+}
+
+#[test]
+fn ipam_200_adds_and_dels_never_duplicate_and_survive_restart() {
+    let mut g = LabGuard::up(LAB, "ipam");
+    let sock = g.lab().node("node1").unwrap().agent_socket.display().to_string();
+    let pod = NetnsGuard::new("ipam");
+    let netns = pod.path().display().to_string();
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..200 {
+        let cid = format!("ipam-{i}");
+        let ifname = format!("e{i}");
+        let r = run_cni("ADD", &conf(&sock), &[("CNI_CONTAINERID", &cid), ("CNI_IFNAME", &ifname), ("CNI_NETNS", &netns)]);
+        assert_eq!(r.code, 0, "ADD {i}: {}", r.raw);
+        let addr = r.stdout["ips"][0]["address"].as_str().unwrap().to_owned();
+        assert!(seen.insert(addr.clone()), "address {addr} handed out twice");
+    }
+    let before: myelin_api::IpamState = client(g.lab(), "node1").get("/v1/ipam").unwrap();
+    assert_eq!(before.allocations.len(), 200);
+
+    g.lab_mut().restart_agent("node1", nix::sys::signal::Signal::SIGKILL).expect("restart agent");
+    let after: myelin_api::IpamState = client(g.lab(), "node1").get("/v1/ipam").unwrap();
+    assert_eq!(before.allocations, after.allocations, "allocations survive an agent restart");
+
+    // New ADDs after the restart still never collide with the 200.
+    let r = run_cni("ADD", &conf(&sock), &[("CNI_CONTAINERID", "late"), ("CNI_IFNAME", "late0"), ("CNI_NETNS", &netns)]);
+    assert_eq!(r.code, 0, "{}", r.raw);
+    assert!(seen.insert(r.stdout["ips"][0]["address"].as_str().unwrap().to_owned()), "post-restart duplicate");
+
+    for i in 0..200 {
+        let cid = format!("ipam-{i}");
+        let ifname = format!("e{i}");
+        let r = run_cni("DEL", &conf(&sock), &[("CNI_CONTAINERID", &cid), ("CNI_IFNAME", &ifname), ("CNI_NETNS", &netns)]);
+        assert_eq!(r.code, 0, "DEL {i}: {}", r.raw);
+    }
+    let r = run_cni("DEL", &conf(&sock), &[("CNI_CONTAINERID", "late"), ("CNI_IFNAME", "late0"), ("CNI_NETNS", &netns)]);
+    assert_eq!(r.code, 0);
+    let end: myelin_api::IpamState = client(g.lab(), "node1").get("/v1/ipam").unwrap();
+    assert!(end.allocations.is_empty(), "all released: {:?}", end.allocations.len());
+    assert!(!ip_n(&g.lab().node("node1").unwrap().netns, &["link", "show"]).contains("lxc"), "no veth left");
+}

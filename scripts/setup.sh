@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs what Myelin's build, lab and tests need on a fresh Debian 12 machine,
+# and mounts the kernel filesystems the agent and tests use. Idempotent: it only
+# installs what is missing. Run as root.
+set -euo pipefail
+
+need_root() {
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: Myelin loads eBPF programs and builds network namespaces: run as root (sudo $0)" >&2
+    exit 1
+  fi
+}
+need_root
+
+# Debian packages: build (clang, libbpf headers, libelf, zlib, pkg-config, protoc),
+# kernel tools (bpftool, iproute2, nftables), tests and lab (iputils-ping, python3,
+# podman + runc + CNI plugins + busybox-static for the real-client test, iperf3).
+PKGS=(clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config make gcc libc6-dev
+      bpftool iproute2 nftables iptables iputils-ping procps python3
+      protobuf-compiler podman runc containernetworking-plugins busybox-static
+      iperf3 uidmap)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The asm/ headers the BPF C includes come from the multiarch include dir.
+if [ ! -e /usr/include/asm ] && [ -d "/usr/include/$(uname -m)-linux-gnu/asm" ]; then
+  ln -s "/usr/include/$(uname -m)-linux-gnu/asm" /usr/include/asm
+fi
+
+# bpffs for pinned maps and links (the agent mounts it too; tests expect it).
+if ! mountpoint -q /sys/fs/bpf; then
+  mount -t bpf bpf /sys/fs/bpf
+fi
+
+if ! command -v cargo >/dev/null; then
+  echo "setup: cargo is missing; install Rust stable (rustup) first" >&2
+  exit 1
+fi
+echo "setup: ok"
