@@ -147,7 +147,7 @@ impl Endpoints {
     }
 
     fn entry_for(&self, ep: &Endpoint, link: &nl::LinkInfo) -> Option<EndpointEntry> {
-        let mac = nl::parse_mac(&ep.mac)?;
+        let mac = nl::parse_mac(&ep.mac).ok()?;
         Some(EndpointEntry {
             ifindex: link.index,
             endpoint_id: ep.id,
@@ -171,6 +171,20 @@ impl Endpoints {
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.by_id.is_empty()
+    }
+
+    #[must_use]
+    pub fn ipam_state(&self) -> myelin_api::IpamState {
+        myelin_api::IpamState {
+            cidr: self.ipam.cidr().to_string(),
+            gateway: self.ipam.gateway().to_string(),
+            capacity: self.ipam.capacity(),
+            allocations: self
+                .ipam
+                .allocations()
+                .map(|(ip, owner)| myelin_api::Allocation { ip: ip.to_string(), owner: owner.to_owned() })
+                .collect(),
+        }
     }
 
     pub fn datapath(&self) -> &Datapath {

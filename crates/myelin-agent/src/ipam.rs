@@ -103,6 +103,16 @@ impl Ipam {
     }
 
     #[must_use]
+    pub fn cidr(&self) -> Ipv4Net {
+        self.cidr
+    }
+
+    /// Every allocation, in address order.
+    pub fn allocations(&self) -> impl Iterator<Item = (Ipv4Addr, &str)> {
+        self.allocated.iter().map(|(k, v)| (Ipv4Addr::from(*k), v.as_str()))
+    }
+
+    #[must_use]
     pub fn owner(&self, ip: Ipv4Addr) -> Option<&str> {
         self.allocated.get(&u32::from(ip)).map(String::as_str)
     }

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use myelin_api::{
-    reason_name, ApiError, DatapathMetric, Deleted, Endpoint, EndpointAddRequest, ErrorCode, Feature, LabelsUpdate, Status,
+    ApiError, DatapathMetric, Deleted, Endpoint, EndpointAddRequest, ErrorCode, Feature, LabelsUpdate, Status,
 };
 use std::sync::Arc;
 use tokio::sync::Mutex;
@@ -54,6 +54,7 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/endpoints/by-container/{cid}/{ifname}", get(by_container).delete(delete))
         .route("/v1/endpoints/by-container/{cid}/{ifname}/check", post(check))
         .route("/v1/metrics/datapath", get(metrics))
+        .route("/v1/ipam", get(ipam))
         .fallback(|| async {
             Failure(StatusCode::NOT_FOUND, ApiError { code: ErrorCode::NotFound, message: "no such API route".into() })
         })
@@ -106,6 +107,10 @@ async fn labels(
     Ok(Json(s.endpoints.lock().await.update_labels(id, update)?))
 }
 
+async fn ipam(State(s): State<Shared>) -> Json<myelin_api::IpamState> {
+    Json(s.endpoints.lock().await.ipam_state())
+}
+
 async fn metrics(State(s): State<Shared>) -> Reply<Vec<DatapathMetric>> {
     let eps = s.endpoints.lock().await;
     let rows = eps.datapath().metrics().map_err(EndpointError::from)?;
@@ -115,7 +120,7 @@ async fn metrics(State(s): State<Shared>) -> Reply<Vec<DatapathMetric>> {
                 endpoint_id: r.endpoint_id,
                 direction: if r.direction == 0 { "ingress" } else { "egress" }.into(),
                 reason: r.reason,
-                reason_name: reason_name(r.reason).into(),
+                reason_name: myelin_bpf::reason_name(r.reason).into(),
                 packets: r.packets,
                 bytes: r.bytes,
             })

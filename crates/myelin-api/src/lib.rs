@@ -10,6 +10,7 @@
 //! - `POST   /v1/endpoints/by-container/{cid}/{ifname}/check` -> [`Endpoint`]
 //! - `PUT    /v1/endpoints/{id}/labels`  [`LabelsUpdate`] -> [`Endpoint`]
 //! - `GET    /v1/metrics/datapath`                    -> `Vec<DatapathMetric>`
+//! - `GET    /v1/ipam`                                -> [`IpamState`]
 //!
 //! Errors come back with a non-2xx status and an [`ApiError`] body.
 #![forbid(unsafe_code)]
@@ -147,6 +148,23 @@ pub struct DatapathMetric {
     pub bytes: u64,
 }
 
+/// One address handed out by the node's IPAM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allocation {
+    pub ip: String,
+    /// `container_id/ifname`.
+    pub owner: String,
+}
+
+/// `GET /v1/ipam`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpamState {
+    pub cidr: String,
+    pub gateway: String,
+    pub capacity: usize,
+    pub allocations: Vec<Allocation>,
+}
+
 /// Machine-readable error codes of the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -164,25 +182,4 @@ pub enum ErrorCode {
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
-}
-
-/// Human name of a datapath reason code (see `bpf/include/myelin_abi.h`).
-#[must_use]
-pub fn reason_name(reason: u8) -> &'static str {
-    match reason {
-        0 => "forwarded",
-        1 => "to-stack",
-        2 => "arp-reply",
-        3 => "from-stack",
-        130 => "invalid-source-mac",
-        131 => "invalid-destination-mac",
-        132 => "invalid-source-ip",
-        133 => "policy-denied",
-        134 => "invalid-packet",
-        139 => "unsupported-l3-protocol",
-        169 => "fib-lookup-failed",
-        172 => "unknown-sender",
-        181 => "policy-deny",
-        _ => "unknown",
-    }
 }

@@ -96,6 +96,9 @@ pub fn parse_conf(stdin: &[u8]) -> Result<NetConf, CniError> {
             format!("myelin-cni supports {}", SUPPORTED.join(", ")),
         ));
     }
+    if conf.plugin_type.is_empty() {
+        return Err(CniError::new(E_INVALID_CONFIG, "network config: type is empty", "set type to myelin-cni"));
+    }
     if conf.name.is_empty() {
         return Err(CniError::new(E_INVALID_CONFIG, "network config: name is empty", "give the network a name"));
     }

@@ -46,10 +46,12 @@ fn pod_to_pod_tcp_udp_icmp_is_forwarded_by_ebpf_without_kernel_forwarding() {
 
     let after_a = metric(lab, "node1", ea, "egress", FORWARDED);
     let after_b = metric(lab, "node1", eb, "ingress", FORWARDED);
-    // 256 KiB alone is > 180 full-size segments each way; the counters saw them.
-    assert!(after_a.0 >= before_a.0 + 100, "egress forwarded counter of a moved: {before_a:?} -> {after_a:?}");
-    assert!(after_b.0 >= before_b.0 + 100, "ingress forwarded counter of b moved: {before_b:?} -> {after_b:?}");
-    assert!(after_a.1 >= before_a.1 + 256 * 1024, "bytes counted: {before_a:?} -> {after_a:?}");
+    // veths aggregate segments (GSO), so count bytes: the 256 KiB sent a -> b all
+    // went through the redirect, plus the UDP datagram and two echo requests.
+    assert!(after_a.0 >= before_a.0 + 4, "egress forwarded packets of a moved: {before_a:?} -> {after_a:?}");
+    assert!(after_b.0 >= before_b.0 + 4, "ingress forwarded packets of b moved: {before_b:?} -> {after_b:?}");
+    assert!(after_a.1 >= before_a.1 + 256 * 1024, "egress bytes of a: {before_a:?} -> {after_a:?}");
+    assert!(after_b.1 >= before_b.1 + 256 * 1024, "ingress bytes of b: {before_b:?} -> {after_b:?}");
 }
 
 #[test]
