@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The main job: build Myelin, bring up the local lab (a node running the agent,
+# pods plumbed by the real CNI plugin, an external "world" host) and show pods
+# talking through the eBPF datapath. The lab stays up for you to explore.
+set -euo pipefail
+cd "$(dirname "$0")"
+bash scripts/setup.sh
+cargo build --workspace --bins --locked
+M=target/debug/myelin
+LAB=${MYELIN_LAB:-myelin}
+
+$M lab down --name "$LAB" >/dev/null 2>&1 || true
+$M lab up --name "$LAB" ${1:+-f "$1"}
+
+ip_of() { $M lab status --name "$LAB" -o json | python3 -c "import json,sys; d=json.load(sys.stdin); print(next(p['ip'] for p in d['pods'] if p['namespace']+'/'+p['name']=='$1'))"; }
+world=$($M lab status --name "$LAB" -o json | python3 -c "import json,sys; print(json.load(sys.stdin)['external'][0]['ip'])")
+backend=$(ip_of prod/backend)
+
+echo
+echo "== pod to pod (default/frontend -> prod/backend $backend), forwarded by eBPF =="
+$M lab exec --name "$LAB" default/frontend -- ping -c 3 -i 0.2 "$backend"
+echo
+echo "== pod to world (default/frontend -> $world), masqueraded to the node address =="
+$M lab exec --name "$LAB" default/frontend -- ping -c 3 -i 0.2 "$world"
+echo
+echo "== the datapath's own counters (per endpoint, direction and reason) =="
+$M endpoint metrics --lab "$LAB" --node node1
+echo
+echo "The lab '$LAB' is still up. Explore it (see 'Try:' above), then remove it with:"
+echo "  $M lab down --name $LAB"
