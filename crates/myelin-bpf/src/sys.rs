@@ -1,0 +1,223 @@
+//! The only place with `unsafe`: thin wrappers around libbpf C calls that
+//! libbpf-rs 0.27 does not expose (TCX link creation, pinning a raw link fd,
+//! program load probes), and byte views of the skeleton's plain-old-data types.
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::path::Path;
+
+use libbpf_rs::libbpf_sys;
+
+use crate::skel::types;
+
+/// TCX hook.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TcxHook {
+    Ingress,
+    Egress,
+}
+
+impl TcxHook {
+    fn attach_type(self) -> libbpf_sys::bpf_attach_type {
+        match self {
+            Self::Ingress => libbpf_sys::BPF_TCX_INGRESS,
+            Self::Egress => libbpf_sys::BPF_TCX_EGRESS,
+        }
+    }
+}
+
+fn neg_errno(ret: i32) -> io::Error {
+    io::Error::from_raw_os_error(ret.checked_neg().unwrap_or(libc::EINVAL))
+}
+
+fn cpath(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+}
+
+/// Create a TCX link of `prog` on `ifindex` (in the calling thread's netns),
+/// appended after any existing TCX programs. Returns the link fd.
+pub(crate) fn tcx_link_create(
+    prog: BorrowedFd<'_>,
+    ifindex: u32,
+    hook: TcxHook,
+) -> io::Result<OwnedFd> {
+    let target = i32::try_from(ifindex).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: plain FFI call; `prog` is a valid program fd for the duration of
+    // the call and NULL opts are allowed (defaults: append, no revision check).
+    let ret = unsafe {
+        libbpf_sys::bpf_link_create(
+            prog.as_raw_fd(),
+            target,
+            hook.attach_type(),
+            std::ptr::null(),
+        )
+    };
+    if ret < 0 {
+        return Err(neg_errno(ret));
+    }
+    // SAFETY: on success bpf_link_create returns a new fd that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(ret) })
+}
+
+/// Pin any BPF object fd at `path` (on bpffs).
+pub(crate) fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+    let c = cpath(path)?;
+    // SAFETY: `c` is a valid NUL-terminated string and `fd` a valid fd for the call.
+    let ret = unsafe { libbpf_sys::bpf_obj_pin(fd.as_raw_fd(), c.as_ptr()) };
+    if ret < 0 {
+        return Err(neg_errno(ret));
+    }
+    Ok(())
+}
+
+/// Does the kernel know TCX? Queries the TCX ingress hook of `lo`
+/// (ifindex 1 in every netns): non-intrusive, nothing is attached.
+pub(crate) fn tcx_query_lo() -> io::Result<()> {
+    let mut opts = libbpf_sys::bpf_prog_query_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_prog_query_opts>() as libbpf_sys::size_t,
+        ..Default::default()
+    };
+    // SAFETY: `opts` is a properly sized, zero-initialised options struct whose
+    // output pointers are NULL (only counts are returned).
+    let ret = unsafe { libbpf_sys::bpf_prog_query_opts(1, libbpf_sys::BPF_TCX_INGRESS, &mut opts) };
+    if ret < 0 {
+        return Err(neg_errno(ret));
+    }
+    Ok(())
+}
+
+/// libbpf's program type probe: Ok(true) supported, Ok(false) not.
+pub(crate) fn probe_prog_type(ty: libbpf_sys::bpf_prog_type) -> io::Result<bool> {
+    // SAFETY: plain FFI call, NULL opts are required by the API.
+    let ret = unsafe { libbpf_sys::libbpf_probe_bpf_prog_type(ty, std::ptr::null()) };
+    probe_ret(ret)
+}
+
+/// libbpf's map type probe.
+pub(crate) fn probe_map_type(ty: libbpf_sys::bpf_map_type) -> io::Result<bool> {
+    // SAFETY: plain FFI call, NULL opts are required by the API.
+    let ret = unsafe { libbpf_sys::libbpf_probe_bpf_map_type(ty, std::ptr::null()) };
+    probe_ret(ret)
+}
+
+/// libbpf's helper probe.
+pub(crate) fn probe_helper(
+    prog: libbpf_sys::bpf_prog_type,
+    helper: libbpf_sys::bpf_func_id,
+) -> io::Result<bool> {
+    // SAFETY: plain FFI call, NULL opts are required by the API.
+    let ret = unsafe { libbpf_sys::libbpf_probe_bpf_helper(prog, helper, std::ptr::null()) };
+    probe_ret(ret)
+}
+
+fn probe_ret(ret: i32) -> io::Result<bool> {
+    match ret {
+        1 => Ok(true),
+        0 => Ok(false),
+        r => Err(neg_errno(r)),
+    }
+}
+
+/// Really load a trivial BTF-attached program (`r0 = 0; exit`) of type
+/// `prog_type` / `attach` against the vmlinux function `func`: this is what
+/// kernel lockdown or a missing config refuses, unlike libbpf's type probe.
+pub(crate) fn probe_btf_prog_load(
+    prog_type: libbpf_sys::bpf_prog_type,
+    attach: libbpf_sys::bpf_attach_type,
+    func: &str,
+) -> io::Result<()> {
+    let name = CString::new(func).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `name` is a valid C string; libbpf parses vmlinux BTF itself.
+    let btf_id = unsafe { libbpf_sys::libbpf_find_vmlinux_btf_id(name.as_ptr(), attach) };
+    if btf_id < 0 {
+        return Err(neg_errno(btf_id));
+    }
+    let insns = [
+        // BPF_MOV64_IMM(BPF_REG_0, 0)
+        libbpf_sys::bpf_insn {
+            code: 0xb7,
+            ..Default::default()
+        },
+        // BPF_EXIT_INSN()
+        libbpf_sys::bpf_insn {
+            code: 0x95,
+            ..Default::default()
+        },
+    ];
+    let mut opts = libbpf_sys::bpf_prog_load_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_prog_load_opts>() as libbpf_sys::size_t,
+        expected_attach_type: attach,
+        attach_btf_id: btf_id.unsigned_abs(),
+        ..Default::default()
+    };
+    let license = c"GPL";
+    // SAFETY: `insns` outlives the call and its length is passed; `opts` is a
+    // sized, zero-initialised struct; the strings are NUL-terminated.
+    let fd = unsafe {
+        libbpf_sys::bpf_prog_load(
+            prog_type,
+            c"myelin_probe".as_ptr(),
+            license.as_ptr(),
+            insns.as_ptr(),
+            insns.len() as libbpf_sys::size_t,
+            &mut opts,
+        )
+    };
+    if fd < 0 {
+        return Err(neg_errno(fd));
+    }
+    // SAFETY: a successful load returns a new fd we own; dropping closes it.
+    drop(unsafe { OwnedFd::from_raw_fd(fd) });
+    Ok(())
+}
+
+/// Plain-old-data types from the skeleton that are safe to view as bytes:
+/// `#[repr(C)]`, only integer fields and arrays of them, and no padding
+/// (checked at compile time below against the sum of their fields).
+///
+/// # Safety
+/// Implement only for types meeting the above; any byte pattern must be valid.
+pub(crate) unsafe trait Pod: Copy + Default {}
+
+// SAFETY: all these are #[repr(C)] structs of u8/u16/u32/u64 fields without
+// padding (the asserts below fail the build if a layout grows padding).
+unsafe impl Pod for types::endpoint_key {}
+// SAFETY: as above.
+unsafe impl Pod for types::endpoint_info {}
+// SAFETY: as above.
+unsafe impl Pod for types::node_config {}
+// SAFETY: as above.
+unsafe impl Pod for types::metrics_key {}
+// SAFETY: as above.
+unsafe impl Pod for types::metrics_value {}
+// SAFETY: a u32 is plain data.
+unsafe impl Pod for u32 {}
+
+const _: () = {
+    use std::mem::size_of;
+    assert!(size_of::<types::endpoint_key>() == 4);
+    assert!(size_of::<types::endpoint_info>() == 4 * 4 + 6 + 6);
+    assert!(size_of::<types::node_config>() == 6 * 4);
+    assert!(size_of::<types::metrics_key>() == 4 + 1 + 1 + 2);
+    assert!(size_of::<types::metrics_value>() == 8 + 8);
+};
+
+/// View a POD value as its bytes (host byte order, exactly as the kernel sees it).
+pub(crate) fn as_bytes<T: Pod>(v: &T) -> &[u8] {
+    // SAFETY: T: Pod has no padding, so every byte is initialised; the slice
+    // borrows `v` and covers exactly size_of::<T>() bytes.
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
+}
+
+/// Read a POD value from bytes; None if the length differs.
+pub(crate) fn from_bytes<T: Pod>(b: &[u8]) -> Option<T> {
+    if b.len() != std::mem::size_of::<T>() {
+        return None;
+    }
+    // SAFETY: length checked; any byte pattern is a valid T (Pod); the read is
+    // unaligned-safe.
+    Some(unsafe { std::ptr::read_unaligned(b.as_ptr().cast::<T>()) })
+}

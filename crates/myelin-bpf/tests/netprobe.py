@@ -1,0 +1,114 @@
+# Traffic helper for the datapath tests, run inside a pod netns with
+# `ip netns exec <pod> python3 -c <this file> <cmd> ...`. Prints one result line.
+import os, socket, struct, sys, time
+
+def csum(b):
+    if len(b) % 2:
+        b += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    s = (s >> 16) + (s & 0xFFFF)
+    s += s >> 16
+    return ~s & 0xFFFF
+
+def ping(dst, count, timeout, src=None):
+    """ICMP echo over a raw socket; prints the number of replies."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    if src:
+        s.bind((src, 0))
+    ident = os.getpid() & 0xFFFF
+    got = 0
+    for seq in range(count):
+        payload = b"myelin-ping-%d" % seq
+        hdr = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
+        pkt = struct.pack("!BBHHH", 8, 0, csum(hdr + payload), ident, seq) + payload
+        s.sendto(pkt, (dst, 0))
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            s.settimeout(left)
+            try:
+                data, addr = s.recvfrom(2048)
+            except socket.timeout:
+                break
+            ihl = (data[0] & 0x0F) * 4
+            t, _c, _k, i, q = struct.unpack("!BBHHH", data[ihl:ihl + 8])
+            if t == 0 and i == ident and q == seq and addr[0] == dst:
+                got += 1
+                break
+    print(got, flush=True)
+
+def tcp_server(addr, port):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((addr, port))
+    s.listen(1)
+    s.settimeout(20)
+    print("ready", flush=True)
+    c, _ = s.accept()
+    c.settimeout(20)
+    n = 0
+    while True:
+        b = c.recv(65536)
+        if not b:
+            break
+        n += len(b)
+    c.sendall(b"%d\n" % n)
+    c.close()
+    print("received", n, flush=True)
+
+def tcp_client(addr, port, size):
+    s = socket.create_connection((addr, port), timeout=10)
+    s.sendall(b"x" * size)
+    s.shutdown(socket.SHUT_WR)
+    reply = b""
+    while True:
+        b = s.recv(100)
+        if not b:
+            break
+        reply += b
+    print(reply.decode().strip(), flush=True)
+
+def udp_server(addr, port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((addr, port))
+    s.settimeout(20)
+    print("ready", flush=True)
+    while True:
+        data, peer = s.recvfrom(2048)
+        if data == b"quit":
+            break
+        s.sendto(data, peer)
+
+def udp_client(addr, port, count, timeout):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    got = 0
+    for i in range(count):
+        msg = b"myelin-udp-%d" % i
+        s.sendto(msg, (addr, port))
+        s.settimeout(timeout)
+        try:
+            while True:
+                data, _ = s.recvfrom(2048)
+                if data == msg:
+                    got += 1
+                    break
+        except socket.timeout:
+            pass
+    s.sendto(b"quit", (addr, port))
+    print(got, flush=True)
+
+cmd, args = sys.argv[1], sys.argv[2:]
+if cmd == "ping":
+    ping(args[0], int(args[1]), float(args[2]), args[3] if len(args) > 3 else None)
+elif cmd == "tcp-server":
+    tcp_server(args[0], int(args[1]))
+elif cmd == "tcp-client":
+    tcp_client(args[0], int(args[1]), int(args[2]))
+elif cmd == "udp-server":
+    udp_server(args[0], int(args[1]))
+elif cmd == "udp-client":
+    udp_client(args[0], int(args[1]), int(args[2]), float(args[3]))
+else:
+    sys.exit("unknown command " + cmd)
