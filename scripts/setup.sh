@@ -30,11 +30,6 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# The asm/ headers the BPF C includes come from the multiarch include dir.
-if [ ! -e /usr/include/asm ] && [ -d "/usr/include/$(uname -m)-linux-gnu/asm" ]; then
-  ln -s "/usr/include/$(uname -m)-linux-gnu/asm" /usr/include/asm
-fi
-
 # bpffs for pinned maps and links (the agent mounts it too; tests expect it).
 if ! mountpoint -q /sys/fs/bpf; then
   mount -t bpf bpf /sys/fs/bpf
