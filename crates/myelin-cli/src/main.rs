@@ -1,0 +1,72 @@
+//! `myelin`: the command-line tool. This file only parses and dispatches; each
+//! subcommand lives in its own module.
+#![forbid(unsafe_code)]
+
+/// `println!` that ends the program quietly (exit 141, like SIGPIPE) when stdout
+/// is a closed pipe, e.g. `myelin endpoint list | head`.
+macro_rules! outln {
+    ($($t:tt)*) => { $crate::output::write_line(format_args!($($t)*)) };
+}
+
+mod agent;
+mod endpoint;
+mod lab;
+mod output;
+mod status;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "myelin", version, about = "eBPF networking for containers: agent status, endpoints and a local lab")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Health, node, pod CIDR and kernel features of an agent.
+    Status(status::Args),
+    /// Endpoints (pod interfaces) of an agent.
+    #[command(subcommand, alias = "ep")]
+    Endpoint(endpoint::Command),
+    /// A hermetic local cluster of network namespaces.
+    #[command(subcommand)]
+    Lab(lab::Command),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    // `lab enter` must run before anything could start a thread: it setns()es the
+    // whole (single-threaded) process and execs.
+    if let Command::Lab(lab::Command::Enter(args)) = &cli.command {
+        std::process::exit(lab::enter(args));
+    }
+    let result = match cli.command {
+        Command::Status(a) => status::run(&a),
+        Command::Endpoint(c) => endpoint::run(c),
+        Command::Lab(c) => lab::run(c),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("myelin: {}", one_line(&e));
+            std::process::exit(1);
+        }
+    }
+}
+
+/// `error: cause: cause`, on one line (multi-line causes such as log tails stay as they are).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain().map(ToString::to_string) {
+        // Many errors already embed their source's message; don't say it twice.
+        if !line.contains(&cause) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&cause);
+        }
+    }
+    line
+}

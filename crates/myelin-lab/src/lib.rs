@@ -1,0 +1,28 @@
+//! `myelin lab`: a hermetic local cluster made of network namespaces.
+//!
+//! ```text
+//!   fabric netns myl-<lab>-fab (ip_forward=1, no route out)
+//!     bridge "underlay" 172.30.0.254/24          bridge "world" 198.51.100.254/24
+//!       |  u0 <-veth-> eth0 of node 0 (.10)        |  w0 <-veth-> eth0 of external 0 (.10)
+//!       |  u1 <-veth-> eth0 of node 1 (.11)        |  ...
+//!   node netns myl-<lab>-<node>: myelin-agent --netns ..., pod CIDR 10.244.<i+1>.0/24
+//!     pod netns myl-<lab>-p-<ns>-<pod>: plumbed by the real myelin-cni (ADD/DEL),
+//!     plus a cgroup v2 dir <cgroup2>/myelin/<lab>/<ns>_<pod> for processes run in it
+//! ```
+//!
+//! Everything created is recorded in `/run/myelin/lab/<lab>/lab.json` *before*
+//! it is created, so [`Lab::down_by_name`] can remove a half-built lab.
+#![forbid(unsafe_code)]
+
+mod error;
+mod lab;
+pub mod naming;
+mod spec;
+mod status;
+mod sys;
+
+pub use error::{LabError, Result};
+pub use lab::{ExternalInfo, Lab, LabOptions, NodeInfo, PodInfo, ProgressFn, BPF_ROOT, STATE_ROOT};
+pub use spec::{ExternalSpec, LabSpec, NamespaceSpec, NodeSpec, PodSpec, MAX_HOST_NAME, MAX_OBJECT_NAME};
+pub use status::{ExternalStatus, LabStatus, NodeStatus, PodStatus};
+pub use sys::{bin_dirs, cgroup2_mount, find_binary, BIN_DIR_ENV};

@@ -1,0 +1,392 @@
+//! `lab.yaml`: what a lab is made of, parsed and validated.
+//!
+//! ```yaml
+//! nodes: [{name: node1}]
+//! namespaces:
+//!   - name: prod
+//!     labels: {env: prod}
+//! pods:
+//!   - name: web
+//!     namespace: prod
+//!     node: node1
+//!     labels: {app: web}
+//!     ports: [{name: http, port: 80, protocol: TCP}]
+//! external: [{name: world1}]
+//! ```
+
+use crate::error::{LabError, Result};
+use crate::naming;
+use myelin_api::{Labels, NamedPort};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Longest node or external host name (they end up in netns, socket and bpffs paths).
+pub const MAX_HOST_NAME: usize = 32;
+/// Longest namespace or pod name (Kubernetes DNS label).
+pub const MAX_OBJECT_NAME: usize = 63;
+
+/// A whole lab.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabSpec {
+    pub nodes: Vec<NodeSpec>,
+    #[serde(default)]
+    pub namespaces: Vec<NamespaceSpec>,
+    #[serde(default)]
+    pub pods: Vec<PodSpec>,
+    #[serde(default)]
+    pub external: Vec<ExternalSpec>,
+}
+
+/// One node: a netns running its own agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    pub name: String,
+}
+
+/// A Kubernetes-like namespace and its labels.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceSpec {
+    pub name: String,
+    #[serde(default)]
+    pub labels: Labels,
+}
+
+/// A pod: a netns plumbed by the CNI plugin on its node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PodSpec {
+    pub name: String,
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    pub node: String,
+    #[serde(default)]
+    pub labels: Labels,
+    #[serde(default)]
+    pub ports: Vec<NamedPort>,
+}
+
+/// A host on the "world" side of the fabric, standing for the internet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalSpec {
+    pub name: String,
+}
+
+fn default_namespace() -> String {
+    "default".to_owned()
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+}
+
+impl PodSpec {
+    /// A pod with labels and no ports.
+    #[must_use]
+    pub fn new(namespace: &str, name: &str, node: &str, labels_: &[(&str, &str)]) -> Self {
+        Self {
+            name: name.to_owned(),
+            namespace: namespace.to_owned(),
+            node: node.to_owned(),
+            labels: labels(labels_),
+            ports: Vec::new(),
+        }
+    }
+
+    /// `namespace/name`.
+    #[must_use]
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+impl LabSpec {
+    /// The lab `myelin lab up` builds without `-f`: one node, two namespaces,
+    /// a three-tier app and one external host.
+    #[must_use]
+    pub fn demo() -> Self {
+        let http = || vec![NamedPort { name: "http".into(), port: 80, protocol: "TCP".into() }];
+        let mut frontend = PodSpec::new("default", "frontend", "node1", &[("app", "frontend")]);
+        frontend.ports = http();
+        let mut backend = PodSpec::new("prod", "backend", "node1", &[("app", "backend"), ("tier", "api")]);
+        backend.ports = http();
+        let mut db = PodSpec::new("prod", "db", "node1", &[("app", "db")]);
+        db.ports = vec![NamedPort { name: "postgres".into(), port: 5432, protocol: "TCP".into() }];
+        Self {
+            nodes: vec![NodeSpec { name: "node1".into() }],
+            namespaces: vec![
+                NamespaceSpec { name: "default".into(), labels: Labels::new() },
+                NamespaceSpec { name: "prod".into(), labels: labels(&[("env", "prod")]) },
+            ],
+            pods: vec![frontend, backend, db],
+            external: vec![ExternalSpec { name: "world1".into() }],
+        }
+    }
+
+    /// Parse and validate YAML; `source_name` (a file name) prefixes errors.
+    pub fn from_yaml(text: &str, source_name: &str) -> Result<Self> {
+        let spec: Self = serde_saphyr::from_str(text)
+            .map_err(|e| LabError::Parse { source_name: source_name.to_owned(), message: e.to_string() })?;
+        spec.validate().map_err(|e| match e {
+            LabError::Invalid { field, message } => {
+                LabError::Invalid { field: format!("{source_name}: {field}"), message }
+            }
+            other => other,
+        })?;
+        Ok(spec)
+    }
+
+    /// Read, parse and validate a lab.yaml file.
+    pub fn from_file(path: &std::path::Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(crate::error::io("reading", path))?;
+        Self::from_yaml(&text, &path.display().to_string())
+    }
+
+    /// Check names, references and that every derived netns name is unique.
+    pub fn validate(&self) -> Result<()> {
+        if self.nodes.is_empty() {
+            return Err(invalid("nodes", "a lab needs at least one node"));
+        }
+        let mut hosts = BTreeMap::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            let field = format!("nodes[{i}].name");
+            check_name(&field, &n.name, MAX_HOST_NAME)?;
+            if n.name == naming::FABRIC || n.name.starts_with("p-") || n.name.starts_with("x-") {
+                return Err(invalid(&field, &format!("{:?} is reserved (fab, p-*, x-*)", n.name)));
+            }
+            if let Some(prev) = hosts.insert(n.name.clone(), field.clone()) {
+                return Err(invalid(&field, &format!("{:?} is already used by {prev}", n.name)));
+            }
+        }
+        if self.nodes.len() > 200 {
+            return Err(invalid("nodes", "at most 200 nodes"));
+        }
+        if self.external.len() > 200 {
+            return Err(invalid("external", "at most 200 external hosts"));
+        }
+        for (i, x) in self.external.iter().enumerate() {
+            let field = format!("external[{i}].name");
+            check_name(&field, &x.name, MAX_HOST_NAME)?;
+            if let Some(prev) = hosts.insert(x.name.clone(), field.clone()) {
+                return Err(invalid(&field, &format!("{:?} is already used by {prev}", x.name)));
+            }
+        }
+        let mut namespaces = BTreeSet::new();
+        for (i, ns) in self.namespaces.iter().enumerate() {
+            let field = format!("namespaces[{i}].name");
+            check_name(&field, &ns.name, MAX_OBJECT_NAME)?;
+            if !namespaces.insert(ns.name.as_str()) {
+                return Err(invalid(&field, &format!("namespace {:?} is declared twice", ns.name)));
+            }
+            for k in ns.labels.keys() {
+                check_label_key(&format!("namespaces[{i}].labels"), k)?;
+            }
+        }
+        let mut pods = BTreeSet::new();
+        for (i, p) in self.pods.iter().enumerate() {
+            check_pod(p, &format!("pods[{i}]"), &namespaces, &self.nodes)?;
+            if !pods.insert((p.namespace.as_str(), p.name.as_str())) {
+                return Err(invalid(&format!("pods[{i}].name"), &format!("pod {} is declared twice", p.key())));
+            }
+        }
+        // Derived names must not collide (e.g. pod "a-b"/"c" vs "a"/"b-c").
+        let probe = "x";
+        let mut netns = BTreeMap::new();
+        let mut all = vec![(naming::fabric_netns(probe), "fabric".to_owned())];
+        all.extend(
+            self.nodes.iter().enumerate().map(|(i, n)| (naming::node_netns(probe, &n.name), format!("nodes[{i}]"))),
+        );
+        all.extend(
+            self.external
+                .iter()
+                .enumerate()
+                .map(|(i, x)| (naming::external_netns(probe, &x.name), format!("external[{i}]"))),
+        );
+        all.extend(
+            self.pods
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (naming::pod_netns(probe, &p.namespace, &p.name), format!("pods[{i}]"))),
+        );
+        for (name, field) in all {
+            if let Some(prev) = netns.insert(name.clone(), field.clone()) {
+                return Err(invalid(&field, &format!("its network namespace name collides with that of {prev}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Index of a node by name.
+    #[must_use]
+    pub fn node_index(&self, name: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.name == name)
+    }
+}
+
+pub(crate) fn check_pod(p: &PodSpec, at: &str, namespaces: &BTreeSet<&str>, nodes: &[NodeSpec]) -> Result<()> {
+    check_name(&format!("{at}.name"), &p.name, MAX_OBJECT_NAME)?;
+    check_name(&format!("{at}.namespace"), &p.namespace, MAX_OBJECT_NAME)?;
+    // `default` always exists, as in Kubernetes.
+    if !namespaces.contains(p.namespace.as_str()) && p.namespace != "default" {
+        return Err(invalid(
+            &format!("{at}.namespace"),
+            &format!("namespace {:?} is not declared under namespaces", p.namespace),
+        ));
+    }
+    if !nodes.iter().any(|n| n.name == p.node) {
+        return Err(invalid(&format!("{at}.node"), &format!("node {:?} is not declared under nodes", p.node)));
+    }
+    for k in p.labels.keys() {
+        check_label_key(&format!("{at}.labels"), k)?;
+    }
+    let mut seen = BTreeSet::new();
+    for (j, port) in p.ports.iter().enumerate() {
+        let f = format!("{at}.ports[{j}]");
+        check_name(&format!("{f}.name"), &port.name, 15)?;
+        if !seen.insert(port.name.as_str()) {
+            return Err(invalid(&format!("{f}.name"), &format!("port name {:?} is used twice", port.name)));
+        }
+        if port.port == 0 {
+            return Err(invalid(&format!("{f}.port"), "must be 1..=65535"));
+        }
+        if !matches!(port.protocol.as_str(), "TCP" | "UDP" | "SCTP") {
+            return Err(invalid(&format!("{f}.protocol"), &format!("{:?} is not TCP, UDP or SCTP", port.protocol)));
+        }
+    }
+    Ok(())
+}
+
+fn invalid(field: &str, message: &str) -> LabError {
+    LabError::Invalid { field: field.to_owned(), message: message.to_owned() }
+}
+
+/// A DNS label: `[a-z0-9]([a-z0-9-]*[a-z0-9])?`, at most `max` characters.
+pub(crate) fn check_name(field: &str, name: &str, max: usize) -> Result<()> {
+    if name.is_empty() {
+        return Err(invalid(field, "must not be empty"));
+    }
+    if name.len() > max {
+        return Err(invalid(field, &format!("{name:?} is longer than {max} characters")));
+    }
+    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
+    if !name.chars().all(ok_char) || name.starts_with('-') || name.ends_with('-') {
+        return Err(invalid(
+            field,
+            &format!("{name:?} is not a DNS label (lower-case letters, digits and '-', starting and ending with a letter or digit)"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_label_key(field: &str, key: &str) -> Result<()> {
+    let ok = !key.is_empty()
+        && key.len() <= 253
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(field, &format!("{key:?} is not a valid label key")))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r"
+nodes:
+  - name: node1
+  - name: node2
+namespaces:
+  - name: default
+  - name: prod
+    labels: {env: prod}
+pods:
+  - name: web
+    namespace: prod
+    node: node2
+    labels: {app: web}
+    ports:
+      - {name: http, port: 80, protocol: TCP}
+  - name: client
+    node: node1
+external:
+  - name: world1
+";
+
+    fn err(yaml: &str) -> String {
+        LabSpec::from_yaml(yaml, "lab.yaml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn parses_a_good_file() {
+        let spec = LabSpec::from_yaml(GOOD, "lab.yaml").unwrap();
+        assert_eq!(spec.nodes.len(), 2);
+        assert_eq!(spec.pods[0].ports[0], NamedPort { name: "http".into(), port: 80, protocol: "TCP".into() });
+        assert_eq!(spec.pods[1].namespace, "default", "namespace defaults to default");
+        assert_eq!(spec.namespaces[1].labels["env"], "prod");
+        assert_eq!(spec.external[0].name, "world1");
+    }
+
+    #[test]
+    fn demo_is_valid_and_round_trips_through_yaml() {
+        let demo = LabSpec::demo();
+        demo.validate().unwrap();
+        assert_eq!(demo.nodes[0].name, "node1");
+        assert_eq!(demo.pods.len(), 3);
+        assert!(demo.pods.iter().any(|p| p.ports.iter().any(|n| n.name == "http" && n.port == 80)));
+        let yaml = serde_saphyr::to_string(&demo).unwrap();
+        assert_eq!(LabSpec::from_yaml(&yaml, "demo").unwrap(), demo);
+    }
+
+    #[test]
+    fn unknown_and_missing_fields_are_named() {
+        let e = err("nodes: [{name: n1, cpu: 2}]");
+        assert!(e.contains("cpu"), "{e}");
+        let e = err("nodes: [{name: n1}]\npods: [{name: a, node: n1, lables: {}}]");
+        assert!(e.contains("lables"), "{e}");
+        let e = err("nodes: [{name: n1}]\nnamespaces: [{name: default}]\npods: [{name: a}]");
+        assert!(e.contains("node"), "{e}");
+        assert!(e.starts_with("lab.yaml"), "{e}");
+    }
+
+    #[test]
+    fn each_validation_error_names_its_field() {
+        let cases: &[(&str, &str)] = &[
+            ("nodes: []", "nodes"),
+            ("nodes: [{name: Node1}]", "nodes[0].name"),
+            ("nodes: [{name: n1}, {name: n1}]", "nodes[1].name"),
+            ("nodes: [{name: fab}]", "nodes[0].name"),
+            ("nodes: [{name: n1}]\nexternal: [{name: n1}]", "external[0].name"),
+            (&format!("nodes: [{{name: {}}}]", "a".repeat(33)), "nodes[0].name"),
+            ("nodes: [{name: n1}]\nnamespaces: [{name: a}, {name: a}]", "namespaces[1].name"),
+            ("nodes: [{name: n1}]\nnamespaces: [{name: a}]\npods: [{name: p, namespace: b, node: n1}]", "pods[0].namespace"),
+            ("nodes: [{name: n1}]\nnamespaces: [{name: a}]\npods: [{name: p, namespace: a, node: n9}]", "pods[0].node"),
+            ("nodes: [{name: n1}]\nnamespaces: [{name: a}]\npods: [{name: p_1, namespace: a, node: n1}]", "pods[0].name"),
+            (
+                "nodes: [{name: n1}]\nnamespaces: [{name: a}]\npods: [{name: p, namespace: a, node: n1}, {name: p, namespace: a, node: n1}]",
+                "pods[1].name",
+            ),
+            (
+                "nodes: [{name: n1}]\nnamespaces: [{name: a}]\npods: [{name: p, namespace: a, node: n1, ports: [{name: http, port: 0}]}]",
+                "pods[0].ports[0].port",
+            ),
+            (
+                "nodes: [{name: n1}]\nnamespaces: [{name: a}]\npods: [{name: p, namespace: a, node: n1, ports: [{name: http, port: 80, protocol: ICMP}]}]",
+                "pods[0].ports[0].protocol",
+            ),
+            (
+                "nodes: [{name: n1}]\nnamespaces: [{name: a-b}, {name: a}]\npods: [{name: c, namespace: a-b, node: n1}, {name: b-c, namespace: a, node: n1}]",
+                "pods[1]",
+            ),
+        ];
+        for (yaml, field) in cases {
+            let e = err(yaml);
+            assert!(e.starts_with(&format!("lab.yaml: {field}")), "expected an error about {field}, got: {e}");
+        }
+    }
+}

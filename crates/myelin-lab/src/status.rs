@@ -1,0 +1,46 @@
+//! What `myelin lab status -o json` prints.
+
+use myelin_api::Labels;
+use serde::{Deserialize, Serialize};
+
+/// A lab as seen from its state file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabStatus {
+    pub name: String,
+    pub nodes: Vec<NodeStatus>,
+    pub pods: Vec<PodStatus>,
+    pub external: Vec<ExternalStatus>,
+    /// Directory holding lab.json and per-node agent files.
+    pub state_dir: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub name: String,
+    /// Underlay addresses of the node (no prefix length).
+    pub addresses: Vec<String>,
+    pub agent_socket: String,
+    pub pod_cidr: String,
+    pub netns: String,
+    pub agent_pid: Option<i32>,
+    pub agent_running: bool,
+    pub agent_log: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodStatus {
+    pub namespace: String,
+    pub name: String,
+    pub node: String,
+    pub ip: Option<String>,
+    pub endpoint_id: Option<u32>,
+    pub labels: Labels,
+    pub netns: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExternalStatus {
+    pub name: String,
+    pub ip: String,
+    pub netns: String,
+}

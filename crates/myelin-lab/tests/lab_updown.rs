@@ -1,0 +1,233 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic with context
+//! Lab lifecycle against the real binaries (root only): up -> status -> exec ->
+//! down leaves the machine as it was; a failed up leaves nothing behind.
+//!
+//! Needs `cargo build --workspace --bins` first (the lab finds `myelin-agent`,
+//! `myelin-cni` and `myelin` next to this test binary, or in $MYELIN_BIN_DIR).
+
+use myelin_lab::{Lab, LabError, LabOptions, LabSpec, NamespaceSpec, NodeSpec, PodSpec};
+use nix::sys::signal::Signal;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+/// A lab name unique to this test process and test.
+fn lab_name(tag: &str) -> String {
+    format!("{tag}{:x}", std::process::id() & 0xff_ffff)
+}
+
+fn require_root() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "these tests build network namespaces and need root (run them as root, as CI does)"
+    );
+}
+
+/// Tears the lab down even when the test panics.
+struct Teardown(String);
+
+impl Drop for Teardown {
+    fn drop(&mut self) {
+        if let Err(e) = Lab::down_by_name(&self.0) {
+            eprintln!("teardown of lab {}: {e}", self.0);
+        }
+    }
+}
+
+/// What a lab may leave behind, restricted to names containing the lab's name.
+#[derive(Debug, PartialEq, Eq)]
+struct Snapshot {
+    netns: BTreeSet<String>,
+    bpf: BTreeSet<String>,
+    cgroups: BTreeSet<String>,
+    state: bool,
+    agents: BTreeSet<String>,
+}
+
+fn walk(dir: &Path, out: &mut BTreeSet<String>) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            out.insert(p.display().to_string());
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(&p, out);
+            }
+        }
+    }
+}
+
+fn snapshot(lab: &str) -> Snapshot {
+    let mine = |s: &String| {
+        s.contains(&format!("myl-{lab}-")) || s.contains(&format!("/{lab}/")) || s.ends_with(&format!("/{lab}"))
+    };
+    // Named namespaces, from the directory and from iproute2.
+    let mut netns: BTreeSet<String> = std::fs::read_dir("/var/run/netns")
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    let out = std::process::Command::new("ip").args(["netns", "list"]).output().expect("ip netns list");
+    netns.extend(
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| l.split_whitespace().next().unwrap_or("").to_owned()),
+    );
+    let mut bpf = BTreeSet::new();
+    walk(Path::new("/sys/fs/bpf/myelin"), &mut bpf);
+    let mut cgroups = BTreeSet::new();
+    walk(&myelin_lab::cgroup2_mount().expect("cgroup2").join("myelin"), &mut cgroups);
+    let mut agents = BTreeSet::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains("myelin-agent") && cmd.contains(&format!("/run/myelin/lab/{lab}/")) {
+                agents.insert(format!("{}: {cmd}", e.file_name().to_string_lossy()));
+            }
+        }
+    }
+    Snapshot {
+        netns: netns.into_iter().filter(|n| mine(n)).collect(),
+        bpf: bpf.into_iter().filter(|n| mine(n)).collect(),
+        cgroups: cgroups.into_iter().filter(|n| mine(n)).collect(),
+        state: Path::new(myelin_lab::STATE_ROOT).join(lab).exists(),
+        agents,
+    }
+}
+
+fn empty() -> Snapshot {
+    Snapshot {
+        netns: BTreeSet::new(),
+        bpf: BTreeSet::new(),
+        cgroups: BTreeSet::new(),
+        state: false,
+        agents: BTreeSet::new(),
+    }
+}
+
+fn two_pod_spec() -> LabSpec {
+    LabSpec {
+        nodes: vec![NodeSpec { name: "node1".into() }],
+        namespaces: vec![NamespaceSpec { name: "default".into(), labels: Default::default() }],
+        pods: vec![
+            PodSpec::new("default", "a", "node1", &[("app", "a")]),
+            PodSpec::new("default", "b", "node1", &[("app", "b")]),
+        ],
+        external: vec![myelin_lab::ExternalSpec { name: "world1".into() }],
+    }
+}
+
+fn run_in(lab: &Lab, target: &str, argv: &[&str]) -> String {
+    let out = lab.exec_command(target, argv).expect("exec command").output().expect("run exec command");
+    assert!(out.status.success(), "{argv:?} in {target}: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn up_status_exec_down_restores_the_machine() {
+    require_root();
+    let name = lab_name("u");
+    let before = snapshot(&name);
+    assert_eq!(before, empty(), "leftovers of an earlier lab {name}");
+    let _teardown = Teardown(name.clone());
+
+    let mut lab = Lab::up(two_pod_spec(), &name, LabOptions::default()).unwrap_or_else(|e| panic!("lab up: {e}"));
+    let status = lab.status();
+    assert_eq!(status.pods.len(), 2);
+    for p in &status.pods {
+        let ip = p.ip.as_deref().unwrap_or_else(|| panic!("pod {} has no IP", p.name));
+        assert!(ip.starts_with("10.244.1."), "pod {} got {ip}, outside node1's pod CIDR", p.name);
+        assert!(p.endpoint_id.is_some(), "pod {} has no endpoint id", p.name);
+    }
+    assert!(status.nodes[0].agent_running);
+    let during = snapshot(&name);
+    assert_eq!(during.netns.len(), 5, "fabric, node, external and 2 pods: {:?}", during.netns);
+    assert_eq!(during.agents.len(), 1, "{:?}", during.agents);
+
+    // exec lands in the pod's netns and cgroup.
+    let a = lab.pod("default", "a").expect("pod a");
+    let addrs = run_in(&lab, "default/a", &["ip", "-o", "-4", "addr", "show", "dev", "eth0"]);
+    assert!(addrs.contains(a.ip.as_deref().unwrap_or("?")), "{addrs}");
+    let cg = run_in(&lab, "default/a", &["cat", "/proc/self/cgroup"]);
+    assert!(cg.contains(&format!("myelin/{name}/default_a")), "{cg}");
+    let node_addrs = run_in(&lab, "node1", &["ip", "-o", "-4", "addr", "show", "dev", "eth0"]);
+    assert!(node_addrs.contains("172.30.0.10/24"), "{node_addrs}");
+    let ext_addrs = run_in(&lab, "world1", &["ip", "-o", "-4", "addr", "show", "dev", "eth0"]);
+    assert!(ext_addrs.contains("198.51.100.10/24"), "{ext_addrs}");
+
+    // The agent comes back after SIGKILL; pods come and go.
+    let old_pid = lab.node("node1").expect("node1").agent_pid;
+    lab.restart_agent("node1", Signal::SIGKILL).unwrap_or_else(|e| panic!("restart agent: {e}"));
+    assert_ne!(lab.node("node1").expect("node1").agent_pid, old_pid);
+    let c =
+        lab.add_pod(PodSpec::new("default", "c", "node1", &[("app", "c")])).unwrap_or_else(|e| panic!("add pod: {e}"));
+    assert!(c.ip.is_some() && c.endpoint_id.is_some(), "{c:?}");
+    lab.delete_pod("default", "c").unwrap_or_else(|e| panic!("delete pod: {e}"));
+    assert!(!c.netns_path.exists(), "pod netns left behind");
+
+    // Lab::load sees the same lab.
+    assert_eq!(Lab::load(&name).expect("load").status().pods.len(), 2);
+
+    lab.down().unwrap_or_else(|e| panic!("lab down: {e}"));
+    assert_eq!(snapshot(&name), before, "lab down left things behind");
+    assert!(!Lab::down_by_name(&name).expect("second down"), "down is idempotent");
+}
+
+/// A directory holding a fake `myelin-agent` that dies at once.
+fn dying_agent_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("myelin-lab-test-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let agent = dir.join("myelin-agent");
+    std::fs::write(&agent, "#!/bin/sh\necho 'fake agent: cannot start' >&2\nexit 3\n").expect("write fake agent");
+    std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    dir
+}
+
+#[test]
+fn failed_up_without_binaries_leaves_nothing_behind() {
+    require_root();
+    let name = lab_name("m");
+    let _teardown = Teardown(name.clone());
+    let opts = LabOptions { bin_dir: Some(PathBuf::from("/nonexistent/myelin-bin")), ..LabOptions::default() };
+    let err = Lab::up(two_pod_spec(), &name, opts).expect_err("up without binaries must fail");
+    assert!(matches!(err, LabError::MissingBinary { ref binary, .. } if binary == "myelin-agent"), "{err}");
+    assert!(err.to_string().contains("cargo build --workspace --bins"), "{err}");
+    assert_eq!(snapshot(&name), empty());
+    assert!(!Lab::down_by_name(&name).expect("down"), "the failed up removed its state already");
+}
+
+#[test]
+fn failed_agent_start_reports_its_log_and_leaves_nothing_behind() {
+    require_root();
+    let name = lab_name("d");
+    let _teardown = Teardown(name.clone());
+    let dir = dying_agent_dir(&name);
+    let opts = LabOptions { bin_dir: Some(dir.clone()), ..LabOptions::default() };
+    let err = Lab::up(two_pod_spec(), &name, opts).expect_err("up with a dying agent must fail");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(matches!(err, LabError::Agent { .. }), "{err}");
+    assert!(err.to_string().contains("fake agent: cannot start"), "error lacks the agent log tail: {err}");
+    assert_eq!(snapshot(&name), empty());
+}
+
+#[test]
+fn invalid_spec_fails_before_creating_anything() {
+    require_root();
+    let name = lab_name("v");
+    let mut spec = two_pod_spec();
+    spec.pods[1].node = "node9".into();
+    let err = Lab::up(spec, &name, LabOptions::default()).expect_err("pod on a missing node");
+    assert!(err.to_string().starts_with("pods[1].node"), "{err}");
+    assert_eq!(snapshot(&name), empty());
+}
+
+#[test]
+fn two_labs_coexist_and_down_by_name_removes_only_its_own() {
+    require_root();
+    let (a, b) = (lab_name("ca"), lab_name("cb"));
+    let _ta = Teardown(a.clone());
+    let _tb = Teardown(b.clone());
+    let spec = LabSpec { pods: Vec::new(), ..two_pod_spec() };
+    let la = Lab::up(spec.clone(), &a, LabOptions::default()).unwrap_or_else(|e| panic!("lab {a}: {e}"));
+    let lb = Lab::up(spec, &b, LabOptions::default()).unwrap_or_else(|e| panic!("lab {b}: {e}"));
+    assert!(Lab::down_by_name(&a).expect("down a"));
+    assert_eq!(snapshot(&a), empty());
+    assert_eq!(snapshot(&b).netns.len(), 3, "lab {b} must be untouched");
+    drop(la);
+    lb.down().expect("down b");
+    assert_eq!(snapshot(&b), empty());
+}
