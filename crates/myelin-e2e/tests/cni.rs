@@ -86,7 +86,7 @@ fn assert_error(run: &CniRun, code: u64, needle: &str) {
 
 #[test]
 fn errors_follow_the_cni_contract() {
-    let g = LabGuard::up("nodes: [{name: node1, podCidr: 10.77.0.0/29}]\nnamespaces: [{name: default}]\n", "cnie");
+    let g = LabGuard::up("nodes: [{name: node1, podCIDR: 10.77.0.0/29}]\nnamespaces: [{name: default}]\n", "cnie");
     let lab = g.lab();
     let sock = lab.node("node1").unwrap().agent_socket.display().to_string();
     let pod = NetnsGuard::new("cnie");

@@ -886,7 +886,7 @@ fn plan(name: &str, spec: LabSpec, state_dir: PathBuf, cgroup_root: Option<PathB
                 netns_path: naming::netns_path(&netns),
                 netns,
                 address: format!("{UNDERLAY}.{}", 10 + i),
-                pod_cidr: format!("10.244.{}.0/24", i + 1),
+                pod_cidr: n.pod_cidr.clone().unwrap_or_else(|| format!("10.244.{}.0/24", i + 1)),
                 agent_socket: dir.join("agent.sock"),
                 agent_pid: None,
                 agent_start_time: None,

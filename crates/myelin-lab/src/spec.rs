@@ -43,6 +43,9 @@ pub struct LabSpec {
 #[serde(deny_unknown_fields)]
 pub struct NodeSpec {
     pub name: String,
+    /// This node's pod CIDR (IPv4, /8 to /29); default `10.244.<i+1>.0/24`.
+    #[serde(default, rename = "podCIDR", skip_serializing_if = "Option::is_none")]
+    pub pod_cidr: Option<String>,
 }
 
 /// A Kubernetes-like namespace and its labels.
@@ -116,7 +119,7 @@ impl LabSpec {
         let mut db = PodSpec::new("prod", "db", "node1", &[("app", "db")]);
         db.ports = vec![NamedPort { name: "postgres".into(), port: 5432, protocol: "TCP".into() }];
         Self {
-            nodes: vec![NodeSpec { name: "node1".into() }],
+            nodes: vec![NodeSpec { name: "node1".into(), pod_cidr: None }],
             namespaces: vec![
                 NamespaceSpec { name: "default".into(), labels: Labels::new() },
                 NamespaceSpec { name: "prod".into(), labels: labels(&[("env", "prod")]) },
@@ -159,6 +162,9 @@ impl LabSpec {
             }
             if let Some(prev) = hosts.insert(n.name.clone(), field.clone()) {
                 return Err(invalid(&field, &format!("{:?} is already used by {prev}", n.name)));
+            }
+            if let Some(cidr) = &n.pod_cidr {
+                check_pod_cidr(&format!("nodes[{i}].podCIDR"), cidr)?;
             }
         }
         if self.nodes.len() > 200 {
@@ -224,6 +230,23 @@ impl LabSpec {
     pub fn node_index(&self, name: &str) -> Option<usize> {
         self.nodes.iter().position(|n| n.name == name)
     }
+}
+
+/// A pod CIDR: `a.b.c.d/n`, network address, n in 8..=29.
+fn check_pod_cidr(field: &str, cidr: &str) -> Result<()> {
+    let bad = |why: &str| Err(invalid(field, &format!("{cidr:?} {why}")));
+    let Some((addr, len)) = cidr.split_once('/') else { return bad("is not an IPv4 CIDR like 10.244.1.0/24") };
+    let (Ok(addr), Ok(len)) = (addr.parse::<std::net::Ipv4Addr>(), len.parse::<u8>()) else {
+        return bad("is not an IPv4 CIDR like 10.244.1.0/24");
+    };
+    if !(8..=29).contains(&len) {
+        return bad("must have a prefix length from /8 to /29");
+    }
+    let mask = u32::MAX << (32 - u32::from(len));
+    if u32::from(addr) & !mask != 0 {
+        return bad("has host bits set; give the network address");
+    }
+    Ok(())
 }
 
 pub(crate) fn check_pod(p: &PodSpec, at: &str, namespaces: &BTreeSet<&str>, nodes: &[NodeSpec]) -> Result<()> {
@@ -361,6 +384,9 @@ external:
             ("nodes: [{name: Node1}]", "nodes[0].name"),
             ("nodes: [{name: n1}, {name: n1}]", "nodes[1].name"),
             ("nodes: [{name: fab}]", "nodes[0].name"),
+            ("nodes: [{name: n1, podCIDR: 10.1.0.5/24}]", "nodes[0].podCIDR"),
+            ("nodes: [{name: n1, podCIDR: 10.1.0.0/30}]", "nodes[0].podCIDR"),
+            ("nodes: [{name: n1, podCIDR: banana}]", "nodes[0].podCIDR"),
             ("nodes: [{name: n1}]\nexternal: [{name: n1}]", "external[0].name"),
             (&format!("nodes: [{{name: {}}}]", "a".repeat(33)), "nodes[0].name"),
             ("nodes: [{name: n1}]\nnamespaces: [{name: a}, {name: a}]", "namespaces[1].name"),

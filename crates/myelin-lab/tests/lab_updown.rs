@@ -101,7 +101,7 @@ fn empty() -> Snapshot {
 
 fn two_pod_spec() -> LabSpec {
     LabSpec {
-        nodes: vec![NodeSpec { name: "node1".into() }],
+        nodes: vec![NodeSpec { name: "node1".into(), pod_cidr: None }],
         namespaces: vec![NamespaceSpec { name: "default".into(), labels: Default::default() }],
         pods: vec![
             PodSpec::new("default", "a", "node1", &[("app", "a")]),
