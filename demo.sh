@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 bash scripts/setup.sh
-cargo build --workspace --bins --locked
+cargo build --workspace --bins
 M=target/debug/myelin
 LAB=${MYELIN_LAB:-myelin}
 

@@ -4,10 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 bash scripts/setup.sh
-cargo build --workspace --bins --locked
+cargo build --workspace --bins
 export MYELIN_BIN_DIR="$PWD/target/debug"
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --locked --no-fail-fast --test-threads 2 "$@"
+  cargo nextest run --workspace --no-fail-fast --test-threads 2 "$@"
 else
-  cargo test --workspace --locked --no-fail-fast "$@" -- --test-threads 2
+  cargo test --workspace --no-fail-fast "$@" -- --test-threads 2
 fi
