@@ -1,0 +1,706 @@
+//! The policy compiler: policies + endpoints + identities -> per-endpoint policy map entries.
+//!
+//! # The policy map and its lookup (what the datapath implements)
+//!
+//! One LPM trie per endpoint (or one shared trie with the endpoint in the key; the entries are
+//! the same). Key, in network byte order so the trie's bit order works:
+//!
+//! ```text
+//! struct policy_key {            // BPF_MAP_TYPE_LPM_TRIE, BPF_F_NO_PREALLOC
+//!     __u32 prefixlen;           // bits of the fields below that are significant
+//!     __be32 identity;           // peer identity, 0 = any identity
+//!     __u8  direction;           // 0 ingress, 1 egress
+//!     __u8  protocol;            // IP protocol; 0 = any protocol
+//!     __be16 port;               // destination port; ICMP: the ICMP type
+//! };
+//! prefixlen = 40                        when protocol == 0 (port must be 0)
+//!           = 48 + port_prefix_len      otherwise (port_prefix_len 0..=16)
+//! ```
+//!
+//! A packet's key is (peer identity, direction, protocol, dport) with prefixlen 64, where dport
+//! is the L4 destination port for TCP/UDP/SCTP, the ICMP type for ICMP/ICMPv6 and 0 otherwise.
+//! Lookup: first with the peer's identity; only if that finds NO entry, again with identity 0;
+//! if that finds nothing too, the direction's default applies: deny when the endpoint is
+//! enforced in that direction, allow otherwise. The value is the entry's verdict (and rule id
+//! for drop attribution). The compiler guarantees that this two-step lookup yields exactly the
+//! policy semantics (deny beats allow; a rule of the peer's identity never hides a wildcard rule
+//! that should apply) by folding wildcard rules into each specific identity's entries.
+//! [`evaluate`] implements this lookup literally and is what the tests check.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::rc::Rc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::identity::Identity;
+use crate::labels::Labels;
+use crate::matching::{
+    flatten, is_wildcard_peer, peer_matches, resolve_named, Endpoint, EndpointId, FlatRule,
+    PolicyInput,
+};
+use crate::model::{Direction, PeerKind, PortSpec, RuleRef, Verdict};
+
+/// One entry of the policy map.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyEntry {
+    /// Peer identity; 0 = any identity.
+    pub identity: Identity,
+    pub direction: Direction,
+    /// IP protocol; 0 = any protocol (then `port` and `port_prefix_len` are 0).
+    pub protocol: u8,
+    /// First port of the block (ICMP: the type).
+    pub port: u16,
+    /// Significant leading bits of `port`: 16 exact, 0 any, else an aligned power-of-two block.
+    pub port_prefix_len: u8,
+    pub verdict: Verdict,
+    /// The rule that decided; None for entries that restore the default verdict under a wider
+    /// entry.
+    pub rule: Option<RuleRef>,
+}
+
+impl PolicyEntry {
+    /// The LPM prefix length of the entry's key (see the module docs).
+    #[must_use]
+    pub fn lpm_prefix_len(&self) -> u32 {
+        if self.protocol == 0 {
+            40
+        } else {
+            48 + u32::from(self.port_prefix_len)
+        }
+    }
+
+    /// Whether the entry's key covers (protocol, port).
+    #[must_use]
+    pub fn covers(&self, protocol: u8, port: u16) -> bool {
+        if self.protocol == 0 {
+            return true;
+        }
+        if self.protocol != protocol {
+            return false;
+        }
+        let plen = u32::from(self.port_prefix_len);
+        plen == 0 || (port >> (16 - plen)) == (self.port >> (16 - plen))
+    }
+}
+
+/// Policy of one endpoint in one direction.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectionPolicy {
+    /// Default deny in this direction (a lookup miss drops).
+    pub enforced: bool,
+    pub entries: Vec<PolicyEntry>,
+}
+
+/// Policy of one endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointPolicy {
+    pub endpoint: EndpointId,
+    pub identity: Identity,
+    pub ingress: DirectionPolicy,
+    pub egress: DirectionPolicy,
+}
+
+impl EndpointPolicy {
+    #[must_use]
+    pub fn direction(&self, d: Direction) -> &DirectionPolicy {
+        match d {
+            Direction::Ingress => &self.ingress,
+            Direction::Egress => &self.egress,
+        }
+    }
+}
+
+/// Compiler output for every endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompiledPolicy {
+    pub endpoints: BTreeMap<EndpointId, EndpointPolicy>,
+}
+
+/// Result of a lookup.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Evaluation {
+    pub verdict: Verdict,
+    /// The deciding rule; None for the default verdict.
+    pub rule: Option<RuleRef>,
+    /// The entry that matched, if any.
+    pub entry: Option<PolicyEntry>,
+    pub enforced: bool,
+}
+
+/// Looks up (peer, protocol, port) exactly as the datapath does: longest prefix match among the
+/// peer identity's entries, then among identity 0's entries, then the default. An endpoint the
+/// compiled policy does not know is not enforced (allow).
+#[must_use]
+pub fn evaluate(
+    compiled: &CompiledPolicy,
+    endpoint: EndpointId,
+    direction: Direction,
+    peer: Identity,
+    protocol: u8,
+    port: u16,
+) -> Evaluation {
+    let Some(ep) = compiled.endpoints.get(&endpoint) else {
+        return Evaluation {
+            verdict: Verdict::Allow,
+            rule: None,
+            entry: None,
+            enforced: false,
+        };
+    };
+    let dp = ep.direction(direction);
+    let lpm = |id: Identity| {
+        dp.entries
+            .iter()
+            .filter(|e| e.identity == id && e.direction == direction && e.covers(protocol, port))
+            .max_by_key(|e| e.lpm_prefix_len())
+    };
+    let hit = lpm(peer).or_else(|| lpm(0));
+    match hit {
+        Some(e) => Evaluation {
+            verdict: e.verdict,
+            rule: e.rule.clone(),
+            entry: Some(e.clone()),
+            enforced: dp.enforced,
+        },
+        None => Evaluation {
+            verdict: if dp.enforced {
+                Verdict::Deny
+            } else {
+                Verdict::Allow
+            },
+            rule: None,
+            entry: None,
+            enforced: dp.enforced,
+        },
+    }
+}
+
+/// The minimal set of aligned power-of-two blocks covering `lo..=hi`, as (start, prefix length).
+#[must_use]
+pub fn port_range_blocks(lo: u16, hi: u16) -> Vec<(u16, u8)> {
+    let mut out = Vec::new();
+    let (mut lo, hi) = (u32::from(lo), u32::from(hi));
+    while lo <= hi {
+        // Largest block aligned at lo that fits in lo..=hi.
+        let mut size: u32 = if lo == 0 {
+            1 << 16
+        } else {
+            lo & lo.wrapping_neg()
+        };
+        while lo + size - 1 > hi {
+            size >>= 1;
+        }
+        let plen = 16 - size.trailing_zeros();
+        out.push((
+            u16::try_from(lo).unwrap_or(0),
+            u8::try_from(plen).unwrap_or(16),
+        ));
+        lo += size;
+    }
+    out
+}
+
+/// Value of the policy function at a point: the deciding rule (by ordinal) or no rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Val {
+    Miss,
+    Allow(u32),
+    Deny(u32),
+}
+
+/// A piecewise-constant function over ports 0..=65535; adjacent segments differ.
+#[derive(Clone, Debug)]
+struct Pw {
+    starts: Vec<u32>,
+    vals: Vec<Val>,
+}
+
+impl Pw {
+    fn constant(v: Val) -> Self {
+        Pw {
+            starts: vec![0],
+            vals: vec![v],
+        }
+    }
+
+    fn seg(&self, port: u32) -> usize {
+        self.starts
+            .partition_point(|s| *s <= port)
+            .saturating_sub(1)
+    }
+
+    fn seg_end(&self, i: usize) -> u32 {
+        self.starts.get(i + 1).map_or(65535, |s| s - 1)
+    }
+
+    fn uniform(&self, lo: u32, hi: u32) -> Option<Val> {
+        let i = self.seg(lo);
+        (self.seg_end(i) >= hi).then(|| self.vals[i])
+    }
+
+    fn agrees(&self, other: &Pw, lo: u32, hi: u32) -> bool {
+        let mut pos = lo;
+        while pos <= hi {
+            let (i, j) = (self.seg(pos), other.seg(pos));
+            if self.vals[i] != other.vals[j] {
+                return false;
+            }
+            pos = self.seg_end(i).min(other.seg_end(j)) + 1;
+        }
+        true
+    }
+}
+
+/// Deny beats allow; among rules of one verdict the lowest ordinal decides.
+fn decide(deny: Option<u32>, allow: Option<u32>) -> Val {
+    match (deny, allow) {
+        (Some(d), _) => Val::Deny(d),
+        (None, Some(a)) => Val::Allow(a),
+        (None, None) => Val::Miss,
+    }
+}
+
+/// One port interval contributed by a rule.
+#[derive(Clone, Copy, Debug)]
+struct Item {
+    proto: u8,
+    lo: u16,
+    hi: u16,
+    ord: u32,
+    deny: bool,
+}
+
+/// The policy function of one identity class.
+struct ClassFn {
+    other: Val,
+    protos: BTreeMap<u8, Pw>,
+}
+
+fn build_class(l3_deny: Option<u32>, l3_allow: Option<u32>, items: &[Item]) -> ClassFn {
+    let other = decide(l3_deny, l3_allow);
+    let mut by_proto: BTreeMap<u8, Vec<&Item>> = BTreeMap::new();
+    for it in items {
+        by_proto.entry(it.proto).or_default().push(it);
+    }
+    let mut protos = BTreeMap::new();
+    for (proto, its) in by_proto {
+        // Sweep: +1 at lo, -1 at hi+1.
+        let mut events: Vec<(u32, bool, u32, bool)> = Vec::with_capacity(its.len() * 2);
+        for it in its {
+            events.push((u32::from(it.lo), true, it.ord, it.deny));
+            events.push((u32::from(it.hi) + 1, false, it.ord, it.deny));
+        }
+        events.sort_unstable_by_key(|e| e.0);
+        let mut deny: BTreeMap<u32, u32> = BTreeMap::new();
+        let mut allow: BTreeMap<u32, u32> = BTreeMap::new();
+        let mut pw = Pw {
+            starts: vec![0],
+            vals: vec![other],
+        };
+        let mut i = 0;
+        while i < events.len() {
+            let pos = events[i].0;
+            while i < events.len() && events[i].0 == pos {
+                let (_, add, ord, is_deny) = events[i];
+                let set = if is_deny { &mut deny } else { &mut allow };
+                if add {
+                    *set.entry(ord).or_insert(0) += 1;
+                } else if let Some(c) = set.get_mut(&ord) {
+                    *c -= 1;
+                    if *c == 0 {
+                        set.remove(&ord);
+                    }
+                }
+                i += 1;
+            }
+            if pos > 65535 {
+                break;
+            }
+            let d = [l3_deny, deny.keys().next().copied()]
+                .into_iter()
+                .flatten()
+                .min();
+            let a = [l3_allow, allow.keys().next().copied()]
+                .into_iter()
+                .flatten()
+                .min();
+            let v = decide(d, a);
+            if pos == 0 {
+                pw.vals[0] = v;
+            } else if pw.vals.last() != Some(&v) {
+                pw.starts.push(pos);
+                pw.vals.push(v);
+            }
+        }
+        protos.insert(proto, pw);
+    }
+    ClassFn { other, protos }
+}
+
+/// A rule prepared for one endpoint and direction.
+struct Prepared<'a> {
+    ord: u32,
+    deny: bool,
+    wildcard: bool,
+    ids: Rc<Vec<Identity>>,
+    l3: bool,
+    items: Vec<Item>,
+    /// Egress named ports: (protocol, name).
+    named: Vec<(crate::model::Protocol, &'a str)>,
+}
+
+struct Emitter<'a> {
+    identity: Identity,
+    direction: Direction,
+    default: Verdict,
+    refs: &'a [RuleRef],
+    out: &'a mut Vec<PolicyEntry>,
+}
+
+impl Emitter<'_> {
+    fn emit(&mut self, protocol: u8, port: u32, plen: u32, v: Val) {
+        let (verdict, rule) = match v {
+            Val::Miss => (self.default, None),
+            Val::Allow(o) => (Verdict::Allow, self.refs.get(o as usize).cloned()),
+            Val::Deny(o) => (Verdict::Deny, self.refs.get(o as usize).cloned()),
+        };
+        self.out.push(PolicyEntry {
+            identity: self.identity,
+            direction: self.direction,
+            protocol,
+            port: u16::try_from(port).unwrap_or(0),
+            port_prefix_len: u8::try_from(plen).unwrap_or(16),
+            verdict,
+            rule,
+        });
+    }
+
+    /// Emits entries for block `lo..lo+2^(16-plen)` so that lookups in it yield `f`, given that
+    /// without entries here they would yield `inherited`.
+    fn block(&mut self, proto: u8, f: &Pw, inherited: &Pw, lo: u32, plen: u32) {
+        let hi = lo + (1u32 << (16 - plen)) - 1;
+        if f.agrees(inherited, lo, hi) {
+            return;
+        }
+        if let Some(v) = f.uniform(lo, hi) {
+            self.emit(proto, lo, plen, v);
+            return;
+        }
+        let half = 1u32 << (15 - plen);
+        self.block(proto, f, inherited, lo, plen + 1);
+        self.block(proto, f, inherited, lo + half, plen + 1);
+    }
+
+    /// Emits a class's entries. `fallback` is what lookups yield when the class has no entry:
+    /// the wildcard class's function for a specific identity, Miss for the wildcard class.
+    fn class(&mut self, f: &ClassFn, fallback: &ClassFn) {
+        let any_entry = f.other != fallback.other;
+        if any_entry {
+            self.emit(0, 0, 0, f.other);
+        }
+        let protos: BTreeSet<u8> = f
+            .protos
+            .keys()
+            .chain(fallback.protos.keys())
+            .copied()
+            .collect();
+        for p in protos {
+            let own = f
+                .protos
+                .get(&p)
+                .cloned()
+                .unwrap_or_else(|| Pw::constant(f.other));
+            let inherited = if any_entry {
+                Pw::constant(f.other)
+            } else {
+                fallback
+                    .protos
+                    .get(&p)
+                    .cloned()
+                    .unwrap_or_else(|| Pw::constant(fallback.other))
+            };
+            self.block(p, &own, &inherited, 0, 0);
+        }
+    }
+}
+
+/// Compiles every endpoint's policy.
+#[must_use]
+pub fn compile(input: &PolicyInput<'_>) -> CompiledPolicy {
+    let flat = flatten(input.policies);
+    let refs: Vec<RuleRef> = flat.iter().map(|f| f.rule_ref.clone()).collect();
+    let universe: Vec<(Identity, Labels)> = input
+        .identities
+        .all_ids()
+        .into_iter()
+        .filter_map(|id| input.identities.labels(id).map(|l| (id, l)))
+        .collect();
+    let mut peer_cache: HashMap<&PeerKind, Rc<Vec<Identity>>> = HashMap::new();
+    let mut rule_ids: Vec<Option<Rc<Vec<Identity>>>> = Vec::with_capacity(flat.len());
+    for fr in &flat {
+        if is_wildcard_peer(fr.rule) {
+            rule_ids.push(None);
+            continue;
+        }
+        let mut ids = BTreeSet::new();
+        for peer in fr.rule.peers.iter().flatten() {
+            let set = peer_cache.entry(&peer.kind).or_insert_with(|| {
+                Rc::new(
+                    universe
+                        .iter()
+                        .filter(|(id, l)| peer_matches(&peer.kind, *id, Some(l), input.identities))
+                        .map(|(id, _)| *id)
+                        .collect(),
+                )
+            });
+            ids.extend(set.iter().copied());
+        }
+        rule_ids.push(Some(Rc::new(ids.into_iter().collect())));
+    }
+    let mut out = CompiledPolicy::default();
+    for ep in input.endpoints {
+        let selected: BTreeSet<(usize, usize)> = input
+            .policies
+            .iter()
+            .enumerate()
+            .flat_map(|(pi, p)| {
+                p.specs
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| s.subject.matches(&ep.labels))
+                    .map(move |(si, _)| (pi, si))
+            })
+            .collect();
+        if selected.is_empty() {
+            continue;
+        }
+        let mut epol = EndpointPolicy {
+            endpoint: ep.id,
+            identity: ep.identity,
+            ..EndpointPolicy::default()
+        };
+        for dir in [Direction::Ingress, Direction::Egress] {
+            let dp = compile_direction(input, ep, dir, &flat, &rule_ids, &refs, &selected);
+            match dir {
+                Direction::Ingress => epol.ingress = dp,
+                Direction::Egress => epol.egress = dp,
+            }
+        }
+        out.endpoints.insert(ep.id, epol);
+    }
+    out
+}
+
+fn policy_index(input: &PolicyInput<'_>, fr: &FlatRule<'_>) -> usize {
+    input
+        .policies
+        .iter()
+        .position(|p| std::ptr::eq(p, fr.policy))
+        .unwrap_or(usize::MAX)
+}
+
+#[allow(clippy::too_many_lines)]
+fn compile_direction(
+    input: &PolicyInput<'_>,
+    ep: &Endpoint,
+    dir: Direction,
+    flat: &[FlatRule<'_>],
+    rule_ids: &[Option<Rc<Vec<Identity>>>],
+    refs: &[RuleRef],
+    selected: &BTreeSet<(usize, usize)>,
+) -> DirectionPolicy {
+    let enforced = selected.iter().any(|(pi, si)| {
+        let s = &input.policies[*pi].specs[*si];
+        match dir {
+            Direction::Ingress => s.enforce_ingress,
+            Direction::Egress => s.enforce_egress,
+        }
+    });
+    let mut prepared: Vec<Prepared<'_>> = Vec::new();
+    let mut pi_cache: Option<(*const crate::model::Policy, usize)> = None;
+    for (ord, fr) in flat.iter().enumerate() {
+        if fr.rule.direction != dir {
+            continue;
+        }
+        let pi = match pi_cache {
+            Some((ptr, i)) if std::ptr::eq(ptr, fr.policy) => i,
+            _ => {
+                let i = policy_index(input, fr);
+                pi_cache = Some((fr.policy, i));
+                i
+            }
+        };
+        if !selected.contains(&(pi, fr.spec)) {
+            continue;
+        }
+        let deny = fr.rule.verdict == Verdict::Deny;
+        if !enforced && !deny {
+            // Without default deny an allow changes nothing: deny beats allow, and a miss allows.
+            continue;
+        }
+        let ord = u32::try_from(ord).unwrap_or(u32::MAX);
+        let mut p = Prepared {
+            ord,
+            deny,
+            wildcard: rule_ids[ord as usize].is_none(),
+            ids: rule_ids[ord as usize].clone().unwrap_or_default(),
+            l3: fr.rule.ports.is_none(),
+            items: Vec::new(),
+            named: Vec::new(),
+        };
+        for pm in fr.rule.ports.iter().flatten() {
+            match &pm.port {
+                PortSpec::All | PortSpec::Number(_) => {
+                    let (lo, hi) = match pm.port {
+                        PortSpec::Number(n) => {
+                            let lo = u16::try_from(n).unwrap_or(0);
+                            let hi = pm.end_port.map_or(lo, |e| u16::try_from(e).unwrap_or(lo));
+                            (lo, hi)
+                        }
+                        _ => (0, 65535),
+                    };
+                    for &proto in pm.protocol.numbers() {
+                        p.items.push(Item {
+                            proto,
+                            lo,
+                            hi,
+                            ord,
+                            deny,
+                        });
+                    }
+                }
+                PortSpec::Named(name) => match dir {
+                    Direction::Ingress => {
+                        for (proto, port) in resolve_named(ep, name, pm.protocol) {
+                            p.items.push(Item {
+                                proto,
+                                lo: port,
+                                hi: port,
+                                ord,
+                                deny,
+                            });
+                        }
+                    }
+                    Direction::Egress => p.named.push((pm.protocol, name.as_str())),
+                },
+            }
+        }
+        prepared.push(p);
+    }
+    if prepared.is_empty() {
+        return DirectionPolicy {
+            enforced,
+            entries: Vec::new(),
+        };
+    }
+
+    // Identity classes: 0 plus every identity some rule names, plus peers whose named ports
+    // resolve for an egress rule.
+    let mut own: BTreeMap<Identity, Vec<usize>> = BTreeMap::new();
+    let mut wildcard: Vec<usize> = Vec::new();
+    let mut named_ports_by_id: BTreeMap<Identity, Vec<&Endpoint>> = BTreeMap::new();
+    let any_named = prepared.iter().any(|p| !p.named.is_empty());
+    if any_named {
+        for e in input.endpoints {
+            named_ports_by_id.entry(e.identity).or_default().push(e);
+        }
+    }
+    for (i, p) in prepared.iter().enumerate() {
+        if p.wildcard {
+            wildcard.push(i);
+            if !p.named.is_empty() {
+                for (id, eps) in &named_ports_by_id {
+                    let hit = p.named.iter().any(|(proto, name)| {
+                        eps.iter()
+                            .any(|e| resolve_named(e, name, *proto).next().is_some())
+                    });
+                    if hit {
+                        own.entry(*id).or_default();
+                    }
+                }
+            }
+        } else {
+            for id in p.ids.iter() {
+                own.entry(*id).or_default().push(i);
+            }
+        }
+    }
+
+    let class_fn = |id: Option<Identity>, own_rules: &[usize]| -> ClassFn {
+        let mut l3_deny = None;
+        let mut l3_allow = None;
+        let mut items = Vec::new();
+        for &i in wildcard.iter().chain(own_rules.iter()) {
+            let p = &prepared[i];
+            if p.l3 {
+                let slot = if p.deny { &mut l3_deny } else { &mut l3_allow };
+                *slot = Some(slot.map_or(p.ord, |o: u32| o.min(p.ord)));
+            }
+            items.extend_from_slice(&p.items);
+            if let Some(id) = id {
+                for (proto, name) in &p.named {
+                    for e in named_ports_by_id.get(&id).into_iter().flatten() {
+                        for (pr, port) in resolve_named(e, name, *proto) {
+                            items.push(Item {
+                                proto: pr,
+                                lo: port,
+                                hi: port,
+                                ord: p.ord,
+                                deny: p.deny,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        build_class(l3_deny, l3_allow, &items)
+    };
+
+    let default = if enforced {
+        Verdict::Deny
+    } else {
+        Verdict::Allow
+    };
+    let mut entries = Vec::new();
+    let f0 = class_fn(None, &[]);
+    let miss = ClassFn {
+        other: Val::Miss,
+        protos: BTreeMap::new(),
+    };
+    Emitter {
+        identity: 0,
+        direction: dir,
+        default,
+        refs,
+        out: &mut entries,
+    }
+    .class(&f0, &miss);
+    for (id, rules) in &own {
+        let f = class_fn(Some(*id), rules);
+        Emitter {
+            identity: *id,
+            direction: dir,
+            default,
+            refs,
+            out: &mut entries,
+        }
+        .class(&f, &f0);
+    }
+    DirectionPolicy { enforced, entries }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_blocks_examples() {
+        assert_eq!(port_range_blocks(80, 80), vec![(80, 16)]);
+        assert_eq!(port_range_blocks(0, 65535), vec![(0, 0)]);
+        assert_eq!(port_range_blocks(1, 65535).len(), 16);
+        assert_eq!(port_range_blocks(8000, 8007), vec![(8000, 13)]);
+        assert_eq!(port_range_blocks(80, 83), vec![(80, 14)]);
+        assert_eq!(port_range_blocks(79, 81), vec![(79, 16), (80, 15)]);
+        assert_eq!(port_range_blocks(65535, 65535), vec![(65535, 16)]);
+    }
+}

@@ -1,0 +1,106 @@
+//! Test helpers: a small cluster of namespaces and pods with identities.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+
+use myelin_policy::*;
+
+pub struct Cluster {
+    pub alloc: IdentityAllocator,
+    pub cidrs: CidrIdentityAllocator,
+    pub endpoints: Vec<Endpoint>,
+    pub ns_labels: BTreeMap<String, Labels>,
+}
+
+impl Cluster {
+    pub fn new() -> Self {
+        Cluster {
+            alloc: IdentityAllocator::new(),
+            cidrs: CidrIdentityAllocator::new(),
+            endpoints: Vec::new(),
+            ns_labels: BTreeMap::new(),
+        }
+    }
+
+    pub fn namespace(&mut self, ns: &str, labels: &[(&str, &str)]) {
+        self.ns_labels
+            .insert(ns.to_owned(), labels.iter().copied().collect());
+    }
+
+    pub fn pod(
+        &mut self,
+        id: u64,
+        ns: &str,
+        labels: &[(&str, &str)],
+        ports: &[(&str, Protocol, u16)],
+    ) -> Identity {
+        let nsl = self.ns_labels.get(ns).cloned().unwrap_or_default();
+        let sec = security_labels(&labels.iter().copied().collect(), ns, &nsl);
+        let identity = self.alloc.acquire(&sec).unwrap();
+        self.endpoints.push(Endpoint {
+            id,
+            namespace: ns.to_owned(),
+            labels: sec,
+            identity,
+            named_ports: ports
+                .iter()
+                .map(|(n, p, port)| NamedPort {
+                    name: (*n).to_owned(),
+                    protocol: *p,
+                    port: *port,
+                })
+                .collect(),
+        });
+        identity
+    }
+
+    /// Allocates CIDR identities for every prefix the policies use.
+    pub fn cidrs_for(&mut self, policies: &[Policy]) {
+        for p in cidr_prefixes(policies) {
+            self.cidrs.allocate(p).unwrap();
+        }
+    }
+
+    pub fn cidr(&mut self, s: &str) -> Identity {
+        self.cidrs.allocate(s.parse().unwrap()).unwrap()
+    }
+
+    pub fn table(&self) -> IdentityTable {
+        IdentityTable::from_allocators(&self.alloc, &self.cidrs)
+    }
+}
+
+pub fn parse(yaml: &str) -> Vec<Policy> {
+    parse_documents("test.yaml", yaml).unwrap_or_else(|e| panic!("{e}"))
+}
+
+pub fn parse_err(yaml: &str) -> String {
+    match parse_documents("test.yaml", yaml) {
+        Ok(p) => panic!("expected an error, parsed {} policies", p.len()),
+        Err(e) => e.to_string(),
+    }
+}
+
+pub const TCP: u8 = 6;
+pub const UDP: u8 = 17;
+pub const ICMP: u8 = 1;
+
+/// Compiled and reference verdicts must agree; returns the verdict.
+pub fn check(
+    input: &PolicyInput<'_>,
+    compiled: &CompiledPolicy,
+    ep: EndpointId,
+    dir: Direction,
+    peer: Identity,
+    proto: u8,
+    port: u16,
+) -> Verdict {
+    let c = evaluate(compiled, ep, dir, peer, proto, port);
+    let r = reference_verdict(input, ep, dir, peer, proto, port);
+    assert_eq!(
+        (c.verdict, c.rule.as_ref().map(|r| r.index)),
+        (r.verdict, r.rule.as_ref().map(|r| r.index)),
+        "ep {ep} {dir} peer {peer} proto {proto} port {port}: compiled {c:?} vs reference {r:?}"
+    );
+    c.verdict
+}

@@ -1,0 +1,250 @@
+//! Property tests: the compiled map, looked up the datapath's way, equals the reference
+//! evaluator for random policies, peers and ports; port range expansion is exact and minimal.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+mod common;
+
+use common::*;
+use myelin_policy::*;
+use proptest::prelude::*;
+
+/// Small deterministic generator driven by a proptest seed.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn chance(&mut self, pct: u64) -> bool {
+        self.below(100) < pct
+    }
+    fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
+        &xs[self.below(xs.len() as u64) as usize]
+    }
+}
+
+const PORTS: [i64; 9] = [1, 79, 80, 81, 82, 443, 1024, 8080, 65535];
+
+fn selector(r: &mut Rng) -> LabelSelector {
+    let mut s = LabelSelector::default();
+    if r.chance(60) {
+        s.match_labels
+            .insert("app".into(), (*r.pick(&["a", "b", "c"])).into());
+    }
+    if r.chance(30) {
+        let op = *r.pick(&[
+            Operator::In,
+            Operator::NotIn,
+            Operator::Exists,
+            Operator::DoesNotExist,
+        ]);
+        let values = match op {
+            Operator::In | Operator::NotIn => vec![(*r.pick(&["x", "y"])).to_owned()],
+            _ => vec![],
+        };
+        s.match_expressions.push(Requirement {
+            key: "tier".into(),
+            operator: op,
+            values,
+        });
+    }
+    if r.chance(20) {
+        s.match_labels.insert(
+            "io.kubernetes.pod.namespace".into(),
+            (*r.pick(&["ns1", "ns2"])).into(),
+        );
+    }
+    s
+}
+
+fn peer(r: &mut Rng) -> PeerKind {
+    match r.below(3) {
+        0 => PeerKind::Selector(selector(r)),
+        1 => {
+            let (cidr, except): (&str, &[&str]) = *r.pick(&[
+                ("10.0.0.0/8", &["10.1.0.0/16"][..]),
+                ("10.0.0.0/8", &[][..]),
+                ("10.1.0.0/16", &[][..]),
+                ("0.0.0.0/0", &["10.0.0.0/8"][..]),
+                ("192.168.0.0/24", &[][..]),
+            ]);
+            PeerKind::Cidr {
+                cidr: cidr.parse().unwrap(),
+                except: except.iter().map(|e| e.parse().unwrap()).collect(),
+            }
+        }
+        _ => PeerKind::Entity(*r.pick(&Entity::ALL)),
+    }
+}
+
+fn port_match(r: &mut Rng) -> PortMatch {
+    let protocol = *r.pick(&[
+        Protocol::Tcp,
+        Protocol::Tcp,
+        Protocol::Udp,
+        Protocol::Any,
+        Protocol::Icmp,
+    ]);
+    let (port, end_port) = if protocol == Protocol::Icmp {
+        (PortSpec::Number(*r.pick(&[0, 8, 80])), None)
+    } else {
+        match r.below(5) {
+            0 => (PortSpec::All, None),
+            1 => (PortSpec::Named((*r.pick(&["http", "dns"])).into()), None),
+            2 => {
+                let p = *r.pick(&PORTS);
+                (
+                    PortSpec::Number(p),
+                    Some((p + r.below(600) as i64).min(65535)),
+                )
+            }
+            _ => (PortSpec::Number(*r.pick(&PORTS)), None),
+        }
+    };
+    PortMatch {
+        path: "p".into(),
+        protocol,
+        port,
+        end_port,
+    }
+}
+
+fn random_policies(r: &mut Rng) -> Vec<Policy> {
+    let n = 1 + r.below(4);
+    (0..n)
+        .map(|i| {
+            let specs = (0..1 + r.below(2))
+                .map(|si| PolicySpec {
+                    path: format!("specs[{si}]"),
+                    subject: selector(r),
+                    enforce_ingress: r.chance(70),
+                    enforce_egress: r.chance(50),
+                    rules: (0..r.below(6))
+                        .map(|ri| PolicyRule {
+                            direction: if r.chance(50) {
+                                Direction::Ingress
+                            } else {
+                                Direction::Egress
+                            },
+                            verdict: if r.chance(30) {
+                                Verdict::Deny
+                            } else {
+                                Verdict::Allow
+                            },
+                            section: format!("rule[{ri}]"),
+                            peers: if r.chance(25) {
+                                None
+                            } else {
+                                Some(
+                                    (0..r.below(3))
+                                        .map(|_| Peer {
+                                            path: "peer".into(),
+                                            kind: peer(r),
+                                        })
+                                        .collect(),
+                                )
+                            },
+                            ports: if r.chance(30) {
+                                None
+                            } else {
+                                Some((0..1 + r.below(3)).map(|_| port_match(r)).collect())
+                            },
+                            l7: vec![],
+                        })
+                        .collect(),
+                })
+                .collect();
+            Policy {
+                kind: PolicyKind::CiliumClusterwideNetworkPolicy,
+                name: format!("p{i}"),
+                namespace: None,
+                file: "gen".into(),
+                document: i as usize + 1,
+                specs,
+                warnings: vec![],
+            }
+        })
+        .collect()
+}
+
+fn cluster(r: &mut Rng) -> Cluster {
+    let mut c = Cluster::new();
+    for i in 0..6u64 {
+        let ns = *r.pick(&["ns1", "ns2"]);
+        let mut labels = vec![("app", *r.pick(&["a", "b", "c"]))];
+        if r.chance(50) {
+            labels.push(("tier", *r.pick(&["x", "y"])));
+        }
+        let mut ports = vec![];
+        if r.chance(60) {
+            ports.push(("http", Protocol::Tcp, *r.pick(&[80u16, 81, 8080])));
+        }
+        if r.chance(40) {
+            ports.push(("dns", Protocol::Udp, 53u16));
+        }
+        c.pod(i + 1, ns, &labels, &ports);
+    }
+    for p in ["10.0.0.0/8", "10.1.0.0/16", "192.168.0.0/24", "10.1.2.0/24"] {
+        c.cidr(p);
+    }
+    c
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn compiled_two_lookup_equals_reference(seed in 1u64..u64::MAX) {
+        let mut r = Rng(seed);
+        let c = cluster(&mut r);
+        let policies = random_policies(&mut r);
+        for p in &policies {
+            prop_assert!(p.validate().is_ok(), "{:?}", p.validate());
+        }
+        let table = c.table();
+        let input = PolicyInput { policies: &policies, endpoints: &c.endpoints, identities: &table };
+        let compiled = compile(&input);
+        let mut peers = table.all_ids();
+        peers.push(99_999);
+        peers.push(0);
+        let mut ports: Vec<u16> = vec![0, 8, 53, 78, 83, 300, 444, 1023, 1025, 1100, 8079, 8081, 65534, 65535];
+        ports.extend(PORTS.iter().map(|p| *p as u16));
+        for ep in &c.endpoints {
+            for dir in [Direction::Ingress, Direction::Egress] {
+                for &peer in &peers {
+                    for proto in [1u8, 6, 17, 132, 47] {
+                        for &port in &ports {
+                            check(&input, &compiled, ep.id, dir, peer, proto, port);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn port_range_blocks_cover_exactly(lo in 0u16..=65535, len in 0u32..70_000) {
+        let hi = (u32::from(lo) + len).min(65535) as u16;
+        let blocks = port_range_blocks(lo, hi);
+        prop_assert!(blocks.len() <= 32);
+        let mut next = u32::from(lo);
+        for (start, plen) in &blocks {
+            let size = 1u32 << (16 - u32::from(*plen));
+            prop_assert_eq!(u32::from(*start), next, "blocks must be contiguous and ordered");
+            prop_assert_eq!(u32::from(*start) % size, 0, "block must be aligned");
+            next += size;
+        }
+        prop_assert_eq!(next, u32::from(hi) + 1);
+        // Minimality: no two neighbours could merge into one aligned block.
+        for w in blocks.windows(2) {
+            let (a, pa) = w[0];
+            let (_, pb) = w[1];
+            let size = 1u32 << (16 - u32::from(pa));
+            prop_assert!(!(pa == pb && u32::from(a) % (2 * size) == 0), "{:?} not minimal", blocks);
+        }
+    }
+}
