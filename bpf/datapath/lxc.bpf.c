@@ -8,8 +8,19 @@
  *                                local pod -> bpf_redirect_peer() straight into
  *                                the destination pod's netns (no routing, works
  *                                with ip_forward=0), anything else -> stack.
- *   to_container    tcx/egress   packets the node's stack sends to the pod:
- *                                counted; later, ingress policy runs here.
+ *   to_container    tcx/egress   packets the node's stack sends to the pod
+ *                                (from the node itself, or the world).
+ *
+ * Policy and connection tracking (lib/policy.h, lib/conntrack.h):
+ *   from_container: after anti-spoofing, CT lookup. Replies and related ICMP
+ *     errors pass. Anything else runs the sender's EGRESS policy against the
+ *     destination's identity and, when the destination is a local pod, that
+ *     pod's INGRESS policy against the sender's identity (the redirect skips
+ *     the destination's to_container). The first allowed packet creates the
+ *     CT entry; later packets of the original direction re-run policy.
+ *   to_container: CT lookup (replies to the pod's own connections pass),
+ *     else the pod's INGRESS policy against the source's identity; traffic
+ *     from identity host passes unless NODE_F_NO_ALLOW_LOCALHOST.
  */
 #include "lib/common.h"
 #include "lib/maps.h"
@@ -17,15 +28,42 @@
 #include "lib/endpoint.h"
 #include "lib/ipv4.h"
 #include "lib/arp.h"
+#include "lib/l4.h"
+#include "lib/identity.h"
+#include "lib/conntrack.h"
+#include "lib/policy.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
-/* Never called: its prototype puts the ABI enums into BTF so the Rust
+/* Never called: their prototypes put the ABI enums into BTF so the Rust
  * skeleton gets them as types (no hand-copied constants). libbpf does not
- * load unreferenced global functions. */
-__attribute__((noinline)) int myelin_abi_btf_anchor(enum metric_dir dir, enum myelin_reason reason)
+ * load unreferenced global functions. (BPF functions take at most five
+ * arguments, hence several anchors.) */
+__attribute__((noinline)) int myelin_abi_btf_anchor(enum metric_dir dir, enum myelin_reason reason,
+						    enum policy_verdict verdict)
 {
-	return (int)dir + (int)reason;
+	return (int)dir + (int)reason + (int)verdict;
+}
+
+__attribute__((noinline)) int myelin_abi_btf_anchor_policy(enum reserved_identity id,
+							   enum policy_prefix prefix,
+							   enum policy_entry_flags flags)
+{
+	return (int)id + (int)prefix + (int)flags;
+}
+
+__attribute__((noinline)) int myelin_abi_btf_anchor_ct(enum ct_flags flags, enum node_flags nflags,
+						       enum ct_default_timeout timeout)
+{
+	return (int)flags + (int)nflags + (int)timeout;
+}
+
+/* The key and value of the inner policy tries appear in no map definition
+ * (see lib/maps.h): this puts them in BTF for the skeleton. */
+__attribute__((noinline)) int myelin_abi_btf_anchor_types(struct policy_key *k,
+							  struct policy_entry *e)
+{
+	return (int)k->prefixlen + (int)e->verdict;
 }
 
 static __always_inline int handle_arp(struct __sk_buff *skb)
@@ -64,9 +102,14 @@ static __always_inline int handle_arp(struct __sk_buff *skb)
 static __always_inline int handle_ipv4(struct __sk_buff *skb)
 {
 	struct endpoint_info *src, *dst;
+	struct node_config *cfg;
+	struct ct4_entry *ct;
+	struct flow4 f = {};
 	struct ethhdr *eth;
 	struct iphdr *ip4;
 	__u32 len = skb->len;
+	__u32 egress_rule, ingress_rule = 0;
+	int status, reason, to_pod;
 
 	if (skb_ensure_linear(skb, ETH_HLEN + sizeof(struct iphdr)))
 		goto invalid;
@@ -81,9 +124,47 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb)
 		metrics_add(0, METRIC_DIR_EGRESS, DROP_INVALID_SIP, len);
 		return TC_ACT_SHOT;
 	}
+	if (flow4_parse(skb, ip4, &f))
+		goto invalid_src;
 
 	dst = endpoint_lookup4(ip4->daddr);
-	if (!dst || (dst->flags & EP_F_HOST) || ip4->ttl <= 1) {
+	to_pod = dst && !(dst->flags & EP_F_HOST);
+	cfg = node_config_get();
+
+	status = ct4_lookup(&f, &ct);
+	if (status == CT_REPLY || status == CT_RELATED) {
+		if (ct)
+			ct4_update(ct, &f, 1, cfg, len);
+		goto forward;
+	}
+
+	reason = policy_check(src->endpoint_id, identity_of4(dst, ip4->daddr, cfg),
+			      METRIC_DIR_EGRESS, f.tuple.protocol, f.policy_port, len,
+			      &egress_rule);
+	if (reason) {
+		metrics_add(src->endpoint_id, METRIC_DIR_EGRESS, reason, len);
+		return TC_ACT_SHOT;
+	}
+	if (to_pod) {
+		reason = policy_check(dst->endpoint_id, src->identity, METRIC_DIR_INGRESS,
+				      f.tuple.protocol, f.policy_port, len, &ingress_rule);
+		if (reason) {
+			metrics_add(dst->endpoint_id, METRIC_DIR_INGRESS, reason, len);
+			return TC_ACT_SHOT;
+		}
+	}
+	if (ct) {
+		ct4_update(ct, &f, 0, cfg, len);
+		if (ct->egress_rule_id != egress_rule)
+			ct->egress_rule_id = egress_rule;
+		if (ct->ingress_rule_id != ingress_rule)
+			ct->ingress_rule_id = ingress_rule;
+	} else if (!f.icmp_error) {
+		ct4_create(&f, cfg, egress_rule, ingress_rule, len);
+	}
+
+forward:
+	if (!to_pod || ip4->ttl <= 1) {
 		/* Node, world, or TTL expiring: the stack decides (and sends
 		 * ICMP time exceeded where it forwards). */
 		metrics_add(src->endpoint_id, METRIC_DIR_EGRESS, REASON_TO_STACK, len);
@@ -98,6 +179,9 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb)
 	metrics_add(dst->endpoint_id, METRIC_DIR_INGRESS, REASON_FORWARDED, len);
 	return bpf_redirect_peer(dst->ifindex, 0);
 
+invalid_src:
+	metrics_add(src->endpoint_id, METRIC_DIR_EGRESS, DROP_INVALID, len);
+	return TC_ACT_SHOT;
 invalid:
 	metrics_add(0, METRIC_DIR_EGRESS, DROP_INVALID, len);
 	return TC_ACT_SHOT;
@@ -121,7 +205,13 @@ SEC("tcx/egress")
 int to_container(struct __sk_buff *skb)
 {
 	struct endpoint_info *ep;
+	struct node_config *cfg;
+	struct ct4_entry *ct;
+	struct flow4 f = {};
 	struct iphdr *ip4;
+	__u32 len = skb->len;
+	__u32 peer, rule = 0;
+	int status, reason;
 
 	if (skb->protocol != bpf_htons(ETH_P_IP))
 		return TC_ACT_OK;
@@ -132,7 +222,41 @@ int to_container(struct __sk_buff *skb)
 		return TC_ACT_OK;
 
 	ep = endpoint_lookup4(ip4->daddr);
-	if (ep && ep->ifindex == skb->ifindex)
-		metrics_add(ep->endpoint_id, METRIC_DIR_INGRESS, REASON_FROM_STACK, skb->len);
+	if (!ep || ep->ifindex != skb->ifindex)
+		return TC_ACT_OK;
+	if (!ipv4_hdr_valid(ip4, len) || flow4_parse(skb, ip4, &f)) {
+		metrics_add(ep->endpoint_id, METRIC_DIR_INGRESS, DROP_INVALID, len);
+		return TC_ACT_SHOT;
+	}
+	cfg = node_config_get();
+
+	status = ct4_lookup(&f, &ct);
+	if (status == CT_REPLY || status == CT_RELATED) {
+		if (ct)
+			ct4_update(ct, &f, 1, cfg, len);
+		goto pass;
+	}
+
+	peer = identity_of4(endpoint_lookup4(ip4->saddr), ip4->saddr, cfg);
+	if (peer == IDENTITY_HOST && !(cfg && (cfg->flags & NODE_F_NO_ALLOW_LOCALHOST))) {
+		reason = 0; /* the node always reaches its pods */
+	} else {
+		reason = policy_check(ep->endpoint_id, peer, METRIC_DIR_INGRESS, f.tuple.protocol,
+				      f.policy_port, len, &rule);
+	}
+	if (reason) {
+		metrics_add(ep->endpoint_id, METRIC_DIR_INGRESS, reason, len);
+		return TC_ACT_SHOT;
+	}
+	if (ct) {
+		ct4_update(ct, &f, 0, cfg, len);
+		if (ct->ingress_rule_id != rule)
+			ct->ingress_rule_id = rule;
+	} else if (!f.icmp_error) {
+		ct4_create(&f, cfg, 0, rule, len);
+	}
+
+pass:
+	metrics_add(ep->endpoint_id, METRIC_DIR_INGRESS, REASON_FROM_STACK, len);
 	return TC_ACT_OK;
 }

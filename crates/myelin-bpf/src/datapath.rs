@@ -5,6 +5,11 @@
 //! <pin_dir>/endpoints            HASH     endpoint_key -> endpoint_info
 //! <pin_dir>/node_config          ARRAY    [node_config; 1]
 //! <pin_dir>/metrics              PERCPU_HASH metrics_key -> metrics_value
+//! <pin_dir>/ipcache              LPM_TRIE ipcache_key -> ipcache_value
+//! <pin_dir>/policy_maps          HASH_OF_MAPS endpoint_id -> LPM_TRIE policy_key -> policy_entry
+//! <pin_dir>/policy_stats         PERCPU_HASH policy_stats_key -> metrics_value
+//! <pin_dir>/ct4                  LRU_HASH ct4_key -> ct4_entry
+//! <pin_dir>/frag4                LRU_HASH frag4_key -> frag4_ports (loader-internal)
 //! <pin_dir>/links/<ifname>/ingress   TCX link: from_container
 //! <pin_dir>/links/<ifname>/egress    TCX link: to_container
 //! ```
@@ -37,8 +42,12 @@ use crate::{BpfError, EndpointEntry, MetricRow, NodeConfig};
 pub struct Datapath {
     pin_dir: PathBuf,
     endpoints: MapHandle,
-    node_config: MapHandle,
+    pub(crate) node_config: MapHandle,
     metrics: MapHandle,
+    pub(crate) ipcache: MapHandle,
+    pub(crate) policy_maps: MapHandle,
+    pub(crate) policy_stats: MapHandle,
+    pub(crate) ct4: MapHandle,
     from_container: ProgramHandle,
     to_container: ProgramHandle,
 }
@@ -63,7 +72,10 @@ fn ip_u32(ip: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(ip.octets())
 }
 
-fn map_err(map: &'static str, op: impl Into<String>) -> impl FnOnce(libbpf_rs::Error) -> BpfError {
+pub(crate) fn map_err(
+    map: &'static str,
+    op: impl Into<String>,
+) -> impl FnOnce(libbpf_rs::Error) -> BpfError {
     let op = op.into();
     move |source| BpfError::Map { map, op, source }
 }
@@ -127,6 +139,10 @@ impl Datapath {
         let endpoints = dup("endpoints", &skel.maps.endpoints)?;
         let node_config = dup("node_config", &skel.maps.node_config)?;
         let metrics = dup("metrics", &skel.maps.metrics)?;
+        let ipcache = dup("ipcache", &skel.maps.ipcache)?;
+        let policy_maps = dup("policy_maps", &skel.maps.policy_maps)?;
+        let policy_stats = dup("policy_stats", &skel.maps.policy_stats)?;
+        let ct4 = dup("ct4", &skel.maps.ct4)?;
         let from_container =
             ProgramHandle::try_from(&skel.progs.from_container).map_err(load_err)?;
         let to_container = ProgramHandle::try_from(&skel.progs.to_container).map_err(load_err)?;
@@ -137,9 +153,36 @@ impl Datapath {
             endpoints,
             node_config,
             metrics,
+            ipcache,
+            policy_maps,
+            policy_stats,
+            ct4,
             from_container,
             to_container,
         })
+    }
+
+    /// Size and verifier cost of each loaded program (for `myelin status`,
+    /// and to keep an eye on the datapath's complexity).
+    pub fn program_stats(&self) -> Result<Vec<crate::ProgramStat>, BpfError> {
+        [
+            ("from_container", &self.from_container),
+            ("to_container", &self.to_container),
+        ]
+        .into_iter()
+        .map(|(name, prog)| {
+            let (verified_insns, xlated_insns, jited_bytes) = sys::prog_sizes(prog.as_fd())
+                .map_err(|e| {
+                    BpfError::Invalid(format!("reading the info of program {name}: {e}"))
+                })?;
+            Ok(crate::ProgramStat {
+                name,
+                verified_insns,
+                xlated_insns,
+                jited_bytes,
+            })
+        })
+        .collect()
     }
 
     /// The pin directory this datapath was loaded with.
@@ -148,7 +191,9 @@ impl Datapath {
         &self.pin_dir
     }
 
-    /// Write the node configuration (single entry of `node_config`).
+    /// Write the node configuration (single entry of `node_config`),
+    /// keeping the policy knobs ([`Datapath::set_allow_localhost`],
+    /// [`Datapath::set_ct_timeouts`]) as they are.
     pub fn set_node_config(&self, cfg: &NodeConfig) -> Result<(), BpfError> {
         if cfg.pod_cidr_prefix > 32 {
             return Err(BpfError::Invalid(format!(
@@ -161,13 +206,18 @@ impl Datapath {
                 .checked_shl(32 - u32::from(cfg.pod_cidr_prefix))
                 .unwrap_or(0),
         );
+        let old = self
+            .node_config
+            .lookup(sys::as_bytes(&0u32), MapFlags::ANY)
+            .map_err(map_err("node_config", "reading entry 0"))?
+            .unwrap_or_default();
+        let old: types::node_config = decode("node_config", &old)?;
         let v = types::node_config {
             node_ip4: ip_u32(cfg.node_ip),
             gateway_ip4: ip_u32(cfg.gateway),
             pod_cidr4: ip_u32(cfg.pod_cidr) & ip_u32(mask),
             pod_cidr4_mask: ip_u32(mask),
-            flags: 0,
-            _pad: 0,
+            ..old
         };
         self.node_config
             .update(sys::as_bytes(&0u32), sys::as_bytes(&v), MapFlags::ANY)
@@ -451,7 +501,7 @@ impl Datapath {
     }
 }
 
-fn decode<T: sys::Pod>(map: &'static str, raw: &[u8]) -> Result<T, BpfError> {
+pub(crate) fn decode<T: sys::Pod>(map: &'static str, raw: &[u8]) -> Result<T, BpfError> {
     sys::from_bytes(raw).ok_or(BpfError::Layout {
         map,
         got: raw.len(),

@@ -7,11 +7,18 @@
 //! - [`Datapath`] loads the pod-veth programs with maps pinned by name in a
 //!   per-node pin directory (reused across restarts), writes/reads the maps
 //!   and attaches TCX links pinned under `<pin_dir>/links/`.
+//! - Identity-based L3/L4 policy ([`Datapath::set_endpoint_policy`], per
+//!   endpoint, swapped atomically), the `ipcache` of peer identities
+//!   ([`Datapath::upsert_ipcache`]), connection tracking
+//!   ([`Datapath::ct_entries`], [`Datapath::ct_gc`]) and per-rule counters
+//!   ([`Datapath::policy_stats`]). Semantics: `bpf/include/myelin_abi.h`.
 //! - [`ensure_bpffs`], [`remove_pin_dir`], [`probe_features`].
 
 mod bpffs;
+mod conntrack;
 mod datapath;
 mod error;
+mod policy;
 mod probe;
 mod sys;
 
@@ -30,8 +37,10 @@ mod skel {
 use std::net::Ipv4Addr;
 
 pub use bpffs::{ensure_bpffs, remove_pin_dir};
+pub use conntrack::{CtEntry, CtTimeouts};
 pub use datapath::Datapath;
 pub use error::BpfError;
+pub use policy::{PolicyMapEntry, PolicyStatRow};
 pub use probe::{probe_features, FeatureProbe};
 
 /// The default bpffs mount point.
@@ -89,6 +98,19 @@ pub struct NodeConfig {
     pub pod_cidr_prefix: u8,
 }
 
+/// Size and verifier cost of one loaded program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ProgramStat {
+    /// Program name.
+    pub name: &'static str,
+    /// Instructions the verifier processed (all paths): its complexity.
+    pub verified_insns: u32,
+    /// Instructions after load (what runs, before JIT).
+    pub xlated_insns: u32,
+    /// Size of the JITed code in bytes.
+    pub jited_bytes: u32,
+}
+
 /// One metrics row, summed over CPUs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct MetricRow {
@@ -104,7 +126,10 @@ pub struct MetricRow {
     pub bytes: u64,
 }
 
-use skel::types::{metric_dir as Dir, myelin_reason as R};
+use skel::types::{
+    ct_flags as Ct, metric_dir as Dir, myelin_reason as R, policy_verdict as V,
+    reserved_identity as Id,
+};
 
 /// Reserved endpoint flag: the node itself (never redirected to).
 pub const EP_F_HOST: u32 = 1;
@@ -130,6 +155,50 @@ pub const DROP_INVALID: u8 = R::DROP_INVALID.0 as u8;
 pub const DROP_POLICY: u8 = R::DROP_POLICY.0 as u8;
 /// Dropped: policy denied by an explicit deny rule.
 pub const DROP_POLICY_DENY: u8 = R::DROP_POLICY_DENY.0 as u8;
+
+/// Reserved identity: unknown (also the "any peer" wildcard in policy entries).
+pub const IDENTITY_UNKNOWN: u32 = Id::IDENTITY_UNKNOWN.0;
+/// Reserved identity: the node itself.
+pub const IDENTITY_HOST: u32 = Id::IDENTITY_HOST.0;
+/// Reserved identity: anything outside the cluster not in the ipcache.
+pub const IDENTITY_WORLD: u32 = Id::IDENTITY_WORLD.0;
+
+/// Policy direction of [`PolicyMapEntry::direction`]: towards the endpoint
+/// (same value as [`DIR_INGRESS`]).
+pub const POLICY_INGRESS: u8 = DIR_INGRESS;
+/// Policy direction: sent by the endpoint (same value as [`DIR_EGRESS`]).
+pub const POLICY_EGRESS: u8 = DIR_EGRESS;
+
+/// [`PolicyStatRow::verdict`]: allowed by a rule (or by a non-enforced direction, rule 0).
+pub const VERDICT_ALLOW: u8 = V::POLICY_VERDICT_ALLOW.0 as u8;
+/// [`PolicyStatRow::verdict`]: denied by an explicit deny rule (drop reason 181).
+pub const VERDICT_DENY: u8 = V::POLICY_VERDICT_DENY.0 as u8;
+/// [`PolicyStatRow::verdict`]: no entry matched in an enforced direction (drop reason 133).
+pub const VERDICT_DEFAULT_DENY: u8 = V::POLICY_VERDICT_DEFAULT_DENY.0 as u8;
+
+/// [`CtEntry::flags`]: TCP SYN seen in the original direction.
+pub const CT_F_SYN_SEEN: u32 = Ct::CT_F_SYN_SEEN.0;
+/// [`CtEntry::flags`]: TCP handshake done (a non-SYN packet seen).
+pub const CT_F_ESTABLISHED: u32 = Ct::CT_F_ESTABLISHED.0;
+/// [`CtEntry::flags`]: a packet seen in the reply direction.
+pub const CT_F_REPLY_SEEN: u32 = Ct::CT_F_REPLY_SEEN.0;
+/// [`CtEntry::flags`]: FIN seen in the original direction.
+pub const CT_F_FIN_FWD: u32 = Ct::CT_F_FIN_FWD.0;
+/// [`CtEntry::flags`]: FIN seen in the reply direction.
+pub const CT_F_FIN_REV: u32 = Ct::CT_F_FIN_REV.0;
+/// [`CtEntry::flags`]: RST seen.
+pub const CT_F_RST: u32 = Ct::CT_F_RST.0;
+
+/// Human name of a policy verdict code.
+#[must_use]
+pub fn verdict_name(verdict: u8) -> &'static str {
+    match V(u32::from(verdict)) {
+        V::POLICY_VERDICT_ALLOW => "allow",
+        V::POLICY_VERDICT_DENY => "deny",
+        V::POLICY_VERDICT_DEFAULT_DENY => "default-deny",
+        _ => "unknown",
+    }
+}
 
 /// Human name of a reason code (Cilium-compatible numbers for drops).
 #[must_use]

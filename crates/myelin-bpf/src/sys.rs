@@ -174,6 +174,42 @@ pub(crate) fn probe_btf_prog_load(
     Ok(())
 }
 
+/// (instructions the verifier processed, translated instructions, JITed bytes)
+/// of a loaded program.
+pub(crate) fn prog_sizes(fd: BorrowedFd<'_>) -> io::Result<(u32, u32, u32)> {
+    let mut info = libbpf_sys::bpf_prog_info::default();
+    let mut len = u32::try_from(std::mem::size_of::<libbpf_sys::bpf_prog_info>())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `info` is a zeroed bpf_prog_info of `len` bytes; with every
+    // array pointer NULL the kernel only fills in scalars.
+    let ret = unsafe { libbpf_sys::bpf_prog_get_info_by_fd(fd.as_raw_fd(), &mut info, &mut len) };
+    if ret < 0 {
+        return Err(neg_errno(ret));
+    }
+    Ok((
+        info.verified_insns,
+        info.xlated_prog_len / 8,
+        info.jited_prog_len,
+    ))
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns()`.
+pub(crate) fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists.
+    let ret = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    if ret != 0 {
+        return 0;
+    }
+    u64::try_from(ts.tv_sec)
+        .unwrap_or(0)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::try_from(ts.tv_nsec).unwrap_or(0))
+}
+
 /// Plain-old-data types from the skeleton that are safe to view as bytes:
 /// `#[repr(C)]`, only integer fields and arrays of them, and no padding
 /// (checked at compile time below against the sum of their fields).
@@ -193,6 +229,20 @@ unsafe impl Pod for types::node_config {}
 unsafe impl Pod for types::metrics_key {}
 // SAFETY: as above.
 unsafe impl Pod for types::metrics_value {}
+// SAFETY: as above.
+unsafe impl Pod for types::ipcache_key {}
+// SAFETY: as above.
+unsafe impl Pod for types::ipcache_value {}
+// SAFETY: as above.
+unsafe impl Pod for types::policy_key {}
+// SAFETY: as above.
+unsafe impl Pod for types::policy_entry {}
+// SAFETY: as above.
+unsafe impl Pod for types::policy_stats_key {}
+// SAFETY: as above.
+unsafe impl Pod for types::ct4_key {}
+// SAFETY: as above.
+unsafe impl Pod for types::ct4_entry {}
 // SAFETY: a u32 is plain data.
 unsafe impl Pod for u32 {}
 
@@ -200,7 +250,14 @@ const _: () = {
     use std::mem::size_of;
     assert!(size_of::<types::endpoint_key>() == 4);
     assert!(size_of::<types::endpoint_info>() == 4 * 4 + 6 + 6);
-    assert!(size_of::<types::node_config>() == 6 * 4);
+    assert!(size_of::<types::node_config>() == 10 * 4);
+    assert!(size_of::<types::ipcache_key>() == 4 + 4);
+    assert!(size_of::<types::ipcache_value>() == 4 + 4);
+    assert!(size_of::<types::policy_key>() == 4 + 4 + 1 + 1 + 2);
+    assert!(size_of::<types::policy_entry>() == 1 + 1 + 2 + 4);
+    assert!(size_of::<types::policy_stats_key>() == 4 + 4 + 1 + 1 + 2);
+    assert!(size_of::<types::ct4_key>() == 4 + 4 + 2 + 2 + 1 + 3);
+    assert!(size_of::<types::ct4_entry>() == 6 * 8 + 4 * 4);
     assert!(size_of::<types::metrics_key>() == 4 + 1 + 1 + 2);
     assert!(size_of::<types::metrics_value>() == 8 + 8);
 };

@@ -99,6 +99,114 @@ def udp_client(addr, port, count, timeout):
     s.sendto(b"quit", (addr, port))
     print(got, flush=True)
 
+def tcp_echo_server(addr, ports):
+    """Echo every connection on every port, until killed."""
+    import threading
+    socks = []
+    for p in ports:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((addr, p))
+        s.listen(64)
+        socks.append(s)
+    def serve(c):
+        try:
+            while True:
+                b = c.recv(65536)
+                if not b:
+                    break
+                c.sendall(b)
+        except OSError:
+            pass
+        c.close()
+    def accept(s):
+        while True:
+            c, _ = s.accept()
+            threading.Thread(target=serve, args=(c,), daemon=True).start()
+    for s in socks:
+        threading.Thread(target=accept, args=(s,), daemon=True).start()
+    print("ready", flush=True)
+    sys.stdin.read()  # until the test closes our stdin or kills us
+
+def udp_echo_server(addr, ports):
+    import threading
+    socks = []
+    for p in ports:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((addr, p))
+        socks.append(s)
+    def serve(s):
+        while True:
+            data, peer = s.recvfrom(65536)
+            s.sendto(data, peer)
+    for s in socks:
+        threading.Thread(target=serve, args=(s,), daemon=True).start()
+    print("ready", flush=True)
+    sys.stdin.read()
+
+def tcp_connect(addr, port, timeout):
+    """One connection + one echoed message: ok / timeout / refused / error."""
+    s = socket.socket()
+    s.settimeout(timeout)
+    try:
+        s.connect((addr, port))
+        s.sendall(b"hello")
+        got = b""
+        while len(got) < 5:
+            b = s.recv(100)
+            if not b:
+                break
+            got += b
+        print("ok" if got == b"hello" else "short", flush=True)
+    except socket.timeout:
+        print("timeout", flush=True)
+    except ConnectionRefusedError:
+        print("refused", flush=True)
+    except OSError as e:
+        print("error", e.errno, flush=True)
+
+def udp_probe(addr, port, timeout, size=5):
+    """One datagram echoed? ok / timeout / refused (connected socket: ICMP
+    port unreachable is reported as ECONNREFUSED)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.connect((addr, port))
+    s.settimeout(timeout)
+    msg = (b"probe" * (size // 5 + 1))[:size]
+    try:
+        s.send(msg)
+        data = s.recv(65536)
+        print("ok" if data == msg else "short", flush=True)
+    except socket.timeout:
+        print("timeout", flush=True)
+    except ConnectionRefusedError:
+        print("refused", flush=True)
+
+def tcp_session(addr, port, timeout):
+    """Keep one connection; per stdin line "send", send a message and print
+    ok / timeout for its echo; EOF ends."""
+    s = socket.create_connection((addr, port), timeout=timeout)
+    print("ready %d" % s.getsockname()[1], flush=True)
+    n = 0
+    pending = b""
+    for line in sys.stdin:
+        if line.strip() != "send":
+            continue
+        n += 1
+        msg = b"<%d>" % n
+        s.sendall(msg)
+        s.settimeout(timeout)
+        try:
+            while msg not in pending:
+                b = s.recv(100)
+                if not b:
+                    break
+                pending += b
+            print("ok" if msg in pending else "closed", flush=True)
+        except socket.timeout:
+            print("timeout", flush=True)
+        except OSError as e:
+            print("error", e.errno, flush=True)
+
 cmd, args = sys.argv[1], sys.argv[2:]
 if cmd == "ping":
     ping(args[0], int(args[1]), float(args[2]), args[3] if len(args) > 3 else None)
@@ -110,5 +218,15 @@ elif cmd == "udp-server":
     udp_server(args[0], int(args[1]))
 elif cmd == "udp-client":
     udp_client(args[0], int(args[1]), int(args[2]), float(args[3]))
+elif cmd == "tcp-echo-server":
+    tcp_echo_server(args[0], [int(p) for p in args[1:]])
+elif cmd == "udp-echo-server":
+    udp_echo_server(args[0], [int(p) for p in args[1:]])
+elif cmd == "tcp-connect":
+    tcp_connect(args[0], int(args[1]), float(args[2]))
+elif cmd == "udp-probe":
+    udp_probe(args[0], int(args[1]), float(args[2]), int(args[3]) if len(args) > 3 else 5)
+elif cmd == "tcp-session":
+    tcp_session(args[0], int(args[1]), float(args[2]))
 else:
     sys.exit("unknown command " + cmd)
