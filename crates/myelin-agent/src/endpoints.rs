@@ -8,6 +8,7 @@
 //!   TCX links (pinned) -> host route + neighbour -> endpoint record (store)
 
 use crate::ipam::{Ipam, IpamError};
+use crate::policy::{EngineError, EngineState, PolicyEngine, StoredPolicy};
 use crate::store::{Store, StoreError};
 use myelin_api::{Endpoint, EndpointAddRequest, ErrorCode, LabelsUpdate};
 use myelin_bpf::{Datapath, EndpointEntry};
@@ -36,6 +37,8 @@ pub enum EndpointError {
     Netlink(#[from] nl::NetlinkError),
     #[error(transparent)]
     Bpf(#[from] myelin_bpf::BpfError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
 }
 
 impl EndpointError {
@@ -47,6 +50,8 @@ impl EndpointError {
             Self::NetnsNotFound(_) | Self::Netlink(nl::NetlinkError::NetnsNotFound(_)) => ErrorCode::NetnsNotFound,
             Self::AlreadyExists(_) => ErrorCode::AlreadyExists,
             Self::Ipam(IpamError::Exhausted(..)) => ErrorCode::PoolExhausted,
+            Self::Engine(EngineError::Policy(_)) => ErrorCode::BadRequest,
+            Self::Engine(EngineError::NotFound(_)) => ErrorCode::NotFound,
             _ => ErrorCode::Internal,
         }
     }
@@ -72,17 +77,44 @@ pub struct Endpoints {
     by_id: BTreeMap<u32, Endpoint>,
     next_id: u32,
     adopted: usize,
+    policy: PolicyEngine,
 }
 
 impl Endpoints {
     /// Rebuild from the store and adopt what still exists in the kernel.
-    pub async fn restore(store: Store, datapath: Datapath, pod_cidr: ipnet::Ipv4Net) -> Result<Self, EndpointError> {
+    pub async fn restore(
+        store: Store,
+        datapath: Datapath,
+        pod_cidr: ipnet::Ipv4Net,
+        node_ips: Vec<Ipv4Addr>,
+    ) -> Result<Self, EndpointError> {
         let snap = store.snapshot()?;
         let mut ipam = Ipam::new(pod_cidr);
         if let Some(c) = snap.ipam_cursor {
             ipam.set_cursor(c);
         }
-        let mut this = Self { store, datapath, ipam, by_id: BTreeMap::new(), next_id: snap.next_endpoint_id, adopted: 0 };
+        let state: EngineState = match store.get_kv("policy_engine")? {
+            Some(j) => serde_json::from_str(&j)
+                .map_err(|e| EndpointError::BadRequest(format!("stored policy engine state is corrupt: {e}")))?,
+            None => EngineState::default(),
+        };
+        let mut policies = Vec::new();
+        for (key, json) in store.policies()? {
+            match serde_json::from_str::<StoredPolicy>(&json) {
+                Ok(p) => policies.push(p),
+                Err(e) => warn!(policy = %key, error = %e, "stored policy is unreadable; dropped"),
+            }
+        }
+        let policy = PolicyEngine::new(state, policies, node_ips);
+        let mut this = Self {
+            store,
+            datapath,
+            ipam,
+            by_id: BTreeMap::new(),
+            next_id: snap.next_endpoint_id,
+            adopted: 0,
+            policy,
+        };
         let known: std::collections::HashSet<String> =
             snap.endpoints.iter().map(|e| owner_key(&e.container_id, &e.ifname)).collect();
         for (ip, owner) in &snap.allocations {
@@ -103,7 +135,123 @@ impl Endpoints {
             this.adopt(&ep).await;
             this.by_id.insert(ep.id, ep);
         }
+        let eps = this.list();
+        this.policy.seed_from_datapath(&eps, &this.datapath);
+        this.policy.sync(&eps, &this.datapath)?;
         Ok(this)
+    }
+
+    fn persist_policy(&self) -> Result<(), EndpointError> {
+        let state = serde_json::to_string(&self.policy.state())
+            .map_err(|e| EndpointError::BadRequest(format!("serializing the policy state: {e}")))?;
+        self.store.put_policies(&self.policy.stored(), &state)?;
+        Ok(())
+    }
+
+    /// Recompile and push what changed; on failure the caller decides what to undo.
+    fn sync_policy(&mut self) -> Result<crate::policy::SyncReport, EndpointError> {
+        let eps = self.list();
+        Ok(self.policy.sync(&eps, &self.datapath)?)
+    }
+
+    pub fn explain(
+        &mut self,
+        from: myelin_policy::FlowPeer,
+        to: myelin_policy::FlowPeer,
+        protocol: u8,
+        port: u16,
+    ) -> Result<myelin_policy::Explanation, EndpointError> {
+        let eps = self.list();
+        Ok(self.policy.explain(&eps, from, to, protocol, port)?)
+    }
+
+    #[must_use]
+    pub fn policy(&self) -> &PolicyEngine {
+        &self.policy
+    }
+
+    /// Apply policy files, all or nothing.
+    pub fn apply_policies(&mut self, files: &[(String, String)]) -> Result<myelin_api::PolicyChange, EndpointError> {
+        let new = PolicyEngine::prepare(files)?;
+        let names: Vec<String> = new.iter().map(|p| format!("{}/{}", p.policy.kind, p.policy.id())).collect();
+        let warnings: Vec<String> = new.iter().flat_map(|p| p.policy.warnings.clone()).collect();
+        let old = self.policy.insert(new);
+        let report = match self.sync_policy() {
+            Ok(r) => r,
+            Err(e) => {
+                self.policy.restore(old);
+                let _ = self.sync_policy();
+                return Err(e);
+            }
+        };
+        self.persist_policy()?;
+        info!(policies = ?names, endpoints = report.endpoints_updated, "policies applied");
+        Ok(myelin_api::PolicyChange { policies: names, warnings, endpoints_updated: report.endpoints_updated })
+    }
+
+    /// Delete policies, all or nothing.
+    pub fn delete_policies(&mut self, ids: &[String]) -> Result<myelin_api::PolicyChange, EndpointError> {
+        let (old, keys) = self.policy.remove(ids)?;
+        let report = match self.sync_policy() {
+            Ok(r) => r,
+            Err(e) => {
+                self.policy.restore(old);
+                let _ = self.sync_policy();
+                return Err(e);
+            }
+        };
+        self.persist_policy()?;
+        Ok(myelin_api::PolicyChange { policies: keys, warnings: vec![], endpoints_updated: report.endpoints_updated })
+    }
+
+    /// Set a namespace's labels; identities of its endpoints follow.
+    pub fn set_namespace_labels(
+        &mut self,
+        ns: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<myelin_api::NamespaceLabels, EndpointError> {
+        for (k, v) in &labels {
+            validate_label(k, v)?;
+        }
+        self.policy.set_namespace_labels(ns, labels.clone());
+        let ids: Vec<u32> = self
+            .by_id
+            .values()
+            .filter(|e| e.namespace.as_deref().unwrap_or("default") == ns)
+            .map(|e| e.id)
+            .collect();
+        for id in ids {
+            self.refresh_identity(id)?;
+        }
+        self.sync_policy()?;
+        self.persist_policy()?;
+        Ok(myelin_api::NamespaceLabels { labels })
+    }
+
+    /// Recompute an endpoint's identity from its labels and put it in the datapath.
+    fn refresh_identity(&mut self, id: u32) -> Result<(), EndpointError> {
+        let Some(ep) = self.by_id.get(&id).cloned() else { return Ok(()) };
+        let labels = self.policy.security_labels(&ep);
+        let new_id = self.policy.acquire(&labels)?;
+        if new_id == ep.identity {
+            self.policy.release(new_id);
+            return Ok(());
+        }
+        let mut ep = ep;
+        let old_id = ep.identity;
+        ep.identity = new_id;
+        if let (Some(ip), Some(mac), Some(host_mac)) =
+            (parse_ip(&ep.ipv4), nl::parse_mac(&ep.mac).ok(), nl::parse_mac(&ep.host_mac).ok())
+        {
+            self.datapath.upsert_endpoint(
+                ip,
+                &EndpointEntry { ifindex: ep.host_ifindex, endpoint_id: ep.id, identity: new_id, flags: 0, mac, host_mac },
+            )?;
+        }
+        self.store.put_endpoint(&ep)?;
+        self.by_id.insert(id, ep);
+        self.policy.release(old_id);
+        Ok(())
     }
 
     /// Make sure an endpoint known from the store is wired; touch nothing that is.
@@ -221,20 +369,30 @@ impl Endpoints {
             return Err(EndpointError::NetnsNotFound(req.netns));
         }
         let owner = owner_key(&req.container_id, &req.ifname);
-        let ip = self.ipam.allocate(&owner)?;
+        let sec = self.policy.security_labels_of(req.namespace.as_deref(), &req.labels);
+        let identity = self.policy.acquire(&sec)?;
+        let ip = match self.ipam.allocate(&owner) {
+            Ok(ip) => ip,
+            Err(e) => {
+                self.policy.release(identity);
+                return Err(e.into());
+            }
+        };
         let id = self.next_id;
         if let Err(e) = self.store.record_allocation(ip, &owner, id + 1) {
             self.ipam.release(ip);
+            self.policy.release(identity);
             return Err(e.into());
         }
         self.next_id += 1;
-        match self.plumb(&req, id, ip).await {
+        match self.plumb(&req, id, ip, identity).await {
             Ok(ep) => {
-                info!(endpoint = id, %ip, container = %req.container_id, "endpoint added");
-                self.by_id.insert(id, ep.clone());
+                info!(endpoint = id, %ip, identity, container = %req.container_id, "endpoint added");
+                self.persist_policy()?;
                 Ok(ep)
             }
             Err(e) => {
+                self.policy.release(identity);
                 self.ipam.release(ip);
                 if let Err(se) = self.store.release_allocation(ip) {
                     warn!(error = %se, "releasing address after failed ADD");
@@ -244,7 +402,13 @@ impl Endpoints {
         }
     }
 
-    async fn plumb(&mut self, req: &EndpointAddRequest, id: u32, ip: Ipv4Addr) -> Result<Endpoint, EndpointError> {
+    async fn plumb(
+        &mut self,
+        req: &EndpointAddRequest,
+        id: u32,
+        ip: Ipv4Addr,
+        identity: u32,
+    ) -> Result<Endpoint, EndpointError> {
         let host_ifname = nl::host_ifname(&req.container_id, &req.ifname);
         let gateway = self.ipam.gateway();
         let veth = nl::create_pod_veth(&nl::PodVeth {
@@ -271,14 +435,18 @@ impl Endpoints {
             pod_name: req.pod_name.clone(),
             labels: req.labels.clone(),
             ports: req.ports.clone(),
-            identity: 0,
+            identity,
             created: now(),
         };
+        // The endpoint's policy is in place before its first packet can pass:
+        // policy map, then endpoint entry, then the programs.
+        self.by_id.insert(id, ep.clone());
         let wired = async {
+            self.sync_policy()?;
             let entry = EndpointEntry {
                 ifindex: veth.host.index,
                 endpoint_id: id,
-                identity: 0,
+                identity,
                 flags: 0,
                 mac: veth.pod_mac,
                 host_mac: veth.host.mac,
@@ -292,7 +460,11 @@ impl Endpoints {
         }
         .await;
         if let Err(e) = wired {
+            self.by_id.remove(&id);
             self.unplumb(&host_ifname, ip, id).await;
+            if let Err(se) = self.sync_policy() {
+                warn!(error = %se, "re-syncing policy after a failed ADD");
+            }
             return Err(e);
         }
         Ok(ep)
@@ -313,6 +485,13 @@ impl Endpoints {
         if let Err(e) = self.datapath.delete_metrics(id) {
             warn!(endpoint = id, error = %e, "deleting counters");
         }
+        if let Err(e) = self.datapath.clear_endpoint_policy(id) {
+            warn!(endpoint = id, error = %e, "deleting the policy map");
+        }
+        if let Err(e) = self.datapath.delete_policy_stats(id) {
+            warn!(endpoint = id, error = %e, "deleting policy counters");
+        }
+        self.policy.forget(id);
     }
 
     /// CNI DEL: idempotent; `Ok(false)` when there was nothing to delete.
@@ -331,6 +510,11 @@ impl Endpoints {
             self.ipam.release(ip);
         }
         self.by_id.remove(&ep.id);
+        self.policy.release(ep.identity);
+        if let Err(e) = self.sync_policy() {
+            warn!(error = %e, "re-syncing policy after DEL");
+        }
+        self.persist_policy()?;
         info!(endpoint = ep.id, container = %container_id, "endpoint deleted");
         Ok(true)
     }
@@ -370,8 +554,11 @@ impl Endpoints {
             ep.ports = ports;
         }
         self.store.put_endpoint(&ep)?;
-        self.by_id.insert(id, ep.clone());
-        Ok(ep)
+        self.by_id.insert(id, ep);
+        self.refresh_identity(id)?;
+        self.sync_policy()?;
+        self.persist_policy()?;
+        self.by_id.get(&id).cloned().ok_or_else(|| EndpointError::NotFound(format!("no endpoint {id}")))
     }
 }
 

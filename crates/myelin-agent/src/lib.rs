@@ -13,5 +13,6 @@ pub mod config;
 pub mod endpoints;
 pub mod ipam;
 pub mod masq;
+pub mod policy;
 pub mod server;
 pub mod store;

@@ -141,7 +141,7 @@ async fn run(cfg: Config) -> Result<()> {
     }
 
     let store = Store::open(&cfg.state_dir)?;
-    let endpoints = Endpoints::restore(store, datapath, pod_cidr).await?;
+    let endpoints = Endpoints::restore(store, datapath, pod_cidr, vec![node_ip, gateway]).await?;
     info!(endpoints = endpoints.len(), adopted = endpoints.adopted(), "state restored");
 
     let status = Status {
@@ -170,6 +170,21 @@ async fn run(cfg: Config) -> Result<()> {
     let listener = tokio::net::UnixListener::bind(&cfg.socket).with_context(|| format!("binding {}", cfg.socket.display()))?;
     std::fs::set_permissions(&cfg.socket, std::fs::Permissions::from_mode(0o600))?;
     info!(socket = %cfg.socket.display(), "serving the local API");
+
+    // Connection tracking garbage collection: expired entries out, LRU does the rest.
+    let gc_state = state.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
+        loop {
+            tick.tick().await;
+            let eps = gc_state.endpoints.lock().await;
+            match eps.datapath().ct_gc() {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(removed = n, "conntrack gc"),
+                Err(e) => warn!(error = %e, "conntrack gc"),
+            }
+        }
+    });
 
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown_signal()).await?;
     let _ = std::fs::remove_file(&cfg.socket);

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 const ENDPOINTS: TableDefinition<u32, &str> = TableDefinition::new("endpoints");
 const IPAM: TableDefinition<u32, &str> = TableDefinition::new("ipam");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const POLICIES: TableDefinition<&str, &str> = TableDefinition::new("policies");
+const KV: TableDefinition<&str, &str> = TableDefinition::new("kv");
 
 const NEXT_ENDPOINT_ID: &str = "next_endpoint_id";
 const IPAM_CURSOR: &str = "ipam_cursor";
@@ -46,6 +48,8 @@ impl Store {
             tx.open_table(ENDPOINTS)?;
             tx.open_table(IPAM)?;
             tx.open_table(META)?;
+            tx.open_table(POLICIES)?;
+            tx.open_table(KV)?;
             Ok(())
         })?;
         Ok(store)
@@ -94,6 +98,47 @@ impl Store {
             let mut meta = tx.open_table(META)?;
             meta.insert(IPAM_CURSOR, u64::from(u32::from(ip)))?;
             meta.insert(NEXT_ENDPOINT_ID, u64::from(next_endpoint_id))?;
+            Ok(())
+        })
+    }
+
+    /// All stored policies, as JSON documents keyed by policy key.
+    pub fn policies(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = tx.open_table(POLICIES).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(|e| self.err(e))? {
+            let (k, v) = row.map_err(|e| self.err(e))?;
+            out.push((k.value().to_owned(), v.value().to_owned()));
+        }
+        Ok(out)
+    }
+
+    /// Replace the whole policy set and the engine state in one transaction.
+    pub fn put_policies(&self, policies: &[(String, String)], engine_state: &str) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let mut t = tx.open_table(POLICIES)?;
+            let old: Vec<String> = t.iter()?.filter_map(Result::ok).map(|(k, _)| k.value().to_owned()).collect();
+            for k in old {
+                t.remove(k.as_str())?;
+            }
+            for (k, v) in policies {
+                t.insert(k.as_str(), v.as_str())?;
+            }
+            tx.open_table(KV)?.insert("policy_engine", engine_state)?;
+            Ok(())
+        })
+    }
+
+    pub fn get_kv(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = tx.open_table(KV).map_err(|e| self.err(e))?;
+        Ok(t.get(key).map_err(|e| self.err(e))?.map(|v| v.value().to_owned()))
+    }
+
+    pub fn put_kv(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.open_table(KV)?.insert(key, value)?;
             Ok(())
         })
     }

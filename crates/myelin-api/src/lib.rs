@@ -11,6 +11,15 @@
 //! - `PUT    /v1/endpoints/{id}/labels`  [`LabelsUpdate`] -> [`Endpoint`]
 //! - `GET    /v1/metrics/datapath`                    -> `Vec<DatapathMetric>`
 //! - `GET    /v1/ipam`                                -> [`IpamState`]
+//! - `GET    /v1/policies`                            -> `Vec<AppliedPolicy>`
+//! - `POST   /v1/policies`         [`PolicyApply`]    -> [`PolicyChange`] (all or nothing)
+//! - `POST   /v1/policies/delete`  [`PolicyDelete`]   -> [`PolicyChange`] (all or nothing)
+//! - `POST   /v1/policies/explain` [`ExplainRequest`] -> [`ExplainResponse`]
+//! - `GET    /v1/identities`                          -> `Vec<IdentityInfo>`
+//! - `GET    /v1/identities/{id}`                     -> [`IdentityInfo`]
+//! - `PUT    /v1/namespaces/{name}` [`NamespaceLabels`] -> [`NamespaceLabels`]
+//! - `GET    /v1/endpoints/{id}/policy`               -> [`EndpointPolicy`]
+//! - `GET    /v1/metrics/policy`                      -> `Vec<PolicyStat>`
 //!
 //! Errors come back with a non-2xx status and an [`ApiError`] body.
 #![forbid(unsafe_code)]
@@ -182,4 +191,125 @@ pub enum ErrorCode {
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
+}
+
+/// One file of a policy apply: its name (for error messages) and its YAML text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    pub name: String,
+    pub content: String,
+}
+
+/// Body of `POST /v1/policies`: applied all or nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyApply {
+    pub files: Vec<PolicyFile>,
+}
+
+/// Answer of an apply or delete.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyChange {
+    /// `Kind/namespace/name` of every policy applied or deleted.
+    pub policies: Vec<String>,
+    /// Accepted but not enforced (e.g. L7 rules), with field paths.
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    pub endpoints_updated: usize,
+}
+
+/// Body of `POST /v1/policies/delete`: by `namespace/name`, `name` or `Kind/namespace/name`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyDelete {
+    pub ids: Vec<String>,
+}
+
+/// An applied policy (`GET /v1/policies`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedPolicy {
+    pub kind: String,
+    pub namespace: Option<String>,
+    pub name: String,
+    /// The document as it was applied.
+    pub yaml: String,
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// Body of `POST /v1/policies/explain`. A peer is `namespace/pod` (a local
+/// endpoint), an IPv4 address, or a CIDR (its network address is used).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExplainRequest {
+    pub from: String,
+    pub to: String,
+    /// "TCP", "UDP", "SCTP", "ICMP" or a protocol number.
+    pub protocol: String,
+    /// Destination port; the ICMP type for ICMP.
+    pub port: u16,
+}
+
+/// Answer of explain: the verdict in words and as data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExplainResponse {
+    pub verdict: String,
+    pub text: String,
+    pub detail: serde_json::Value,
+}
+
+/// A security identity (`GET /v1/identities`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityInfo {
+    pub id: u32,
+    pub labels: Labels,
+    /// "workload", "reserved" or "cidr".
+    pub scope: String,
+    pub endpoints: Vec<u32>,
+    pub refcount: u64,
+}
+
+/// Body of `PUT /v1/namespaces/{name}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceLabels {
+    pub labels: Labels,
+}
+
+/// One entry of an endpoint's installed policy map.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyEntryInfo {
+    pub direction: String,
+    pub identity: u32,
+    pub protocol: u8,
+    pub port: u16,
+    pub port_prefix_len: u8,
+    pub verdict: String,
+    pub rule_id: u32,
+    #[serde(default)]
+    pub rule: Option<String>,
+}
+
+/// `GET /v1/endpoints/{id}/policy`: what the datapath enforces for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointPolicy {
+    pub endpoint_id: u32,
+    pub identity: u32,
+    pub ingress_enforced: bool,
+    pub egress_enforced: bool,
+    pub entries: Vec<PolicyEntryInfo>,
+}
+
+/// One row of `GET /v1/metrics/policy`: packets a rule decided.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyStat {
+    pub endpoint_id: u32,
+    pub direction: String,
+    pub verdict: String,
+    pub rule_id: u32,
+    #[serde(default)]
+    pub rule: Option<String>,
+    pub packets: u64,
+    pub bytes: u64,
 }

@@ -12,6 +12,8 @@ mod agent;
 mod endpoint;
 mod lab;
 mod output;
+mod perf;
+mod policy;
 mod status;
 
 use clap::{Parser, Subcommand};
@@ -33,6 +35,14 @@ enum Command {
     /// A hermetic local cluster of network namespaces.
     #[command(subcommand)]
     Lab(lab::Command),
+    /// Network policy: apply, get, delete, validate, explain.
+    #[command(subcommand)]
+    Policy(policy::Command),
+    /// Security identities derived from labels.
+    #[command(subcommand, alias = "id")]
+    Identity(policy::IdentityCommand),
+    /// Datapath benchmarks: Myelin against kernel routing, iptables and a bare veth.
+    Perf(perf::Args),
 }
 
 fn main() {
@@ -46,6 +56,9 @@ fn main() {
         Command::Status(a) => status::run(&a),
         Command::Endpoint(c) => endpoint::run(c),
         Command::Lab(c) => lab::run(c),
+        Command::Perf(a) => perf::run(&a),
+        Command::Policy(c) => policy::run(c),
+        Command::Identity(c) => policy::run_identity(c),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -3,6 +3,8 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
 
+pub mod netpol;
+
 use myelin_api::{Client, DatapathMetric};
 use myelin_lab::{Lab, LabOptions, LabSpec};
 use std::io::{Read, Write};

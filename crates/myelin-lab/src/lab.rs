@@ -491,6 +491,7 @@ impl Lab {
         }
         for i in 0..s.nodes.len() {
             self.wait_agent(i)?;
+            self.push_namespaces(i)?;
             self.say(&format!("agent on {} is healthy", s.nodes[i].name));
         }
 
@@ -574,6 +575,23 @@ impl Lab {
         self.state.nodes[i].agent_start_time = sys::start_time(pid);
         self.children.insert(n.name.clone(), child);
         self.save()
+    }
+
+    /// Tell a node's agent the namespaces' labels (as a Kubernetes watcher would):
+    /// they are part of the endpoints' security identities.
+    fn push_namespaces(&self, i: usize) -> Result<()> {
+        let client = Client::new(&self.state.nodes[i].agent_socket);
+        for ns in &self.state.spec.namespaces {
+            let body = myelin_api::NamespaceLabels { labels: ns.labels.clone() };
+            let _: myelin_api::NamespaceLabels = client
+                .put(&format!("/v1/namespaces/{}", ns.name), &body)
+                .map_err(|source| LabError::Api {
+                    what: format!("setting the labels of namespace {}", ns.name),
+                    socket: self.state.nodes[i].agent_socket.clone(),
+                    source,
+                })?;
+        }
+        Ok(())
     }
 
     fn wait_agent(&mut self, i: usize) -> Result<()> {

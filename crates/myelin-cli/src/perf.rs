@@ -1,0 +1,81 @@
+//! `myelin perf`: datapath benchmarks side by side (see the myelin-perf crate).
+
+use crate::output::{self, Format};
+use anyhow::{Context, Result};
+use nix::sys::signal::{SigSet, Signal};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Short runs and 2 rounds (well under 2 minutes): a smoke test, not a claim.
+    #[arg(long)]
+    quick: bool,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t)]
+    output: Format,
+    /// Rule counts of the iptables (and Myelin policy) variants.
+    #[arg(long, value_delimiter = ',', default_values_t = [1u32, 1000, 10_000])]
+    rules: Vec<u32>,
+    /// Seconds per measurement (TCP_STREAM rounds up to whole seconds).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Rounds; every round measures every workload on every configuration in turn.
+    #[arg(long)]
+    rounds: Option<u32>,
+    /// Parallel streams of the multi-stream TCP_STREAM.
+    #[arg(long, default_value_t = 4)]
+    streams: u32,
+    /// Request and response size of TCP_RR and TCP_CRR, in bytes.
+    #[arg(long, default_value_t = 1)]
+    size: usize,
+    /// Directory of myelin-agent, myelin-cni and myelin (default: $MYELIN_BIN_DIR, else next to this binary).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+}
+
+pub fn run(a: &Args) -> Result<i32> {
+    // Ctrl-C: block SIGINT in every thread (before any is spawned) and turn it into a
+    // cancel flag, so the run stops between steps and tears its namespaces and labs down.
+    let cancel = Arc::new(AtomicBool::new(false));
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.thread_block().context("blocking SIGINT")?;
+    {
+        let cancel = cancel.clone();
+        std::thread::spawn(move || {
+            if set.wait().is_ok() {
+                eprintln!("myelin perf: interrupted, cleaning up");
+                cancel.store(true, Ordering::SeqCst);
+            }
+        });
+    }
+    let mut opts = if a.quick { myelin_perf::Options::quick() } else { myelin_perf::Options::full() };
+    if let Some(d) = a.duration {
+        anyhow::ensure!(d > 0.0 && d.is_finite(), "--duration must be a positive number of seconds");
+        opts.rr_duration = Duration::from_secs_f64(d);
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let secs = d.ceil() as u32;
+        opts.stream_seconds = secs.max(1);
+    }
+    if let Some(r) = a.rounds {
+        anyhow::ensure!(r > 0, "--rounds must be at least 1");
+        opts.rounds = r;
+    }
+    opts.streams = a.streams;
+    opts.rr_size = a.size.max(1);
+    opts.rules = a.rules.clone();
+    opts.bin_dir = a.bin_dir.clone();
+    opts.cancel = cancel;
+    opts.progress = Some(Arc::new(|line: &str| eprintln!("{line}")));
+    let report = myelin_perf::run(&opts)?;
+    if a.output == Format::Json {
+        output::json(&report)?;
+    } else {
+        outln!("{}", myelin_perf::render(&report));
+    }
+    // A configuration that did not take its claimed path makes the figures meaningless.
+    Ok(i32::from(report.configs.iter().any(|c| c.verified == Some(false))))
+}

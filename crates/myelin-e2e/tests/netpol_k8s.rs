@@ -1,0 +1,266 @@
+//! Kubernetes NetworkPolicy semantics, checked like the upstream e2e suite:
+//! namespaces x, y, z; pods a, b, c serving 80 and 81 over TCP and UDP; each
+//! case probes the full 9x9x2x2 matrix with real connections through the
+//! eBPF datapath. Several cases share one lab, applied and deleted in turn.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use myelin_e2e::netpol::{Matrix, Pod, Proto};
+
+fn all(_: &Pod, _: &Pod, _: u16, _: Proto) -> bool {
+    true
+}
+
+const DENY_ALL_INGRESS_X: &str = r"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-ingress, namespace: x}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress]
+";
+
+#[test]
+fn default_deny_ingress_egress_and_update_delete() {
+    let m = Matrix::up("kdd", &[]);
+    m.check("no policy: everything reaches everything", all);
+
+    m.apply(DENY_ALL_INGRESS_X);
+    m.check("deny all ingress in x", |_, to, _, _| to.ns != "x");
+
+    // Update in place (same name): now only ingress from inside x is allowed.
+    m.apply(
+        r"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-ingress, namespace: x}
+spec:
+  podSelector: {}
+  ingress:
+  - from: [{podSelector: {}}]
+",
+    );
+    m.check("update: allow ingress within x only", |from, to, _, _| to.ns != "x" || from.ns == "x");
+
+    m.delete(&["x/deny-ingress"]);
+    m.check("deleted: everything reaches everything again", all);
+
+    m.apply(
+        r"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-egress, namespace: x}
+spec:
+  podSelector: {}
+  policyTypes: [Egress]
+  egress: []
+",
+    );
+    m.check("deny all egress from x", |from, _, _, _| from.ns != "x");
+
+    // Default-deny both ways for x/a with an egress allow to namespace y only.
+    m.delete(&["x/deny-egress"]);
+    m.apply(
+        r"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: a-egress-to-y, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  policyTypes: [Ingress, Egress]
+  egress:
+  - to: [{namespaceSelector: {matchLabels: {ns: 'y'}}}]
+",
+    );
+    m.check("x/a: no ingress; egress to y only", |from, to, _, _| {
+        if to.is("x/a") {
+            return false;
+        }
+        if from.is("x/a") {
+            return to.ns == "y";
+        }
+        true
+    });
+}
+
+#[test]
+fn pod_and_namespace_selectors_and_or_and_expressions() {
+    let m = Matrix::up("ksel", &[]);
+    m.apply(
+        r"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {pod: b}}}]
+",
+    );
+    m.check("podSelector alone = same namespace", |from, to, _, _| !to.is("x/a") || from.is("x/b"));
+
+    m.apply(
+        r"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress:
+  - from: [{namespaceSelector: {matchLabels: {ns: 'y'}}}]
+",
+    );
+    m.check("namespaceSelector alone = all pods of y", |from, to, _, _| !to.is("x/a") || from.ns == "y");
+
+    m.apply(
+        r"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress:
+  - from: [{namespaceSelector: {matchLabels: {ns: 'y'}}, podSelector: {matchLabels: {pod: b}}}]
+",
+    );
+    m.check("both in one peer = AND", |from, to, _, _| !to.is("x/a") || from.is("y/b"));
+
+    m.apply(
+        r"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress:
+  - from: [{namespaceSelector: {matchLabels: {ns: 'y'}}}, {podSelector: {matchLabels: {pod: b}}}]
+",
+    );
+    m.check("separate peers = OR", |from, to, _, _| !to.is("x/a") || from.ns == "y" || from.is("x/b"));
+
+    m.apply(
+        r"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress:
+  - from:
+    - namespaceSelector:
+        matchExpressions: [{key: ns, operator: NotIn, values: ['x', 'z']}]
+      podSelector:
+        matchExpressions: [{key: pod, operator: In, values: [b, c]}]
+",
+    );
+    m.check("matchExpressions In / NotIn", |from, to, _, _| !to.is("x/a") || (from.ns == "y" && from.name != "a"));
+
+    m.apply(
+        r"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p, namespace: x}
+spec:
+  podSelector: {matchExpressions: [{key: pod, operator: Exists}]}
+  ingress:
+  - from: [{namespaceSelector: {matchExpressions: [{key: ns, operator: DoesNotExist}]}}]
+",
+    );
+    m.check("Exists selects all of x; DoesNotExist matches no namespace", |_, to, _, _| to.ns != "x");
+}
+
+#[test]
+fn ports_named_ranges_protocols_and_stacking() {
+    let m = Matrix::up("kport", &[]);
+    m.apply(
+        r"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress:
+  - ports: [{port: serve-80-tcp}]
+",
+    );
+    m.check("named port: 80/TCP only, from anyone", |_, to, port, proto| {
+        !to.is("x/a") || (port == 80 && proto == Proto::Tcp)
+    });
+
+    m.apply(
+        r"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress:
+  - ports: [{protocol: UDP, port: 80}]
+",
+    );
+    m.check("protocol-specific: 80/UDP only", |_, to, port, proto| !to.is("x/a") || (port == 80 && proto == Proto::Udp));
+
+    m.apply(
+        r"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress:
+  - ports: [{protocol: TCP, port: 81, endPort: 90}]
+",
+    );
+    m.check("port range 81-90/TCP", |_, to, port, proto| !to.is("x/a") || (port == 81 && proto == Proto::Tcp));
+
+    // Stacked policies: the union of what each allows.
+    m.apply(
+        r"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {pod: b}}}]
+    ports: [{port: 80}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: q, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress:
+  - from: [{namespaceSelector: {matchLabels: {ns: 'y'}}}]
+    ports: [{port: 81, protocol: UDP}]
+",
+    );
+    m.check("stacked: x/b on 80/TCP, or y/* on 81/UDP", |from, to, port, proto| {
+        !to.is("x/a") || (from.is("x/b") && port == 80 && proto == Proto::Tcp) || (from.ns == "y" && port == 81 && proto == Proto::Udp)
+    });
+    m.delete(&["x/q"]);
+    m.check("one of the stack deleted", |from, to, port, proto| {
+        !to.is("x/a") || (from.is("x/b") && port == 80 && proto == Proto::Tcp)
+    });
+}
+
+#[test]
+fn ip_block_with_except_towards_the_world() {
+    let m = Matrix::up("kipb", &["w1", "w2"]);
+    let (w1, w2) = (m.external("w1").clone(), m.external("w2").clone());
+    m.apply(&format!(
+        r"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: egress-world, namespace: x}}
+spec:
+  podSelector: {{matchLabels: {{pod: a}}}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{{ipBlock: {{cidr: 198.51.100.0/24, except: [{}/32]}}}}]
+",
+        w2.ip
+    ));
+    m.check_to_host("ipBlock allows w1", &w1, |_, _, _| true);
+    m.check_to_host("except carves out w2 for x/a", &w2, |from, _, _| !from.is("x/a"));
+    m.check("x/a may reach no pod (egress only to the block)", |from, _, _, _| !from.is("x/a"));
+}
