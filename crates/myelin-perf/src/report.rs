@@ -1,0 +1,389 @@
+//! The report: figures per configuration and workload (median over rounds with
+//! spread, ratios against kernel routing and the physical limit), the path
+//! checks, and the goals with where we stand. Rendered as tables for
+//! people or serialised as JSON for scripts.
+
+use crate::stats::{ratio, Better, Summary};
+use crate::topo::Check;
+use comfy_table::presets::UTF8_BORDERS_ONLY;
+use comfy_table::{ContentArrangement, Table};
+use serde::Serialize;
+use std::fmt::Write as _;
+
+pub const KERNEL_ROUTING: &str = "kernel-routing";
+pub const PHYSICAL: &str = "physical";
+
+/// Everything one `myelin perf` run found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub machine: Machine,
+    pub settings: Settings,
+    pub elapsed_seconds: f64,
+    pub configs: Vec<ConfigReport>,
+    pub figures: Vec<Figure>,
+    pub goals: Vec<Goal>,
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub kernel: String,
+    pub cpu_model: String,
+    pub cpus: usize,
+    /// /proc/loadavg when the run started (a busy machine makes noisy figures).
+    pub loadavg_at_start: String,
+    pub iptables: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    pub quick: bool,
+    pub rounds: u32,
+    pub stream_seconds: u32,
+    pub rr_seconds: f64,
+    pub streams: u32,
+    pub rr_size_bytes: usize,
+    pub rules: Vec<u32>,
+    pub order: String,
+}
+
+/// One configuration: whether it ran and how it was shown to take its path.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConfigReport {
+    pub id: String,
+    pub description: String,
+    pub available: bool,
+    /// Why it did not run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unavailable: Option<String>,
+    /// All checks passed (None when it did not run).
+    pub verified: Option<bool>,
+    pub checks: Vec<Check>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_rss_bytes: Option<u64>,
+}
+
+/// One figure of one workload on one configuration, over rounds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Figure {
+    pub config: String,
+    pub workload: String,
+    pub metric: String,
+    pub unit: String,
+    pub better: Better,
+    pub summary: Summary,
+    /// median / median of kernel-routing (same workload and metric).
+    pub vs_kernel_routing: Option<f64>,
+    /// median / median of physical.
+    pub vs_physical: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GoalStatus {
+    Met,
+    NotMet,
+    NotMeasurableYet,
+}
+
+impl std::fmt::Display for GoalStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            GoalStatus::Met => "met",
+            GoalStatus::NotMet => "NOT met",
+            GoalStatus::NotMeasurableYet => "not measurable yet",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Goal {
+    pub id: String,
+    pub goal: String,
+    pub status: GoalStatus,
+    pub detail: String,
+}
+
+/// Fill in the ratios of every figure against kernel-routing and physical.
+pub fn fill_ratios(figures: &mut [Figure]) {
+    let base: Vec<(String, String, String, f64)> = figures
+        .iter()
+        .filter(|f| f.config == KERNEL_ROUTING || f.config == PHYSICAL)
+        .map(|f| (f.config.clone(), f.workload.clone(), f.metric.clone(), f.summary.median))
+        .collect();
+    let find = |config: &str, w: &str, m: &str| {
+        base.iter().find(|(c, bw, bm, _)| c == config && bw == w && bm == m).map(|b| b.3)
+    };
+    for f in figures.iter_mut() {
+        f.vs_kernel_routing = find(KERNEL_ROUTING, &f.workload, &f.metric).and_then(|b| ratio(f.summary.median, b));
+        f.vs_physical = find(PHYSICAL, &f.workload, &f.metric).and_then(|b| ratio(f.summary.median, b));
+    }
+}
+
+fn figure<'a>(figs: &'a [Figure], config: &str, workload: &str, metric: &str) -> Option<&'a Figure> {
+    figs.iter().find(|f| f.config == config && f.workload == workload && f.metric == metric)
+}
+
+fn x(v: Option<f64>) -> String {
+    v.map_or_else(|| "n/a".into(), |v| format!("{v:.2}×"))
+}
+
+/// The goals, judged from the medians; a goal whose configurations did not
+/// run is "not measurable yet", never guessed.
+#[must_use]
+pub fn goals(figs: &[Figure], configs: &[ConfigReport], stream_n: &str, rules_max: u32, agent_rss: Option<u64>) -> Vec<Goal> {
+    let mut out = Vec::new();
+    let ran = |id: &str| configs.iter().any(|c| c.id == id && c.available);
+    let judge = |v: Option<f64>, ok: &dyn Fn(f64) -> bool| match v {
+        None => GoalStatus::NotMeasurableYet,
+        Some(v) if ok(v) => GoalStatus::Met,
+        Some(_) => GoalStatus::NotMet,
+    };
+    let s1 = figure(figs, "myelin", "tcp_stream_1", "throughput");
+    let sn = figure(figs, "myelin", stream_n, "throughput");
+    let v = s1.and_then(|f| f.vs_kernel_routing);
+    out.push(Goal {
+        id: "stream-vs-kernel-routing".into(),
+        goal: "Myelin pod-to-pod TCP_STREAM >= 1.10× kernel routing".into(),
+        status: judge(v, &|v| v >= 1.10),
+        detail: format!("1 stream {}, {stream_n} {}", x(v), x(sn.and_then(|f| f.vs_kernel_routing))),
+    });
+    let v = s1.and_then(|f| f.vs_physical);
+    out.push(Goal {
+        id: "stream-vs-physical".into(),
+        goal: "Myelin pod-to-pod TCP_STREAM >= 0.90× the physical limit".into(),
+        status: judge(v, &|v| v >= 0.90),
+        detail: format!("1 stream {}, {stream_n} {}", x(v), x(sn.and_then(|f| f.vs_physical))),
+    });
+    let p50 = figure(figs, "myelin", "tcp_rr", "p50").and_then(|f| f.vs_kernel_routing);
+    let p99 = figure(figs, "myelin", "tcp_rr", "p99").and_then(|f| f.vs_kernel_routing);
+    out.push(Goal {
+        id: "rr-latency-vs-kernel-routing".into(),
+        goal: "Myelin TCP_RR latency <= 1.00× kernel routing".into(),
+        status: judge(p50, &|v| v <= 1.00),
+        detail: format!("p50 {}, p99 {} (judged on p50)", x(p50), x(p99)),
+    });
+    let curve = |prefix: &str| -> (Option<f64>, String) {
+        let mut worst: Option<f64> = None;
+        let mut parts = Vec::new();
+        for (w, m) in [("tcp_stream_1", "throughput"), ("tcp_rr", "tps"), ("tcp_crr", "tps")] {
+            let a = figure(figs, &format!("{prefix}-1"), w, m).map(|f| f.summary.median);
+            let b = figure(figs, &format!("{prefix}-{rules_max}"), w, m).map(|f| f.summary.median);
+            let r = a.zip(b).and_then(|(a, b)| ratio(b, a));
+            parts.push(format!("{w} {}", x(r)));
+            if let Some(r) = r {
+                worst = Some(worst.map_or(r, |w: f64| w.min(r)));
+            }
+        }
+        (worst, parts.join(", "))
+    };
+    let (myelin_worst, myelin_curve) = curve("myelin");
+    let (_, ipt_curve) = curve("iptables");
+    let measurable = ran(&format!("myelin-{rules_max}")) && ran("myelin-1") && rules_max >= 10_000;
+    out.push(Goal {
+        id: "rules-scaling".into(),
+        goal: "Myelin with 10,000 rules >= 0.97× Myelin with 1 rule (iptables' curve on the same axes)".into(),
+        status: if measurable { judge(myelin_worst, &|v| v >= 0.97) } else { GoalStatus::NotMeasurableYet },
+        detail: if measurable {
+            format!("myelin {rules_max}/1: {myelin_curve} (judged on the worst); iptables {rules_max}/1: {ipt_curve}")
+        } else {
+            format!(
+                "Myelin rule variants did not run (needs `myelin policy apply`{}); iptables {rules_max}/1: {ipt_curve}",
+                if rules_max < 10_000 { " and --rules up to 10000" } else { "" }
+            )
+        },
+    });
+    out.push(Goal {
+        id: "agent-memory".into(),
+        goal: "Agent resident memory with 1,000 endpoints and 10,000 rules <= 64 MiB".into(),
+        status: GoalStatus::NotMeasurableYet,
+        detail: format!(
+            "needs 10,000 rules (policy CLI) and 1,000 synthetic endpoints; agent RSS now (2 endpoints, no rules): {}",
+            agent_rss.map_or_else(|| "n/a".into(), |b| format!("{:.1} MiB", b as f64 / 1_048_576.0))
+        ),
+    });
+    out
+}
+
+fn num(v: f64) -> String {
+    let a = v.abs();
+    if a >= 100.0 {
+        format!("{v:.0}")
+    } else if a >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn cell(f: &Figure) -> String {
+    format!("{} [{}–{}]", num(f.summary.median), num(f.summary.min), num(f.summary.max))
+}
+
+fn table(header: Vec<String>) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY).set_content_arrangement(ContentArrangement::Dynamic).set_header(header);
+    t
+}
+
+/// Workloads in report order, with their metrics in column order.
+fn workloads(r: &Report) -> Vec<String> {
+    let mut w: Vec<String> = Vec::new();
+    for f in &r.figures {
+        if !w.contains(&f.workload) {
+            w.push(f.workload.clone());
+        }
+    }
+    w
+}
+
+/// The report as tables for people.
+#[must_use]
+pub fn render(r: &Report) -> String {
+    let mut s = String::new();
+    let m = &r.machine;
+    let _ = writeln!(
+        s,
+        "myelin perf: kernel {}, {} × {}, load at start {}; {} round(s), interleaved ({}); TCP_STREAM {} s, TCP_RR/CRR {} s, {} B requests",
+        m.kernel, m.cpus, m.cpu_model, m.loadavg_at_start, r.settings.rounds, r.settings.order,
+        r.settings.stream_seconds, r.settings.rr_seconds, r.settings.rr_size_bytes
+    );
+    let _ = writeln!(s, "figures: median [min–max] over rounds; ×kernel / ×physical = ratio of medians\n");
+    for w in workloads(r) {
+        let figs: Vec<&Figure> = r.figures.iter().filter(|f| f.workload == w).collect();
+        let mut metrics: Vec<(String, String)> = Vec::new();
+        for f in &figs {
+            if !metrics.iter().any(|(m, _)| *m == f.metric) {
+                metrics.push((f.metric.clone(), f.unit.clone()));
+            }
+        }
+        let Some((head, head_unit)) = metrics.first().cloned() else { continue };
+        let mut header = vec![w.to_uppercase(), format!("{head} ({head_unit})"), "×kernel".into(), "×physical".into()];
+        header.extend(metrics.iter().skip(1).map(|(m, u)| format!("{m} ({u}) ×kernel")));
+        let mut t = table(header);
+        for c in &r.configs {
+            if !c.available {
+                t.add_row(vec![c.id.clone(), "not available yet".into()]);
+                continue;
+            }
+            let mut row = vec![c.id.clone()];
+            match figs.iter().find(|f| f.config == c.id && f.metric == head) {
+                Some(f) => row.extend([cell(f), x(f.vs_kernel_routing), x(f.vs_physical)]),
+                None => row.extend(["n/a".into(), String::new(), String::new()]),
+            }
+            for (metric, _) in metrics.iter().skip(1) {
+                row.push(figs.iter().find(|f| f.config == c.id && f.metric == *metric).map_or_else(
+                    || "n/a".into(),
+                    |f| format!("{} {}", cell(f), x(f.vs_kernel_routing)),
+                ));
+            }
+            t.add_row(row);
+        }
+        let _ = writeln!(s, "{t}\n");
+    }
+    let mut t = table(vec!["configuration".into(), "path".into(), "evidence".into()]);
+    for c in &r.configs {
+        if let Some(why) = &c.unavailable {
+            t.add_row(vec![c.id.clone(), "not available yet".into(), why.clone()]);
+            continue;
+        }
+        for ch in &c.checks {
+            t.add_row(vec![c.id.clone(), format!("{} {}", if ch.ok { "✓" } else { "✗" }, ch.claim), ch.evidence.clone()]);
+        }
+    }
+    let _ = writeln!(s, "{t}\n");
+    let mut t = table(vec!["goal".into(), "status".into(), "where we stand".into()]);
+    for g in &r.goals {
+        t.add_row(vec![g.goal.clone(), g.status.to_string(), g.detail.clone()]);
+    }
+    let _ = writeln!(s, "{t}");
+    for n in &r.notes {
+        let _ = writeln!(s, "note: {n}");
+    }
+    let _ = write!(s, "took {:.0} s", r.elapsed_seconds);
+    s
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::float_cmp)]
+mod tests {
+    use super::*;
+
+    fn fig(config: &str, workload: &str, metric: &str, samples: &[f64]) -> Figure {
+        Figure {
+            config: config.into(),
+            workload: workload.into(),
+            metric: metric.into(),
+            unit: "u".into(),
+            better: Better::Higher,
+            summary: Summary::of(samples).unwrap(),
+            vs_kernel_routing: None,
+            vs_physical: None,
+        }
+    }
+
+    fn cfg(id: &str, available: bool) -> ConfigReport {
+        ConfigReport {
+            id: id.into(),
+            description: String::new(),
+            available,
+            unavailable: None,
+            verified: None,
+            checks: vec![],
+            agent_rss_bytes: None,
+        }
+    }
+
+    #[test]
+    fn ratios_are_of_medians_per_workload_and_metric() {
+        let mut f = vec![
+            fig("physical", "tcp_stream_1", "throughput", &[40.0, 50.0, 60.0]),
+            fig("kernel-routing", "tcp_stream_1", "throughput", &[20.0, 25.0, 100.0]),
+            fig("myelin", "tcp_stream_1", "throughput", &[30.0, 30.0]),
+            fig("myelin", "tcp_rr", "p50", &[10.0]),
+        ];
+        fill_ratios(&mut f);
+        assert_eq!(f[2].vs_kernel_routing, Some(30.0 / 25.0));
+        assert_eq!(f[2].vs_physical, Some(30.0 / 50.0));
+        assert_eq!(f[1].vs_kernel_routing, Some(1.0));
+        assert_eq!(f[3].vs_kernel_routing, None, "no kernel-routing figure for tcp_rr p50");
+    }
+
+    #[test]
+    fn goals_are_judged_or_not_measurable() {
+        let mut f = vec![
+            fig("physical", "tcp_stream_1", "throughput", &[100.0]),
+            fig("kernel-routing", "tcp_stream_1", "throughput", &[80.0]),
+            fig("myelin", "tcp_stream_1", "throughput", &[92.0]),
+            fig("kernel-routing", "tcp_rr", "p50", &[20.0]),
+            fig("myelin", "tcp_rr", "p50", &[19.0]),
+            fig("iptables-1", "tcp_crr", "tps", &[1000.0]),
+            fig("iptables-10000", "tcp_crr", "tps", &[500.0]),
+        ];
+        fill_ratios(&mut f);
+        let configs = vec![cfg("physical", true), cfg("kernel-routing", true), cfg("myelin", true), cfg("myelin-1", false)];
+        let g = goals(&f, &configs, "tcp_stream_4", 10_000, Some(30 << 20));
+        assert_eq!(g[0].status, GoalStatus::Met, "{:?}", g[0]); // 92/80 = 1.15
+        assert_eq!(g[1].status, GoalStatus::Met); // 0.92
+        assert_eq!(g[2].status, GoalStatus::Met); // 0.95
+        assert_eq!(g[3].status, GoalStatus::NotMeasurableYet);
+        assert!(g[3].detail.contains("tcp_crr 0.50×"), "{}", g[3].detail);
+        assert_eq!(g[4].status, GoalStatus::NotMeasurableYet);
+        assert!(g[4].detail.contains("30.0 MiB"));
+
+        let g = goals(&[], &configs, "tcp_stream_4", 10_000, None);
+        assert!(g.iter().all(|g| g.status == GoalStatus::NotMeasurableYet), "no figures, nothing judged");
+
+        let mut f2 = vec![
+            fig("kernel-routing", "tcp_stream_1", "throughput", &[100.0]),
+            fig("myelin", "tcp_stream_1", "throughput", &[100.0]),
+            fig("myelin-1", "tcp_crr", "tps", &[1000.0]),
+            fig("myelin-10000", "tcp_crr", "tps", &[960.0]),
+        ];
+        fill_ratios(&mut f2);
+        let configs = vec![cfg("myelin-1", true), cfg("myelin-10000", true)];
+        let g = goals(&f2, &configs, "tcp_stream_4", 10_000, None);
+        assert_eq!(g[0].status, GoalStatus::NotMet);
+        assert_eq!(g[3].status, GoalStatus::NotMet, "0.96 < 0.97: {}", g[3].detail);
+    }
+}
