@@ -456,6 +456,11 @@ impl Lab {
             fab.push(format!("link add w{j} type veth peer name eth0 netns {}", x.netns));
             fab.push(format!("link set w{j} master world up"));
         }
+        // Native routing: the fabric knows each node's pod CIDR (as a BGP-speaking
+        // router would), so external hosts reach pods with their own addresses.
+        for n in &s.nodes {
+            fab.push(format!("route add {} via {}", n.pod_cidr, n.address));
+        }
         sys::ip_batch("wiring the fabric", Some(&s.fabric_netns), &fab)?;
         sys::sysctl_in(&naming::netns_path(&s.fabric_netns), "net/ipv4/ip_forward", "1")?;
 
