@@ -3,7 +3,7 @@
 use crate::agent::AgentArgs;
 use crate::output::{self, Format};
 use anyhow::{bail, Context, Result};
-use myelin_api::{DatapathMetric, Endpoint, Labels, LabelsUpdate};
+use myelin_api::{DatapathMetric, Endpoint, EndpointPolicy, Labels, LabelsUpdate};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -54,10 +54,12 @@ pub fn run(cmd: Command) -> Result<i32> {
         }
         Command::Get { id, common } => {
             let ep: Endpoint = common.agent.get(&format!("/v1/endpoints/{id}"))?;
+            let policy: EndpointPolicy = common.agent.get(&format!("/v1/endpoints/{id}/policy"))?;
             if common.output == Format::Json {
-                output::json(&ep)?;
+                output::json(&serde_json::json!({"endpoint": ep, "policy": policy}))?;
             } else {
                 print_one(&ep);
+                print_policy(&policy);
             }
         }
         Command::Labels { id, labels, replace, common } => {
@@ -151,6 +153,45 @@ fn print_one(e: &Endpoint) {
         ("Named ports", ports),
     ] {
         t.add_row(vec![k.to_owned(), v]);
+    }
+    outln!("{t}");
+}
+
+/// Enforcement per direction and the entries the datapath holds for the endpoint.
+fn print_policy(p: &EndpointPolicy) {
+    let state = |on: bool| if on { "enforced (default deny)" } else { "not enforced (default allow)" };
+    outln!("Ingress policy: {}", state(p.ingress_enforced));
+    outln!("Egress policy:  {}", state(p.egress_enforced));
+    if p.entries.is_empty() {
+        return;
+    }
+    let mut t = output::table(["DIRECTION", "PEER IDENTITY", "PROTO", "PORTS", "VERDICT", "RULE"]);
+    for e in &p.entries {
+        let proto = match e.protocol {
+            0 => "any".to_owned(),
+            1 => "ICMP".to_owned(),
+            6 => "TCP".to_owned(),
+            17 => "UDP".to_owned(),
+            132 => "SCTP".to_owned(),
+            n => n.to_string(),
+        };
+        let ports = if e.protocol == 0 || e.port_prefix_len == 0 {
+            "any".to_owned()
+        } else if e.port_prefix_len == 16 {
+            e.port.to_string()
+        } else {
+            let span = 1u32 << (16 - u32::from(e.port_prefix_len));
+            format!("{}-{}", e.port, u32::from(e.port) + span - 1)
+        };
+        let peer = if e.identity == 0 { "any".to_owned() } else { e.identity.to_string() };
+        t.add_row(vec![
+            e.direction.clone(),
+            peer,
+            proto,
+            ports,
+            e.verdict.clone(),
+            e.rule.clone().unwrap_or_else(|| if e.rule_id == 0 { "-".into() } else { e.rule_id.to_string() }),
+        ]);
     }
     outln!("{t}");
 }
