@@ -181,3 +181,34 @@ fn ipam_200_adds_and_dels_never_duplicate_and_survive_restart() {
     assert!(end.allocations.is_empty(), "all released: {:?}", end.allocations.len());
     assert!(!ip_n(&g.lab().node("node1").unwrap().netns, &["link", "show"]).contains("lxc"), "no veth left");
 }
+
+#[test]
+fn gc_removes_attachments_the_runtime_no_longer_has_and_the_socket_is_root_only() {
+    let g = LabGuard::up(LAB, "cngc");
+    let lab = g.lab();
+    let sock = lab.node("node1").unwrap().agent_socket;
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the agent socket is root-only");
+
+    let sock = sock.display().to_string();
+    let pod = NetnsGuard::new("cngc");
+    let netns = pod.path().display().to_string();
+    for (cid, ifname) in [("keep", "eth0"), ("stale", "eth1")] {
+        let r = run_cni("ADD", &conf(&sock), &[("CNI_CONTAINERID", cid), ("CNI_IFNAME", ifname), ("CNI_NETNS", &netns)]);
+        assert_eq!(r.code, 0, "{}", r.raw);
+    }
+    let mut c = conf(&sock);
+    c["cniVersion"] = json!("1.1.0");
+    c["cni.dev/valid-attachments"] = json!([{"containerID": "keep", "ifname": "eth0"}]);
+    let r = run_cni("GC", &c, &[]);
+    assert_eq!(r.code, 0, "GC: {}", r.raw);
+    let eps: Vec<myelin_api::Endpoint> = client(lab, "node1").get("/v1/endpoints").unwrap();
+    assert_eq!(eps.len(), 1);
+    assert_eq!(eps[0].container_id, "keep");
+    let ipam: myelin_api::IpamState = client(lab, "node1").get("/v1/ipam").unwrap();
+    assert_eq!(ipam.allocations.len(), 1, "the stale attachment's address is released");
+    // STATUS of a healthy agent: exit 0, no output.
+    let s = run_cni("STATUS", &c, &[]);
+    assert_eq!(s.code, 0, "{}", s.raw);
+}
