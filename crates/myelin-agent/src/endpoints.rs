@@ -170,21 +170,34 @@ impl Endpoints {
         &self.policy
     }
 
+    /// Push a changed policy set to the datapath and persist it; if the datapath
+    /// refuses, go back to the previous set (`old`) so nothing stays half-applied.
+    fn commit_policy_change(
+        &mut self,
+        old: BTreeMap<String, StoredPolicy>,
+    ) -> Result<crate::policy::SyncReport, EndpointError> {
+        match self.sync_policy() {
+            Ok(report) => {
+                self.persist_policy()?;
+                Ok(report)
+            }
+            Err(e) => {
+                self.policy.restore(old);
+                if let Err(again) = self.sync_policy() {
+                    warn!(error = %again, "restoring the previous policy set");
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// Apply policy files, all or nothing.
     pub fn apply_policies(&mut self, files: &[(String, String)]) -> Result<myelin_api::PolicyChange, EndpointError> {
         let new = PolicyEngine::prepare(files)?;
         let names: Vec<String> = new.iter().map(|p| format!("{}/{}", p.policy.kind, p.policy.id())).collect();
         let warnings: Vec<String> = new.iter().flat_map(|p| p.policy.warnings.clone()).collect();
         let old = self.policy.insert(new);
-        let report = match self.sync_policy() {
-            Ok(r) => r,
-            Err(e) => {
-                self.policy.restore(old);
-                let _ = self.sync_policy();
-                return Err(e);
-            }
-        };
-        self.persist_policy()?;
+        let report = self.commit_policy_change(old)?;
         info!(policies = ?names, endpoints = report.endpoints_updated, "policies applied");
         Ok(myelin_api::PolicyChange { policies: names, warnings, endpoints_updated: report.endpoints_updated })
     }
@@ -192,15 +205,7 @@ impl Endpoints {
     /// Delete policies, all or nothing.
     pub fn delete_policies(&mut self, ids: &[String]) -> Result<myelin_api::PolicyChange, EndpointError> {
         let (old, keys) = self.policy.remove(ids)?;
-        let report = match self.sync_policy() {
-            Ok(r) => r,
-            Err(e) => {
-                self.policy.restore(old);
-                let _ = self.sync_policy();
-                return Err(e);
-            }
-        };
-        self.persist_policy()?;
+        let report = self.commit_policy_change(old)?;
         Ok(myelin_api::PolicyChange { policies: keys, warnings: vec![], endpoints_updated: report.endpoints_updated })
     }
 

@@ -6,7 +6,8 @@
 //!  apply/delete (API) --> policies --+
 //!  endpoints + namespace labels -----+--> compile (myelin-policy, pure) --> diff --> datapath
 //!  identities (allocator) -----------+                                    (only changed endpoints,
-//!                                                                          each swapped atomically)
+//!                                                                          each swapped atomically,
+//!                                                                          all in one batch)
 //! ```
 //! Bad input never reaches this far: `parse_files` rejects a whole apply.
 
@@ -364,6 +365,7 @@ impl PolicyEngine {
         }
         self.ipcache = want;
 
+        let mut changes: Vec<myelin_bpf::EndpointPolicyUpdate> = Vec::new();
         for e in endpoints {
             let desired: Option<Installed> = compiled.endpoints.get(&u64::from(e.id)).map(|p| {
                 let mut entries: Vec<PolicyMapEntry> = p
@@ -387,12 +389,20 @@ impl PolicyEngine {
             if self.installed.get(&e.id) == Some(&desired) {
                 continue;
             }
-            match &desired {
-                Some((i, eg, entries)) => dp.set_endpoint_policy(e.id, *i, *eg, entries)?,
-                None => dp.clear_endpoint_policy(e.id)?,
+            changes.push((e.id, desired));
+        }
+        // One batch for every changed endpoint: each swapped atomically, one
+        // RCU grace period in all (not one per endpoint).
+        if !changes.is_empty() {
+            if let Err(err) = dp.set_endpoint_policies(&changes) {
+                // Some may have switched: forget them all, the next sync rewrites them.
+                for (id, _) in &changes {
+                    self.installed.remove(id);
+                }
+                return Err(err.into());
             }
-            self.installed.insert(e.id, desired);
-            report.endpoints_updated += 1;
+            report.endpoints_updated = changes.len();
+            self.installed.extend(changes);
         }
         let live: std::collections::BTreeSet<u32> = endpoints.iter().map(|e| e.id).collect();
         self.installed.retain(|id, _| live.contains(id));
