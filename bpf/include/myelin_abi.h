@@ -135,7 +135,11 @@ struct ipcache_value {
  * of policy_key -> policy_entry holding the WHOLE policy of that endpoint,
  * both directions. User space replaces an endpoint's policy by building a
  * new inner trie and swapping it in with one update of the outer map, so a
- * packet sees the old policy or the new one, never a mix. An endpoint absent
+ * packet sees the old policy or the new one, never a mix. Many endpoints
+ * change together through ONE BPF_MAP_UPDATE_BATCH of the outer map (each
+ * slot still swapped atomically): the kernel makes every map-in-map write
+ * from user space wait for an RCU grace period, once per syscall, so a
+ * change touching N endpoints costs one grace period, not N. An endpoint absent
  * from `policy_maps` has no policy: everything is allowed (and not counted
  * in policy_stats).
  *

@@ -501,6 +501,45 @@ impl Datapath {
     }
 }
 
+/// Cumulative run-time statistics of one program (see [`endpoint_run_stats`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ProgramRunStats {
+    /// The kernel's program id.
+    pub prog_id: u32,
+    /// Nanoseconds spent in the program, summed over runs.
+    pub run_time_ns: u64,
+    /// Number of runs.
+    pub run_cnt: u64,
+}
+
+/// Run-time statistics of the programs attached to the endpoint `ifname`
+/// through the links pinned under `pin_dir` by [`Datapath::attach_endpoint`]
+/// (possibly by another process, e.g. the agent): `[from_container (TCX
+/// ingress), to_container (TCX egress)]`. The kernel counts only while the
+/// sysctl `kernel.bpf_stats_enabled` is 1; the figures are cumulative, so
+/// take differences.
+pub fn endpoint_run_stats(pin_dir: &Path, ifname: &str) -> Result<[ProgramRunStats; 2], BpfError> {
+    check_ifname(ifname)?;
+    let one = |leaf: &str| -> Result<ProgramRunStats, BpfError> {
+        let path = pin_dir.join("links").join(ifname).join(leaf);
+        let bad = |what: String| BpfError::Invalid(format!("{}: {what}", path.display()));
+        let link = Link::open(&path).map_err(|e| bad(format!("opening the pinned link: {e}")))?;
+        let info = link
+            .info()
+            .map_err(|e| bad(format!("reading the link info: {e}")))?;
+        let fd = libbpf_rs::Program::fd_from_id(info.prog_id)
+            .map_err(|e| bad(format!("opening program id {}: {e}", info.prog_id)))?;
+        let (run_time_ns, run_cnt) = sys::prog_run_stats(fd.as_fd())
+            .map_err(|e| bad(format!("reading the info of program id {}: {e}", info.prog_id)))?;
+        Ok(ProgramRunStats {
+            prog_id: info.prog_id,
+            run_time_ns,
+            run_cnt,
+        })
+    };
+    Ok([one("ingress")?, one("egress")?])
+}
+
 pub(crate) fn decode<T: sys::Pod>(map: &'static str, raw: &[u8]) -> Result<T, BpfError> {
     sys::from_bytes(raw).ok_or(BpfError::Layout {
         map,

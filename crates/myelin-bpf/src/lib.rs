@@ -8,7 +8,8 @@
 //!   per-node pin directory (reused across restarts), writes/reads the maps
 //!   and attaches TCX links pinned under `<pin_dir>/links/`.
 //! - Identity-based L3/L4 policy ([`Datapath::set_endpoint_policy`], per
-//!   endpoint, swapped atomically), the `ipcache` of peer identities
+//!   endpoint, swapped atomically; [`Datapath::set_endpoint_policies`] for
+//!   many endpoints with one RCU grace period), the `ipcache` of peer identities
 //!   ([`Datapath::upsert_ipcache`]), connection tracking
 //!   ([`Datapath::ct_entries`], [`Datapath::ct_gc`]) and per-rule counters
 //!   ([`Datapath::policy_stats`]). Semantics: `bpf/include/myelin_abi.h`.
@@ -38,9 +39,9 @@ use std::net::Ipv4Addr;
 
 pub use bpffs::{ensure_bpffs, remove_pin_dir};
 pub use conntrack::{CtEntry, CtTimeouts};
-pub use datapath::Datapath;
+pub use datapath::{endpoint_run_stats, Datapath, ProgramRunStats};
 pub use error::BpfError;
-pub use policy::{PolicyMapEntry, PolicyStatRow};
+pub use policy::{DesiredPolicy, EndpointPolicyUpdate, PolicyMapEntry, PolicyStatRow};
 pub use probe::{probe_features, FeatureProbe};
 
 /// The default bpffs mount point.

@@ -123,6 +123,96 @@ pub struct PolicyStatRow {
     pub bytes: u64,
 }
 
+fn trie_fd(trie: &MapHandle) -> Result<u32, BpfError> {
+    u32::try_from(trie.as_fd().as_raw_fd())
+        .map_err(|_| BpfError::Invalid("negative map fd".to_string()))
+}
+
+/// A new, filled policy trie of one endpoint, not yet visible to the datapath.
+fn build_trie(
+    endpoint_id: u32,
+    ingress_enforced: bool,
+    egress_enforced: bool,
+    entries: &[PolicyMapEntry],
+) -> Result<MapHandle, BpfError> {
+    let mut trie: BTreeMap<KeyId, (types::policy_key, types::policy_entry)> = BTreeMap::new();
+    for e in entries {
+        let k = e.key()?;
+        let v = types::policy_entry {
+            verdict: if e.deny { VERDICT_DENY } else { VERDICT_ALLOW },
+            flags: 0,
+            _pad: [0; 2],
+            rule_id: e.rule_id,
+        };
+        let id = (k.prefixlen, k.identity, k.direction, k.protocol, k.dport);
+        match trie.get(&id) {
+            Some((_, old)) if old.verdict == VERDICT_DENY || !e.deny => {}
+            _ => {
+                trie.insert(id, (k, v));
+            }
+        }
+    }
+    for (dir, enforced) in [
+        (DIR_INGRESS, ingress_enforced),
+        (DIR_EGRESS, egress_enforced),
+    ] {
+        if enforced {
+            continue;
+        }
+        let k = types::policy_key {
+            prefixlen: PREFIX_ANY_PROTO,
+            identity: 0,
+            direction: dir,
+            protocol: 0,
+            dport: 0,
+        };
+        trie.entry((k.prefixlen, 0, dir, 0, 0))
+            .and_modify(|(_, v)| v.flags |= F_UNENFORCED)
+            .or_insert((
+                k,
+                types::policy_entry {
+                    verdict: VERDICT_ALLOW,
+                    flags: F_UNENFORCED | F_SYNTHETIC,
+                    _pad: [0; 2],
+                    rule_id: 0,
+                },
+            ));
+    }
+
+    let max_entries = u32::try_from(trie.len().max(1)).map_err(|_| {
+        BpfError::Invalid(format!(
+            "endpoint {endpoint_id}: {} policy entries is more than a map holds",
+            trie.len()
+        ))
+    })?;
+    let opts = libbpf_rs::libbpf_sys::bpf_map_create_opts {
+        sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_map_create_opts>() as _,
+        map_flags: BPF_F_NO_PREALLOC,
+        ..Default::default()
+    };
+    let inner = MapHandle::create(
+        MapType::LpmTrie,
+        Some(format!("pol_{endpoint_id}")),
+        std::mem::size_of::<types::policy_key>() as u32,
+        std::mem::size_of::<types::policy_entry>() as u32,
+        max_entries,
+        &opts,
+    )
+    .map_err(map_err(
+        "policy_maps",
+        format!("creating the policy trie of endpoint {endpoint_id} ({max_entries} entries)"),
+    ))?;
+    for (k, v) in trie.values() {
+        inner
+            .update(sys::as_bytes(k), sys::as_bytes(v), MapFlags::ANY)
+            .map_err(map_err(
+                "policy_maps",
+                format!("endpoint {endpoint_id}: writing {k:?}"),
+            ))?;
+    }
+    Ok(inner)
+}
+
 fn ipcache_key(ip: Ipv4Addr, prefix_len: u8) -> Result<types::ipcache_key, BpfError> {
     if prefix_len > 32 {
         return Err(BpfError::Invalid(format!(
@@ -139,6 +229,18 @@ fn ipcache_key(ip: Ipv4Addr, prefix_len: u8) -> Result<types::ipcache_key, BpfEr
     })
 }
 
+/// The desired policy of one endpoint for [`Datapath::set_endpoint_policies`]:
+/// `Some((ingress_enforced, egress_enforced, entries))`, or `None` for "no
+/// policy" (allow all).
+pub type EndpointPolicyUpdate = (u32, Option<DesiredPolicy>);
+
+/// `(ingress_enforced, egress_enforced, entries)`, as [`Datapath::set_endpoint_policy`] takes them.
+pub type DesiredPolicy = (bool, bool, Vec<PolicyMapEntry>);
+
+/// File descriptors kept free for everything else while a batch holds one
+/// fd per new policy trie.
+const FD_RESERVE: usize = 128;
+
 impl Datapath {
     /// Replace the whole policy of `endpoint_id` atomically: a new trie is
     /// built and filled aside, then swapped in with one update of
@@ -147,6 +249,9 @@ impl Datapath {
     /// `ingress_enforced` / `egress_enforced`: whether "no entry matched"
     /// means deny (drop reason 133) or allow in that direction. Entries with
     /// the same key: a deny beats an allow, otherwise the first one is kept.
+    ///
+    /// Each call waits for one RCU grace period (see
+    /// [`Self::set_endpoint_policies`]); to change many endpoints, use that.
     pub fn set_endpoint_policy(
         &self,
         endpoint_id: u32,
@@ -154,83 +259,8 @@ impl Datapath {
         egress_enforced: bool,
         entries: &[PolicyMapEntry],
     ) -> Result<(), BpfError> {
-        let mut trie: BTreeMap<KeyId, (types::policy_key, types::policy_entry)> = BTreeMap::new();
-        for e in entries {
-            let k = e.key()?;
-            let v = types::policy_entry {
-                verdict: if e.deny { VERDICT_DENY } else { VERDICT_ALLOW },
-                flags: 0,
-                _pad: [0; 2],
-                rule_id: e.rule_id,
-            };
-            let id = (k.prefixlen, k.identity, k.direction, k.protocol, k.dport);
-            match trie.get(&id) {
-                Some((_, old)) if old.verdict == VERDICT_DENY || !e.deny => {}
-                _ => {
-                    trie.insert(id, (k, v));
-                }
-            }
-        }
-        for (dir, enforced) in [
-            (DIR_INGRESS, ingress_enforced),
-            (DIR_EGRESS, egress_enforced),
-        ] {
-            if enforced {
-                continue;
-            }
-            let k = types::policy_key {
-                prefixlen: PREFIX_ANY_PROTO,
-                identity: 0,
-                direction: dir,
-                protocol: 0,
-                dport: 0,
-            };
-            trie.entry((k.prefixlen, 0, dir, 0, 0))
-                .and_modify(|(_, v)| v.flags |= F_UNENFORCED)
-                .or_insert((
-                    k,
-                    types::policy_entry {
-                        verdict: VERDICT_ALLOW,
-                        flags: F_UNENFORCED | F_SYNTHETIC,
-                        _pad: [0; 2],
-                        rule_id: 0,
-                    },
-                ));
-        }
-
-        let max_entries = u32::try_from(trie.len().max(1)).map_err(|_| {
-            BpfError::Invalid(format!(
-                "endpoint {endpoint_id}: {} policy entries is more than a map holds",
-                trie.len()
-            ))
-        })?;
-        let opts = libbpf_rs::libbpf_sys::bpf_map_create_opts {
-            sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_map_create_opts>() as _,
-            map_flags: BPF_F_NO_PREALLOC,
-            ..Default::default()
-        };
-        let inner = MapHandle::create(
-            MapType::LpmTrie,
-            Some(format!("pol_{endpoint_id}")),
-            std::mem::size_of::<types::policy_key>() as u32,
-            std::mem::size_of::<types::policy_entry>() as u32,
-            max_entries,
-            &opts,
-        )
-        .map_err(map_err(
-            "policy_maps",
-            format!("creating the policy trie of endpoint {endpoint_id} ({max_entries} entries)"),
-        ))?;
-        for (k, v) in trie.values() {
-            inner
-                .update(sys::as_bytes(k), sys::as_bytes(v), MapFlags::ANY)
-                .map_err(map_err(
-                    "policy_maps",
-                    format!("endpoint {endpoint_id}: writing {k:?}"),
-                ))?;
-        }
-        let fd = u32::try_from(inner.as_fd().as_raw_fd())
-            .map_err(|_| BpfError::Invalid("negative map fd".to_string()))?;
+        let inner = build_trie(endpoint_id, ingress_enforced, egress_enforced, entries)?;
+        let fd = trie_fd(&inner)?;
         self.policy_maps
             .update(
                 sys::as_bytes(&endpoint_id),
@@ -242,6 +272,128 @@ impl Datapath {
                 format!("swapping in the policy of endpoint {endpoint_id}"),
             ))
         // Dropping `inner` closes our fd; the outer map holds the trie.
+    }
+
+    /// Replace (`Some`) or remove (`None`) the policies of many endpoints at
+    /// once. Each endpoint's policy is swapped atomically, exactly as
+    /// [`Self::set_endpoint_policy`] / [`Self::clear_endpoint_policy`] do;
+    /// different endpoints may switch at slightly different instants, but
+    /// when this returns every program run that started since sees the new
+    /// policies.
+    ///
+    /// Why a batch: the kernel makes every update of a map-in-map from user
+    /// space wait for an RCU grace period (`maybe_wait_bpf_programs()` ->
+    /// `synchronize_rcu()`, several ms, ~15 ms on a busy VM). A
+    /// `BPF_MAP_UPDATE_BATCH` (`generic_map_update_batch()`, which
+    /// HASH_OF_MAPS has) waits once per call since Linux 6.8 (commit
+    /// 37ba5b59d6ad), and `BPF_MAP_DELETE_BATCH` once per call since 5.18.
+    /// So all new tries are built and filled first, then swapped in with one
+    /// batch update, and the removals go in one batch delete: two grace
+    /// periods at most, whatever the number of endpoints. (On older kernels
+    /// the batch still works, it just waits per element.)
+    ///
+    /// The new tries are held open (one fd each) until the swap: if the
+    /// process's `RLIMIT_NOFILE` soft limit is too low for the batch, it is
+    /// raised toward the hard limit, and failing that the batch is split.
+    ///
+    /// An endpoint id may appear only once. On error some endpoints may have
+    /// switched and others not (each still atomically): call again with the
+    /// same updates, which is idempotent.
+    pub fn set_endpoint_policies(&self, updates: &[EndpointPolicyUpdate]) -> Result<(), BpfError> {
+        let mut seen = std::collections::BTreeSet::new();
+        for (id, _) in updates {
+            if !seen.insert(*id) {
+                return Err(BpfError::Invalid(format!(
+                    "endpoint {id} appears twice in one batch of policy updates"
+                )));
+            }
+        }
+        let sets: Vec<(u32, &DesiredPolicy)> = updates
+            .iter()
+            .filter_map(|(id, p)| p.as_ref().map(|p| (*id, p)))
+            .collect();
+        let clears: Vec<u32> = updates
+            .iter()
+            .filter(|(_, p)| p.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+
+        let chunk = sys::fd_budget(sets.len(), FD_RESERVE).max(1);
+        for part in sets.chunks(chunk) {
+            // Build and fill every new trie aside: nothing is visible yet.
+            let tries = part
+                .iter()
+                .map(|(id, (ing, eg, entries))| build_trie(*id, *ing, *eg, entries))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut keys = Vec::with_capacity(part.len() * 4);
+            let mut values = Vec::with_capacity(part.len() * 4);
+            for ((id, _), trie) in part.iter().zip(&tries) {
+                keys.extend_from_slice(sys::as_bytes(id));
+                values.extend_from_slice(sys::as_bytes(&trie_fd(trie)?));
+            }
+            let count = u32::try_from(part.len())
+                .map_err(|_| BpfError::Invalid("too many endpoints in one batch".into()))?;
+            self.policy_maps
+                .update_batch(&keys, &values, count, MapFlags::ANY, MapFlags::ANY)
+                .map_err(map_err(
+                    "policy_maps",
+                    format!(
+                        "swapping in the policies of {} endpoints (first {}) with one batch update",
+                        part.len(),
+                        part[0].0
+                    ),
+                ))?;
+            // Dropping `tries` closes our fds; the outer map holds the tries.
+        }
+
+        if !clears.is_empty() {
+            self.clear_endpoint_policies(&clears)?;
+        }
+        Ok(())
+    }
+
+    /// Remove the policies of `ids` with one batch delete (one grace period);
+    /// ids without a policy are skipped.
+    fn clear_endpoint_policies(&self, ids: &[u32]) -> Result<(), BpfError> {
+        let mut present = Vec::with_capacity(ids.len());
+        for id in ids {
+            // A lookup on the outer map does not wait for a grace period.
+            let found = self
+                .policy_maps
+                .lookup(sys::as_bytes(id), MapFlags::ANY)
+                .map_err(map_err("policy_maps", format!("looking up endpoint {id}")))?;
+            if found.is_some() {
+                present.push(*id);
+            }
+        }
+        if present.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<u8> = present
+            .iter()
+            .flat_map(|id| id.to_ne_bytes())
+            .collect();
+        let count = u32::try_from(present.len())
+            .map_err(|_| BpfError::Invalid("too many endpoints in one batch".into()))?;
+        match self
+            .policy_maps
+            .delete_batch(&keys, count, MapFlags::ANY, MapFlags::ANY)
+        {
+            Ok(()) => Ok(()),
+            // Someone else removed one meanwhile (the batch stops at it):
+            // finish one by one, ignoring the absent ones.
+            Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => {
+                present.iter().try_for_each(|id| self.clear_endpoint_policy(*id))
+            }
+            Err(source) => Err(BpfError::Map {
+                map: "policy_maps",
+                op: format!(
+                    "deleting the policies of {} endpoints with one batch delete",
+                    present.len()
+                ),
+                source,
+            }),
+        }
     }
 
     /// Remove the policy of `endpoint_id`: back to "no policy, allow all"

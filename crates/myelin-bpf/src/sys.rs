@@ -193,6 +193,51 @@ pub(crate) fn prog_sizes(fd: BorrowedFd<'_>) -> io::Result<(u32, u32, u32)> {
     ))
 }
 
+/// How many more file descriptors this process may open at once while
+/// keeping `reserve` free. When `needed` more do not fit, the
+/// `RLIMIT_NOFILE` soft limit is first raised toward the hard limit (no
+/// privilege needed; the process-wide limit stays raised).
+pub(crate) fn fd_budget(needed: usize, reserve: usize) -> usize {
+    let open = std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count);
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 256;
+    }
+    let want = u64::try_from(open.saturating_add(needed).saturating_add(reserve)).unwrap_or(u64::MAX);
+    if lim.rlim_cur < want && lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: want.min(lim.rlim_max),
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: `raised` is a valid rlimit; lowering nothing, raising the
+        // soft limit up to the hard limit needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim.rlim_cur = raised.rlim_cur;
+        }
+    }
+    usize::try_from(lim.rlim_cur)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(open.saturating_add(reserve))
+}
+
+/// (run_time_ns, run_cnt) of a loaded program: cumulative, counted only
+/// while `kernel.bpf_stats_enabled` is 1.
+pub(crate) fn prog_run_stats(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
+    let mut info = libbpf_sys::bpf_prog_info::default();
+    let mut len = u32::try_from(std::mem::size_of::<libbpf_sys::bpf_prog_info>())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: as in prog_sizes: a zeroed info of `len` bytes, NULL arrays.
+    let ret = unsafe { libbpf_sys::bpf_prog_get_info_by_fd(fd.as_raw_fd(), &mut info, &mut len) };
+    if ret < 0 {
+        return Err(neg_errno(ret));
+    }
+    Ok((info.run_time_ns, info.run_cnt))
+}
+
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns()`.
 pub(crate) fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {

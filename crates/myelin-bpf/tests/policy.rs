@@ -937,3 +937,152 @@ fn policy_api_validation_and_roundtrips() {
     assert_eq!(dp.ct_flush().expect("flush"), 0);
     dp.delete_policy_stats(9).expect("delete stats");
 }
+
+#[test]
+fn batch_policy_update_switches_several_endpoints_and_never_mixes() {
+    let lab = lab(4);
+    let (a, targets) = (lab.a(), [lab.b(), lab.c(), lab.d()]);
+    let _servers: Vec<Server> = targets
+        .iter()
+        .map(|p| tcp_servers(&p.ns.0, p.ip, &[80, 81]))
+        .collect();
+    // A has no policy (allows everything); B, C, D enforce ingress.
+    let only = |port: u16, rule: u32| {
+        Some((
+            true,
+            false,
+            vec![
+                allow(ID_A, POLICY_INGRESS, TCP, port, rule),
+                allow(ID_A, POLICY_INGRESS, ICMP, 8, rule),
+            ],
+        ))
+    };
+    let ids: Vec<u32> = targets.iter().map(|p| p.ep_id).collect();
+    let batch = |port: u16, rule: u32| -> Vec<_> { ids.iter().map(|id| (*id, only(port, rule))).collect() };
+
+    lab.dp()
+        .set_endpoint_policies(&batch(80, 60))
+        .expect("batch: 80");
+    for p in targets {
+        assert_eq!(tcp(&a.ns.0, p.ip, 80), "ok", "{}: 80 allowed", p.host_if);
+        assert_eq!(tcp(&a.ns.0, p.ip, 81), "timeout", "{}: 81 denied", p.host_if);
+    }
+    lab.dp()
+        .set_endpoint_policies(&batch(81, 61))
+        .expect("batch: 81");
+    for p in targets {
+        assert_eq!(tcp(&a.ns.0, p.ip, 80), "timeout", "{}: 80 revoked", p.host_if);
+        assert_eq!(tcp(&a.ns.0, p.ip, 81), "ok", "{}: 81 allowed now", p.host_if);
+        let (ing, eg, entries) = lab.dp().endpoint_policy(p.ep_id).unwrap().unwrap();
+        assert!(ing && !eg);
+        assert!(entries.iter().all(|e| e.rule_id == 61), "{entries:?}");
+    }
+
+    // Sets and clears in one call; the single-endpoint API still agrees.
+    lab.dp()
+        .set_endpoint_policies(&[(ids[0], None), (ids[1], only(80, 62)), (ids[2], None)])
+        .expect("mixed batch");
+    assert_eq!(lab.dp().endpoint_policy(ids[0]).unwrap(), None);
+    assert_eq!(lab.dp().endpoint_policy(ids[2]).unwrap(), None);
+    assert_eq!(tcp(&a.ns.0, targets[0].ip, 81), "ok", "cleared: no policy, allow all");
+    assert_eq!(tcp(&a.ns.0, targets[1].ip, 81), "timeout");
+    assert_eq!(tcp(&a.ns.0, targets[1].ip, 80), "ok");
+    lab.dp()
+        .set_endpoint_policies(&[(ids[0], None)])
+        .expect("clearing an endpoint without policy is fine");
+    let err = lab
+        .dp()
+        .set_endpoint_policies(&[(ids[0], None), (ids[0], only(80, 1))])
+        .expect_err("an endpoint twice in one batch");
+    assert!(err.to_string().contains("twice"), "{err}");
+
+    // Under traffic: ping floods to B, C and D while the three policies flip
+    // between two versions in one batch each time. Both versions allow echo
+    // (rule 70 or 71) but differ in everything else (version 71 carries 500
+    // more entries), so a half-built or mixed trie would drop echoes: every
+    // echo must be answered, and both versions must have decided some.
+    let version = |flip: u32| -> Vec<_> {
+        ids.iter()
+            .map(|id| {
+                let rule = 70 + flip % 2;
+                let mut entries = vec![allow(ID_A, POLICY_INGRESS, ICMP, 8, rule)];
+                if flip % 2 == 1 {
+                    entries.extend((0..500u16).map(|i| deny(ID_B, POLICY_INGRESS, UDP, 2000 + i, 99)));
+                } else {
+                    entries.push(allow(ID_A, POLICY_INGRESS, TCP, 80, rule));
+                }
+                (*id, Some((true, true, entries)))
+            })
+            .collect()
+    };
+    lab.dp().set_endpoint_policies(&version(0)).expect("v0");
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (results, flips_took) = std::thread::scope(|sc| {
+        let floods: Vec<_> = targets
+            .iter()
+            .map(|p| {
+                let (ns, ip, done) = (&a.ns.0, p.ip, &done);
+                sc.spawn(move || {
+                    let (mut sent, mut answered) = (0, 0);
+                    while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                        answered += ping(ns, ip, 100, None);
+                        sent += 100;
+                    }
+                    (sent, answered)
+                })
+            })
+            .collect();
+        let t = Instant::now();
+        for flip in 1..=40 {
+            lab.dp()
+                .set_endpoint_policies(&version(flip))
+                .expect("batch flip");
+        }
+        let took = t.elapsed();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let results: Vec<(u32, u32)> = floods.into_iter().map(|h| h.join().unwrap()).collect();
+        (results, took)
+    });
+    eprintln!("40 batch flips of 3 endpoints in {flips_took:?}");
+    let rows = lab.stats();
+    for (p, (sent, answered)) in targets.iter().zip(results) {
+        assert_eq!(answered, sent, "{}: every echo answered across the flips", p.host_if);
+        assert!(
+            stat(&rows, p.ep_id, DIR_INGRESS, 70, VERDICT_ALLOW) > 0
+                && stat(&rows, p.ep_id, DIR_INGRESS, 71, VERDICT_ALLOW) > 0,
+            "{}: both versions decided some echoes: {rows:#?}",
+            p.host_if
+        );
+    }
+}
+
+#[test]
+fn batch_policy_update_of_many_endpoints_waits_once() {
+    // No traffic: endpoints 5000.. have no pods; this is about the syscall
+    // cost. One grace period per batch instead of one per endpoint.
+    let lab = lab(1);
+    let entries = [allow(ID_A, POLICY_INGRESS, TCP, 80, 1)];
+    let ids: Vec<u32> = (5000..5200).collect();
+    let t = Instant::now();
+    for id in &ids[..50] {
+        lab.dp()
+            .set_endpoint_policy(*id, true, false, &entries)
+            .expect("single");
+    }
+    let single = t.elapsed() / 50;
+    let updates: Vec<_> = ids
+        .iter()
+        .map(|id| (*id, Some((true, false, entries.to_vec()))))
+        .collect();
+    let t = Instant::now();
+    lab.dp().set_endpoint_policies(&updates).expect("batch");
+    let batch = t.elapsed();
+    eprintln!("one swap at a time: {single:?} each; 200 in one batch: {batch:?}");
+    assert_eq!(lab.dp().policy_endpoints().unwrap().len(), 200);
+    for id in &ids {
+        assert!(lab.dp().endpoint_policy(*id).unwrap().is_some());
+    }
+    let clears: Vec<_> = ids.iter().map(|id| (*id, None)).collect();
+    lab.dp().set_endpoint_policies(&clears).expect("batch clear");
+    assert!(lab.dp().policy_endpoints().unwrap().is_empty());
+}
