@@ -23,6 +23,9 @@ pub struct Config {
     pub bpf_dir: Option<PathBuf>,
     /// Masquerade pod traffic leaving through the uplink to the node address (kernel nftables).
     pub masquerade: bool,
+    /// Destinations reached without masquerade besides this node's pod CIDR: the other
+    /// nodes' pod CIDRs in a natively routed cluster (Cilium's ipv4-native-routing-cidr).
+    pub native_routing_cidrs: Vec<Ipv4Net>,
     /// Turn on IPv4 forwarding in the node's netns (needed for pod-to-world through the kernel).
     pub ip_forward: bool,
     /// "text" or "json".
@@ -40,6 +43,7 @@ impl Default for Config {
             socket: PathBuf::from(myelin_api::DEFAULT_AGENT_SOCKET),
             bpf_dir: None,
             masquerade: true,
+            native_routing_cidrs: Vec::new(),
             ip_forward: true,
             log_format: "text".into(),
         }

@@ -131,7 +131,7 @@ async fn run(cfg: Config) -> Result<()> {
     })?;
 
     if cfg.masquerade {
-        match masq::install(pod_cidr, &cfg.uplink) {
+        match masq::install(pod_cidr, &cfg.uplink, &cfg.native_routing_cidrs) {
             Ok(()) => features.push(Feature { name: "masquerade".into(), available: true, detail: format!("nftables, via {}", cfg.uplink) }),
             Err(e) => {
                 warn!(error = %e, "pod-to-world masquerade is NOT enabled");

@@ -8,17 +8,20 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 /// Install (atomically replace) the `ip myelin` nftables table.
-pub fn install(pod_cidr: Ipv4Net, uplink: &str) -> Result<(), String> {
+pub fn install(pod_cidr: Ipv4Net, uplink: &str, native: &[Ipv4Net]) -> Result<(), String> {
     if uplink.contains('"') {
         return Err(format!("uplink name {uplink:?} is not a valid interface name"));
     }
+    let mut keep: Vec<String> = vec![pod_cidr.to_string()];
+    keep.extend(native.iter().map(ToString::to_string));
+    let keep = keep.join(", ");
     let ruleset = format!(
         "add table ip myelin\n\
          delete table ip myelin\n\
          table ip myelin {{\n\
            chain postrouting {{\n\
              type nat hook postrouting priority srcnat; policy accept;\n\
-             ip saddr {pod_cidr} ip daddr != {pod_cidr} oifname \"{uplink}\" counter masquerade\n\
+             ip saddr {pod_cidr} ip daddr != {{ {keep} }} oifname \"{uplink}\" counter masquerade\n\
            }}\n\
          }}\n"
     );

@@ -96,3 +96,33 @@ fn pod_to_world_is_masqueraded_to_the_node_address() {
     assert!(udp_roundtrip(&a, &world.netns_path, world_ip), "UDP pod -> world and back");
     assert!(ping(lab, "default/a", &world.ip), "ping pod -> world");
 }
+
+#[test]
+fn pods_on_two_nodes_reach_each_other_natively_routed_without_nat() {
+    let g = LabGuard::up(
+        r"
+nodes: [{name: node1}, {name: node2}]
+namespaces: [{name: default}]
+pods:
+  - {name: a, namespace: default, node: node1}
+  - {name: b, namespace: default, node: node2}
+external: [{name: world1}]
+",
+        "x2n",
+    );
+    let lab = g.lab();
+    let (a, b) = (pod_ns(lab, "default", "a"), pod_ns(lab, "default", "b"));
+    let (a_ip, b_ip) = (pod_ip(lab, "default", "a"), pod_ip(lab, "default", "b"));
+    let l = tcp_listen(&b, b_ip);
+    let srv = echo_once(l.try_clone().unwrap());
+    echo_roundtrip(tcp_connect(&a, l.local_addr().unwrap()).expect("node1 pod reaches node2 pod"), 64 * 1024);
+    assert_eq!(srv.join().unwrap().ip(), std::net::IpAddr::V4(a_ip), "no masquerade between pod CIDRs");
+    assert!(udp_roundtrip(&b, &a, a_ip), "UDP node2 pod -> node1 pod");
+    // The world still sees the node address.
+    let world = lab.external("world1").unwrap();
+    let wl = tcp_listen(&world.netns_path, world.ip.parse().unwrap());
+    let srv = echo_once(wl.try_clone().unwrap());
+    echo_roundtrip(tcp_connect(&b, wl.local_addr().unwrap()).expect("node2 pod reaches the world"), 1024);
+    let node2: std::net::Ipv4Addr = lab.node("node2").unwrap().address.parse().unwrap();
+    assert_eq!(srv.join().unwrap().ip(), std::net::IpAddr::V4(node2));
+}

@@ -523,6 +523,7 @@ impl Lab {
             socket: &'a Path,
             bpf_dir: &'a Path,
             masquerade: bool,
+            native_routing_cidrs: Vec<&'a str>,
             ip_forward: bool,
         }
         let n = &self.state.nodes[i];
@@ -535,6 +536,8 @@ impl Lab {
             socket: &n.agent_socket,
             bpf_dir: &n.bpf_dir,
             masquerade: true,
+            // Pods on other nodes are reached natively routed, unNATed.
+            native_routing_cidrs: self.state.nodes.iter().filter(|m| m.name != n.name).map(|m| m.pod_cidr.as_str()).collect(),
             ip_forward: true,
         };
         let text = toml::to_string(&cfg)
