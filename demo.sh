@@ -23,7 +23,17 @@ echo
 echo "== pod to world (default/frontend -> $world), masqueraded to the node address =="
 $M lab exec --name "$LAB" default/frontend -- ping -c 3 -i 0.2 "$world"
 echo
-echo "== the datapath's own counters (per endpoint, direction and reason) =="
+echo "== policy: only default/frontend may reach prod/backend (examples/backend-policy.yaml) =="
+$M policy apply --lab "$LAB" -f examples/backend-policy.yaml
+echo "-- default/frontend -> prod/backend: allowed"
+$M lab exec --name "$LAB" default/frontend -- ping -c 2 -i 0.2 -W 1 "$backend"
+echo "-- prod/db -> prod/backend: dropped by the eBPF datapath"
+$M lab exec --name "$LAB" prod/db -- ping -c 2 -i 0.2 -W 1 "$backend" || true
+echo
+echo "-- why (evaluated from the applied policies):"
+$M policy explain --lab "$LAB" --from prod/db --to prod/backend --port 8/ICMP || true
+echo
+echo "== the datapath's own counters (per endpoint, direction and reason; 133 = policy denied) =="
 $M endpoint metrics --lab "$LAB" --node node1
 echo
 echo "The lab '$LAB' is still up. Explore it (see 'Try:' above), then remove it with:"

@@ -110,3 +110,19 @@ fn status_endpoints_policy_and_identities_from_the_cli() {
     let _ = std::fs::remove_file(&file);
     let _ = std::fs::remove_file(&bad);
 }
+
+#[test]
+fn the_shipped_examples_are_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut n = 0;
+    for f in std::fs::read_dir(&dir).unwrap() {
+        let p = f.unwrap().path();
+        if p.extension().is_some_and(|e| e == "yaml") {
+            let (code, out, err) = myelin(&["policy", "validate", "-f", p.to_str().unwrap()]);
+            assert_eq!(code, 0, "{}: {err}", p.display());
+            assert!(out.contains("valid"));
+            n += 1;
+        }
+    }
+    assert!(n >= 1, "examples/ has policies");
+}
