@@ -31,6 +31,12 @@ pub struct Args {
     /// Request and response size of TCP_RR and TCP_CRR, in bytes.
     #[arg(long, default_value_t = 1)]
     size: usize,
+    /// CPU for both ends of TCP_RR/CRR (default: the last CPU).
+    #[arg(long, conflicts_with = "no_pin")]
+    rr_cpu: Option<usize>,
+    /// Let the scheduler place the TCP_RR/CRR threads (noisier: cross-CPU wake-ups by chance).
+    #[arg(long)]
+    no_pin: bool,
     /// Directory of myelin-agent, myelin-cni and myelin (default: $MYELIN_BIN_DIR, else next to this binary).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
@@ -67,6 +73,11 @@ pub fn run(a: &Args) -> Result<i32> {
     opts.streams = a.streams;
     opts.rr_size = a.size.max(1);
     opts.rules = a.rules.clone();
+    if a.no_pin {
+        opts.rr_pin = None;
+    } else if let Some(c) = a.rr_cpu {
+        opts.rr_pin = Some((c, c));
+    }
     opts.bin_dir = a.bin_dir.clone();
     opts.cancel = cancel;
     opts.progress = Some(Arc::new(|line: &str| eprintln!("{line}")));

@@ -39,6 +39,9 @@ pub struct Options {
     pub streams: u32,
     /// Request and response size of TCP_RR / TCP_CRR.
     pub rr_size: usize,
+    /// CPUs of the TCP_RR/CRR (client, server) threads; None: the scheduler decides.
+    /// Default: both on the last CPU.
+    pub rr_pin: Option<(usize, usize)>,
     /// Rule counts of the iptables and Myelin policy variants.
     pub rules: Vec<u32>,
     /// Directory of the myelin binaries (else $MYELIN_BIN_DIR, else next to this executable).
@@ -71,6 +74,12 @@ impl Options {
             rr_duration: Duration::from_secs(3),
             streams: 4,
             rr_size: 1,
+            // Both ends on one CPU (the last): on a shared 2-vCPU machine this cut the
+            // spread of TCP_RR from 4x (cross-CPU wake-ups placed by chance) to a few %.
+            rr_pin: Some({
+                let last = sys::machine().2.saturating_sub(1);
+                (last, last)
+            }),
             rules: vec![1, 1000, 10_000],
             bin_dir: None,
             cancel: Arc::new(AtomicBool::new(false)),
@@ -146,7 +155,7 @@ fn measure(t: &Target, w: Workload, opts: &Options) -> Result<Vec<(&'static str,
         Workload::Rr | Workload::Crr => {
             let crr = w == Workload::Crr;
             let port = if crr { topo::CRR_PORT } else { topo::RR_PORT };
-            let cfg = RrConfig { duration: opts.rr_duration, size: opts.rr_size, connect_per_transaction: crr };
+            let cfg = RrConfig { duration: opts.rr_duration, size: opts.rr_size, connect_per_transaction: crr, pin: opts.rr_pin };
             let o = load::request_response(&t.client_ns, &t.server_ns, SocketAddrV4::new(t.server_ip, port), &cfg, &opts.cancel)?;
             let us = |q: f64| o.latency.quantile(q).map_or(f64::NAN, |ns| ns as f64 / 1000.0);
             #[allow(clippy::cast_precision_loss)]
@@ -304,6 +313,7 @@ pub fn run(opts: &Options) -> Result<Report> {
             rr_size_bytes: opts.rr_size,
             rules,
             order: "round-robin: each round runs each workload on every configuration in turn".into(),
+            rr_pin: opts.rr_pin.map_or_else(|| "none".into(), |(c, s)| format!("client CPU {c}, server CPU {s}")),
         },
         elapsed_seconds: started.elapsed().as_secs_f64(),
         configs,

@@ -35,6 +35,18 @@ pub struct RrConfig {
     /// TCP_CRR: a new connection for every transaction (the server closes first,
     /// so TIME_WAIT stays on the server and the client never runs out of ports).
     pub connect_per_transaction: bool,
+    /// CPUs to pin the (client, server) threads to; None lets the scheduler place them.
+    pub pin: Option<(usize, usize)>,
+}
+
+/// Pin the calling thread to `cpu` (best effort: a refused pin leaves it unpinned).
+fn pin_to(cpu: Option<usize>) {
+    if let Some(cpu) = cpu {
+        let mut set = nix::sched::CpuSet::new();
+        if set.set(cpu).is_ok() {
+            let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
+        }
+    }
 }
 
 /// What one run measured.
@@ -70,9 +82,13 @@ pub fn request_response(
     let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
     let srv = {
         let (ns, stop, size, crr) = (server_ns.to_path_buf(), stop.clone(), cfg.size, cfg.connect_per_transaction);
+        let cpu = cfg.pin.map(|p| p.1);
         std::thread::Builder::new()
             .name("perf-rr-server".into())
-            .spawn(move || serve(&ns, server, size, crr, &stop, &ready_tx))
+            .spawn(move || {
+                pin_to(cpu);
+                serve(&ns, server, size, crr, &stop, &ready_tx)
+            })
             .map_err(io("spawning the RR server thread"))?
     };
     let ready = ready_rx
@@ -136,6 +152,7 @@ fn serve(ns: &Path, addr: SocketAddrV4, size: usize, crr: bool, stop: &AtomicBoo
 }
 
 fn client(ns: &Path, server: SocketAddrV4, cfg: &RrConfig, cancel: &AtomicBool) -> Result<RrOutcome> {
+    pin_to(cfg.pin.map(|p| p.0));
     sys::enter_netns(ns)?;
     let to = SocketAddr::V4(server);
     let connect = || -> Result<TcpStream> {

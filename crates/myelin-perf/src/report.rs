@@ -45,6 +45,8 @@ pub struct Settings {
     pub rr_size_bytes: usize,
     pub rules: Vec<u32>,
     pub order: String,
+    /// Where the TCP_RR/CRR threads ran.
+    pub rr_pin: String,
 }
 
 /// One configuration: whether it ran and how it was shown to take its path.
@@ -244,9 +246,9 @@ pub fn render(r: &Report) -> String {
     let m = &r.machine;
     let _ = writeln!(
         s,
-        "myelin perf: kernel {}, {} × {}, load at start {}; {} round(s), interleaved ({}); TCP_STREAM {} s, TCP_RR/CRR {} s, {} B requests",
+        "myelin perf: kernel {}, {} × {}, load at start {}\n{} round(s), interleaved ({}); TCP_STREAM {} s, TCP_RR/CRR {} s, {} B requests, pinned: {}",
         m.kernel, m.cpus, m.cpu_model, m.loadavg_at_start, r.settings.rounds, r.settings.order,
-        r.settings.stream_seconds, r.settings.rr_seconds, r.settings.rr_size_bytes
+        r.settings.stream_seconds, r.settings.rr_seconds, r.settings.rr_size_bytes, r.settings.rr_pin
     );
     let _ = writeln!(s, "figures: median [min–max] over rounds; ×kernel / ×physical = ratio of medians\n");
     for w in workloads(r) {
