@@ -141,10 +141,17 @@ impl Endpoints {
         Ok(this)
     }
 
-    fn persist_policy(&self) -> Result<(), EndpointError> {
+    fn persist_policy(&mut self) -> Result<(), EndpointError> {
         let state = serde_json::to_string(&self.policy.state())
             .map_err(|e| EndpointError::BadRequest(format!("serializing the policy state: {e}")))?;
-        self.store.put_policies(&self.policy.stored(), &state)?;
+        // Rewrite the policies only when they changed (not on every endpoint ADD/DEL).
+        match self.policy.unpersisted() {
+            Some(epoch) => {
+                self.store.put_policies(&self.policy.stored(), &state)?;
+                self.policy.persisted(epoch);
+            }
+            None => self.store.put_kv("policy_engine", &state)?,
+        }
         Ok(())
     }
 
@@ -174,7 +181,7 @@ impl Endpoints {
     /// refuses, go back to the previous set (`old`) so nothing stays half-applied.
     fn commit_policy_change(
         &mut self,
-        old: BTreeMap<String, StoredPolicy>,
+        old: crate::policy::Rollback,
     ) -> Result<crate::policy::SyncReport, EndpointError> {
         match self.sync_policy() {
             Ok(report) => {

@@ -16,7 +16,8 @@ use myelin_bpf::{Datapath, PolicyMapEntry};
 use myelin_policy as pol;
 use pol::{CidrIdentityAllocator, Identity, IdentityAllocator, IdentityTable, IpCache, Labels, Policy};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
 use std::net::Ipv4Addr;
 use tracing::{info, warn};
 
@@ -68,16 +69,65 @@ pub struct EngineState {
     pub rules: RuleTable,
 }
 
-type Installed = (bool, bool, Vec<PolicyMapEntry>);
+/// A 128-bit fingerprint (two independent SipHashes): enough to tell "changed" from "same"
+/// without keeping a copy of what it summarizes.
+type Digest = u128;
+
+fn digest(value: &impl Hash) -> Digest {
+    let half = |seed: u8| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        seed.hash(&mut h);
+        value.hash(&mut h);
+        h.finish()
+    };
+    (u128::from(half(1)) << 64) | u128::from(half(2))
+}
+
+/// Fingerprint of an endpoint's policy as pushed to the datapath: `(ingress enforced, egress
+/// enforced, entries sorted)`, the form `Datapath::endpoint_policy` reads back.
+fn policy_digest(p: &(bool, bool, Vec<PolicyMapEntry>)) -> Digest {
+    digest(p)
+}
+
+/// A policy as the engine holds it, borrowed.
+pub struct AppliedRef<'a> {
+    pub policy: &'a Policy,
+    pub yaml: &'a String,
+}
+
+#[derive(Serialize)]
+struct StoredRef<'a> {
+    policy: &'a Policy,
+    yaml: &'a str,
+}
+
+/// How to undo an `insert` or a `remove`: the previous value of every key touched, newest last.
+#[derive(Debug, Default)]
+pub struct Rollback(Vec<(String, Option<StoredPolicy>)>);
 
 pub struct PolicyEngine {
-    policies: BTreeMap<String, StoredPolicy>,
+    /// Applied policies, sorted by key; `models[i]` and `yamls[i]` belong to `keys[i]`. Kept
+    /// apart so the compiler borrows `models` as is (no copy of the policies per sync).
+    keys: Vec<String>,
+    models: Vec<Policy>,
+    yamls: Vec<String>,
+    /// Bumped on every change of the policies or namespace labels.
+    epoch: u64,
+    /// The epoch the CIDR identities were last derived for.
+    cidr_epoch: Option<u64>,
+    /// The epoch whose policies the store holds.
+    persisted_epoch: Option<u64>,
     identities: IdentityAllocator,
     cidrs: CidrIdentityAllocator,
     namespaces: BTreeMap<String, BTreeMap<String, String>>,
     rules: RuleTable,
-    /// What was last pushed to the datapath, per endpoint (None: no policy).
-    installed: BTreeMap<u32, Option<Installed>>,
+    /// Fingerprint of what was last pushed to the datapath, per endpoint (None: no policy).
+    installed: HashMap<u32, Option<Digest>>,
+    /// Per endpoint, the fingerprint of its compile inputs at the last successful sync, and
+    /// whether it has named ports (they feed other endpoints' egress rules).
+    compiled_inputs: HashMap<u32, (Digest, bool)>,
+    /// `(epoch, identity table fingerprint)` of the last successful sync; None: compile all.
+    compiled_global: Option<(u64, Digest)>,
     /// What was last pushed to the ipcache.
     ipcache: BTreeMap<(Ipv4Addr, u8), u32>,
     node_ips: Vec<Ipv4Addr>,
@@ -106,26 +156,63 @@ pub enum EngineError {
 
 impl PolicyEngine {
     pub fn new(state: EngineState, policies: Vec<StoredPolicy>, node_ips: Vec<Ipv4Addr>) -> Self {
-        let mut warnings = BTreeMap::new();
-        let policies: BTreeMap<String, StoredPolicy> = policies
-            .into_iter()
-            .map(|p| {
-                if !p.policy.warnings.is_empty() {
-                    warnings.insert(p.policy.id(), p.policy.warnings.clone());
-                }
-                (key_of(&p.policy), p)
-            })
-            .collect();
-        Self {
-            policies,
+        let policies: BTreeMap<String, StoredPolicy> = policies.into_iter().map(|p| (key_of(&p.policy), p)).collect();
+        let (mut keys, mut models, mut yamls) = (Vec::new(), Vec::new(), Vec::new());
+        for (k, p) in policies {
+            keys.push(k);
+            models.push(p.policy);
+            yamls.push(p.yaml);
+        }
+        let mut this = Self {
+            keys,
+            models,
+            yamls,
+            epoch: 0,
+            cidr_epoch: None,
+            persisted_epoch: None,
             identities: state.identities.unwrap_or_default(),
             cidrs: state.cidrs.unwrap_or_default(),
             namespaces: state.namespaces,
             rules: state.rules,
-            installed: BTreeMap::new(),
+            installed: HashMap::new(),
+            compiled_inputs: HashMap::new(),
+            compiled_global: None,
             ipcache: BTreeMap::new(),
             node_ips,
-            warnings,
+            warnings: BTreeMap::new(),
+        };
+        this.rebuild_warnings();
+        this
+    }
+
+    fn rebuild_warnings(&mut self) {
+        self.warnings = self
+            .models
+            .iter()
+            .filter(|p| !p.warnings.is_empty())
+            .map(|p| (p.id(), p.warnings.clone()))
+            .collect();
+    }
+
+    /// Put `value` under `key` (None: remove it); returns the previous value.
+    fn put(&mut self, key: &str, value: Option<StoredPolicy>) -> Option<StoredPolicy> {
+        self.epoch += 1;
+        match (self.keys.binary_search_by(|k| k.as_str().cmp(key)), value) {
+            (Ok(i), Some(v)) => Some(StoredPolicy {
+                policy: std::mem::replace(&mut self.models[i], v.policy),
+                yaml: std::mem::replace(&mut self.yamls[i], v.yaml),
+            }),
+            (Ok(i), None) => {
+                self.keys.remove(i);
+                Some(StoredPolicy { policy: self.models.remove(i), yaml: self.yamls.remove(i) })
+            }
+            (Err(i), Some(v)) => {
+                self.keys.insert(i, key.to_owned());
+                self.models.insert(i, v.policy);
+                self.yamls.insert(i, v.yaml);
+                None
+            }
+            (Err(_), None) => None,
         }
     }
 
@@ -139,8 +226,8 @@ impl PolicyEngine {
         }
     }
 
-    pub fn policies(&self) -> impl Iterator<Item = &StoredPolicy> {
-        self.policies.values()
+    pub fn policies(&self) -> impl Iterator<Item = AppliedRef<'_>> {
+        self.models.iter().zip(&self.yamls).map(|(policy, yaml)| AppliedRef { policy, yaml })
     }
 
     #[must_use]
@@ -153,6 +240,7 @@ impl PolicyEngine {
     }
 
     pub fn set_namespace_labels(&mut self, ns: &str, labels: BTreeMap<String, String>) {
+        self.epoch += 1;
         self.namespaces.insert(ns.to_owned(), labels);
     }
 
@@ -175,7 +263,7 @@ impl PolicyEngine {
     pub fn seed_from_datapath(&mut self, endpoints: &[ApiEndpoint], dp: &Datapath) {
         for e in endpoints {
             if let Ok(current) = dp.endpoint_policy(e.id) {
-                self.installed.insert(e.id, current);
+                self.installed.insert(e.id, current.as_ref().map(policy_digest));
             }
         }
         if let Ok(rows) = dp.ipcache() {
@@ -188,12 +276,26 @@ impl PolicyEngine {
         self.installed.remove(&endpoint_id);
     }
 
+    /// The policy epoch to persist, if the policies changed since they were last persisted.
+    #[must_use]
+    pub fn unpersisted(&self) -> Option<u64> {
+        (self.persisted_epoch != Some(self.epoch)).then_some(self.epoch)
+    }
+
+    /// The policies of `epoch` are in the store.
+    pub fn persisted(&mut self, epoch: u64) {
+        self.persisted_epoch = Some(epoch);
+    }
+
     /// `(key, json)` of every policy, for the store.
     #[must_use]
     pub fn stored(&self) -> Vec<(String, String)> {
-        self.policies
+        self.keys
             .iter()
-            .filter_map(|(k, p)| serde_json::to_string(p).ok().map(|j| (k.clone(), j)))
+            .zip(self.models.iter().zip(&self.yamls))
+            .filter_map(|(k, (policy, yaml))| {
+                serde_json::to_string(&StoredRef { policy, yaml }).ok().map(|j| (k.clone(), j))
+            })
             .collect()
     }
 
@@ -244,26 +346,33 @@ impl PolicyEngine {
             .collect())
     }
 
-    /// Insert or replace policies (by kind and id). Returns the previous set, for rollback.
-    pub fn insert(&mut self, new: Vec<StoredPolicy>) -> BTreeMap<String, StoredPolicy> {
-        let old = self.policies.clone();
+    /// Insert or replace policies (by kind and id). Returns how to undo it.
+    pub fn insert(&mut self, new: Vec<StoredPolicy>) -> Rollback {
+        let mut undo = Rollback::default();
         for p in new {
             if p.policy.warnings.is_empty() {
                 self.warnings.remove(&p.policy.id());
             } else {
                 self.warnings.insert(p.policy.id(), p.policy.warnings.clone());
             }
-            self.policies.insert(key_of(&p.policy), p);
+            let key = key_of(&p.policy);
+            let old = self.put(&key, Some(p));
+            undo.0.push((key, old));
         }
-        old
+        undo
     }
 
     /// Remove policies by `namespace/name` or `name` (optionally `Kind/...`); all must exist.
-    pub fn remove(&mut self, ids: &[String]) -> Result<(BTreeMap<String, StoredPolicy>, Vec<String>), EngineError> {
+    pub fn remove(&mut self, ids: &[String]) -> Result<(Rollback, Vec<String>), EngineError> {
         let mut keys = Vec::new();
         for id in ids {
-            let matches: Vec<String> =
-                self.policies.iter().filter(|(k, p)| *k == id || p.policy.id() == *id).map(|(k, _)| k.clone()).collect();
+            let matches: Vec<String> = self
+                .keys
+                .iter()
+                .zip(&self.models)
+                .filter(|(k, p)| *k == id || p.id() == *id)
+                .map(|(k, _)| k.clone())
+                .collect();
             match matches.len() {
                 0 => return Err(EngineError::NotFound(format!("no policy {id:?} is applied (see `myelin policy get`)"))),
                 1 => keys.extend(matches),
@@ -275,49 +384,72 @@ impl PolicyEngine {
                 }
             }
         }
-        let old = self.policies.clone();
+        let mut undo = Rollback::default();
         for k in &keys {
-            if let Some(p) = self.policies.remove(k) {
+            if let Some(p) = self.put(k, None) {
                 self.warnings.remove(&p.policy.id());
+                undo.0.push((k.clone(), Some(p)));
             }
         }
-        Ok((old, keys))
+        Ok((undo, keys))
     }
 
-    pub fn restore(&mut self, old: BTreeMap<String, StoredPolicy>) {
-        self.policies = old;
+    /// Undo an `insert` or a `remove`.
+    pub fn restore(&mut self, undo: Rollback) {
+        for (key, old) in undo.0.into_iter().rev() {
+            self.put(&key, old);
+        }
+        self.rebuild_warnings();
     }
 
-    fn inputs(&mut self, endpoints: &[ApiEndpoint]) -> Result<(Vec<Policy>, Vec<pol::Endpoint>), EngineError> {
-        let policies: Vec<Policy> = self.policies.values().map(|p| p.policy.clone()).collect();
-        let prefixes = pol::cidr_prefixes(&policies);
+    /// Derive the CIDR identities from the policies, when they changed since the last time.
+    fn refresh_cidrs(&mut self) -> Result<(), EngineError> {
+        if self.cidr_epoch == Some(self.epoch) {
+            return Ok(());
+        }
+        let prefixes = pol::cidr_prefixes(&self.models);
         for p in &prefixes {
             self.cidrs.allocate(*p)?;
         }
         self.cidrs.retain(&prefixes);
-        let eps = endpoints
-            .iter()
-            .map(|e| pol::Endpoint {
-                id: u64::from(e.id),
-                namespace: e.namespace.clone().unwrap_or_else(|| "default".into()),
-                labels: self.security_labels(e),
-                identity: e.identity,
-                named_ports: e
-                    .ports
-                    .iter()
-                    .filter_map(|p| {
-                        let proto = match p.protocol.to_ascii_uppercase().as_str() {
-                            "TCP" => pol::Protocol::Tcp,
-                            "UDP" => pol::Protocol::Udp,
-                            "SCTP" => pol::Protocol::Sctp,
-                            _ => return None,
-                        };
-                        Some(pol::NamedPort { name: p.name.clone(), protocol: proto, port: p.port })
-                    })
-                    .collect(),
-            })
-            .collect();
-        Ok((policies, eps))
+        self.cidr_epoch = Some(self.epoch);
+        Ok(())
+    }
+
+    /// An endpoint as the compiler sees it.
+    fn policy_endpoint(&self, e: &ApiEndpoint) -> pol::Endpoint {
+        pol::Endpoint {
+            id: u64::from(e.id),
+            namespace: e.namespace.clone().unwrap_or_else(|| "default".into()),
+            labels: self.security_labels(e),
+            identity: e.identity,
+            named_ports: e
+                .ports
+                .iter()
+                .filter_map(|p| {
+                    let proto = match p.protocol.to_ascii_uppercase().as_str() {
+                        "TCP" => pol::Protocol::Tcp,
+                        "UDP" => pol::Protocol::Udp,
+                        "SCTP" => pol::Protocol::Sctp,
+                        _ => return None,
+                    };
+                    Some(pol::NamedPort { name: p.name.clone(), protocol: proto, port: p.port })
+                })
+                .collect(),
+        }
+    }
+
+    /// Fingerprint of what the compiler reads of one endpoint (its security labels follow from
+    /// these and the namespace labels, which are covered by the epoch).
+    fn endpoint_digest(e: &ApiEndpoint) -> Digest {
+        let ports: Vec<(&str, u16, &str)> =
+            e.ports.iter().map(|p| (p.name.as_str(), p.port, p.protocol.as_str())).collect();
+        digest(&(e.id, e.namespace.as_deref(), &e.labels, e.identity, ports))
+    }
+
+    /// Fingerprint of the identity table (every id and its labels, CIDR identities too).
+    fn table_digest(table: &IdentityTable) -> Digest {
+        digest(&(&table.workloads, &table.cidrs))
     }
 
     /// The ipcache as the policies and endpoints need it.
@@ -344,11 +476,55 @@ impl PolicyEngine {
         IpCache::build(&pods, &self.node_ips, &[], &self.cidrs)
     }
 
-    /// Compile everything and push what changed to the datapath.
+    /// Compile and push what changed to the datapath.
+    ///
+    /// Incremental when it can be: an endpoint's compiled policy depends on the policies, the
+    /// identity table, its own labels, identity and named ports, and (through egress rules with
+    /// named ports) the named ports of every endpoint. So when the policies, namespace labels
+    /// and identity table are as at the last sync, and no endpoint that came, went or changed
+    /// has named ports, only the endpoints that came or changed are compiled (the identity of an
+    /// existing set gained or lost a member: nobody else's entries can change). Otherwise, for
+    /// example when an endpoint brings a new identity that selectors may match, all are.
     pub fn sync(&mut self, endpoints: &[ApiEndpoint], dp: &Datapath) -> Result<SyncReport, EngineError> {
-        let (policies, eps) = self.inputs(endpoints)?;
+        self.refresh_cidrs()?;
         let table = self.table();
-        let compiled = pol::compile(&pol::PolicyInput { policies: &policies, endpoints: &eps, identities: &table });
+        let global = (self.epoch, Self::table_digest(&table));
+        let inputs: Vec<(Digest, bool)> =
+            endpoints.iter().map(|e| (Self::endpoint_digest(e), !e.ports.is_empty())).collect();
+        let live: BTreeSet<u32> = endpoints.iter().map(|e| e.id).collect();
+
+        // Which endpoints to compile: None = all of them.
+        let subset: Option<BTreeSet<u32>> = (|| {
+            if self.compiled_global != Some(global) {
+                return None;
+            }
+            let mut subset = BTreeSet::new();
+            for (e, input) in endpoints.iter().zip(&inputs) {
+                let before = self.compiled_inputs.get(&e.id);
+                if before.map(|b| b.0) != Some(input.0) || !self.installed.contains_key(&e.id) {
+                    if input.1 || before.is_some_and(|b| b.1) {
+                        return None; // named ports changed: other endpoints' egress may follow
+                    }
+                    subset.insert(e.id);
+                }
+            }
+            let gone_with_ports =
+                self.compiled_inputs.iter().any(|(id, (_, ports))| *ports && !live.contains(id));
+            (!gone_with_ports).then_some(subset)
+        })();
+
+        // The compiler's view of the endpoints: all of them for a full compile; for a partial one
+        // the subjects plus every endpoint with named ports (egress named-port resolution).
+        let eps: Vec<pol::Endpoint> = endpoints
+            .iter()
+            .filter(|e| subset.as_ref().is_none_or(|s| s.contains(&e.id) || !e.ports.is_empty()))
+            .map(|e| self.policy_endpoint(e))
+            .collect();
+        let input = pol::PolicyInput { policies: &self.models, endpoints: &eps, identities: &table };
+        let compiled = match &subset {
+            None => pol::compile(&input),
+            Some(s) => pol::compile_for(&input, &s.iter().map(|id| u64::from(*id)).collect()),
+        };
         let mut report = SyncReport::default();
 
         // ipcache first: new identities must resolve before entries naming them apply.
@@ -365,9 +541,15 @@ impl PolicyEngine {
         }
         self.ipcache = want;
 
+        // Rule ids by rule ordinal, interned once per rule (not once per entry).
+        let mut rule_ids: HashMap<u32, u32> = HashMap::new();
         let mut changes: Vec<myelin_bpf::EndpointPolicyUpdate> = Vec::new();
+        let mut digests: Vec<(u32, Option<Digest>)> = Vec::new();
         for e in endpoints {
-            let desired: Option<Installed> = compiled.endpoints.get(&u64::from(e.id)).map(|p| {
+            if subset.as_ref().is_some_and(|s| !s.contains(&e.id)) {
+                continue;
+            }
+            let desired = compiled.endpoints.get(&u64::from(e.id)).map(|p| {
                 let mut entries: Vec<PolicyMapEntry> = p
                     .ingress
                     .entries
@@ -380,17 +562,22 @@ impl PolicyEngine {
                         port: x.port,
                         port_prefix_len: x.port_prefix_len,
                         deny: x.verdict == pol::Verdict::Deny,
-                        rule_id: x.rule.as_ref().map_or(0, |r| self.rules.intern(r)),
+                        rule_id: x.rule.as_ref().map_or(0, |r| {
+                            *rule_ids.entry(r.index).or_insert_with(|| self.rules.intern(r))
+                        }),
                     })
                     .collect();
                 entries.sort();
                 (p.ingress.enforced, p.egress.enforced, entries)
             });
-            if self.installed.get(&e.id) == Some(&desired) {
+            let d = desired.as_ref().map(policy_digest);
+            if self.installed.get(&e.id) == Some(&d) {
                 continue;
             }
+            digests.push((e.id, d));
             changes.push((e.id, desired));
         }
+        drop(compiled);
         // One batch for every changed endpoint: each swapped atomically, one
         // RCU grace period in all (not one per endpoint).
         if !changes.is_empty() {
@@ -399,15 +586,22 @@ impl PolicyEngine {
                 for (id, _) in &changes {
                     self.installed.remove(id);
                 }
+                self.compiled_global = None;
                 return Err(err.into());
             }
             report.endpoints_updated = changes.len();
-            self.installed.extend(changes);
+            self.installed.extend(digests);
         }
-        let live: std::collections::BTreeSet<u32> = endpoints.iter().map(|e| e.id).collect();
         self.installed.retain(|id, _| live.contains(id));
+        self.compiled_inputs = endpoints.iter().map(|e| e.id).zip(inputs).collect();
+        self.compiled_global = Some(global);
         if report.endpoints_updated > 0 || report.ipcache_changes > 0 {
-            info!(endpoints = report.endpoints_updated, ipcache = report.ipcache_changes, "policy synced");
+            info!(
+                endpoints = report.endpoints_updated,
+                ipcache = report.ipcache_changes,
+                compiled = subset.as_ref().map_or(endpoints.len(), BTreeSet::len),
+                "policy synced"
+            );
         }
         Ok(report)
     }
@@ -421,11 +615,12 @@ impl PolicyEngine {
         protocol: u8,
         port: u16,
     ) -> Result<pol::Explanation, EngineError> {
-        let (policies, eps) = self.inputs(endpoints)?;
+        self.refresh_cidrs()?;
+        let eps: Vec<pol::Endpoint> = endpoints.iter().map(|e| self.policy_endpoint(e)).collect();
         let table = self.table();
         let ipcache = self.ipcache_model(endpoints);
         Ok(pol::explain(
-            &pol::PolicyInput { policies: &policies, endpoints: &eps, identities: &table },
+            &pol::PolicyInput { policies: &self.models, endpoints: &eps, identities: &table },
             &ipcache,
             from,
             to,

@@ -28,7 +28,9 @@
 //! [`evaluate`] implements this lookup literally and is what the tests check.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Range;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -54,8 +56,8 @@ pub struct PolicyEntry {
     pub port_prefix_len: u8,
     pub verdict: Verdict,
     /// The rule that decided; None for entries that restore the default verdict under a wider
-    /// entry.
-    pub rule: Option<RuleRef>,
+    /// entry. Shared: every entry a rule produces points at one copy.
+    pub rule: Option<Arc<RuleRef>>,
 }
 
 impl PolicyEntry {
@@ -158,7 +160,7 @@ pub fn evaluate(
     match hit {
         Some(e) => Evaluation {
             verdict: e.verdict,
-            rule: e.rule.clone(),
+            rule: e.rule.as_deref().cloned(),
             entry: Some(e.clone()),
             enforced: dp.enforced,
         },
@@ -353,7 +355,7 @@ struct Emitter<'a> {
     identity: Identity,
     direction: Direction,
     default: Verdict,
-    refs: &'a [RuleRef],
+    refs: &'a [Arc<RuleRef>],
     out: &'a mut Vec<PolicyEntry>,
 }
 
@@ -427,38 +429,93 @@ impl Emitter<'_> {
 /// Compiles every endpoint's policy.
 #[must_use]
 pub fn compile(input: &PolicyInput<'_>) -> CompiledPolicy {
-    let flat = flatten(input.policies);
-    let refs: Vec<RuleRef> = flat.iter().map(|f| f.rule_ref.clone()).collect();
-    let universe: Vec<(Identity, Labels)> = input
-        .identities
-        .all_ids()
-        .into_iter()
-        .filter_map(|id| input.identities.labels(id).map(|l| (id, l)))
-        .collect();
-    let mut peer_cache: HashMap<&PeerKind, Rc<Vec<Identity>>> = HashMap::new();
-    let mut rule_ids: Vec<Option<Rc<Vec<Identity>>>> = Vec::with_capacity(flat.len());
-    for fr in &flat {
-        if is_wildcard_peer(fr.rule) {
-            rule_ids.push(None);
-            continue;
+    compile_selected(input, |_| true)
+}
+
+/// Compiles the policy of the endpoints in `subjects` only (ids of `input.endpoints`; others are
+/// ignored). Named ports of egress rules still resolve against every endpoint of the input, so
+/// the result equals [`compile`]'s restricted to `subjects`: a caller that knows only some
+/// endpoints changed (and the identities, the policies and the other endpoints' named ports did
+/// not) recompiles just those.
+#[must_use]
+pub fn compile_for(input: &PolicyInput<'_>, subjects: &BTreeSet<EndpointId>) -> CompiledPolicy {
+    compile_selected(input, |ep| subjects.contains(&ep.id))
+}
+
+/// The identities each rule's peers cover (None: any identity), computed on first use: only
+/// rules of specs that select a compiled endpoint are ever resolved.
+struct PeerIds<'i, 'a> {
+    input: &'i PolicyInput<'a>,
+    universe: Option<Vec<(Identity, Labels)>>,
+    by_peer: HashMap<&'a PeerKind, Rc<Vec<Identity>>>,
+    by_rule: Vec<Option<Option<Rc<Vec<Identity>>>>>,
+}
+
+impl<'i, 'a> PeerIds<'i, 'a> {
+    fn new(input: &'i PolicyInput<'a>, rules: usize) -> Self {
+        PeerIds {
+            input,
+            universe: None,
+            by_peer: HashMap::new(),
+            by_rule: vec![None; rules],
         }
-        let mut ids = BTreeSet::new();
-        for peer in fr.rule.peers.iter().flatten() {
-            let set = peer_cache.entry(&peer.kind).or_insert_with(|| {
-                Rc::new(
-                    universe
-                        .iter()
-                        .filter(|(id, l)| peer_matches(&peer.kind, *id, Some(l), input.identities))
-                        .map(|(id, _)| *id)
-                        .collect(),
-                )
-            });
-            ids.extend(set.iter().copied());
-        }
-        rule_ids.push(Some(Rc::new(ids.into_iter().collect())));
     }
+
+    fn resolve(&mut self, ord: usize, fr: &FlatRule<'a>) -> Option<Rc<Vec<Identity>>> {
+        if let Some(done) = &self.by_rule[ord] {
+            return done.clone();
+        }
+        let ids = if is_wildcard_peer(fr.rule) {
+            None
+        } else {
+            let table = self.input.identities;
+            let universe = self.universe.get_or_insert_with(|| {
+                table
+                    .all_ids()
+                    .into_iter()
+                    .filter_map(|id| table.labels(id).map(|l| (id, l)))
+                    .collect()
+            });
+            let mut ids = BTreeSet::new();
+            for peer in fr.rule.peers.iter().flatten() {
+                let set = self.by_peer.entry(&peer.kind).or_insert_with(|| {
+                    Rc::new(
+                        universe
+                            .iter()
+                            .filter(|(id, l)| peer_matches(&peer.kind, *id, Some(l), table))
+                            .map(|(id, _)| *id)
+                            .collect(),
+                    )
+                });
+                ids.extend(set.iter().copied());
+            }
+            Some(Rc::new(ids.into_iter().collect()))
+        };
+        self.by_rule[ord] = Some(ids.clone());
+        ids
+    }
+}
+
+fn compile_selected(
+    input: &PolicyInput<'_>,
+    subject: impl Fn(&Endpoint) -> bool,
+) -> CompiledPolicy {
+    let flat = flatten(input.policies);
+    let refs: Vec<Arc<RuleRef>> = flat
+        .iter()
+        .map(|f| Arc::new(f.rule_ref.clone()))
+        .collect();
+    // The rules of each (policy, spec): a contiguous run of ordinals in flatten's order.
+    let mut spans: BTreeMap<(usize, usize), Range<usize>> = BTreeMap::new();
+    for (ord, fr) in flat.iter().enumerate() {
+        spans
+            .entry((fr.policy_index, fr.spec))
+            .and_modify(|r| r.end = ord + 1)
+            .or_insert(ord..ord + 1);
+    }
+    let mut peers = PeerIds::new(input, flat.len());
     let mut out = CompiledPolicy::default();
-    for ep in input.endpoints {
+    for ep in input.endpoints.iter().filter(|e| subject(e)) {
         let selected: BTreeSet<(usize, usize)> = input
             .policies
             .iter()
@@ -474,13 +531,19 @@ pub fn compile(input: &PolicyInput<'_>) -> CompiledPolicy {
         if selected.is_empty() {
             continue;
         }
+        // Ordinals of the selected specs' rules, ascending (specs sort in flatten's order).
+        let ords: Vec<usize> = selected
+            .iter()
+            .filter_map(|k| spans.get(k))
+            .flat_map(Clone::clone)
+            .collect();
         let mut epol = EndpointPolicy {
             endpoint: ep.id,
             identity: ep.identity,
             ..EndpointPolicy::default()
         };
         for dir in [Direction::Ingress, Direction::Egress] {
-            let dp = compile_direction(input, ep, dir, &flat, &rule_ids, &refs, &selected);
+            let dp = compile_direction(input, ep, dir, &flat, &ords, &mut peers, &refs, &selected);
             match dir {
                 Direction::Ingress => epol.ingress = dp,
                 Direction::Egress => epol.egress = dp,
@@ -491,22 +554,16 @@ pub fn compile(input: &PolicyInput<'_>) -> CompiledPolicy {
     out
 }
 
-fn policy_index(input: &PolicyInput<'_>, fr: &FlatRule<'_>) -> usize {
-    input
-        .policies
-        .iter()
-        .position(|p| std::ptr::eq(p, fr.policy))
-        .unwrap_or(usize::MAX)
-}
-
 #[allow(clippy::too_many_lines)]
-fn compile_direction(
-    input: &PolicyInput<'_>,
+#[allow(clippy::too_many_arguments)]
+fn compile_direction<'a>(
+    input: &PolicyInput<'a>,
     ep: &Endpoint,
     dir: Direction,
-    flat: &[FlatRule<'_>],
-    rule_ids: &[Option<Rc<Vec<Identity>>>],
-    refs: &[RuleRef],
+    flat: &[FlatRule<'a>],
+    ords: &[usize],
+    peers: &mut PeerIds<'_, 'a>,
+    refs: &[Arc<RuleRef>],
     selected: &BTreeSet<(usize, usize)>,
 ) -> DirectionPolicy {
     let enforced = selected.iter().any(|(pi, si)| {
@@ -517,20 +574,9 @@ fn compile_direction(
         }
     });
     let mut prepared: Vec<Prepared<'_>> = Vec::new();
-    let mut pi_cache: Option<(*const crate::model::Policy, usize)> = None;
-    for (ord, fr) in flat.iter().enumerate() {
+    for &ord in ords {
+        let fr = &flat[ord];
         if fr.rule.direction != dir {
-            continue;
-        }
-        let pi = match pi_cache {
-            Some((ptr, i)) if std::ptr::eq(ptr, fr.policy) => i,
-            _ => {
-                let i = policy_index(input, fr);
-                pi_cache = Some((fr.policy, i));
-                i
-            }
-        };
-        if !selected.contains(&(pi, fr.spec)) {
             continue;
         }
         let deny = fr.rule.verdict == Verdict::Deny;
@@ -538,12 +584,13 @@ fn compile_direction(
             // Without default deny an allow changes nothing: deny beats allow, and a miss allows.
             continue;
         }
+        let ids = peers.resolve(ord, fr);
         let ord = u32::try_from(ord).unwrap_or(u32::MAX);
         let mut p = Prepared {
             ord,
             deny,
-            wildcard: rule_ids[ord as usize].is_none(),
-            ids: rule_ids[ord as usize].clone().unwrap_or_default(),
+            wildcard: ids.is_none(),
+            ids: ids.unwrap_or_default(),
             l3: fr.rule.ports.is_none(),
             items: Vec::new(),
             named: Vec::new(),

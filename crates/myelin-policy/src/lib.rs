@@ -18,7 +18,7 @@ pub mod reference;
 pub mod validate;
 
 pub use compile::{
-    compile, evaluate, port_range_blocks, CompiledPolicy, DirectionPolicy, EndpointPolicy,
+    compile, compile_for, evaluate, port_range_blocks, CompiledPolicy, DirectionPolicy, EndpointPolicy,
     Evaluation, PolicyEntry,
 };
 pub use error::{Issue, PolicyError};

@@ -43,6 +43,8 @@ pub struct PolicyInput<'a> {
 /// A rule with its ordinal and reference.
 pub(crate) struct FlatRule<'a> {
     pub policy: &'a Policy,
+    /// Index of `policy` in the input's policies.
+    pub policy_index: usize,
     pub spec: usize,
     pub rule: &'a PolicyRule,
     pub rule_ref: RuleRef,
@@ -51,13 +53,14 @@ pub(crate) struct FlatRule<'a> {
 /// Every rule of every policy, numbered in order (the numbering of [`RuleRef::index`]).
 pub(crate) fn flatten(policies: &[Policy]) -> Vec<FlatRule<'_>> {
     let mut out = Vec::new();
-    for p in policies {
+    for (pi, p) in policies.iter().enumerate() {
         let id = p.id();
         for (si, spec) in p.specs.iter().enumerate() {
             for rule in &spec.rules {
                 let index = u32::try_from(out.len()).unwrap_or(u32::MAX);
                 out.push(FlatRule {
                     policy: p,
+                    policy_index: pi,
                     spec: si,
                     rule,
                     rule_ref: RuleRef {

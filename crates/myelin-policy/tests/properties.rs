@@ -248,3 +248,74 @@ proptest! {
         }
     }
 }
+
+/// `compiled` restricted to the endpoints `keep` says yes to.
+fn restricted(compiled: &CompiledPolicy, keep: impl Fn(EndpointId) -> bool) -> CompiledPolicy {
+    CompiledPolicy {
+        endpoints: compiled
+            .endpoints
+            .iter()
+            .filter(|(id, _)| keep(**id))
+            .map(|(id, p)| (*id, p.clone()))
+            .collect(),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Compiling a subset of the endpoints equals the full compile restricted to that subset
+    /// (named ports of egress rules still resolve against every endpoint).
+    #[test]
+    fn compile_for_a_subset_equals_full_compile_restricted(seed in 1u64..u64::MAX) {
+        let mut r = Rng(seed);
+        let c = cluster(&mut r);
+        let policies = random_policies(&mut r);
+        let table = c.table();
+        let input = PolicyInput { policies: &policies, endpoints: &c.endpoints, identities: &table };
+        let full = compile(&input);
+        let subset: std::collections::BTreeSet<EndpointId> =
+            c.endpoints.iter().map(|e| e.id).filter(|_| r.chance(40)).collect();
+        let part = compile_for(&input, &subset);
+        prop_assert_eq!(part, restricted(&full, |id| subset.contains(&id)));
+        prop_assert_eq!(compile_for(&input, &c.endpoints.iter().map(|e| e.id).collect()), full);
+    }
+
+    /// What the agent's incremental sync relies on: when an endpoint without named ports joins,
+    /// leaves or moves to an identity that exists already (the identity set is unchanged), no
+    /// other endpoint's compiled policy changes.
+    #[test]
+    fn membership_changes_within_existing_identities_touch_only_that_endpoint(seed in 1u64..u64::MAX) {
+        let mut r = Rng(seed);
+        let mut c = cluster(&mut r);
+        let policies = random_policies(&mut r);
+        let n = c.endpoints.len();
+        let moved = r.below(n as u64) as usize;
+        let model = r.below(n as u64) as usize;
+        c.endpoints[moved].named_ports.clear();
+        let table = c.table();
+        let before = compile(&PolicyInput { policies: &policies, endpoints: &c.endpoints, identities: &table });
+        let moved_id = c.endpoints[moved].id;
+        let others = |id: EndpointId| id != moved_id;
+
+        // Relabelled to another endpoint's (existing) identity.
+        let mut relabelled = c.endpoints.clone();
+        relabelled[moved].labels = c.endpoints[model].labels.clone();
+        relabelled[moved].namespace = c.endpoints[model].namespace.clone();
+        relabelled[moved].identity = c.endpoints[model].identity;
+        let after = compile(&PolicyInput { policies: &policies, endpoints: &relabelled, identities: &table });
+        prop_assert_eq!(restricted(&after, others), restricted(&before, others));
+
+        // Removed (its identity kept alive by a copy with another id).
+        let mut removed = c.endpoints.clone();
+        let mut twin = removed[moved].clone();
+        twin.id = 1000;
+        removed.remove(moved);
+        removed.push(twin);
+        let after = compile(&PolicyInput { policies: &policies, endpoints: &removed, identities: &table });
+        prop_assert_eq!(
+            restricted(&after, |id| others(id) && id != 1000),
+            restricted(&before, others)
+        );
+    }
+}
