@@ -15,6 +15,7 @@ pub mod matching;
 pub mod model;
 pub mod parse;
 pub mod reference;
+pub mod tree;
 pub mod validate;
 
 pub use compile::{

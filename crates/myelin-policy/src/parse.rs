@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 
 use ipnet::Ipv4Net;
-use serde_json::{Map, Value};
+use crate::tree::{Map, Value};
 
 use crate::error::{Issue, PolicyError};
 use crate::labels::{
