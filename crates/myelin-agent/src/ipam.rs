@@ -88,8 +88,8 @@ impl Ipam {
         let size = self.last - self.first + 1;
         for step in 1..=size {
             let candidate = self.first + (self.cursor.wrapping_sub(self.first).wrapping_add(step)) % size;
-            if !self.allocated.contains_key(&candidate) {
-                self.allocated.insert(candidate, owner.to_owned());
+            if let std::collections::btree_map::Entry::Vacant(slot) = self.allocated.entry(candidate) {
+                slot.insert(owner.to_owned());
                 self.cursor = candidate;
                 return Ok(Ipv4Addr::from(candidate));
             }
@@ -119,6 +119,7 @@ impl Ipam {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use std::collections::HashSet;

@@ -640,9 +640,8 @@ pub fn split_documents(text: &str) -> Vec<String> {
     let mut docs = Vec::new();
     let mut cur = String::new();
     for line in text.lines() {
-        if line.starts_with("---") && line[3..].trim().is_empty() {
-            docs.push(std::mem::take(&mut cur));
-        } else if line.trim() == "..." {
+        let separator = line.strip_prefix("---").is_some_and(|rest| rest.trim().is_empty());
+        if separator || line.trim() == "..." {
             docs.push(std::mem::take(&mut cur));
         } else {
             cur.push_str(line);
@@ -656,6 +655,7 @@ pub fn split_documents(text: &str) -> Vec<String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -2,6 +2,9 @@
 //! endpoints, IPAM allocations and counters. The datapath's state lives in
 //! pinned maps; this is what the agent needs to rebuild and adopt it.
 
+// redb's error type is large; it only travels the (cold) write path.
+#![allow(clippy::result_large_err)]
+
 use myelin_api::Endpoint;
 use redb::{Database, ReadableTable, TableDefinition};
 use std::net::Ipv4Addr;
@@ -171,6 +174,7 @@ impl Store {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -260,6 +260,7 @@ fn gc(conf: &NetConf, stdin: &[u8], client: &myelin_api::Client) -> Result<(), C
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

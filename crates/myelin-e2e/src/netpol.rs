@@ -7,7 +7,7 @@ use crate::{in_ns, LabGuard};
 use myelin_api::{PolicyApply, PolicyChange, PolicyDelete, PolicyFile};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -201,8 +201,8 @@ impl Matrix {
 
     /// One probe.
     #[must_use]
-    pub fn reach(&self, from: &PathBuf, to: Ipv4Addr, port: u16, proto: Proto) -> bool {
-        run_probes(vec![(from.clone(), to, port, proto)])[0]
+    pub fn reach(&self, from: &Path, to: Ipv4Addr, port: u16, proto: Proto) -> bool {
+        run_probes(vec![(from.to_path_buf(), to, port, proto)])[0]
     }
 }
 
@@ -231,7 +231,7 @@ fn run_probes(probes: Vec<(PathBuf, Ipv4Addr, u16, Proto)>) -> Vec<bool> {
     out
 }
 
-fn probe(ns: &PathBuf, ip: Ipv4Addr, port: u16, proto: Proto) -> bool {
+fn probe(ns: &Path, ip: Ipv4Addr, port: u16, proto: Proto) -> bool {
     let to = SocketAddr::from((ip, port));
     match proto {
         Proto::Tcp => {
@@ -252,7 +252,7 @@ fn probe(ns: &PathBuf, ip: Ipv4Addr, port: u16, proto: Proto) -> bool {
     }
 }
 
-fn serve_tcp(ns: &PathBuf, ip: Ipv4Addr, port: u16, stop: Arc<AtomicBool>) {
+fn serve_tcp(ns: &Path, ip: Ipv4Addr, port: u16, stop: Arc<AtomicBool>) {
     let l = in_ns(ns, move || TcpListener::bind((ip, port))).unwrap_or_else(|e| panic!("bind {ip}:{port}/tcp: {e}"));
     std::thread::spawn(move || {
         for s in l.incoming() {
@@ -266,7 +266,7 @@ fn serve_tcp(ns: &PathBuf, ip: Ipv4Addr, port: u16, stop: Arc<AtomicBool>) {
     });
 }
 
-fn serve_udp(ns: &PathBuf, ip: Ipv4Addr, port: u16, stop: Arc<AtomicBool>) {
+fn serve_udp(ns: &Path, ip: Ipv4Addr, port: u16, stop: Arc<AtomicBool>) {
     let s = in_ns(ns, move || UdpSocket::bind((ip, port))).unwrap_or_else(|e| panic!("bind {ip}:{port}/udp: {e}"));
     let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
     std::thread::spawn(move || {

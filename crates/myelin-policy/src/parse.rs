@@ -633,7 +633,7 @@ impl Doc<'_> {
         let m = self.obj(v, path, &allowed)?;
         let errors_before = self.issues.len();
         for f in UNSUPPORTED_RULE_FIELDS {
-            if m.contains_key(*f) && allowed.contains(f) {
+            if m.contains_key(f) && allowed.contains(f) {
                 self.err(&join(path, f), "is not supported yet");
             }
         }
