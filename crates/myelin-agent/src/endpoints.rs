@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointError {
@@ -423,6 +423,7 @@ impl Endpoints {
     ) -> Result<Endpoint, EndpointError> {
         let host_ifname = nl::host_ifname(&req.container_id, &req.ifname);
         let gateway = self.ipam.gateway();
+        let t0 = std::time::Instant::now();
         let veth = nl::create_pod_veth(&nl::PodVeth {
             host_ifname: host_ifname.clone(),
             netns_path: req.netns.clone().into(),
@@ -454,7 +455,9 @@ impl Endpoints {
         // policy map, then endpoint entry, then the programs.
         self.by_id.insert(id, ep.clone());
         let wired = async {
+            let t_veth = t0.elapsed();
             self.sync_policy()?;
+            let t_policy = t0.elapsed();
             let entry = EndpointEntry {
                 ifindex: veth.host.index,
                 endpoint_id: id,
@@ -465,9 +468,13 @@ impl Endpoints {
             };
             self.datapath.upsert_endpoint(ip, &entry)?;
             self.datapath.attach_endpoint(&host_ifname, veth.host.index)?;
+            let t_attach = t0.elapsed();
             nl::replace_host_route(ip, veth.host.index).await?;
             nl::replace_neighbour(ip, veth.pod_mac, veth.host.index).await?;
+            let t_routes = t0.elapsed();
             self.store.put_endpoint(&ep)?;
+            debug!(endpoint = id, veth = ?t_veth, policy = ?t_policy, attach = ?t_attach, routes = ?t_routes,
+                stored = ?t0.elapsed(), "plumbing timings (cumulative)");
             Ok::<(), EndpointError>(())
         }
         .await;
