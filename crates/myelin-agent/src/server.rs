@@ -104,7 +104,12 @@ async fn delete(State(s): State<Shared>, Path((cid, ifname)): Path<(String, Stri
     Ok(Json(Deleted { existed }))
 }
 
-async fn check(State(s): State<Shared>, Path((cid, ifname)): Path<(String, String)>) -> Reply<Endpoint> {
+// The body (the CNI sends `{}`) is taken so the connection is read to its end before answering.
+async fn check(
+    State(s): State<Shared>,
+    Path((cid, ifname)): Path<(String, String)>,
+    _body: axum::body::Bytes,
+) -> Reply<Endpoint> {
     Ok(Json(s.endpoints.lock().await.check(&cid, &ifname).await?))
 }
 

@@ -79,10 +79,18 @@ impl Client {
              Content-Length: {}\r\nConnection: close\r\n\r\n",
             body.len()
         );
-        stream.write_all(head.as_bytes()).map_err(io)?;
-        stream.write_all(&body).map_err(io)?;
+        // One write: the server may answer and close as soon as it has the head.
+        let mut request = head.into_bytes();
+        request.extend_from_slice(&body);
+        let written = stream.write_all(&request);
+        // A server that answered early (e.g. an error) may have closed its side while we
+        // were still writing: read what it said before reporting the write error.
         let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).map_err(io)?;
+        let read = stream.read_to_end(&mut raw);
+        if raw.is_empty() {
+            written.map_err(io)?;
+            read.map_err(io)?;
+        }
         let (status, body) = parse_response(&raw)?;
         if (200..300).contains(&status) {
             serde_json::from_slice(&body)
@@ -144,6 +152,35 @@ mod tests {
         let raw = b"HTTP/1.1 404 Not Found\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
         let (s, b) = parse_response(raw).unwrap();
         assert_eq!((s, b.as_slice()), (404, &b"abcde"[..]));
+    }
+
+    #[test]
+    fn an_early_answer_wins_over_a_broken_pipe() {
+        // A server that answers before reading the request body and closes: the client
+        // must report the answer, not the failed write.
+        let dir = std::env::temp_dir().join(format!("myelin-api-early-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("s.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut head = [0u8; 64];
+            let _ = s.read(&mut head);
+            let body = br#"{"code":"not_found","message":"no such endpoint"}"#;
+            let reply = format!("HTTP/1.1 404 Not Found\r\ncontent-length: {}\r\n\r\n", body.len());
+            s.write_all(reply.as_bytes()).unwrap();
+            s.write_all(body).unwrap();
+            // Dropped here: closed with most of the request unread.
+        });
+        let big = vec![7u8; 4 << 20];
+        let err = Client::new(&sock).post::<_, serde_json::Value>("/v1/x", &big).unwrap_err();
+        server.join().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        match err {
+            ClientError::Api(api, 404) => assert_eq!(api.message, "no such endpoint"),
+            other => panic!("expected the server's 404, got {other}"),
+        }
     }
 
     #[test]
