@@ -16,8 +16,9 @@ pub struct Args {
     /// Output format.
     #[arg(short, long, value_enum, default_value_t)]
     output: Format,
-    /// Rule counts of the iptables (and Myelin policy) variants.
-    #[arg(long, value_delimiter = ',', default_values_t = [1u32, 1000, 10_000])]
+    /// Rule counts of the iptables (and Myelin policy) variants [default: 1,1000,10000;
+    /// with --quick 1,10000].
+    #[arg(long, value_delimiter = ',')]
     rules: Vec<u32>,
     /// Seconds per measurement (TCP_STREAM rounds up to whole seconds).
     #[arg(long)]
@@ -72,7 +73,9 @@ pub fn run(a: &Args) -> Result<i32> {
     }
     opts.streams = a.streams;
     opts.rr_size = a.size.max(1);
-    opts.rules = a.rules.clone();
+    if !a.rules.is_empty() {
+        opts.rules = a.rules.clone();
+    }
     if a.no_pin {
         opts.rr_pin = None;
     } else if let Some(c) = a.rr_cpu {

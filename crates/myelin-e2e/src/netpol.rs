@@ -160,7 +160,12 @@ impl Matrix {
                 }
             }
         }
-        let results = run_probes(probes.iter().map(|(f, t, port, proto)| (f.netns.clone(), t.ip, *port, *proto)).collect());
+        let plan: Vec<_> = probes.iter().map(|(f, t, port, proto)| (f.netns.clone(), t.ip, *port, *proto)).collect();
+        let mut results = run_probes(plan.clone());
+        retry_missing(&plan, &mut results, |i| {
+            let (from, to, port, proto) = &probes[i];
+            from.is(&to.id()) || expect(from, to, *port, *proto)
+        });
         let mut wrong = Vec::new();
         for ((from, to, port, proto), got) in probes.iter().zip(results) {
             // A pod's traffic to itself never leaves it: policy does not apply
@@ -189,7 +194,12 @@ impl Matrix {
                 }
             }
         }
-        let results = run_probes(probes.iter().map(|(f, port, proto)| (f.netns.clone(), host.ip, *port, *proto)).collect());
+        let plan: Vec<_> = probes.iter().map(|(f, port, proto)| (f.netns.clone(), host.ip, *port, *proto)).collect();
+        let mut results = run_probes(plan.clone());
+        retry_missing(&plan, &mut results, |i| {
+            let (from, port, proto) = &probes[i];
+            expect(from, *port, *proto)
+        });
         let mut wrong = Vec::new();
         for ((from, port, proto), got) in probes.iter().zip(results) {
             if expect(from, *port, *proto) != got {
@@ -199,10 +209,13 @@ impl Matrix {
         assert!(wrong.is_empty(), "case {case:?}: probes to {} differ:\n{}", host.name, wrong.join("\n"));
     }
 
-    /// One probe.
+    /// One probe; a miss is tried again with the long timeout before it counts as blocked.
     #[must_use]
     pub fn reach(&self, from: &Path, to: Ipv4Addr, port: u16, proto: Proto) -> bool {
-        run_probes(vec![(from.to_path_buf(), to, port, proto)])[0]
+        let plan = vec![(from.to_path_buf(), to, port, proto)];
+        let mut results = run_probes(plan.clone());
+        retry_missing(&plan, &mut results, |_| true);
+        results[0]
     }
 }
 
@@ -212,17 +225,38 @@ impl Drop for Matrix {
     }
 }
 
+/// A probe's first try: replies on a local lab arrive in well under a millisecond.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(600);
+/// The second try of a probe that should have reached but did not: a loaded machine (CI) can
+/// delay a thread by more than the first timeout; a real drop stays a drop.
+const RETRY_TIMEOUT: Duration = Duration::from_millis(3000);
 
 /// Run probes in parallel batches; true = reached (reply received).
 fn run_probes(probes: Vec<(PathBuf, Ipv4Addr, u16, Proto)>) -> Vec<bool> {
+    run_probes_within(probes, PROBE_TIMEOUT)
+}
+
+/// Probe again, with the long timeout, those results that came out blocked where `want` says
+/// they should reach. Only that direction is retried: a delay can hide a reply, never fake one.
+fn retry_missing(probes: &[(PathBuf, Ipv4Addr, u16, Proto)], results: &mut [bool], want: impl Fn(usize) -> bool) {
+    let again: Vec<usize> = (0..results.len()).filter(|&i| !results[i] && want(i)).collect();
+    if again.is_empty() {
+        return;
+    }
+    let second = run_probes_within(again.iter().map(|&i| probes[i].clone()).collect(), RETRY_TIMEOUT);
+    for (i, got) in again.into_iter().zip(second) {
+        results[i] = got;
+    }
+}
+
+fn run_probes_within(probes: Vec<(PathBuf, Ipv4Addr, u16, Proto)>, timeout: Duration) -> Vec<bool> {
     let mut out = vec![false; probes.len()];
     let indexed: Vec<(usize, (PathBuf, Ipv4Addr, u16, Proto))> = probes.into_iter().enumerate().collect();
     for chunk in indexed.chunks(64) {
         let handles: Vec<_> = chunk
             .iter()
             .cloned()
-            .map(|(i, (ns, ip, port, proto))| (i, std::thread::spawn(move || probe(&ns, ip, port, proto))))
+            .map(|(i, (ns, ip, port, proto))| (i, std::thread::spawn(move || probe(&ns, ip, port, proto, timeout))))
             .collect();
         for (i, h) in handles {
             out[i] = h.join().unwrap_or(false);
@@ -231,18 +265,18 @@ fn run_probes(probes: Vec<(PathBuf, Ipv4Addr, u16, Proto)>) -> Vec<bool> {
     out
 }
 
-fn probe(ns: &Path, ip: Ipv4Addr, port: u16, proto: Proto) -> bool {
+fn probe(ns: &Path, ip: Ipv4Addr, port: u16, proto: Proto, timeout: Duration) -> bool {
     let to = SocketAddr::from((ip, port));
     match proto {
         Proto::Tcp => {
-            let Ok(mut s) = in_ns(ns, move || TcpStream::connect_timeout(&to, PROBE_TIMEOUT)) else { return false };
-            let _ = s.set_read_timeout(Some(PROBE_TIMEOUT));
+            let Ok(mut s) = in_ns(ns, move || TcpStream::connect_timeout(&to, timeout)) else { return false };
+            let _ = s.set_read_timeout(Some(timeout));
             let mut b = [0u8; 1];
             matches!(s.read(&mut b), Ok(1) if b[0] == b'+')
         }
         Proto::Udp => {
             let s = in_ns(ns, || UdpSocket::bind(("0.0.0.0", 0)).expect("bind"));
-            let _ = s.set_read_timeout(Some(PROBE_TIMEOUT));
+            let _ = s.set_read_timeout(Some(timeout));
             if s.send_to(b"?", to).is_err() {
                 return false;
             }

@@ -87,10 +87,18 @@ impl Options {
         }
     }
 
-    /// Short runs, 2 rounds: well under 2 minutes on 2 cores. For smoke tests, not for claims.
+    /// Short runs, 2 rounds, the two ends of the rule curve (1 and 10,000): well under 2
+    /// minutes on 2 cores. For smoke tests, not for claims.
     #[must_use]
     pub fn quick() -> Options {
-        Options { quick: true, rounds: 2, stream_seconds: 1, rr_duration: Duration::from_millis(500), ..Options::full() }
+        Options {
+            quick: true,
+            rounds: 2,
+            stream_seconds: 1,
+            rr_duration: Duration::from_millis(500),
+            rules: vec![1, 10_000],
+            ..Options::full()
+        }
     }
 }
 

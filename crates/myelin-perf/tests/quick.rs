@@ -26,7 +26,7 @@ fn quick_benchmark_is_sane_and_every_path_is_verified() {
 
     // Every configuration that ran proved its path; the others say why they did not run.
     let ran: Vec<&str> = report.configs.iter().filter(|c| c.available).map(|c| c.id.as_str()).collect();
-    for id in [PHYSICAL, KERNEL_ROUTING, "iptables-1", "iptables-1000", "iptables-10000", "myelin"] {
+    for id in [PHYSICAL, KERNEL_ROUTING, "iptables-1", "iptables-10000", "myelin", "myelin-1", "myelin-10000"] {
         assert!(ran.contains(&id), "{id} did not run: {:?}", report.configs);
     }
     for c in &report.configs {
