@@ -6,6 +6,15 @@
 
 use myelin_e2e::netpol::{Matrix, Pod, Proto};
 
+/// NetworkPolicy `x/p` selecting pod x/a; `rest` is the rest of its spec.
+fn xa(rest: &str) -> String {
+    format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: p, namespace: x}}\n\
+         spec:\n  podSelector: {{matchLabels: {{pod: a}}}}\n{}",
+        rest.trim_start_matches('\n')
+    )
+}
+
 fn all(_: &Pod, _: &Pod, _: u16, _: Proto) -> bool {
     true
 }
@@ -85,65 +94,40 @@ spec:
 #[test]
 fn pod_and_namespace_selectors_and_or_and_expressions() {
     let m = Matrix::up("ksel", &[]);
-    m.apply(
+    m.apply(&xa(
         r"
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: p, namespace: x}
-spec:
-  podSelector: {matchLabels: {pod: a}}
   ingress:
   - from: [{podSelector: {matchLabels: {pod: b}}}]
 ",
-    );
+    ));
     m.check("podSelector alone = same namespace", |from, to, _, _| !to.is("x/a") || from.is("x/b"));
 
-    m.apply(
+    m.apply(&xa(
         r"
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: p, namespace: x}
-spec:
-  podSelector: {matchLabels: {pod: a}}
   ingress:
   - from: [{namespaceSelector: {matchLabels: {ns: 'y'}}}]
 ",
-    );
+    ));
     m.check("namespaceSelector alone = all pods of y", |from, to, _, _| !to.is("x/a") || from.ns == "y");
 
-    m.apply(
+    m.apply(&xa(
         r"
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: p, namespace: x}
-spec:
-  podSelector: {matchLabels: {pod: a}}
   ingress:
   - from: [{namespaceSelector: {matchLabels: {ns: 'y'}}, podSelector: {matchLabels: {pod: b}}}]
 ",
-    );
+    ));
     m.check("both in one peer = AND", |from, to, _, _| !to.is("x/a") || from.is("y/b"));
 
-    m.apply(
+    m.apply(&xa(
         r"
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: p, namespace: x}
-spec:
-  podSelector: {matchLabels: {pod: a}}
   ingress:
   - from: [{namespaceSelector: {matchLabels: {ns: 'y'}}}, {podSelector: {matchLabels: {pod: b}}}]
 ",
-    );
+    ));
     m.check("separate peers = OR", |from, to, _, _| !to.is("x/a") || from.ns == "y" || from.is("x/b"));
 
-    m.apply(
+    m.apply(&xa(
         r"
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: p, namespace: x}
-spec:
-  podSelector: {matchLabels: {pod: a}}
   ingress:
   - from:
     - namespaceSelector:
@@ -151,7 +135,7 @@ spec:
       podSelector:
         matchExpressions: [{key: pod, operator: In, values: [b, c]}]
 ",
-    );
+    ));
     m.check("matchExpressions In / NotIn", |from, to, _, _| !to.is("x/a") || (from.ns == "y" && from.name != "a"));
 
     m.apply(
@@ -171,55 +155,35 @@ spec:
 #[test]
 fn ports_named_ranges_protocols_and_stacking() {
     let m = Matrix::up("kport", &[]);
-    m.apply(
+    m.apply(&xa(
         r"
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: p, namespace: x}
-spec:
-  podSelector: {matchLabels: {pod: a}}
   ingress:
   - ports: [{port: serve-80-tcp}]
 ",
-    );
+    ));
     m.check("named port: 80/TCP only, from anyone", |_, to, port, proto| {
         !to.is("x/a") || (port == 80 && proto == Proto::Tcp)
     });
 
-    m.apply(
+    m.apply(&xa(
         r"
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: p, namespace: x}
-spec:
-  podSelector: {matchLabels: {pod: a}}
   ingress:
   - ports: [{protocol: UDP, port: 80}]
 ",
-    );
+    ));
     m.check("protocol-specific: 80/UDP only", |_, to, port, proto| !to.is("x/a") || (port == 80 && proto == Proto::Udp));
 
-    m.apply(
+    m.apply(&xa(
         r"
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: p, namespace: x}
-spec:
-  podSelector: {matchLabels: {pod: a}}
   ingress:
   - ports: [{protocol: TCP, port: 81, endPort: 90}]
 ",
-    );
+    ));
     m.check("port range 81-90/TCP", |_, to, port, proto| !to.is("x/a") || (port == 81 && proto == Proto::Tcp));
 
     // Stacked policies: the union of what each allows.
-    m.apply(
+    m.apply(&xa(
         r"
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: p, namespace: x}
-spec:
-  podSelector: {matchLabels: {pod: a}}
   ingress:
   - from: [{podSelector: {matchLabels: {pod: b}}}]
     ports: [{port: 80}]
@@ -233,7 +197,7 @@ spec:
   - from: [{namespaceSelector: {matchLabels: {ns: 'y'}}}]
     ports: [{port: 81, protocol: UDP}]
 ",
-    );
+    ));
     m.check("stacked: x/b on 80/TCP, or y/* on 81/UDP", |from, to, port, proto| {
         !to.is("x/a") || (from.is("x/b") && port == 80 && proto == Proto::Tcp) || (from.ns == "y" && port == 81 && proto == Proto::Udp)
     });
