@@ -9,24 +9,29 @@ use myelin_e2e::{ping, wait_for};
 use std::io::{Read, Write};
 use std::time::Duration;
 
+/// CiliumNetworkPolicy `x/<name>` selecting pod x/a; `rest` is the rest of its spec.
+fn cnp_xa(name: &str, rest: &str) -> String {
+    format!(
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: {name}, namespace: x}}\n\
+         spec:\n  endpointSelector: {{matchLabels: {{pod: a}}}}\n{}",
+        rest.trim_start_matches('\n')
+    )
+}
+
 #[test]
 fn deny_beats_allow_l4_only_and_icmp_rules() {
     let m = Matrix::up("cden", &[]);
     // An L3 allow of x/b plus an explicit deny of port 80 from x/b.
-    m.apply(
+    m.apply(&cnp_xa(
+        "deny-80",
         r"
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: deny-80, namespace: x}
-spec:
-  endpointSelector: {matchLabels: {pod: a}}
   ingress:
   - fromEndpoints: [{matchLabels: {pod: b}}]
   ingressDeny:
   - fromEndpoints: [{matchLabels: {pod: b}}]
     toPorts: [{ports: [{port: '80', protocol: TCP}]}]
 ",
-    );
+    ));
     m.check("L3 allow + deny 80: 81 allowed, 80/TCP denied", |from, to, port, proto| {
         !to.is("x/a") || (from.is("x/b") && !(port == 80 && proto == Proto::Tcp))
     });
@@ -48,32 +53,24 @@ spec:
     assert!(stats.iter().any(|s| s.verdict == "allow" && s.rule.as_deref().is_some_and(|r| r.contains("spec.ingress[0]"))));
 
     // L4-only: any peer on 81/UDP, nothing else.
-    m.apply(
+    m.apply(&cnp_xa(
+        "deny-80",
         r"
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: deny-80, namespace: x}
-spec:
-  endpointSelector: {matchLabels: {pod: a}}
   ingress:
   - toPorts: [{ports: [{port: '81', protocol: UDP}]}]
 ",
-    );
+    ));
     m.check("L4-only rule: any peer, 81/UDP", |_, to, port, proto| !to.is("x/a") || (port == 81 && proto == Proto::Udp));
     assert!(!ping(lab, "x/b", &xa), "no ICMP rule: echo dropped");
 
     // ICMP rule: echo requests (type 8) allowed, nothing else.
-    m.apply(
+    m.apply(&cnp_xa(
+        "deny-80",
         r"
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: deny-80, namespace: x}
-spec:
-  endpointSelector: {matchLabels: {pod: a}}
   ingress:
   - icmps: [{fields: [{type: 8, family: IPv4}]}]
 ",
-    );
+    ));
     assert!(ping(lab, "y/c", &xa), "ICMP echo allowed by the icmps rule");
     m.check("ICMP rule allows no TCP/UDP", |_, to, _, _| !to.is("x/a"));
 }
@@ -85,47 +82,35 @@ fn entities_and_cidr_with_except_against_external_hosts() {
     let lab = m.lab.lab();
     let node_ip = lab.node("node1").unwrap().address;
 
-    m.apply(
+    m.apply(&cnp_xa(
+        "egress",
         r"
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: egress, namespace: x}
-spec:
-  endpointSelector: {matchLabels: {pod: a}}
   egress:
   - toEntities: [cluster]
 ",
-    );
+    ));
     m.check_to_host("toEntities cluster: the world is out", &w1, |from, _, _| !from.is("x/a"));
     m.check("toEntities cluster: every pod is in", |_, _, _, _| true);
     assert!(ping(lab, "x/a", &node_ip), "the node is part of the cluster entity (host)");
 
-    m.apply(
+    m.apply(&cnp_xa(
+        "egress",
         r"
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: egress, namespace: x}
-spec:
-  endpointSelector: {matchLabels: {pod: a}}
   egress:
   - toEntities: [world]
 ",
-    );
+    ));
     m.check_to_host("toEntities world: w1 reachable", &w1, |_, _, _| true);
     m.check("toEntities world: pods are not the world", |from, _, _, _| !from.is("x/a"));
     assert!(!ping(lab, "x/a", &node_ip), "the node is not the world");
 
-    m.apply(
+    m.apply(&cnp_xa(
+        "egress",
         r"
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: egress, namespace: x}
-spec:
-  endpointSelector: {matchLabels: {pod: a}}
   egress:
   - toEntities: [host]
 ",
-    );
+    ));
     assert!(ping(lab, "x/a", &node_ip), "toEntities host: the node is reachable");
     m.check_to_host("toEntities host: the world is not", &w1, |from, _, _| !from.is("x/a"));
 
@@ -171,13 +156,9 @@ fn revoking_an_allow_cuts_established_connections_and_replies_need_no_rule() {
     let (xa, xb) = (m.pod("x/a").clone(), m.pod("x/b").clone());
     // Default-deny both ways on both ends; only x/b -> x/a:80 is allowed, at
     // x/b's egress and at x/a's ingress. Replies pass by connection tracking.
-    m.apply(
+    m.apply(&cnp_xa(
+        "conv",
         r"
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: conv, namespace: x}
-spec:
-  endpointSelector: {matchLabels: {pod: a}}
   ingress:
   - fromEndpoints: [{matchLabels: {pod: b}}]
     toPorts: [{ports: [{port: '7000', protocol: TCP}]}]
@@ -192,7 +173,7 @@ spec:
   - toEndpoints: [{matchLabels: {pod: a}}]
     toPorts: [{ports: [{port: '7000', protocol: TCP}]}]
 ",
-    );
+    ));
     // A long-lived echo conversation on 7000.
     let l = myelin_e2e::tcp_listen(&xa.netns, xa.ip);
     let addr = std::net::SocketAddr::from((xa.ip, 7000));
@@ -219,33 +200,25 @@ spec:
 
     // Revoke x/a's ingress allow: the established connection is cut at once
     // (policy is checked on every packet of the original direction).
-    m.apply(
+    m.apply(&cnp_xa(
+        "conv",
         r"
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: conv, namespace: x}
-spec:
-  endpointSelector: {matchLabels: {pod: a}}
   ingress: []
   egress: []
 ",
-    );
+    ));
     assert!(!echo(&mut c), "the established connection no longer passes after the revoke");
 
     // Restore: the same connection works again (TCP retransmits get through).
-    m.apply(
+    m.apply(&cnp_xa(
+        "conv",
         r"
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: conv, namespace: x}
-spec:
-  endpointSelector: {matchLabels: {pod: a}}
   ingress:
   - fromEndpoints: [{matchLabels: {pod: b}}]
     toPorts: [{ports: [{port: '7000', protocol: TCP}]}]
   egress: []
 ",
-    );
+    ));
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut b = [0u8; 2];
     // The byte written during the revoke is retransmitted and echoed, then ours.
