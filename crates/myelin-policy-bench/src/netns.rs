@@ -48,15 +48,7 @@ impl NetnsWorker {
 
     /// Run `f` in the namespace and wait for its result.
     pub fn run<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> Result<R> {
-        let (rtx, rrx) = mpsc::channel();
-        self.tx
-            .as_ref()
-            .ok_or_else(|| anyhow!("netns worker stopped"))?
-            .send(Box::new(move || {
-                let _ = rtx.send(f());
-            }))
-            .map_err(|_| anyhow!("netns worker gone"))?;
-        rrx.recv().map_err(|_| anyhow!("netns worker panicked"))
+        self.start(f)?.recv().map_err(|_| anyhow!("netns worker panicked"))
     }
 
     /// Start `f` in the namespace without waiting; the returned receiver gets its result.
