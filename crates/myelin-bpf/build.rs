@@ -49,11 +49,7 @@ fn run() -> Result<(), String> {
         .map_err(|e| format!("reading {}: {e}", datapath.display()))?
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(OsStr::to_str)
-                .is_some_and(|n| n.ends_with(".bpf.c"))
-        })
+        .filter(|p| p.file_name().and_then(OsStr::to_str).is_some_and(|n| n.ends_with(".bpf.c")))
         .collect();
     sources.sort();
 
@@ -66,10 +62,8 @@ fn run() -> Result<(), String> {
         }
     }
 
-    let multiarch = format!(
-        "/usr/include/{}-linux-gnu",
-        env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_else(|_| "x86_64".into())
-    );
+    let multiarch =
+        format!("/usr/include/{}-linux-gnu", env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_else(|_| "x86_64".into()));
     let target_arch = match env::var("CARGO_CFG_TARGET_ARCH").as_deref() {
         Ok("aarch64") => "arm64",
         Ok("x86_64") | Err(_) => "x86",

@@ -62,8 +62,8 @@ pub enum ConfigError {
 
 impl Config {
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         Self::from_toml(&text).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.to_path_buf(), message },
             other => other,
@@ -82,9 +82,9 @@ impl Config {
         if self.node_name.is_empty() {
             return Err(ConfigError::Invalid("node_name is required (set it in the file or with --node-name)".into()));
         }
-        let cidr = self.pod_cidr.ok_or_else(|| {
-            ConfigError::Invalid("pod_cidr is required, e.g. pod_cidr = \"10.244.1.0/24\"".into())
-        })?;
+        let cidr = self
+            .pod_cidr
+            .ok_or_else(|| ConfigError::Invalid("pod_cidr is required, e.g. pod_cidr = \"10.244.1.0/24\"".into()))?;
         if cidr.prefix_len() > 29 {
             return Err(ConfigError::Invalid(format!(
                 "pod_cidr {cidr}: prefix /{} leaves no room for pods; use /29 or shorter",

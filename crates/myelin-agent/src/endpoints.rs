@@ -106,15 +106,8 @@ impl Endpoints {
             }
         }
         let policy = PolicyEngine::new(state, policies, node_ips);
-        let mut this = Self {
-            store,
-            datapath,
-            ipam,
-            by_id: BTreeMap::new(),
-            next_id: snap.next_endpoint_id,
-            adopted: 0,
-            policy,
-        };
+        let mut this =
+            Self { store, datapath, ipam, by_id: BTreeMap::new(), next_id: snap.next_endpoint_id, adopted: 0, policy };
         let known: std::collections::HashSet<String> =
             snap.endpoints.iter().map(|e| owner_key(&e.container_id, &e.ifname)).collect();
         for (ip, owner) in &snap.allocations {
@@ -226,12 +219,8 @@ impl Endpoints {
             validate_label(k, v)?;
         }
         self.policy.set_namespace_labels(ns, labels.clone());
-        let ids: Vec<u32> = self
-            .by_id
-            .values()
-            .filter(|e| e.namespace.as_deref().unwrap_or("default") == ns)
-            .map(|e| e.id)
-            .collect();
+        let ids: Vec<u32> =
+            self.by_id.values().filter(|e| e.namespace.as_deref().unwrap_or("default") == ns).map(|e| e.id).collect();
         for id in ids {
             self.refresh_identity(id)?;
         }
@@ -257,7 +246,14 @@ impl Endpoints {
         {
             self.datapath.upsert_endpoint(
                 ip,
-                &EndpointEntry { ifindex: ep.host_ifindex, endpoint_id: ep.id, identity: new_id, flags: 0, mac, host_mac },
+                &EndpointEntry {
+                    ifindex: ep.host_ifindex,
+                    endpoint_id: ep.id,
+                    identity: new_id,
+                    flags: 0,
+                    mac,
+                    host_mac,
+                },
             )?;
         }
         self.store.put_endpoint(&ep)?;

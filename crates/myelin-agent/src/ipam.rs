@@ -11,7 +11,9 @@ use std::net::Ipv4Addr;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IpamError {
-    #[error("address pool {0} is exhausted ({1} addresses in use); delete unused pods or give the node a larger pod_cidr")]
+    #[error(
+        "address pool {0} is exhausted ({1} addresses in use); delete unused pods or give the node a larger pod_cidr"
+    )]
     Exhausted(Ipv4Net, usize),
     #[error("address {0} is not in the pool {1}")]
     OutOfRange(Ipv4Addr, Ipv4Net),

@@ -122,7 +122,8 @@ async fn run(cfg: Config) -> Result<()> {
         .context("creating the gateway device myelin_host")?;
 
     let bpf_dir = cfg.bpf_dir();
-    let datapath = myelin_bpf::Datapath::load(&bpf_dir).with_context(|| format!("loading the datapath into {}", bpf_dir.display()))?;
+    let datapath = myelin_bpf::Datapath::load(&bpf_dir)
+        .with_context(|| format!("loading the datapath into {}", bpf_dir.display()))?;
     datapath.set_node_config(&myelin_bpf::NodeConfig {
         node_ip,
         gateway,
@@ -132,7 +133,11 @@ async fn run(cfg: Config) -> Result<()> {
 
     if cfg.masquerade {
         match masq::install(pod_cidr, &cfg.uplink, &cfg.native_routing_cidrs) {
-            Ok(()) => features.push(Feature { name: "masquerade".into(), available: true, detail: format!("nftables, via {}", cfg.uplink) }),
+            Ok(()) => features.push(Feature {
+                name: "masquerade".into(),
+                available: true,
+                detail: format!("nftables, via {}", cfg.uplink),
+            }),
             Err(e) => {
                 warn!(error = %e, "pod-to-world masquerade is NOT enabled");
                 features.push(Feature { name: "masquerade".into(), available: false, detail: e });
@@ -167,7 +172,8 @@ async fn run(cfg: Config) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("removing stale socket {}", cfg.socket.display())),
     }
-    let listener = tokio::net::UnixListener::bind(&cfg.socket).with_context(|| format!("binding {}", cfg.socket.display()))?;
+    let listener =
+        tokio::net::UnixListener::bind(&cfg.socket).with_context(|| format!("binding {}", cfg.socket.display()))?;
     std::fs::set_permissions(&cfg.socket, std::fs::Permissions::from_mode(0o600))?;
     info!(socket = %cfg.socket.display(), "serving the local API");
 

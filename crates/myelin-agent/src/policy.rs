@@ -186,12 +186,8 @@ impl PolicyEngine {
     }
 
     fn rebuild_warnings(&mut self) {
-        self.warnings = self
-            .models
-            .iter()
-            .filter(|p| !p.warnings.is_empty())
-            .map(|p| (p.id(), p.warnings.clone()))
-            .collect();
+        self.warnings =
+            self.models.iter().filter(|p| !p.warnings.is_empty()).map(|p| (p.id(), p.warnings.clone())).collect();
     }
 
     /// Put `value` under `key` (None: remove it); returns the previous value.
@@ -374,7 +370,9 @@ impl PolicyEngine {
                 .map(|(k, _)| k.clone())
                 .collect();
             match matches.len() {
-                0 => return Err(EngineError::NotFound(format!("no policy {id:?} is applied (see `myelin policy get`)"))),
+                0 => {
+                    return Err(EngineError::NotFound(format!("no policy {id:?} is applied (see `myelin policy get`)")))
+                }
                 1 => keys.extend(matches),
                 _ => {
                     return Err(EngineError::NotFound(format!(
@@ -508,8 +506,7 @@ impl PolicyEngine {
                     subset.insert(e.id);
                 }
             }
-            let gone_with_ports =
-                self.compiled_inputs.iter().any(|(id, (_, ports))| *ports && !live.contains(id));
+            let gone_with_ports = self.compiled_inputs.iter().any(|(id, (_, ports))| *ports && !live.contains(id));
             (!gone_with_ports).then_some(subset)
         })();
 
@@ -562,9 +559,10 @@ impl PolicyEngine {
                         port: x.port,
                         port_prefix_len: x.port_prefix_len,
                         deny: x.verdict == pol::Verdict::Deny,
-                        rule_id: x.rule.as_ref().map_or(0, |r| {
-                            *rule_ids.entry(r.index).or_insert_with(|| self.rules.intern(r))
-                        }),
+                        rule_id: x
+                            .rule
+                            .as_ref()
+                            .map_or(0, |r| *rule_ids.entry(r.index).or_insert_with(|| self.rules.intern(r))),
                     })
                     .collect();
                 entries.sort();
@@ -649,9 +647,7 @@ pub fn split_documents(text: &str) -> Vec<String> {
         }
     }
     docs.push(cur);
-    docs.into_iter()
-        .filter(|d| d.lines().any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')))
-        .collect()
+    docs.into_iter().filter(|d| d.lines().any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))).collect()
 }
 
 #[cfg(test)]
@@ -670,7 +666,12 @@ mod tests {
     #[test]
     fn rule_ids_are_stable_and_distinct() {
         let mut t = RuleTable::default();
-        let r = |s: &str| pol::RuleRef { policy: "default/p".into(), kind: pol::PolicyKind::CiliumNetworkPolicy, section: s.into(), index: 9 };
+        let r = |s: &str| pol::RuleRef {
+            policy: "default/p".into(),
+            kind: pol::PolicyKind::CiliumNetworkPolicy,
+            section: s.into(),
+            index: 9,
+        };
         let a = t.intern(&r("spec.ingress[0]"));
         let b = t.intern(&r("spec.ingress[1]"));
         assert_ne!(a, b);

@@ -84,19 +84,34 @@ async fn list(State(s): State<Shared>) -> Json<Vec<Endpoint>> {
     Json(s.endpoints.lock().await.list())
 }
 
-async fn add(State(s): State<Shared>, body: Result<Json<EndpointAddRequest>, axum::extract::rejection::JsonRejection>) -> Reply<Endpoint> {
-    let Json(req) = body.map_err(|e| Failure(StatusCode::BAD_REQUEST, ApiError { code: ErrorCode::BadRequest, message: e.body_text() }))?;
+async fn add(
+    State(s): State<Shared>,
+    body: Result<Json<EndpointAddRequest>, axum::extract::rejection::JsonRejection>,
+) -> Reply<Endpoint> {
+    let Json(req) = body.map_err(|e| {
+        Failure(StatusCode::BAD_REQUEST, ApiError { code: ErrorCode::BadRequest, message: e.body_text() })
+    })?;
     Ok(Json(s.endpoints.lock().await.add(req).await?))
 }
 
 async fn get_one(State(s): State<Shared>, Path(id): Path<u32>) -> Reply<Endpoint> {
-    s.endpoints.lock().await.get(id).cloned().map(Json).ok_or_else(|| EndpointError::NotFound(format!("no endpoint {id}")).into())
+    s.endpoints
+        .lock()
+        .await
+        .get(id)
+        .cloned()
+        .map(Json)
+        .ok_or_else(|| EndpointError::NotFound(format!("no endpoint {id}")).into())
 }
 
 async fn by_container(State(s): State<Shared>, Path((cid, ifname)): Path<(String, String)>) -> Reply<Endpoint> {
-    s.endpoints.lock().await.find(&cid, &ifname).cloned().map(Json).ok_or_else(|| {
-        EndpointError::NotFound(format!("no endpoint for container {cid} interface {ifname}")).into()
-    })
+    s.endpoints
+        .lock()
+        .await
+        .find(&cid, &ifname)
+        .cloned()
+        .map(Json)
+        .ok_or_else(|| EndpointError::NotFound(format!("no endpoint for container {cid} interface {ifname}")).into())
 }
 
 async fn delete(State(s): State<Shared>, Path((cid, ifname)): Path<(String, String)>) -> Reply<Deleted> {
@@ -118,7 +133,9 @@ async fn labels(
     Path(id): Path<u32>,
     body: Result<Json<LabelsUpdate>, axum::extract::rejection::JsonRejection>,
 ) -> Reply<Endpoint> {
-    let Json(update) = body.map_err(|e| Failure(StatusCode::BAD_REQUEST, ApiError { code: ErrorCode::BadRequest, message: e.body_text() }))?;
+    let Json(update) = body.map_err(|e| {
+        Failure(StatusCode::BAD_REQUEST, ApiError { code: ErrorCode::BadRequest, message: e.body_text() })
+    })?;
     Ok(Json(s.endpoints.lock().await.update_labels(id, update)?))
 }
 
@@ -155,7 +172,11 @@ async fn delete_policies(State(s): State<Shared>, body: Body<PolicyDelete>) -> R
     Ok(Json(s.endpoints.lock().await.delete_policies(&req.ids)?))
 }
 
-async fn namespace(State(s): State<Shared>, Path(name): Path<String>, body: Body<NamespaceLabels>) -> Reply<NamespaceLabels> {
+async fn namespace(
+    State(s): State<Shared>,
+    Path(name): Path<String>,
+    body: Body<NamespaceLabels>,
+) -> Reply<NamespaceLabels> {
     let Json(req) = body.map_err(|e| bad_json(&e))?;
     Ok(Json(s.endpoints.lock().await.set_namespace_labels(&name, req.labels)?))
 }
@@ -261,7 +282,9 @@ fn parse_protocol(p: &str) -> Result<u8, EndpointError> {
         "UDP" => Ok(17),
         "SCTP" => Ok(132),
         "ICMP" => Ok(1),
-        n => n.parse().map_err(|_| EndpointError::BadRequest(format!("protocol {p:?} is not TCP, UDP, SCTP, ICMP or a number"))),
+        n => n
+            .parse()
+            .map_err(|_| EndpointError::BadRequest(format!("protocol {p:?} is not TCP, UDP, SCTP, ICMP or a number"))),
     }
 }
 

@@ -74,8 +74,11 @@ impl Store {
         let mut endpoints = Vec::new();
         for row in eps.iter().map_err(|e| self.err(e))? {
             let (k, v) = row.map_err(|e| self.err(e))?;
-            let ep: Endpoint = serde_json::from_str(v.value())
-                .map_err(|source| StoreError::Corrupt { path: self.path.clone(), id: k.value(), source })?;
+            let ep: Endpoint = serde_json::from_str(v.value()).map_err(|source| StoreError::Corrupt {
+                path: self.path.clone(),
+                id: k.value(),
+                source,
+            })?;
             endpoints.push(ep);
         }
         let ipam = tx.open_table(IPAM).map_err(|e| self.err(e))?;

@@ -96,9 +96,8 @@ impl Client {
             serde_json::from_slice(&body)
                 .map_err(|e| ClientError::Protocol(format!("{e} in {}", String::from_utf8_lossy(&body))))
         } else {
-            let err: ApiError = serde_json::from_slice(&body).map_err(|_| {
-                ClientError::Protocol(format!("HTTP {status}: {}", String::from_utf8_lossy(&body)))
-            })?;
+            let err: ApiError = serde_json::from_slice(&body)
+                .map_err(|_| ClientError::Protocol(format!("HTTP {status}: {}", String::from_utf8_lossy(&body))))?;
             Err(ClientError::Api(err, status))
         }
     }
@@ -112,11 +111,8 @@ fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), ClientError> {
     let body = &raw[split + 4..];
     let mut lines = head.split("\r\n");
     let status_line = lines.next().ok_or_else(|| bad("no status line"))?;
-    let status: u16 = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| bad("bad status line"))?;
+    let status: u16 =
+        status_line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| bad("bad status line"))?;
     let chunked = lines.any(|l| {
         let l = l.to_ascii_lowercase();
         l.starts_with("transfer-encoding:") && l.contains("chunked")

@@ -27,21 +27,11 @@ pub fn ensure_bpffs(root: &Path) -> Result<(), BpfError> {
         path: root.to_path_buf(),
         source,
     })?;
-    let err = |e: nix::Error| BpfError::Bpffs {
-        path: root.to_path_buf(),
-        source: io::Error::from(e),
-    };
+    let err = |e: nix::Error| BpfError::Bpffs { path: root.to_path_buf(), source: io::Error::from(e) };
     if is_bpffs(root).map_err(err)? {
         return Ok(());
     }
-    mount(
-        Some("bpffs"),
-        root,
-        Some("bpf"),
-        MsFlags::empty(),
-        Some("mode=0700"),
-    )
-    .map_err(err)?;
+    mount(Some("bpffs"), root, Some("bpf"), MsFlags::empty(), Some("mode=0700")).map_err(err)?;
     if !is_bpffs(root).map_err(err)? {
         return Err(BpfError::Bpffs {
             path: root.to_path_buf(),
@@ -58,10 +48,6 @@ pub fn remove_pin_dir(pin_dir: &Path) -> Result<(), BpfError> {
     match std::fs::remove_dir_all(pin_dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(BpfError::PinDir {
-            action: "removing",
-            path: pin_dir.to_path_buf(),
-            source,
-        }),
+        Err(source) => Err(BpfError::PinDir { action: "removing", path: pin_dir.to_path_buf(), source }),
     }
 }

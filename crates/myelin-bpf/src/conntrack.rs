@@ -57,8 +57,7 @@ impl CtEntry {
     /// TCP closing: RST, or FIN both ways.
     #[must_use]
     pub fn closing(&self) -> bool {
-        self.flags & CT_F_RST != 0
-            || self.flags & (CT_F_FIN_FWD | CT_F_FIN_REV) == (CT_F_FIN_FWD | CT_F_FIN_REV)
+        self.flags & CT_F_RST != 0 || self.flags & (CT_F_FIN_FWD | CT_F_FIN_REV) == (CT_F_FIN_FWD | CT_F_FIN_REV)
     }
 
     fn from_raw(k: &types::ct4_key, v: &types::ct4_entry, now_ns: u64) -> Self {
@@ -187,10 +186,7 @@ impl Datapath {
         for kb in self.ct4.keys() {
             let k: types::ct4_key = decode("ct4", &kb)?;
             // An entry evicted or deleted between keys() and lookup() is skipped.
-            let Some(vb) = self
-                .ct4
-                .lookup(&kb, MapFlags::ANY)
-                .map_err(map_err("ct4", format!("reading {k:?}")))?
+            let Some(vb) = self.ct4.lookup(&kb, MapFlags::ANY).map_err(map_err("ct4", format!("reading {k:?}")))?
             else {
                 continue;
             };
@@ -204,11 +200,7 @@ impl Datapath {
     /// sorted by (protocol, source, destination).
     pub fn ct_entries(&self) -> Result<Vec<CtEntry>, BpfError> {
         let now = sys::monotonic_ns();
-        let mut out: Vec<CtEntry> = self
-            .ct_raw()?
-            .iter()
-            .map(|(_, k, v)| CtEntry::from_raw(k, v, now))
-            .collect();
+        let mut out: Vec<CtEntry> = self.ct_raw()?.iter().map(|(_, k, v)| CtEntry::from_raw(k, v, now)).collect();
         out.sort_by_key(|e| (e.protocol, e.saddr, e.sport, e.daddr, e.dport));
         Ok(out)
     }
@@ -250,11 +242,7 @@ impl Datapath {
         match self.ct4.delete(kb) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(false),
-            Err(source) => Err(BpfError::Map {
-                map: "ct4",
-                op: format!("deleting {k:?}"),
-                source,
-            }),
+            Err(source) => Err(BpfError::Map { map: "ct4", op: format!("deleting {k:?}"), source }),
         }
     }
 }

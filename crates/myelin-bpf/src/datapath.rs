@@ -59,9 +59,7 @@ const _: () = {
 
 fn ip_key(ip: Ipv4Addr) -> types::endpoint_key {
     // Network byte order in memory: the octets as they are.
-    types::endpoint_key {
-        ip4: u32::from_ne_bytes(ip.octets()),
-    }
+    types::endpoint_key { ip4: u32::from_ne_bytes(ip.octets()) }
 }
 
 fn key_ip(k: types::endpoint_key) -> Ipv4Addr {
@@ -72,10 +70,7 @@ fn ip_u32(ip: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(ip.octets())
 }
 
-pub(crate) fn map_err(
-    map: &'static str,
-    op: impl Into<String>,
-) -> impl FnOnce(libbpf_rs::Error) -> BpfError {
+pub(crate) fn map_err(map: &'static str, op: impl Into<String>) -> impl FnOnce(libbpf_rs::Error) -> BpfError {
     let op = op.into();
     move |source| BpfError::Map { map, op, source }
 }
@@ -101,7 +96,9 @@ fn check_pin_dir(pin_dir: &Path) -> Result<(), BpfError> {
 
 fn check_ifname(ifname: &str) -> Result<(), BpfError> {
     if ifname.is_empty() || ifname.len() > 15 || ifname.contains(['/', '.', '\0']) {
-        return Err(BpfError::Invalid(format!("{ifname:?} is not a usable interface name (1-15 bytes, no '/', no '.': bpffs refuses dots)")));
+        return Err(BpfError::Invalid(format!(
+            "{ifname:?} is not a usable interface name (1-15 bytes, no '/', no '.': bpffs refuses dots)"
+        )));
     }
     Ok(())
 }
@@ -119,16 +116,10 @@ impl Datapath {
             path: links.clone(),
             source,
         })?;
-        let load_err = |source| BpfError::Load {
-            pin_dir: pin_dir.to_path_buf(),
-            source,
-        };
+        let load_err = |source| BpfError::Load { pin_dir: pin_dir.to_path_buf(), source };
 
         let mut builder = LxcSkelBuilder::default();
-        builder
-            .obj_builder
-            .pin_root_path(pin_dir)
-            .map_err(load_err)?;
+        builder.obj_builder.pin_root_path(pin_dir).map_err(load_err)?;
         let mut storage = std::mem::MaybeUninit::uninit();
         let open = builder.open(&mut storage).map_err(load_err)?;
         let skel = open.load().map_err(load_err)?;
@@ -143,8 +134,7 @@ impl Datapath {
         let policy_maps = dup("policy_maps", &skel.maps.policy_maps)?;
         let policy_stats = dup("policy_stats", &skel.maps.policy_stats)?;
         let ct4 = dup("ct4", &skel.maps.ct4)?;
-        let from_container =
-            ProgramHandle::try_from(&skel.progs.from_container).map_err(load_err)?;
+        let from_container = ProgramHandle::try_from(&skel.progs.from_container).map_err(load_err)?;
         let to_container = ProgramHandle::try_from(&skel.progs.to_container).map_err(load_err)?;
         drop(skel);
 
@@ -165,24 +155,14 @@ impl Datapath {
     /// Size and verifier cost of each loaded program (for `myelin status`,
     /// and to keep an eye on the datapath's complexity).
     pub fn program_stats(&self) -> Result<Vec<crate::ProgramStat>, BpfError> {
-        [
-            ("from_container", &self.from_container),
-            ("to_container", &self.to_container),
-        ]
-        .into_iter()
-        .map(|(name, prog)| {
-            let (verified_insns, xlated_insns, jited_bytes) = sys::prog_sizes(prog.as_fd())
-                .map_err(|e| {
-                    BpfError::Invalid(format!("reading the info of program {name}: {e}"))
-                })?;
-            Ok(crate::ProgramStat {
-                name,
-                verified_insns,
-                xlated_insns,
-                jited_bytes,
+        [("from_container", &self.from_container), ("to_container", &self.to_container)]
+            .into_iter()
+            .map(|(name, prog)| {
+                let (verified_insns, xlated_insns, jited_bytes) = sys::prog_sizes(prog.as_fd())
+                    .map_err(|e| BpfError::Invalid(format!("reading the info of program {name}: {e}")))?;
+                Ok(crate::ProgramStat { name, verified_insns, xlated_insns, jited_bytes })
             })
-        })
-        .collect()
+            .collect()
     }
 
     /// The pin directory this datapath was loaded with.
@@ -196,16 +176,9 @@ impl Datapath {
     /// [`Datapath::set_ct_timeouts`]) as they are.
     pub fn set_node_config(&self, cfg: &NodeConfig) -> Result<(), BpfError> {
         if cfg.pod_cidr_prefix > 32 {
-            return Err(BpfError::Invalid(format!(
-                "pod CIDR prefix /{} is longer than 32",
-                cfg.pod_cidr_prefix
-            )));
+            return Err(BpfError::Invalid(format!("pod CIDR prefix /{} is longer than 32", cfg.pod_cidr_prefix)));
         }
-        let mask = Ipv4Addr::from(
-            u32::MAX
-                .checked_shl(32 - u32::from(cfg.pod_cidr_prefix))
-                .unwrap_or(0),
-        );
+        let mask = Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(cfg.pod_cidr_prefix)).unwrap_or(0));
         let old = self
             .node_config
             .lookup(sys::as_bytes(&0u32), MapFlags::ANY)
@@ -236,10 +209,8 @@ impl Datapath {
             node_ip: Ipv4Addr::from(v.node_ip4.to_ne_bytes()),
             gateway: Ipv4Addr::from(v.gateway_ip4.to_ne_bytes()),
             pod_cidr: Ipv4Addr::from(v.pod_cidr4.to_ne_bytes()),
-            pod_cidr_prefix: u8::try_from(
-                u32::from_be_bytes(v.pod_cidr4_mask.to_ne_bytes()).count_ones(),
-            )
-            .unwrap_or(32),
+            pod_cidr_prefix: u8::try_from(u32::from_be_bytes(v.pod_cidr4_mask.to_ne_bytes()).count_ones())
+                .unwrap_or(32),
         })
     }
 
@@ -263,11 +234,7 @@ impl Datapath {
         match self.endpoints.delete(sys::as_bytes(&ip_key(ip))) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(false),
-            Err(source) => Err(BpfError::Map {
-                map: "endpoints",
-                op: format!("deleting {ip}"),
-                source,
-            }),
+            Err(source) => Err(BpfError::Map { map: "endpoints", op: format!("deleting {ip}"), source }),
         }
     }
 
@@ -277,8 +244,7 @@ impl Datapath {
             .endpoints
             .lookup(sys::as_bytes(&ip_key(ip)), MapFlags::ANY)
             .map_err(map_err("endpoints", format!("looking up {ip}")))?;
-        raw.map(|r| decode::<types::endpoint_info>("endpoints", &r).map(EndpointEntry::from))
-            .transpose()
+        raw.map(|r| decode::<types::endpoint_info>("endpoints", &r).map(EndpointEntry::from)).transpose()
     }
 
     /// All endpoints, sorted by address.
@@ -338,23 +304,17 @@ impl Datapath {
             remove_pin(&path)?;
         }
         let dir = self.link_dir(ifname);
-        std::fs::create_dir_all(&dir).map_err(|source| BpfError::PinDir {
-            action: "creating",
-            path: dir,
-            source,
-        })?;
+        std::fs::create_dir_all(&dir).map_err(|source| BpfError::PinDir { action: "creating", path: dir, source })?;
         let (prog, prog_name, hook_name) = match hook {
             TcxHook::Ingress => (&self.from_container, "from_container", "ingress"),
             TcxHook::Egress => (&self.to_container, "to_container", "egress"),
         };
-        let link = sys::tcx_link_create(prog.as_fd(), ifindex, hook).map_err(|source| {
-            BpfError::Attach {
-                prog: prog_name,
-                hook: hook_name,
-                ifname: ifname.to_string(),
-                ifindex,
-                source,
-            }
+        let link = sys::tcx_link_create(prog.as_fd(), ifindex, hook).map_err(|source| BpfError::Attach {
+            prog: prog_name,
+            hook: hook_name,
+            ifname: ifname.to_string(),
+            ifindex,
+            source,
         })?;
         sys::obj_pin(link.as_fd(), &path).map_err(|source| BpfError::PinLink {
             ifname: ifname.to_string(),
@@ -400,9 +360,9 @@ impl Datapath {
         if check_ifname(ifname).is_err() {
             return false;
         }
-        [TcxHook::Ingress, TcxHook::Egress].into_iter().all(|hook| {
-            matches!(Self::pinned_link_ifindex(&self.link_path(ifname, hook), hook), Some(i) if i != 0)
-        })
+        [TcxHook::Ingress, TcxHook::Egress]
+            .into_iter()
+            .all(|hook| matches!(Self::pinned_link_ifindex(&self.link_path(ifname, hook), hook), Some(i) if i != 0))
     }
 
     /// Remove both link pins of `ifname` (which detaches the programs unless
@@ -415,11 +375,7 @@ impl Datapath {
         match std::fs::remove_dir(&dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(BpfError::PinDir {
-                action: "removing",
-                path: dir,
-                source,
-            }),
+            Err(source) => Err(BpfError::PinDir { action: "removing", path: dir, source }),
         }
     }
 
@@ -431,18 +387,10 @@ impl Datapath {
         let rd = match std::fs::read_dir(&links) {
             Ok(rd) => rd,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(source) => {
-                return Err(BpfError::PinDir {
-                    action: "reading",
-                    path: links,
-                    source,
-                })
-            }
+            Err(source) => return Err(BpfError::PinDir { action: "reading", path: links, source }),
         };
-        let mut names: Vec<String> = rd
-            .filter_map(Result::ok)
-            .filter_map(|e| e.file_name().into_string().ok())
-            .collect();
+        let mut names: Vec<String> =
+            rd.filter_map(Result::ok).filter_map(|e| e.file_name().into_string().ok()).collect();
         names.sort();
         Ok(names)
     }
@@ -488,13 +436,7 @@ impl Datapath {
             match self.metrics.delete(&k) {
                 Ok(()) => {}
                 Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => {}
-                Err(source) => {
-                    return Err(BpfError::Map {
-                        map: "metrics",
-                        op: format!("deleting {key:?}"),
-                        source,
-                    })
-                }
+                Err(source) => return Err(BpfError::Map { map: "metrics", op: format!("deleting {key:?}"), source }),
             }
         }
         Ok(())
@@ -524,39 +466,25 @@ pub fn endpoint_run_stats(pin_dir: &Path, ifname: &str) -> Result<[ProgramRunSta
         let path = pin_dir.join("links").join(ifname).join(leaf);
         let bad = |what: String| BpfError::Invalid(format!("{}: {what}", path.display()));
         let link = Link::open(&path).map_err(|e| bad(format!("opening the pinned link: {e}")))?;
-        let info = link
-            .info()
-            .map_err(|e| bad(format!("reading the link info: {e}")))?;
+        let info = link.info().map_err(|e| bad(format!("reading the link info: {e}")))?;
         let fd = libbpf_rs::Program::fd_from_id(info.prog_id)
             .map_err(|e| bad(format!("opening program id {}: {e}", info.prog_id)))?;
         let (run_time_ns, run_cnt) = sys::prog_run_stats(fd.as_fd())
             .map_err(|e| bad(format!("reading the info of program id {}: {e}", info.prog_id)))?;
-        Ok(ProgramRunStats {
-            prog_id: info.prog_id,
-            run_time_ns,
-            run_cnt,
-        })
+        Ok(ProgramRunStats { prog_id: info.prog_id, run_time_ns, run_cnt })
     };
     Ok([one("ingress")?, one("egress")?])
 }
 
 pub(crate) fn decode<T: sys::Pod>(map: &'static str, raw: &[u8]) -> Result<T, BpfError> {
-    sys::from_bytes(raw).ok_or(BpfError::Layout {
-        map,
-        got: raw.len(),
-        expected: std::mem::size_of::<T>(),
-    })
+    sys::from_bytes(raw).ok_or(BpfError::Layout { map, got: raw.len(), expected: std::mem::size_of::<T>() })
 }
 
 fn remove_pin(path: &Path) -> Result<(), BpfError> {
     match std::fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(BpfError::PinDir {
-            action: "removing",
-            path: path.to_path_buf(),
-            source,
-        }),
+        Err(source) => Err(BpfError::PinDir { action: "removing", path: path.to_path_buf(), source }),
     }
 }
 

@@ -23,14 +23,7 @@ mod policy;
 mod probe;
 mod sys;
 
-#[allow(
-    unsafe_code,
-    unused_imports,
-    clippy::all,
-    clippy::pedantic,
-    clippy::unwrap_used,
-    clippy::expect_used
-)]
+#[allow(unsafe_code, unused_imports, clippy::all, clippy::pedantic, clippy::unwrap_used, clippy::expect_used)]
 mod skel {
     include!(concat!(env!("OUT_DIR"), "/lxc.skel.rs"));
 }
@@ -52,21 +45,8 @@ pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
 /// becomes `node1_example_com`; '/' is replaced too).
 #[must_use]
 pub fn node_pin_dir(bpffs_root: &std::path::Path, node: &str) -> std::path::PathBuf {
-    let safe: String = node
-        .chars()
-        .map(|c| {
-            if c == '.' || c == '/' || c == '\0' {
-                '_'
-            } else {
-                c
-            }
-        })
-        .collect();
-    bpffs_root.join("myelin").join(if safe.is_empty() {
-        "_".to_string()
-    } else {
-        safe
-    })
+    let safe: String = node.chars().map(|c| if c == '.' || c == '/' || c == '\0' { '_' } else { c }).collect();
+    bpffs_root.join("myelin").join(if safe.is_empty() { "_".to_string() } else { safe })
 }
 
 /// A local endpoint as stored in the `endpoints` map (keyed by its IPv4 address).
@@ -128,8 +108,7 @@ pub struct MetricRow {
 }
 
 use skel::types::{
-    ct_flags as Ct, metric_dir as Dir, myelin_reason as R, policy_verdict as V,
-    reserved_identity as Id,
+    ct_flags as Ct, metric_dir as Dir, myelin_reason as R, policy_verdict as V, reserved_identity as Id,
 };
 
 /// Reserved endpoint flag: the node itself (never redirected to).

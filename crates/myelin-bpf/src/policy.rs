@@ -71,13 +71,9 @@ impl PolicyMapEntry {
             }
             PREFIX_ANY_PROTO
         } else {
-            let mask = u16::MAX
-                .checked_shl(16 - u32::from(self.port_prefix_len))
-                .unwrap_or(0);
+            let mask = u16::MAX.checked_shl(16 - u32::from(self.port_prefix_len)).unwrap_or(0);
             if self.port & !mask != 0 {
-                return Err(bad(
-                    "port has bits set beyond port_prefix_len (not an aligned block)",
-                ));
+                return Err(bad("port has bits set beyond port_prefix_len (not an aligned block)"));
             }
             PREFIX_ANY_PORT + u32::from(self.port_prefix_len)
         };
@@ -91,8 +87,7 @@ impl PolicyMapEntry {
     }
 
     fn from_raw(k: &types::policy_key, v: &types::policy_entry) -> Self {
-        let port_prefix_len =
-            u8::try_from(k.prefixlen.saturating_sub(PREFIX_ANY_PORT).min(16)).unwrap_or(16);
+        let port_prefix_len = u8::try_from(k.prefixlen.saturating_sub(PREFIX_ANY_PORT).min(16)).unwrap_or(16);
         let any_proto = k.prefixlen <= PREFIX_ANY_PROTO;
         Self {
             identity: k.identity,
@@ -124,8 +119,7 @@ pub struct PolicyStatRow {
 }
 
 fn trie_fd(trie: &MapHandle) -> Result<u32, BpfError> {
-    u32::try_from(trie.as_fd().as_raw_fd())
-        .map_err(|_| BpfError::Invalid("negative map fd".to_string()))
+    u32::try_from(trie.as_fd().as_raw_fd()).map_err(|_| BpfError::Invalid("negative map fd".to_string()))
 }
 
 /// A new, filled policy trie of one endpoint, not yet visible to the datapath.
@@ -152,38 +146,19 @@ fn build_trie(
             }
         }
     }
-    for (dir, enforced) in [
-        (DIR_INGRESS, ingress_enforced),
-        (DIR_EGRESS, egress_enforced),
-    ] {
+    for (dir, enforced) in [(DIR_INGRESS, ingress_enforced), (DIR_EGRESS, egress_enforced)] {
         if enforced {
             continue;
         }
-        let k = types::policy_key {
-            prefixlen: PREFIX_ANY_PROTO,
-            identity: 0,
-            direction: dir,
-            protocol: 0,
-            dport: 0,
-        };
-        trie.entry((k.prefixlen, 0, dir, 0, 0))
-            .and_modify(|(_, v)| v.flags |= F_UNENFORCED)
-            .or_insert((
-                k,
-                types::policy_entry {
-                    verdict: VERDICT_ALLOW,
-                    flags: F_UNENFORCED | F_SYNTHETIC,
-                    _pad: [0; 2],
-                    rule_id: 0,
-                },
-            ));
+        let k = types::policy_key { prefixlen: PREFIX_ANY_PROTO, identity: 0, direction: dir, protocol: 0, dport: 0 };
+        trie.entry((k.prefixlen, 0, dir, 0, 0)).and_modify(|(_, v)| v.flags |= F_UNENFORCED).or_insert((
+            k,
+            types::policy_entry { verdict: VERDICT_ALLOW, flags: F_UNENFORCED | F_SYNTHETIC, _pad: [0; 2], rule_id: 0 },
+        ));
     }
 
     let max_entries = u32::try_from(trie.len().max(1)).map_err(|_| {
-        BpfError::Invalid(format!(
-            "endpoint {endpoint_id}: {} policy entries is more than a map holds",
-            trie.len()
-        ))
+        BpfError::Invalid(format!("endpoint {endpoint_id}: {} policy entries is more than a map holds", trie.len()))
     })?;
     let opts = libbpf_rs::libbpf_sys::bpf_map_create_opts {
         sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_map_create_opts>() as _,
@@ -205,28 +180,18 @@ fn build_trie(
     for (k, v) in trie.values() {
         inner
             .update(sys::as_bytes(k), sys::as_bytes(v), MapFlags::ANY)
-            .map_err(map_err(
-                "policy_maps",
-                format!("endpoint {endpoint_id}: writing {k:?}"),
-            ))?;
+            .map_err(map_err("policy_maps", format!("endpoint {endpoint_id}: writing {k:?}")))?;
     }
     Ok(inner)
 }
 
 fn ipcache_key(ip: Ipv4Addr, prefix_len: u8) -> Result<types::ipcache_key, BpfError> {
     if prefix_len > 32 {
-        return Err(BpfError::Invalid(format!(
-            "ipcache prefix {ip}/{prefix_len}: longer than 32"
-        )));
+        return Err(BpfError::Invalid(format!("ipcache prefix {ip}/{prefix_len}: longer than 32")));
     }
-    let mask = u32::MAX
-        .checked_shl(32 - u32::from(prefix_len))
-        .unwrap_or(0);
+    let mask = u32::MAX.checked_shl(32 - u32::from(prefix_len)).unwrap_or(0);
     let net = Ipv4Addr::from(u32::from(ip) & mask);
-    Ok(types::ipcache_key {
-        prefixlen: u32::from(prefix_len),
-        ip4: u32::from_ne_bytes(net.octets()),
-    })
+    Ok(types::ipcache_key { prefixlen: u32::from(prefix_len), ip4: u32::from_ne_bytes(net.octets()) })
 }
 
 /// The desired policy of one endpoint for [`Datapath::set_endpoint_policies`]:
@@ -262,15 +227,8 @@ impl Datapath {
         let inner = build_trie(endpoint_id, ingress_enforced, egress_enforced, entries)?;
         let fd = trie_fd(&inner)?;
         self.policy_maps
-            .update(
-                sys::as_bytes(&endpoint_id),
-                sys::as_bytes(&fd),
-                MapFlags::ANY,
-            )
-            .map_err(map_err(
-                "policy_maps",
-                format!("swapping in the policy of endpoint {endpoint_id}"),
-            ))
+            .update(sys::as_bytes(&endpoint_id), sys::as_bytes(&fd), MapFlags::ANY)
+            .map_err(map_err("policy_maps", format!("swapping in the policy of endpoint {endpoint_id}")))
         // Dropping `inner` closes our fd; the outer map holds the trie.
     }
 
@@ -303,20 +261,12 @@ impl Datapath {
         let mut seen = std::collections::BTreeSet::new();
         for (id, _) in updates {
             if !seen.insert(*id) {
-                return Err(BpfError::Invalid(format!(
-                    "endpoint {id} appears twice in one batch of policy updates"
-                )));
+                return Err(BpfError::Invalid(format!("endpoint {id} appears twice in one batch of policy updates")));
             }
         }
-        let sets: Vec<(u32, &DesiredPolicy)> = updates
-            .iter()
-            .filter_map(|(id, p)| p.as_ref().map(|p| (*id, p)))
-            .collect();
-        let clears: Vec<u32> = updates
-            .iter()
-            .filter(|(_, p)| p.is_none())
-            .map(|(id, _)| *id)
-            .collect();
+        let sets: Vec<(u32, &DesiredPolicy)> =
+            updates.iter().filter_map(|(id, p)| p.as_ref().map(|p| (*id, p))).collect();
+        let clears: Vec<u32> = updates.iter().filter(|(_, p)| p.is_none()).map(|(id, _)| *id).collect();
 
         let chunk = sys::fd_budget(sets.len(), FD_RESERVE).max(1);
         for part in sets.chunks(chunk) {
@@ -331,18 +281,16 @@ impl Datapath {
                 keys.extend_from_slice(sys::as_bytes(id));
                 values.extend_from_slice(sys::as_bytes(&trie_fd(trie)?));
             }
-            let count = u32::try_from(part.len())
-                .map_err(|_| BpfError::Invalid("too many endpoints in one batch".into()))?;
-            self.policy_maps
-                .update_batch(&keys, &values, count, MapFlags::ANY, MapFlags::ANY)
-                .map_err(map_err(
-                    "policy_maps",
-                    format!(
-                        "swapping in the policies of {} endpoints (first {}) with one batch update",
-                        part.len(),
-                        part[0].0
-                    ),
-                ))?;
+            let count =
+                u32::try_from(part.len()).map_err(|_| BpfError::Invalid("too many endpoints in one batch".into()))?;
+            self.policy_maps.update_batch(&keys, &values, count, MapFlags::ANY, MapFlags::ANY).map_err(map_err(
+                "policy_maps",
+                format!(
+                    "swapping in the policies of {} endpoints (first {}) with one batch update",
+                    part.len(),
+                    part[0].0
+                ),
+            ))?;
             // Dropping `tries` closes our fds; the outer map holds the tries.
         }
 
@@ -369,16 +317,10 @@ impl Datapath {
         if present.is_empty() {
             return Ok(());
         }
-        let keys: Vec<u8> = present
-            .iter()
-            .flat_map(|id| id.to_ne_bytes())
-            .collect();
-        let count = u32::try_from(present.len())
-            .map_err(|_| BpfError::Invalid("too many endpoints in one batch".into()))?;
-        match self
-            .policy_maps
-            .delete_batch(&keys, count, MapFlags::ANY, MapFlags::ANY)
-        {
+        let keys: Vec<u8> = present.iter().flat_map(|id| id.to_ne_bytes()).collect();
+        let count =
+            u32::try_from(present.len()).map_err(|_| BpfError::Invalid("too many endpoints in one batch".into()))?;
+        match self.policy_maps.delete_batch(&keys, count, MapFlags::ANY, MapFlags::ANY) {
             Ok(()) => Ok(()),
             // Someone else removed one meanwhile (the batch stops at it):
             // finish one by one, ignoring the absent ones.
@@ -387,10 +329,7 @@ impl Datapath {
             }
             Err(source) => Err(BpfError::Map {
                 map: "policy_maps",
-                op: format!(
-                    "deleting the policies of {} endpoints with one batch delete",
-                    present.len()
-                ),
+                op: format!("deleting the policies of {} endpoints with one batch delete", present.len()),
                 source,
             }),
         }
@@ -412,19 +351,13 @@ impl Datapath {
 
     /// The policy of `endpoint_id` as installed: `(ingress_enforced,
     /// egress_enforced, entries sorted)`, or `None` if it has no policy.
-    pub fn endpoint_policy(
-        &self,
-        endpoint_id: u32,
-    ) -> Result<Option<(bool, bool, Vec<PolicyMapEntry>)>, BpfError> {
+    pub fn endpoint_policy(&self, endpoint_id: u32) -> Result<Option<(bool, bool, Vec<PolicyMapEntry>)>, BpfError> {
         let mut attempt = 0;
         let inner = loop {
             let Some(raw) = self
                 .policy_maps
                 .lookup(sys::as_bytes(&endpoint_id), MapFlags::ANY)
-                .map_err(map_err(
-                    "policy_maps",
-                    format!("looking up endpoint {endpoint_id}"),
-                ))?
+                .map_err(map_err("policy_maps", format!("looking up endpoint {endpoint_id}")))?
             else {
                 return Ok(None);
             };
@@ -438,9 +371,7 @@ impl Datapath {
                 Err(source) => {
                     return Err(BpfError::Map {
                         map: "policy_maps",
-                        op: format!(
-                            "opening the policy trie (map id {id}) of endpoint {endpoint_id}"
-                        ),
+                        op: format!("opening the policy trie (map id {id}) of endpoint {endpoint_id}"),
                         source,
                     })
                 }
@@ -450,10 +381,9 @@ impl Datapath {
         let mut out = Vec::new();
         for kb in inner.keys() {
             let k: types::policy_key = decode("policy_maps", &kb)?;
-            let Some(vb) = inner.lookup(&kb, MapFlags::ANY).map_err(map_err(
-                "policy_maps",
-                format!("endpoint {endpoint_id}: reading {k:?}"),
-            ))?
+            let Some(vb) = inner
+                .lookup(&kb, MapFlags::ANY)
+                .map_err(map_err("policy_maps", format!("endpoint {endpoint_id}: reading {k:?}")))?
             else {
                 continue;
             };
@@ -475,11 +405,8 @@ impl Datapath {
 
     /// Endpoint ids that have a policy installed, sorted.
     pub fn policy_endpoints(&self) -> Result<Vec<u32>, BpfError> {
-        let mut ids = self
-            .policy_maps
-            .keys()
-            .map(|k| decode::<u32>("policy_maps", &k))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut ids =
+            self.policy_maps.keys().map(|k| decode::<u32>("policy_maps", &k)).collect::<Result<Vec<_>, _>>()?;
         ids.sort_unstable();
         Ok(ids)
     }
@@ -487,20 +414,12 @@ impl Datapath {
     /// Map the prefix `ip/prefix_len` to `identity` (host bits of `ip` are
     /// ignored). Longest prefix wins; addresses in no prefix are world (2).
     /// The node's own addresses belong here as identity host (1).
-    pub fn upsert_ipcache(
-        &self,
-        ip: Ipv4Addr,
-        prefix_len: u8,
-        identity: u32,
-    ) -> Result<(), BpfError> {
+    pub fn upsert_ipcache(&self, ip: Ipv4Addr, prefix_len: u8, identity: u32) -> Result<(), BpfError> {
         let k = ipcache_key(ip, prefix_len)?;
         let v = types::ipcache_value { identity, flags: 0 };
         self.ipcache
             .update(sys::as_bytes(&k), sys::as_bytes(&v), MapFlags::ANY)
-            .map_err(map_err(
-                "ipcache",
-                format!("upserting {ip}/{prefix_len} -> {identity}"),
-            ))
+            .map_err(map_err("ipcache", format!("upserting {ip}/{prefix_len} -> {identity}")))
     }
 
     /// Delete the prefix `ip/prefix_len`; false if it was absent.
@@ -509,11 +428,7 @@ impl Datapath {
         match self.ipcache.delete(sys::as_bytes(&k)) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(false),
-            Err(source) => Err(BpfError::Map {
-                map: "ipcache",
-                op: format!("deleting {ip}/{prefix_len}"),
-                source,
-            }),
+            Err(source) => Err(BpfError::Map { map: "ipcache", op: format!("deleting {ip}/{prefix_len}"), source }),
         }
     }
 
@@ -522,19 +437,13 @@ impl Datapath {
         let mut out = Vec::new();
         for kb in self.ipcache.keys() {
             let k: types::ipcache_key = decode("ipcache", &kb)?;
-            let Some(vb) = self
-                .ipcache
-                .lookup(&kb, MapFlags::ANY)
-                .map_err(map_err("ipcache", format!("reading {k:?}")))?
+            let Some(vb) =
+                self.ipcache.lookup(&kb, MapFlags::ANY).map_err(map_err("ipcache", format!("reading {k:?}")))?
             else {
                 continue;
             };
             let v: types::ipcache_value = decode("ipcache", &vb)?;
-            out.push((
-                Ipv4Addr::from(k.ip4.to_ne_bytes()),
-                u8::try_from(k.prefixlen).unwrap_or(32),
-                v.identity,
-            ));
+            out.push((Ipv4Addr::from(k.ip4.to_ne_bytes()), u8::try_from(k.prefixlen).unwrap_or(32), v.identity));
         }
         out.sort_unstable();
         Ok(out)
@@ -584,11 +493,7 @@ impl Datapath {
                 Ok(()) => {}
                 Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => {}
                 Err(source) => {
-                    return Err(BpfError::Map {
-                        map: "policy_stats",
-                        op: format!("deleting {k:?}"),
-                        source,
-                    })
+                    return Err(BpfError::Map { map: "policy_stats", op: format!("deleting {k:?}"), source })
                 }
             }
         }

@@ -19,11 +19,7 @@ pub struct FeatureProbe {
 }
 
 fn row(name: &str, available: bool, detail: impl Into<String>) -> FeatureProbe {
-    FeatureProbe {
-        name: name.to_string(),
-        available,
-        detail: detail.into(),
-    }
+    FeatureProbe { name: name.to_string(), available, detail: detail.into() }
 }
 
 fn from_probe(name: &str, what: &str, r: std::io::Result<bool>) -> FeatureProbe {
@@ -37,11 +33,9 @@ fn from_probe(name: &str, what: &str, r: std::io::Result<bool>) -> FeatureProbe 
 fn from_load(name: &str, what: &str, r: std::io::Result<()>) -> FeatureProbe {
     match r {
         Ok(()) => row(name, true, format!("{what}: loads")),
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => row(
-            name,
-            false,
-            format!("{what}: refused with EPERM (kernel lockdown or missing CAP_BPF/CAP_PERFMON)"),
-        ),
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            row(name, false, format!("{what}: refused with EPERM (kernel lockdown or missing CAP_BPF/CAP_PERFMON)"))
+        }
         Err(e) => row(name, false, format!("{what}: {e}")),
     }
 }
@@ -55,40 +49,17 @@ pub fn probe_features() -> Vec<FeatureProbe> {
     let mut out = Vec::new();
 
     out.push(match sys::tcx_query_lo() {
-        Ok(()) => row(
-            "tcx",
-            true,
-            "TCX link query on lo: supported (kernel >= 6.6)",
-        ),
-        Err(e) => row(
-            "tcx",
-            false,
-            format!("TCX link query on lo: {e}; fall back to clsact (netlink tc)"),
-        ),
+        Ok(()) => row("tcx", true, "TCX link query on lo: supported (kernel >= 6.6)"),
+        Err(e) => row("tcx", false, format!("TCX link query on lo: {e}; fall back to clsact (netlink tc)")),
     });
-    out.push(from_probe(
-        "tc",
-        "BPF_PROG_TYPE_SCHED_CLS",
-        sys::probe_prog_type(libbpf_sys::BPF_PROG_TYPE_SCHED_CLS),
-    ));
+    out.push(from_probe("tc", "BPF_PROG_TYPE_SCHED_CLS", sys::probe_prog_type(libbpf_sys::BPF_PROG_TYPE_SCHED_CLS)));
     out.push(from_probe(
         "bpf_redirect_peer",
         "helper bpf_redirect_peer in tc programs",
-        sys::probe_helper(
-            libbpf_sys::BPF_PROG_TYPE_SCHED_CLS,
-            libbpf_sys::BPF_FUNC_redirect_peer,
-        ),
+        sys::probe_helper(libbpf_sys::BPF_PROG_TYPE_SCHED_CLS, libbpf_sys::BPF_FUNC_redirect_peer),
     ));
-    out.push(from_probe(
-        "xdp",
-        "BPF_PROG_TYPE_XDP",
-        sys::probe_prog_type(libbpf_sys::BPF_PROG_TYPE_XDP),
-    ));
-    out.push(from_probe(
-        "ringbuf",
-        "BPF_MAP_TYPE_RINGBUF",
-        sys::probe_map_type(libbpf_sys::BPF_MAP_TYPE_RINGBUF),
-    ));
+    out.push(from_probe("xdp", "BPF_PROG_TYPE_XDP", sys::probe_prog_type(libbpf_sys::BPF_PROG_TYPE_XDP)));
+    out.push(from_probe("ringbuf", "BPF_MAP_TYPE_RINGBUF", sys::probe_map_type(libbpf_sys::BPF_MAP_TYPE_RINGBUF)));
     out.push(from_probe(
         "tracepoint",
         "BPF_PROG_TYPE_TRACEPOINT",
@@ -126,41 +97,28 @@ pub fn probe_features() -> Vec<FeatureProbe> {
     out.push(from_load(
         "fentry",
         "fentry program on bpf_fentry_test1",
-        sys::probe_btf_prog_load(
-            libbpf_sys::BPF_PROG_TYPE_TRACING,
-            libbpf_sys::BPF_TRACE_FENTRY,
-            "bpf_fentry_test1",
-        ),
+        sys::probe_btf_prog_load(libbpf_sys::BPF_PROG_TYPE_TRACING, libbpf_sys::BPF_TRACE_FENTRY, "bpf_fentry_test1"),
     ));
     let mut lsm = from_load(
         "lsm",
         "BPF LSM program on bpf_lsm_file_open",
-        sys::probe_btf_prog_load(
-            libbpf_sys::BPF_PROG_TYPE_LSM,
-            libbpf_sys::BPF_LSM_MAC,
-            "file_open",
-        ),
+        sys::probe_btf_prog_load(libbpf_sys::BPF_PROG_TYPE_LSM, libbpf_sys::BPF_LSM_MAC, "file_open"),
     );
     if lsm.available {
         // Loading works with CONFIG_BPF_LSM; attaching also needs "bpf" in the active LSM list.
         match std::fs::read_to_string("/sys/kernel/security/lsm") {
-            Ok(list) if list.split(',').any(|l| l.trim() == "bpf") => {
-                lsm.detail.push_str(", \"bpf\" is an active LSM")
-            }
+            Ok(list) if list.split(',').any(|l| l.trim() == "bpf") => lsm.detail.push_str(", \"bpf\" is an active LSM"),
             Ok(list) => {
                 lsm.available = false;
                 lsm.detail = format!("BPF LSM loads but \"bpf\" is not in the active LSMs ({}); add lsm=...,bpf to the kernel command line", list.trim());
             }
-            Err(_) => lsm.detail.push_str(
-                " (active LSM list unreadable: securityfs not mounted; attach may still fail)",
-            ),
+            Err(_) => {
+                lsm.detail.push_str(" (active LSM list unreadable: securityfs not mounted; attach may still fail)")
+            }
         }
     }
     out.push(lsm);
 
-    debug_assert!(
-        started.elapsed().as_secs() < 5,
-        "feature probes are meant to be fast"
-    );
+    debug_assert!(started.elapsed().as_secs() < 5, "feature probes are meant to be fast");
     out
 }

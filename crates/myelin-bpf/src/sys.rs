@@ -39,22 +39,11 @@ fn cpath(path: &Path) -> io::Result<CString> {
 
 /// Create a TCX link of `prog` on `ifindex` (in the calling thread's netns),
 /// appended after any existing TCX programs. Returns the link fd.
-pub(crate) fn tcx_link_create(
-    prog: BorrowedFd<'_>,
-    ifindex: u32,
-    hook: TcxHook,
-) -> io::Result<OwnedFd> {
+pub(crate) fn tcx_link_create(prog: BorrowedFd<'_>, ifindex: u32, hook: TcxHook) -> io::Result<OwnedFd> {
     let target = i32::try_from(ifindex).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: plain FFI call; `prog` is a valid program fd for the duration of
     // the call and NULL opts are allowed (defaults: append, no revision check).
-    let ret = unsafe {
-        libbpf_sys::bpf_link_create(
-            prog.as_raw_fd(),
-            target,
-            hook.attach_type(),
-            std::ptr::null(),
-        )
-    };
+    let ret = unsafe { libbpf_sys::bpf_link_create(prog.as_raw_fd(), target, hook.attach_type(), std::ptr::null()) };
     if ret < 0 {
         return Err(neg_errno(ret));
     }
@@ -104,10 +93,7 @@ pub(crate) fn probe_map_type(ty: libbpf_sys::bpf_map_type) -> io::Result<bool> {
 }
 
 /// libbpf's helper probe.
-pub(crate) fn probe_helper(
-    prog: libbpf_sys::bpf_prog_type,
-    helper: libbpf_sys::bpf_func_id,
-) -> io::Result<bool> {
+pub(crate) fn probe_helper(prog: libbpf_sys::bpf_prog_type, helper: libbpf_sys::bpf_func_id) -> io::Result<bool> {
     // SAFETY: plain FFI call, NULL opts are required by the API.
     let ret = unsafe { libbpf_sys::libbpf_probe_bpf_helper(prog, helper, std::ptr::null()) };
     probe_ret(ret)
@@ -137,15 +123,9 @@ pub(crate) fn probe_btf_prog_load(
     }
     let insns = [
         // BPF_MOV64_IMM(BPF_REG_0, 0)
-        libbpf_sys::bpf_insn {
-            code: 0xb7,
-            ..Default::default()
-        },
+        libbpf_sys::bpf_insn { code: 0xb7, ..Default::default() },
         // BPF_EXIT_INSN()
-        libbpf_sys::bpf_insn {
-            code: 0x95,
-            ..Default::default()
-        },
+        libbpf_sys::bpf_insn { code: 0x95, ..Default::default() },
     ];
     let mut opts = libbpf_sys::bpf_prog_load_opts {
         sz: std::mem::size_of::<libbpf_sys::bpf_prog_load_opts>() as libbpf_sys::size_t,
@@ -186,11 +166,7 @@ pub(crate) fn prog_sizes(fd: BorrowedFd<'_>) -> io::Result<(u32, u32, u32)> {
     if ret < 0 {
         return Err(neg_errno(ret));
     }
-    Ok((
-        info.verified_insns,
-        info.xlated_prog_len / 8,
-        info.jited_prog_len,
-    ))
+    Ok((info.verified_insns, info.xlated_prog_len / 8, info.jited_prog_len))
 }
 
 /// How many more file descriptors this process may open at once while
@@ -199,29 +175,21 @@ pub(crate) fn prog_sizes(fd: BorrowedFd<'_>) -> io::Result<(u32, u32, u32)> {
 /// privilege needed; the process-wide limit stays raised).
 pub(crate) fn fd_budget(needed: usize, reserve: usize) -> usize {
     let open = std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count);
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: `lim` is a valid, writable rlimit.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return 256;
     }
     let want = u64::try_from(open.saturating_add(needed).saturating_add(reserve)).unwrap_or(u64::MAX);
     if lim.rlim_cur < want && lim.rlim_cur < lim.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: want.min(lim.rlim_max),
-            rlim_max: lim.rlim_max,
-        };
+        let raised = libc::rlimit { rlim_cur: want.min(lim.rlim_max), rlim_max: lim.rlim_max };
         // SAFETY: `raised` is a valid rlimit; lowering nothing, raising the
         // soft limit up to the hard limit needs no privilege.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
             lim.rlim_cur = raised.rlim_cur;
         }
     }
-    usize::try_from(lim.rlim_cur)
-        .unwrap_or(usize::MAX)
-        .saturating_sub(open.saturating_add(reserve))
+    usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX).saturating_sub(open.saturating_add(reserve))
 }
 
 /// (run_time_ns, run_cnt) of a loaded program: cumulative, counted only
@@ -240,10 +208,7 @@ pub(crate) fn prog_run_stats(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns()`.
 pub(crate) fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists.
     let ret = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     if ret != 0 {

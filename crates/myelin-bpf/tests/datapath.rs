@@ -19,9 +19,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use myelin_bpf::{
-    ensure_bpffs, probe_features, remove_pin_dir, Datapath, EndpointEntry, NodeConfig, DIR_EGRESS,
-    DIR_INGRESS, DROP_INVALID_SIP, REASON_ARP_REPLY, REASON_FORWARDED, REASON_FROM_STACK,
-    REASON_TO_STACK,
+    ensure_bpffs, probe_features, remove_pin_dir, Datapath, EndpointEntry, NodeConfig, DIR_EGRESS, DIR_INGRESS,
+    DROP_INVALID_SIP, REASON_ARP_REPLY, REASON_FORWARDED, REASON_FROM_STACK, REASON_TO_STACK,
 };
 
 #[test]
@@ -34,38 +33,14 @@ fn pod_to_pod_forwarding_arp_metrics_and_antispoofing() {
     let fwd_a0 = lab.metric(a.ep_id, DIR_EGRESS, REASON_FORWARDED);
     let fwd_b0 = lab.metric(b.ep_id, DIR_INGRESS, REASON_FORWARDED);
     assert_eq!(ping(a_ns, b.ip, 5, None), 5, "ping pod A -> pod B");
-    assert!(
-        lab.metric(a.ep_id, DIR_EGRESS, REASON_FORWARDED) >= fwd_a0 + 5,
-        "A egress FORWARDED"
-    );
-    assert!(
-        lab.metric(b.ep_id, DIR_INGRESS, REASON_FORWARDED) >= fwd_b0 + 5,
-        "B ingress FORWARDED"
-    );
-    assert!(
-        lab.metric(b.ep_id, DIR_EGRESS, REASON_FORWARDED) >= 5,
-        "B's replies forwarded too"
-    );
+    assert!(lab.metric(a.ep_id, DIR_EGRESS, REASON_FORWARDED) >= fwd_a0 + 5, "A egress FORWARDED");
+    assert!(lab.metric(b.ep_id, DIR_INGRESS, REASON_FORWARDED) >= fwd_b0 + 5, "B ingress FORWARDED");
+    assert!(lab.metric(b.ep_id, DIR_EGRESS, REASON_FORWARDED) >= 5, "B's replies forwarded too");
 
     // (e) ARP for the gateway was answered by eBPF with the host veth's MAC.
-    let neigh = run(&[
-        "ip",
-        "-n",
-        a_ns,
-        "neigh",
-        "show",
-        &GATEWAY.to_string(),
-        "dev",
-        "eth0",
-    ]);
-    assert!(
-        neigh.contains(&mac_str(a.host_mac)),
-        "pod A's gateway neighbour is the host veth MAC: {neigh:?}"
-    );
-    assert!(
-        lab.metric(a.ep_id, DIR_EGRESS, REASON_ARP_REPLY) >= 1,
-        "ARP reply counted"
-    );
+    let neigh = run(&["ip", "-n", a_ns, "neigh", "show", &GATEWAY.to_string(), "dev", "eth0"]);
+    assert!(neigh.contains(&mac_str(a.host_mac)), "pod A's gateway neighbour is the host veth MAC: {neigh:?}");
+    assert!(lab.metric(a.ep_id, DIR_EGRESS, REASON_ARP_REPLY) >= 1, "ARP reply counted");
 
     // (b) TCP: 1 MiB A -> B, echoed length back.
     let fwd_a1 = lab.metric(a.ep_id, DIR_EGRESS, REASON_FORWARDED);
@@ -78,10 +53,7 @@ fn pod_to_pod_forwarding_arp_metrics_and_antispoofing() {
     assert_eq!(line.trim(), "received 1048576");
     assert!(server.0.wait().expect("server exit").success());
     // 1 MiB needs well over 16 segments even with GSO/GRO-sized packets.
-    assert!(
-        lab.metric(a.ep_id, DIR_EGRESS, REASON_FORWARDED) >= fwd_a1 + 16,
-        "TCP counted as FORWARDED"
-    );
+    assert!(lab.metric(a.ep_id, DIR_EGRESS, REASON_FORWARDED) >= fwd_a1 + 16, "TCP counted as FORWARDED");
 
     // (c) UDP: 20 datagrams echoed.
     let fwd_a2 = lab.metric(a.ep_id, DIR_EGRESS, REASON_FORWARDED);
@@ -90,12 +62,7 @@ fn pod_to_pod_forwarding_arp_metrics_and_antispoofing() {
     let got = netprobe_out(a_ns, &["udp-client", &b_ip, "7002", "20", "1.0"]);
     assert_eq!(got, "20", "all UDP datagrams echoed");
     assert!(
-        wait_until(Duration::from_secs(5), || userver
-            .0
-            .try_wait()
-            .ok()
-            .flatten()
-            .is_some()),
+        wait_until(Duration::from_secs(5), || userver.0.try_wait().ok().flatten().is_some()),
         "UDP server exits after quit"
     );
     // (d) metrics moved by at least what was sent (20 + quit).
@@ -114,16 +81,7 @@ fn pod_to_pod_forwarding_arp_metrics_and_antispoofing() {
 
     // (f) Spoofed source: a second address on pod A is not its endpoint address.
     let spoof = Ipv4Addr::new(10, 200, 0, 99);
-    run(&[
-        "ip",
-        "-n",
-        a_ns,
-        "addr",
-        "add",
-        &format!("{spoof}/32"),
-        "dev",
-        "eth0",
-    ]);
+    run(&["ip", "-n", a_ns, "addr", "add", &format!("{spoof}/32"), "dev", "eth0"]);
     // Keep the gateway resolved so the spoofed packets really leave the pod
     // (an ARP request from the spoofed address is, rightly, not answered).
     run(&[
@@ -142,20 +100,9 @@ fn pod_to_pod_forwarding_arp_metrics_and_antispoofing() {
     ]);
     let drops0 = lab.metric(0, DIR_EGRESS, DROP_INVALID_SIP);
     let fwd_b3 = lab.metric(b.ep_id, DIR_INGRESS, REASON_FORWARDED);
-    assert_eq!(
-        ping(a_ns, b.ip, 3, Some(spoof)),
-        0,
-        "spoofed pings must not get through"
-    );
-    assert!(
-        lab.metric(0, DIR_EGRESS, DROP_INVALID_SIP) >= drops0 + 3,
-        "DROP_INVALID_SIP counted"
-    );
-    assert_eq!(
-        lab.metric(b.ep_id, DIR_INGRESS, REASON_FORWARDED),
-        fwd_b3,
-        "nothing spoofed reached B"
-    );
+    assert_eq!(ping(a_ns, b.ip, 3, Some(spoof)), 0, "spoofed pings must not get through");
+    assert!(lab.metric(0, DIR_EGRESS, DROP_INVALID_SIP) >= drops0 + 3, "DROP_INVALID_SIP counted");
+    assert_eq!(lab.metric(b.ep_id, DIR_INGRESS, REASON_FORWARDED), fwd_b3, "nothing spoofed reached B");
     // The real address still works.
     assert_eq!(ping(a_ns, b.ip, 2, None), 2, "real source still forwarded");
 }
@@ -171,31 +118,14 @@ fn reload_reuses_maps_and_adopts_pinned_links() {
 
     // Agent "exits": the datapath is dropped, pins keep maps and links.
     lab.dp = None;
-    assert_eq!(
-        ping(&a_ns, b_ip, 2, None),
-        2,
-        "traffic flows with no agent running"
-    );
+    assert_eq!(ping(&a_ns, b_ip, 2, None), 2, "traffic flows with no agent running");
 
     let attached = lab.load_and_plumb();
-    assert_eq!(
-        attached,
-        vec![false, false],
-        "pinned links adopted, not re-plumbed"
-    );
-    assert_eq!(
-        lab.dp().endpoints().expect("endpoints"),
-        eps_before,
-        "endpoints survived in the pinned map"
-    );
+    assert_eq!(attached, vec![false, false], "pinned links adopted, not re-plumbed");
+    assert_eq!(lab.dp().endpoints().expect("endpoints"), eps_before, "endpoints survived in the pinned map");
     assert_eq!(
         lab.dp().node_config().expect("node config"),
-        NodeConfig {
-            node_ip: NODE_IP,
-            gateway: GATEWAY,
-            pod_cidr: Ipv4Addr::new(10, 200, 0, 0),
-            pod_cidr_prefix: 24
-        }
+        NodeConfig { node_ip: NODE_IP, gateway: GATEWAY, pod_cidr: Ipv4Addr::new(10, 200, 0, 0), pod_cidr_prefix: 24 }
     );
     assert_eq!(ping(&a_ns, b_ip, 3, None), 3, "after reload");
     assert!(
@@ -206,9 +136,7 @@ fn reload_reuses_maps_and_adopts_pinned_links() {
     // Detach A: the stack (ip_forward=0) must not forward, so A is cut off.
     lab.dp().detach_endpoint("lxc1").expect("detach");
     assert!(!lab.dp().endpoint_attached("lxc1"));
-    lab.dp()
-        .detach_endpoint("lxc1")
-        .expect("detach is idempotent");
+    lab.dp().detach_endpoint("lxc1").expect("detach is idempotent");
     assert_eq!(ping(&a_ns, b_ip, 2, None), 0, "no eBPF, no forwarding");
 }
 
@@ -221,25 +149,14 @@ fn stale_link_of_recreated_veth_is_replaced() {
     // Pod B's veth goes away and comes back with a new ifindex.
     let node = lab.node.0.clone();
     run(&["ip", "-n", &node, "link", "del", "lxc2"]);
-    assert!(
-        !lab.dp().endpoint_attached("lxc2"),
-        "link of a deleted veth is not attached"
-    );
+    assert!(!lab.dp().endpoint_attached("lxc2"), "link of a deleted veth is not attached");
     let pod_b = lab.pods.pop().expect("pod b");
     lab.plumb_veth(&pod_b);
     lab.pods.push(pod_b);
 
     let attached = lab.load_and_plumb();
-    assert_eq!(
-        attached,
-        vec![false, true],
-        "A adopted, B's stale pin replaced"
-    );
-    assert_eq!(
-        ping(&a_ns, b_ip, 2, None),
-        2,
-        "traffic to the recreated pod"
-    );
+    assert_eq!(attached, vec![false, true], "A adopted, B's stale pin replaced");
+    assert_eq!(ping(&a_ns, b_ip, 2, None), 2, "traffic to the recreated pod");
 }
 
 #[test]
@@ -249,11 +166,7 @@ fn map_api_roundtrip() {
     ensure_bpffs(Path::new("/sys/fs/bpf")).expect("bpffs twice");
     let pin = PinDir(PathBuf::from(format!("/sys/fs/bpf/{}", unique("api"))));
     let dp = Datapath::load(&pin.0).expect("load");
-    assert!(
-        pin.0.join("endpoints").exists()
-            && pin.0.join("metrics").exists()
-            && pin.0.join("links").is_dir()
-    );
+    assert!(pin.0.join("endpoints").exists() && pin.0.join("metrics").exists() && pin.0.join("links").is_dir());
 
     let ip = Ipv4Addr::new(10, 1, 2, 3);
     let ep = EndpointEntry {
@@ -270,29 +183,16 @@ fn map_api_roundtrip() {
     assert!(dp.delete_endpoint(ip).expect("delete"));
     assert!(!dp.delete_endpoint(ip).expect("delete absent"));
     assert!(dp.endpoints().expect("list").is_empty());
-    dp.delete_metrics(42)
-        .expect("delete metrics of an unknown endpoint");
+    dp.delete_metrics(42).expect("delete metrics of an unknown endpoint");
     assert!(dp.metrics().expect("metrics").is_empty());
     assert!(dp
-        .set_node_config(&NodeConfig {
-            node_ip: NODE_IP,
-            gateway: GATEWAY,
-            pod_cidr: GATEWAY,
-            pod_cidr_prefix: 33
-        })
+        .set_node_config(&NodeConfig { node_ip: NODE_IP, gateway: GATEWAY, pod_cidr: GATEWAY, pod_cidr_prefix: 33 })
         .is_err());
     assert!(!dp.endpoint_attached("nope0"));
-    dp.detach_endpoint("nope0")
-        .expect("detach of nothing is ok");
+    dp.detach_endpoint("nope0").expect("detach of nothing is ok");
+    assert!(dp.attach_endpoint("../x", 1).is_err(), "path-like ifnames are refused");
     assert!(
-        dp.attach_endpoint("../x", 1).is_err(),
-        "path-like ifnames are refused"
-    );
-    assert!(
-        matches!(
-            Datapath::load(&pin.0.join("a.b")),
-            Err(myelin_bpf::BpfError::Invalid(_))
-        ),
+        matches!(Datapath::load(&pin.0.join("a.b")), Err(myelin_bpf::BpfError::Invalid(_))),
         "dotted pin dir refused clearly"
     );
     assert_eq!(
@@ -316,10 +216,7 @@ fn feature_probes_are_fast_and_find_what_the_datapath_needs() {
     }
     assert!(took < Duration::from_secs(1), "probes took {took:?}");
     for needed in ["tcx", "bpf_redirect_peer", "xdp", "ringbuf"] {
-        let p = probes
-            .iter()
-            .find(|p| p.name == needed)
-            .unwrap_or_else(|| panic!("no {needed} probe"));
+        let p = probes.iter().find(|p| p.name == needed).unwrap_or_else(|| panic!("no {needed} probe"));
         assert!(p.available, "{needed}: {}", p.detail);
     }
 }

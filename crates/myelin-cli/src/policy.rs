@@ -127,7 +127,8 @@ pub fn run(cmd: Command) -> Result<i32> {
             validate(&files)?;
             let body = PolicyApply { files };
             for (node, client) in targets(&agent)? {
-                let r: PolicyChange = client.post("/v1/policies", &body).with_context(|| format!("{}applying", prefix(&node)))?;
+                let r: PolicyChange =
+                    client.post("/v1/policies", &body).with_context(|| format!("{}applying", prefix(&node)))?;
                 for p in &r.policies {
                     outln!("{}{p} applied", prefix(&node));
                 }
@@ -185,7 +186,8 @@ pub fn run(cmd: Command) -> Result<i32> {
         }
         Command::Validate { files } => {
             let files = read_files(&files)?;
-            let ps = validate(&files).map_err(|e| anyhow::anyhow!("{}", e.to_string().replace("\nnothing was applied", "")))?;
+            let ps = validate(&files)
+                .map_err(|e| anyhow::anyhow!("{}", e.to_string().replace("\nnothing was applied", "")))?;
             for p in &ps {
                 outln!("{} {}: valid", p.kind, p.id());
                 for w in &p.warnings {

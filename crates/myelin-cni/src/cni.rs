@@ -60,10 +60,9 @@ pub fn run(env: &HashMap<String, String>, stdin: &[u8]) -> (String, i32) {
     match dispatch(env, stdin) {
         Ok(Some(v)) => (v.to_string(), 0),
         Ok(None) => (String::new(), 0),
-        Err(e) => (
-            json!({"cniVersion": version_hint, "code": e.code, "msg": e.msg, "details": e.details}).to_string(),
-            1,
-        ),
+        Err(e) => {
+            (json!({"cniVersion": version_hint, "code": e.code, "msg": e.msg, "details": e.details}).to_string(), 1)
+        }
     }
 }
 
@@ -80,14 +79,26 @@ fn dispatch(env: &HashMap<String, String>, stdin: &[u8]) -> Result<Option<Value>
         "CHECK" => check(env, &conf, &client).map(|()| None),
         "STATUS" => status(&client).map(|()| None),
         "GC" => gc(&conf, stdin, &client).map(|()| None),
-        "" => Err(CniError::new(E_INVALID_ENV, "CNI_COMMAND is not set", "set CNI_COMMAND to ADD, DEL, CHECK, STATUS, GC or VERSION")),
-        other => Err(CniError::new(E_INVALID_ENV, format!("unknown CNI_COMMAND {other:?}"), "expected ADD, DEL, CHECK, STATUS, GC or VERSION")),
+        "" => Err(CniError::new(
+            E_INVALID_ENV,
+            "CNI_COMMAND is not set",
+            "set CNI_COMMAND to ADD, DEL, CHECK, STATUS, GC or VERSION",
+        )),
+        other => Err(CniError::new(
+            E_INVALID_ENV,
+            format!("unknown CNI_COMMAND {other:?}"),
+            "expected ADD, DEL, CHECK, STATUS, GC or VERSION",
+        )),
     }
 }
 
 pub fn parse_conf(stdin: &[u8]) -> Result<NetConf, CniError> {
     let conf: NetConf = serde_json::from_slice(stdin).map_err(|e| {
-        CniError::new(E_DECODE, "cannot decode the network configuration", format!("{e}: the config must be a JSON object with cniVersion, name and type"))
+        CniError::new(
+            E_DECODE,
+            "cannot decode the network configuration",
+            format!("{e}: the config must be a JSON object with cniVersion, name and type"),
+        )
     })?;
     if !SUPPORTED.contains(&conf.cni_version.as_str()) {
         return Err(CniError::new(
@@ -104,7 +115,11 @@ pub fn parse_conf(stdin: &[u8]) -> Result<NetConf, CniError> {
     }
     if let Some(s) = &conf.agent_socket {
         if !s.starts_with('/') {
-            return Err(CniError::new(E_INVALID_CONFIG, format!("network config: agentSocket {s:?} is not an absolute path"), "point agentSocket at the agent's unix socket, e.g. /run/myelin/agent.sock"));
+            return Err(CniError::new(
+                E_INVALID_CONFIG,
+                format!("network config: agentSocket {s:?} is not an absolute path"),
+                "point agentSocket at the agent's unix socket, e.g. /run/myelin/agent.sock",
+            ));
         }
     }
     Ok(conf)
@@ -113,7 +128,11 @@ pub fn parse_conf(stdin: &[u8]) -> Result<NetConf, CniError> {
 fn require<'a>(env: &'a HashMap<String, String>, key: &str) -> Result<&'a str, CniError> {
     match env.get(key).map(String::as_str) {
         Some(v) if !v.is_empty() => Ok(v),
-        _ => Err(CniError::new(E_INVALID_ENV, format!("{key} is not set"), format!("the container runtime must set {key}"))),
+        _ => Err(CniError::new(
+            E_INVALID_ENV,
+            format!("{key} is not set"),
+            format!("the container runtime must set {key}"),
+        )),
     }
 }
 
@@ -122,7 +141,11 @@ pub fn parse_args(s: &str) -> Result<HashMap<String, String>, CniError> {
     let mut out = HashMap::new();
     for pair in s.split(';').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').ok_or_else(|| {
-            CniError::new(E_INVALID_ENV, format!("CNI_ARGS: {pair:?} is not KEY=VALUE"), "CNI_ARGS is a ;-separated list of KEY=VALUE")
+            CniError::new(
+                E_INVALID_ENV,
+                format!("CNI_ARGS: {pair:?} is not KEY=VALUE"),
+                "CNI_ARGS is a ;-separated list of KEY=VALUE",
+            )
         })?;
         out.insert(k.to_owned(), v.to_owned());
     }
@@ -131,7 +154,9 @@ pub fn parse_args(s: &str) -> Result<HashMap<String, String>, CniError> {
 
 fn agent_error(e: ClientError) -> CniError {
     match e {
-        ClientError::Unreachable { .. } => CniError::new(E_TRY_AGAIN_LATER, "the myelin agent is unreachable", e.to_string()),
+        ClientError::Unreachable { .. } => {
+            CniError::new(E_TRY_AGAIN_LATER, "the myelin agent is unreachable", e.to_string())
+        }
         ClientError::Api(api, _) => {
             let code = match api.code {
                 ErrorCode::PoolExhausted => E_POOL_EXHAUSTED,
@@ -151,7 +176,11 @@ fn add(env: &HashMap<String, String>, conf: &NetConf, client: &myelin_api::Clien
     let netns = require(env, "CNI_NETNS")?;
     let ifname = require(env, "CNI_IFNAME")?;
     if !std::path::Path::new(netns).exists() {
-        return Err(CniError::new(E_CONTAINER_UNKNOWN, format!("network namespace {netns} does not exist"), "the container's netns must exist during ADD"));
+        return Err(CniError::new(
+            E_CONTAINER_UNKNOWN,
+            format!("network namespace {netns} does not exist"),
+            "the container's netns must exist during ADD",
+        ));
     }
     let args = parse_args(env.get("CNI_ARGS").map(String::as_str).unwrap_or(""))?;
     let req = EndpointAddRequest {
@@ -203,7 +232,11 @@ fn del(env: &HashMap<String, String>, client: &myelin_api::Client) -> Result<(),
 
 fn check(env: &HashMap<String, String>, conf: &NetConf, client: &myelin_api::Client) -> Result<(), CniError> {
     if conf.cni_version.starts_with("0.3.") {
-        return Err(CniError::new(E_INCOMPATIBLE_VERSION, "CHECK needs cniVersion 0.4.0 or later", conf.cni_version.clone()));
+        return Err(CniError::new(
+            E_INCOMPATIBLE_VERSION,
+            "CHECK needs cniVersion 0.4.0 or later",
+            conf.cni_version.clone(),
+        ));
     }
     let container_id = require(env, "CNI_CONTAINERID")?;
     let ifname = require(env, "CNI_IFNAME")?;
@@ -219,7 +252,11 @@ fn check(env: &HashMap<String, String>, conf: &NetConf, client: &myelin_api::Cli
             .and_then(Value::as_array)
             .is_some_and(|ips| ips.iter().any(|i| i.get("address").and_then(Value::as_str) == Some(want.as_str())));
         if !has {
-            return Err(CniError::new(E_AGENT_REJECTED, format!("prevResult does not carry the endpoint's address {want}"), "the endpoint changed since ADD"));
+            return Err(CniError::new(
+                E_AGENT_REJECTED,
+                format!("prevResult does not carry the endpoint's address {want}"),
+                "the endpoint changed since ADD",
+            ));
         }
     }
     Ok(())
@@ -228,7 +265,9 @@ fn check(env: &HashMap<String, String>, conf: &NetConf, client: &myelin_api::Cli
 fn status(client: &myelin_api::Client) -> Result<(), CniError> {
     match client.get::<Status>("/v1/status") {
         Ok(s) if s.healthy => Ok(()),
-        Ok(_) => Err(CniError::new(E_PLUGIN_NOT_AVAILABLE, "the myelin agent reports unhealthy", "see `myelin status`")),
+        Ok(_) => {
+            Err(CniError::new(E_PLUGIN_NOT_AVAILABLE, "the myelin agent reports unhealthy", "see `myelin status`"))
+        }
         Err(e) => Err(CniError::new(E_PLUGIN_NOT_AVAILABLE, "the myelin agent is unreachable", e.to_string())),
     }
 }
@@ -241,7 +280,8 @@ fn gc(conf: &NetConf, stdin: &[u8], client: &myelin_api::Client) -> Result<(), C
         container_id: String,
         ifname: String,
     }
-    let v: Value = serde_json::from_slice(stdin).map_err(|e| CniError::new(E_DECODE, "cannot decode the GC config", e.to_string()))?;
+    let v: Value = serde_json::from_slice(stdin)
+        .map_err(|e| CniError::new(E_DECODE, "cannot decode the GC config", e.to_string()))?;
     let valid: Vec<Attachment> = match v.get("cni.dev/valid-attachments") {
         Some(list) => serde_json::from_value(list.clone())
             .map_err(|e| CniError::new(E_DECODE, "cni.dev/valid-attachments is malformed", e.to_string()))?,
@@ -291,7 +331,8 @@ mod tests {
 
     #[test]
     fn unsupported_version_is_code_1() {
-        let (out, code) = run(&env(&[("CNI_COMMAND", "ADD")]), br#"{"cniVersion":"9.9.9","name":"n","type":"myelin-cni"}"#);
+        let (out, code) =
+            run(&env(&[("CNI_COMMAND", "ADD")]), br#"{"cniVersion":"9.9.9","name":"n","type":"myelin-cni"}"#);
         assert_eq!(code, 1);
         let e = err_of(&out);
         assert_eq!(e["code"], 1);
@@ -310,7 +351,12 @@ mod tests {
     #[test]
     fn missing_netns_is_code_3() {
         let conf = br#"{"cniVersion":"1.0.0","name":"n","type":"myelin-cni","agentSocket":"/nonexistent/sock"}"#;
-        let e = env(&[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c"), ("CNI_NETNS", "/nonexistent/netns"), ("CNI_IFNAME", "eth0")]);
+        let e = env(&[
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "c"),
+            ("CNI_NETNS", "/nonexistent/netns"),
+            ("CNI_IFNAME", "eth0"),
+        ]);
         let (out, _) = run(&e, conf);
         assert_eq!(err_of(&out)["code"], 3);
     }

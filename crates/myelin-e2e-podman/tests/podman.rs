@@ -46,7 +46,8 @@ const BUSYBOX: &str = "/bin/busybox";
 /// Applets linked into the image. (Debian's busybox 1.35 `wget -T` segfaults:
 /// deadlines come from the `timeout` applet instead.)
 const APPLETS: &[&str] = &[
-    "sh", "cat", "echo", "ls", "ps", "sleep", "nc", "ping", "httpd", "wget", "timeout", "ip", "ifconfig", "route", "hostname",
+    "sh", "cat", "echo", "ls", "ps", "sleep", "nc", "ping", "httpd", "wget", "timeout", "ip", "ifconfig", "route",
+    "hostname",
 ];
 
 // ---------------------------------------------------------------- helpers
@@ -96,7 +97,8 @@ impl Out {
 fn run(scratch: &Path, cmd: &mut Command, timeout: Duration) -> Out {
     let n = SEQ.fetch_add(1, Ordering::Relaxed);
     let what = format!("{cmd:?}");
-    let fail = |status: String| Out { what: what.clone(), ok: false, status, stdout: String::new(), stderr: String::new() };
+    let fail =
+        |status: String| Out { what: what.clone(), ok: false, status, stdout: String::new(), stderr: String::new() };
     let out_path = scratch.join(format!("cmd-{n}.out"));
     let err_path = scratch.join(format!("cmd-{n}.err"));
     let (stdout, stderr) = match (File::create(&out_path), File::create(&err_path)) {
@@ -169,16 +171,17 @@ fn preflight() {
          (e.g. `sudo -E cargo test -p myelin-e2e-podman`)"
     );
     let mut missing: Vec<String> = Vec::new();
-    for (tool, package) in [("podman", "podman"), ("runc", "runc"), ("conmon", "conmon"), ("ip", "iproute2"), ("tar", "tar")] {
+    for (tool, package) in
+        [("podman", "podman"), ("runc", "runc"), ("conmon", "conmon"), ("ip", "iproute2"), ("tar", "tar")]
+    {
         if find_in_path(tool).is_none() {
             missing.push(format!("{package} (for `{tool}`)"));
         }
     }
     match is_static_elf(Path::new(BUSYBOX)) {
         Ok(true) => {}
-        Ok(false) => missing.push(format!(
-            "busybox-static ({BUSYBOX} is dynamically linked and cannot run alone in the test image)"
-        )),
+        Ok(false) => missing
+            .push(format!("busybox-static ({BUSYBOX} is dynamically linked and cannot run alone in the test image)")),
         Err(e) => missing.push(format!("busybox-static ({e})")),
     }
     assert!(
@@ -204,10 +207,7 @@ fn bin_dir() -> PathBuf {
             candidates.push(deps.to_path_buf());
         }
     }
-    let found = candidates
-        .iter()
-        .find(|d| ["myelin-agent", "myelin-cni"].iter().all(|b| d.join(b).is_file()))
-        .cloned();
+    let found = candidates.iter().find(|d| ["myelin-agent", "myelin-cni"].iter().all(|b| d.join(b).is_file())).cloned();
     match found {
         Some(d) => d,
         None => panic!(
@@ -223,7 +223,9 @@ fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     let mut found: Vec<PathBuf> = text
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
-        .map(|m| PathBuf::from(m.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")))
+        .map(|m| {
+            PathBuf::from(m.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\"))
+        })
         .filter(|m| m.starts_with(dir))
         .collect();
     found.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
@@ -316,7 +318,11 @@ impl Drop for NodeNetns {
         // Not through `run`: the scratch dir may be gone if setup failed oddly.
         match Command::new("ip").args(["netns", "del", &self.name]).stdin(Stdio::null()).output() {
             Ok(o) if o.status.success() => {}
-            Ok(o) => eprintln!("podman e2e cleanup: ip netns del {}: {}", self.name, String::from_utf8_lossy(&o.stderr).trim()),
+            Ok(o) => eprintln!(
+                "podman e2e cleanup: ip netns del {}: {}",
+                self.name,
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
             Err(e) => eprintln!("podman e2e cleanup: ip netns del {}: {e}", self.name),
         }
     }
@@ -382,7 +388,8 @@ impl Agent {
     }
 
     fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_else(|e| format!("(cannot read {}: {e})", self.log.display()));
+        let text =
+            std::fs::read_to_string(&self.log).unwrap_or_else(|e| format!("(cannot read {}: {e})", self.log.display()));
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
@@ -727,9 +734,16 @@ fn podman_containers_reach_each_other_through_myelin_cni() {
         bpf = quoted(&bpf.path),
     );
     std::fs::write(&agent_toml, config).or_die(format!("writing {}", agent_toml.display()));
-    let mut agent = Agent::start(&bins.join("myelin-agent"), &node.path(), &agent_toml, &socket, tmp.path.join("agent.log"));
+    let mut agent =
+        Agent::start(&bins.join("myelin-agent"), &node.path(), &agent_toml, &socket, tmp.path.join("agent.log"));
     let status = agent.wait_healthy(AGENT_TIMEOUT);
-    eprintln!("[podman e2e +{}] agent healthy: node {} pod_cidr {} node_ip {}", elapsed(t0), status.node, status.pod_cidr, status.node_ip);
+    eprintln!(
+        "[podman e2e +{}] agent healthy: node {} pod_cidr {} node_ip {}",
+        elapsed(t0),
+        status.node,
+        status.pod_cidr,
+        status.node_ip
+    );
 
     let podman = Podman::configure(&tmp.path.join("podman"), &scratch, &bins, &socket);
     let cgroup_parent = format!("/myelin-pm{pid}");
@@ -739,7 +753,10 @@ fn podman_containers_reach_each_other_through_myelin_cni() {
 
     let backend = ctx.podman(&["info", "--format", "{{.Host.NetworkBackend}}"]);
     if backend.trim() != "cni" {
-        ctx.fail(format!("podman uses the network backend {:?}, not cni: containers.conf was not honoured", backend.trim()));
+        ctx.fail(format!(
+            "podman uses the network backend {:?}, not cni: containers.conf was not honoured",
+            backend.trim()
+        ));
     }
     let networks = ctx.podman(&["network", "ls", "--format", "{{.Name}} {{.Driver}}"]);
     if !networks.lines().any(|l| l.trim() == format!("{NETWORK} myelin-cni")) {
@@ -753,7 +770,9 @@ fn podman_containers_reach_each_other_through_myelin_cni() {
     let port = HTTP_PORT.to_string();
     let last_line = |s: String| s.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default().trim().to_owned();
     let run_args = ["run", "--detach", "--network", NETWORK, "--cgroup-parent", &cgroup_parent];
-    let id_b = last_line(ctx.podman(&[&run_args[..], &["--name", &name_b, IMAGE, "httpd", "-f", "-p", &port, "-h", "/www"]].concat()));
+    let id_b = last_line(
+        ctx.podman(&[&run_args[..], &["--name", &name_b, IMAGE, "httpd", "-f", "-p", &port, "-h", "/www"]].concat()),
+    );
     let id_a = last_line(ctx.podman(&[&run_args[..], &["--name", &name_a, IMAGE, "sleep", "3600"]].concat()));
 
     // podman's view (from the CNI ADD result) must be the agent's endpoint.
@@ -764,7 +783,10 @@ fn podman_containers_reach_each_other_through_myelin_cni() {
     }
     let ep_a = endpoint_of(&ctx, &eps, &name_a, &id_a, &net_a);
     let ep_b = endpoint_of(&ctx, &eps, &name_b, &id_b, &net_b);
-    ctx.step(&format!("{name_a} = {} ({}), {name_b} = {} ({})", ep_a.ipv4, ep_a.host_ifname, ep_b.ipv4, ep_b.host_ifname));
+    ctx.step(&format!(
+        "{name_a} = {} ({}), {name_b} = {} ({})",
+        ep_a.ipv4, ep_a.host_ifname, ep_b.ipv4, ep_b.host_ifname
+    ));
 
     // b's server is up (loopback inside b: no datapath involved yet).
     let local_url = format!("http://127.0.0.1:{HTTP_PORT}/");
@@ -824,8 +846,15 @@ fn podman_containers_reach_each_other_through_myelin_cni() {
     }
     let links = node.ip(&["-o", "link", "show"]);
     for ep in [&ep_a, &ep_b] {
-        if links.stdout.split_whitespace().any(|w| w.trim_end_matches(':').split('@').next() == Some(ep.host_ifname.as_str())) {
-            ctx.fail(format!("host veth {} is still in the node netns after CNI DEL:\n{}", ep.host_ifname, links.stdout));
+        if links
+            .stdout
+            .split_whitespace()
+            .any(|w| w.trim_end_matches(':').split('@').next() == Some(ep.host_ifname.as_str()))
+        {
+            ctx.fail(format!(
+                "host veth {} is still in the node netns after CNI DEL:\n{}",
+                ep.host_ifname, links.stdout
+            ));
         }
         if Path::new(&ep.netns).exists() {
             ctx.fail(format!("the container netns {} still exists after podman rm", ep.netns));

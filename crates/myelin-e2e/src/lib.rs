@@ -221,7 +221,9 @@ pub fn run_cni(command: &str, config: &serde_json::Value, env: &[(&str, &str)]) 
     child.stdin.take().unwrap().write_all(config.to_string().as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     let raw = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stdout = if raw.trim().is_empty() { serde_json::Value::Null } else {
+    let stdout = if raw.trim().is_empty() {
+        serde_json::Value::Null
+    } else {
         serde_json::from_str(&raw).unwrap_or_else(|e| panic!("CNI output is not JSON ({e}): {raw}"))
     };
     CniRun { code: out.status.code().unwrap_or(-1), stdout, raw }
@@ -253,7 +255,11 @@ impl Drop for NetnsGuard {
 
 /// Number of entries in a pinned BPF map, read with bpftool (independent of the agent).
 pub fn pinned_map_len(path: &Path) -> usize {
-    let out = std::process::Command::new("bpftool").args(["-j", "map", "dump", "pinned"]).arg(path).output().expect("bpftool");
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(path)
+        .output()
+        .expect("bpftool");
     assert!(out.status.success(), "bpftool map dump {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
     v.as_array().map_or(0, Vec::len)

@@ -145,7 +145,8 @@ impl Matrix {
 
     pub fn delete(&self, ids: &[&str]) {
         let body = PolicyDelete { ids: ids.iter().map(|s| (*s).to_owned()).collect() };
-        let _: PolicyChange = self.client().post("/v1/policies/delete", &body).unwrap_or_else(|e| panic!("delete {ids:?}: {e}"));
+        let _: PolicyChange =
+            self.client().post("/v1/policies/delete", &body).unwrap_or_else(|e| panic!("delete {ids:?}: {e}"));
     }
 
     /// Probe the whole pod matrix on both ports and protocols and compare.
@@ -181,7 +182,13 @@ impl Matrix {
                 ));
             }
         }
-        assert!(wrong.is_empty(), "case {case:?}: {} of {} probes differ:\n{}", wrong.len(), probes.len(), wrong.join("\n"));
+        assert!(
+            wrong.is_empty(),
+            "case {case:?}: {} of {} probes differ:\n{}",
+            wrong.len(),
+            probes.len(),
+            wrong.join("\n")
+        );
     }
 
     /// Probe pods -> a host (e.g. an external) on both ports and protocols and compare.
@@ -203,7 +210,12 @@ impl Matrix {
         let mut wrong = Vec::new();
         for ((from, port, proto), got) in probes.iter().zip(results) {
             if expect(from, *port, *proto) != got {
-                wrong.push(format!("  {} -> {} {port}/{proto:?}: got {}", from.id(), host.name, if got { "reach" } else { "blocked" }));
+                wrong.push(format!(
+                    "  {} -> {} {port}/{proto:?}: got {}",
+                    from.id(),
+                    host.name,
+                    if got { "reach" } else { "blocked" }
+                ));
             }
         }
         assert!(wrong.is_empty(), "case {case:?}: probes to {} differ:\n{}", host.name, wrong.join("\n"));

@@ -129,8 +129,16 @@ spec:
     let c = client(m.lab.lab(), "node1");
     let ids_before: Vec<myelin_api::IdentityInfo> = c.get("/v1/identities").unwrap();
     let eps_before: Vec<myelin_api::Endpoint> = c.get("/v1/endpoints").unwrap();
-    let pol_before: myelin_api::EndpointPolicy =
-        c.get(&format!("/v1/endpoints/{}/policy", eps_before.iter().find(|e| e.pod_name.as_deref() == Some("a") && e.namespace.as_deref() == Some("x")).unwrap().id)).unwrap();
+    let pol_before: myelin_api::EndpointPolicy = c
+        .get(&format!(
+            "/v1/endpoints/{}/policy",
+            eps_before
+                .iter()
+                .find(|e| e.pod_name.as_deref() == Some("a") && e.namespace.as_deref() == Some("x"))
+                .unwrap()
+                .id
+        ))
+        .unwrap();
 
     let mut m = m;
     m.lab.lab_mut().restart_agent("node1", Signal::SIGKILL).expect("restart");
@@ -139,7 +147,8 @@ spec:
     assert_eq!(ids_before, ids_after, "same identities, same numbers, same refcounts");
     let pols: Vec<myelin_api::AppliedPolicy> = c.get("/v1/policies").unwrap();
     assert_eq!(pols.len(), 1, "the policy is still applied");
-    let pol_after: myelin_api::EndpointPolicy = c.get(&format!("/v1/endpoints/{}/policy", pol_before.endpoint_id)).unwrap();
+    let pol_after: myelin_api::EndpointPolicy =
+        c.get(&format!("/v1/endpoints/{}/policy", pol_before.endpoint_id)).unwrap();
     assert_eq!(pol_before, pol_after, "the datapath policy is unchanged");
     m.check("the policy still enforces after the restart", |from, to, _, _| !to.is("x/a") || from.is("x/b"));
 }

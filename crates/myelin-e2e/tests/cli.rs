@@ -27,7 +27,11 @@ spec:
 fn myelin(args: &[&str]) -> (i32, String, String) {
     let bin = myelin_lab::find_binary("myelin", None).unwrap();
     let out = Command::new(bin).args(args).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn json(args: &[&str]) -> Value {
@@ -82,16 +86,25 @@ fn status_endpoints_policy_and_identities_from_the_cli() {
     assert_eq!(ep["policy"]["ingress_enforced"], true);
     assert_eq!(ep["policy"]["egress_enforced"], false);
     let entries = ep["policy"]["entries"].as_array().unwrap();
-    assert!(entries.iter().any(|e| e["port"] == 80 && e["protocol"] == 6 && e["verdict"] == "allow"
-        && e["rule"].as_str().unwrap().contains("prod/web spec.ingress[0]")), "{entries:?}");
+    assert!(
+        entries.iter().any(|e| e["port"] == 80
+            && e["protocol"] == 6
+            && e["verdict"] == "allow"
+            && e["rule"].as_str().unwrap().contains("prod/web spec.ingress[0]")),
+        "{entries:?}"
+    );
     let (_, table, _) = myelin(&[&["endpoint", "get", &web_id][..], &lab].concat());
     assert!(table.contains("enforced (default deny)"));
 
     // explain: verdict in the exit code, reasons in the text.
-    let (code, out, _) = myelin(&[&["policy", "explain", "--from", "prod/cli", "--to", "prod/web", "--port", "80/TCP"][..], &lab].concat());
+    let (code, out, _) = myelin(
+        &[&["policy", "explain", "--from", "prod/cli", "--to", "prod/web", "--port", "80/TCP"][..], &lab].concat(),
+    );
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("final verdict: allow") && out.contains("spec.ingress[0]"), "{out}");
-    let (code, out, _) = myelin(&[&["policy", "explain", "--from", "prod/cli", "--to", "prod/web", "--port", "81/TCP"][..], &lab].concat());
+    let (code, out, _) = myelin(
+        &[&["policy", "explain", "--from", "prod/cli", "--to", "prod/web", "--port", "81/TCP"][..], &lab].concat(),
+    );
     assert_eq!(code, 2, "deny exits 2: {out}");
     assert!(out.contains("final verdict: deny"));
 
@@ -100,7 +113,10 @@ fn status_endpoints_policy_and_identities_from_the_cli() {
     let entry = ids.as_array().unwrap().iter().find(|i| i["id"] == web_identity).expect("web's identity listed");
     assert_eq!(entry["labels"]["io.cilium.k8s.namespace.labels.env"], "prod");
     assert_eq!(entry["labels"]["io.kubernetes.pod.namespace"], "prod");
-    assert!(ids.as_array().unwrap().iter().any(|i| i["id"] == 2 && i["scope"] == "reserved"), "world is reserved identity 2");
+    assert!(
+        ids.as_array().unwrap().iter().any(|i| i["id"] == 2 && i["scope"] == "reserved"),
+        "world is reserved identity 2"
+    );
 
     let (code, _, err) = myelin(&[&["policy", "delete", "prod/web"][..], &lab].concat());
     assert_eq!(code, 0, "{err}");

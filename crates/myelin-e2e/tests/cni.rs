@@ -20,8 +20,12 @@ fn add_check_del_round_trip_leaves_nothing_behind() {
     let sock = node.agent_socket.display().to_string();
     let pod = NetnsGuard::new("cnip");
     let netns = pod.path().display().to_string();
-    let env = [("CNI_CONTAINERID", "ctr-roundtrip"), ("CNI_NETNS", netns.as_str()), ("CNI_IFNAME", "eth0"),
-        ("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=rt")];
+    let env = [
+        ("CNI_CONTAINERID", "ctr-roundtrip"),
+        ("CNI_NETNS", netns.as_str()),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=rt"),
+    ];
 
     let add = run_cni("ADD", &conf(&sock), &env);
     assert_eq!(add.code, 0, "ADD failed: {}", add.raw);
@@ -115,7 +119,8 @@ fn errors_follow_the_cni_contract() {
     let ids = ["x1", "x2", "x3", "x4", "x5"];
     for (i, cid) in ids.iter().enumerate() {
         let ifname = format!("eth{i}");
-        let r = run_cni("ADD", &conf(&sock), &[("CNI_CONTAINERID", cid), ("CNI_IFNAME", &ifname), ("CNI_NETNS", &netns)]);
+        let r =
+            run_cni("ADD", &conf(&sock), &[("CNI_CONTAINERID", cid), ("CNI_IFNAME", &ifname), ("CNI_NETNS", &netns)]);
         assert_eq!(r.code, 0, "ADD {cid}: {}", r.raw);
     }
     let r = run_cni("ADD", &conf(&sock), &[("CNI_CONTAINERID", "x6"), ("CNI_IFNAME", "eth9"), ("CNI_NETNS", &netns)]);
@@ -125,7 +130,8 @@ fn errors_follow_the_cni_contract() {
     assert_eq!(eps.len(), 5);
     for (i, cid) in ids.iter().enumerate() {
         let ifname = format!("eth{i}");
-        let r = run_cni("DEL", &conf(&sock), &[("CNI_CONTAINERID", cid), ("CNI_IFNAME", &ifname), ("CNI_NETNS", &netns)]);
+        let r =
+            run_cni("DEL", &conf(&sock), &[("CNI_CONTAINERID", cid), ("CNI_IFNAME", &ifname), ("CNI_NETNS", &netns)]);
         assert_eq!(r.code, 0, "DEL {cid}: {}", r.raw);
     }
     let r = run_cni("ADD", &conf(&sock), &[("CNI_CONTAINERID", "x6"), ("CNI_IFNAME", "eth9"), ("CNI_NETNS", &netns)]);
@@ -152,7 +158,8 @@ fn ipam_200_adds_and_dels_never_duplicate_and_survive_restart() {
     for i in 0..200 {
         let cid = format!("ipam-{i}");
         let ifname = format!("e{i}");
-        let r = run_cni("ADD", &conf(&sock), &[("CNI_CONTAINERID", &cid), ("CNI_IFNAME", &ifname), ("CNI_NETNS", &netns)]);
+        let r =
+            run_cni("ADD", &conf(&sock), &[("CNI_CONTAINERID", &cid), ("CNI_IFNAME", &ifname), ("CNI_NETNS", &netns)]);
         assert_eq!(r.code, 0, "ADD {i}: {}", r.raw);
         let addr = r.stdout["ips"][0]["address"].as_str().unwrap().to_owned();
         assert!(seen.insert(addr.clone()), "address {addr} handed out twice");
@@ -165,17 +172,20 @@ fn ipam_200_adds_and_dels_never_duplicate_and_survive_restart() {
     assert_eq!(before.allocations, after.allocations, "allocations survive an agent restart");
 
     // New ADDs after the restart still never collide with the 200.
-    let r = run_cni("ADD", &conf(&sock), &[("CNI_CONTAINERID", "late"), ("CNI_IFNAME", "late0"), ("CNI_NETNS", &netns)]);
+    let r =
+        run_cni("ADD", &conf(&sock), &[("CNI_CONTAINERID", "late"), ("CNI_IFNAME", "late0"), ("CNI_NETNS", &netns)]);
     assert_eq!(r.code, 0, "{}", r.raw);
     assert!(seen.insert(r.stdout["ips"][0]["address"].as_str().unwrap().to_owned()), "post-restart duplicate");
 
     for i in 0..200 {
         let cid = format!("ipam-{i}");
         let ifname = format!("e{i}");
-        let r = run_cni("DEL", &conf(&sock), &[("CNI_CONTAINERID", &cid), ("CNI_IFNAME", &ifname), ("CNI_NETNS", &netns)]);
+        let r =
+            run_cni("DEL", &conf(&sock), &[("CNI_CONTAINERID", &cid), ("CNI_IFNAME", &ifname), ("CNI_NETNS", &netns)]);
         assert_eq!(r.code, 0, "DEL {i}: {}", r.raw);
     }
-    let r = run_cni("DEL", &conf(&sock), &[("CNI_CONTAINERID", "late"), ("CNI_IFNAME", "late0"), ("CNI_NETNS", &netns)]);
+    let r =
+        run_cni("DEL", &conf(&sock), &[("CNI_CONTAINERID", "late"), ("CNI_IFNAME", "late0"), ("CNI_NETNS", &netns)]);
     assert_eq!(r.code, 0);
     let end: myelin_api::IpamState = client(g.lab(), "node1").get("/v1/ipam").unwrap();
     assert!(end.allocations.is_empty(), "all released: {:?}", end.allocations.len());
@@ -195,7 +205,8 @@ fn gc_removes_attachments_the_runtime_no_longer_has_and_the_socket_is_root_only(
     let pod = NetnsGuard::new("cngc");
     let netns = pod.path().display().to_string();
     for (cid, ifname) in [("keep", "eth0"), ("stale", "eth1")] {
-        let r = run_cni("ADD", &conf(&sock), &[("CNI_CONTAINERID", cid), ("CNI_IFNAME", ifname), ("CNI_NETNS", &netns)]);
+        let r =
+            run_cni("ADD", &conf(&sock), &[("CNI_CONTAINERID", cid), ("CNI_IFNAME", ifname), ("CNI_NETNS", &netns)]);
         assert_eq!(r.code, 0, "{}", r.raw);
     }
     let mut c = conf(&sock);

@@ -47,10 +47,13 @@ fn deny_beats_allow_l4_only_and_icmp_rules() {
     // And the deciding rules are named.
     let stats: Vec<myelin_api::PolicyStat> = lab.client("node1").unwrap().get("/v1/metrics/policy").unwrap();
     assert!(
-        stats.iter().any(|s| s.verdict == "deny" && s.rule.as_deref().is_some_and(|r| r.contains("x/deny-80") && r.contains("ingressDeny[0]"))),
+        stats.iter().any(|s| s.verdict == "deny"
+            && s.rule.as_deref().is_some_and(|r| r.contains("x/deny-80") && r.contains("ingressDeny[0]"))),
         "the deny rule is named in the policy counters: {stats:?}"
     );
-    assert!(stats.iter().any(|s| s.verdict == "allow" && s.rule.as_deref().is_some_and(|r| r.contains("spec.ingress[0]"))));
+    assert!(stats
+        .iter()
+        .any(|s| s.verdict == "allow" && s.rule.as_deref().is_some_and(|r| r.contains("spec.ingress[0]"))));
 
     // L4-only: any peer on 81/UDP, nothing else.
     m.apply(&cnp_xa(
@@ -60,7 +63,9 @@ fn deny_beats_allow_l4_only_and_icmp_rules() {
   - toPorts: [{ports: [{port: '81', protocol: UDP}]}]
 ",
     ));
-    m.check("L4-only rule: any peer, 81/UDP", |_, to, port, proto| !to.is("x/a") || (port == 81 && proto == Proto::Udp));
+    m.check("L4-only rule: any peer, 81/UDP", |_, to, port, proto| {
+        !to.is("x/a") || (port == 81 && proto == Proto::Udp)
+    });
     assert!(!ping(lab, "x/b", &xa), "no ICMP rule: echo dropped");
 
     // ICMP rule: echo requests (type 8) allowed, nothing else.
@@ -243,7 +248,11 @@ spec:
 ",
     );
     let good_doc = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: extra, namespace: y}\nspec:\n  endpointSelector: {}\n  ingress: []\n";
-    let cnp = |spec: &str| format!("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: bad, namespace: x}}\nspec:\n{spec}");
+    let cnp = |spec: &str| {
+        format!(
+            "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: bad, namespace: x}}\nspec:\n{spec}"
+        )
+    };
     let cases: Vec<(String, &str)> = vec![
         (cnp("  endpointSelector: {}\n  ingress: [{toPorts: [{ports: [{port: '70000'}]}]}]\n"), "70000"),
         (cnp("  endpointSelector: {}\n  ingress: [{toPorts: [{ports: [{port: '0'}]}]}]\n"), "ports[0].port"),

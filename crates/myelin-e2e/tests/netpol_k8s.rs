@@ -94,48 +94,38 @@ spec:
 #[test]
 fn pod_and_namespace_selectors_and_or_and_expressions() {
     let m = Matrix::up("ksel", &[]);
-    m.apply(&xa(
-        r"
+    m.apply(&xa(r"
   ingress:
   - from: [{podSelector: {matchLabels: {pod: b}}}]
-",
-    ));
+"));
     m.check("podSelector alone = same namespace", |from, to, _, _| !to.is("x/a") || from.is("x/b"));
 
-    m.apply(&xa(
-        r"
+    m.apply(&xa(r"
   ingress:
   - from: [{namespaceSelector: {matchLabels: {ns: 'y'}}}]
-",
-    ));
+"));
     m.check("namespaceSelector alone = all pods of y", |from, to, _, _| !to.is("x/a") || from.ns == "y");
 
-    m.apply(&xa(
-        r"
+    m.apply(&xa(r"
   ingress:
   - from: [{namespaceSelector: {matchLabels: {ns: 'y'}}, podSelector: {matchLabels: {pod: b}}}]
-",
-    ));
+"));
     m.check("both in one peer = AND", |from, to, _, _| !to.is("x/a") || from.is("y/b"));
 
-    m.apply(&xa(
-        r"
+    m.apply(&xa(r"
   ingress:
   - from: [{namespaceSelector: {matchLabels: {ns: 'y'}}}, {podSelector: {matchLabels: {pod: b}}}]
-",
-    ));
+"));
     m.check("separate peers = OR", |from, to, _, _| !to.is("x/a") || from.ns == "y" || from.is("x/b"));
 
-    m.apply(&xa(
-        r"
+    m.apply(&xa(r"
   ingress:
   - from:
     - namespaceSelector:
         matchExpressions: [{key: ns, operator: NotIn, values: ['x', 'z']}]
       podSelector:
         matchExpressions: [{key: pod, operator: In, values: [b, c]}]
-",
-    ));
+"));
     m.check("matchExpressions In / NotIn", |from, to, _, _| !to.is("x/a") || (from.ns == "y" && from.name != "a"));
 
     m.apply(
@@ -155,35 +145,30 @@ spec:
 #[test]
 fn ports_named_ranges_protocols_and_stacking() {
     let m = Matrix::up("kport", &[]);
-    m.apply(&xa(
-        r"
+    m.apply(&xa(r"
   ingress:
   - ports: [{port: serve-80-tcp}]
-",
-    ));
+"));
     m.check("named port: 80/TCP only, from anyone", |_, to, port, proto| {
         !to.is("x/a") || (port == 80 && proto == Proto::Tcp)
     });
 
-    m.apply(&xa(
-        r"
+    m.apply(&xa(r"
   ingress:
   - ports: [{protocol: UDP, port: 80}]
-",
-    ));
-    m.check("protocol-specific: 80/UDP only", |_, to, port, proto| !to.is("x/a") || (port == 80 && proto == Proto::Udp));
+"));
+    m.check("protocol-specific: 80/UDP only", |_, to, port, proto| {
+        !to.is("x/a") || (port == 80 && proto == Proto::Udp)
+    });
 
-    m.apply(&xa(
-        r"
+    m.apply(&xa(r"
   ingress:
   - ports: [{protocol: TCP, port: 81, endPort: 90}]
-",
-    ));
+"));
     m.check("port range 81-90/TCP", |_, to, port, proto| !to.is("x/a") || (port == 81 && proto == Proto::Tcp));
 
     // Stacked policies: the union of what each allows.
-    m.apply(&xa(
-        r"
+    m.apply(&xa(r"
   ingress:
   - from: [{podSelector: {matchLabels: {pod: b}}}]
     ports: [{port: 80}]
@@ -196,10 +181,11 @@ spec:
   ingress:
   - from: [{namespaceSelector: {matchLabels: {ns: 'y'}}}]
     ports: [{port: 81, protocol: UDP}]
-",
-    ));
+"));
     m.check("stacked: x/b on 80/TCP, or y/* on 81/UDP", |from, to, port, proto| {
-        !to.is("x/a") || (from.is("x/b") && port == 80 && proto == Proto::Tcp) || (from.ns == "y" && port == 81 && proto == Proto::Udp)
+        !to.is("x/a")
+            || (from.is("x/b") && port == 80 && proto == Proto::Tcp)
+            || (from.ns == "y" && port == 81 && proto == Proto::Udp)
     });
     m.delete(&["x/q"]);
     m.check("one of the stack deleted", |from, to, port, proto| {

@@ -537,7 +537,13 @@ impl Lab {
             bpf_dir: &n.bpf_dir,
             masquerade: true,
             // Pods on other nodes are reached natively routed, unNATed.
-            native_routing_cidrs: self.state.nodes.iter().filter(|m| m.name != n.name).map(|m| m.pod_cidr.as_str()).collect(),
+            native_routing_cidrs: self
+                .state
+                .nodes
+                .iter()
+                .filter(|m| m.name != n.name)
+                .map(|m| m.pod_cidr.as_str())
+                .collect(),
             ip_forward: true,
         };
         let text = toml::to_string(&cfg)
@@ -591,9 +597,8 @@ impl Lab {
         let client = Client::new(&self.state.nodes[i].agent_socket);
         for ns in &self.state.spec.namespaces {
             let body = myelin_api::NamespaceLabels { labels: ns.labels.clone() };
-            let _: myelin_api::NamespaceLabels = client
-                .put(&format!("/v1/namespaces/{}", ns.name), &body)
-                .map_err(|source| LabError::Api {
+            let _: myelin_api::NamespaceLabels =
+                client.put(&format!("/v1/namespaces/{}", ns.name), &body).map_err(|source| LabError::Api {
                     what: format!("setting the labels of namespace {}", ns.name),
                     socket: self.state.nodes[i].agent_socket.clone(),
                     source,

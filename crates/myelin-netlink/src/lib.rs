@@ -26,9 +26,7 @@ use futures::TryStreamExt;
 use nix::sched::CloneFlags;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage};
-use rtnetlink::packet_route::neighbour::{
-    NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
-};
+use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteScope};
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkBridge, LinkDummy, LinkUnspec, LinkVeth, RouteMessageBuilder};
@@ -136,11 +134,7 @@ pub enum NetlinkError {
         source: rtnetlink::Error,
     },
     #[error("check of {ifname} in {ns} failed: {reason}")]
-    CheckFailed {
-        ifname: String,
-        ns: Netns,
-        reason: String,
-    },
+    CheckFailed { ifname: String, ns: Netns, reason: String },
     #[error("invalid MAC address {0:?}: expected six hex octets like aa:bb:cc:dd:ee:ff")]
     InvalidMac(String),
 }
@@ -188,10 +182,7 @@ pub fn host_ifname(container_id: &str, ifname: &str) -> String {
 
 /// "aa:bb:cc:dd:ee:ff".
 pub fn format_mac(mac: &Mac) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 /// Parse "aa:bb:cc:dd:ee:ff" (case-insensitive; '-' also accepted as separator).
@@ -222,10 +213,7 @@ fn validate_ifname(name: &str) -> Result<()> {
     } else {
         return Ok(());
     };
-    Err(NetlinkError::InvalidName {
-        name: name.to_string(),
-        reason,
-    })
+    Err(NetlinkError::InvalidName { name: name.to_string(), reason })
 }
 
 fn open_netns(path: &Path) -> Result<File> {
@@ -233,10 +221,7 @@ fn open_netns(path: &Path) -> Result<File> {
         if e.kind() == std::io::ErrorKind::NotFound {
             NetlinkError::NetnsNotFound(path.to_path_buf())
         } else {
-            NetlinkError::NetnsOpen {
-                path: path.to_path_buf(),
-                source: e,
-            }
+            NetlinkError::NetnsOpen { path: path.to_path_buf(), source: e }
         }
     })
 }
@@ -247,28 +232,18 @@ fn open_netns(path: &Path) -> Result<File> {
 /// Run `f` on a fresh OS thread that has entered the network namespace at `path` (network
 /// namespace only), wait for it, and return its result. A panic in `f` is resumed on the caller.
 /// Blocks the calling thread: from async code prefer [`in_netns_async`].
-pub fn in_netns<T: Send + 'static>(
-    path: &Path,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, NetlinkError> {
+pub fn in_netns<T: Send + 'static>(path: &Path, f: impl FnOnce() -> T + Send + 'static) -> Result<T, NetlinkError> {
     let file = open_netns(path)?;
     let owned = path.to_path_buf();
     let handle = std::thread::Builder::new()
         .name("myelin-netns".into())
         .spawn(move || {
-            nix::sched::setns(&file, CloneFlags::CLONE_NEWNET).map_err(|source| {
-                NetlinkError::Setns {
-                    path: owned,
-                    source,
-                }
-            })?;
+            nix::sched::setns(&file, CloneFlags::CLONE_NEWNET)
+                .map_err(|source| NetlinkError::Setns { path: owned, source })?;
             drop(file);
             Ok(f())
         })
-        .map_err(|source| NetlinkError::Thread {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        .map_err(|source| NetlinkError::Thread { path: path.to_path_buf(), source })?;
     match handle.join() {
         Ok(r) => r,
         Err(panic) => std::panic::resume_unwind(panic),
@@ -291,33 +266,19 @@ where
         .name("myelin-netns".into())
         .spawn(move || {
             let res = (|| {
-                nix::sched::setns(&file, CloneFlags::CLONE_NEWNET).map_err(|source| {
-                    NetlinkError::Setns {
-                        path: owned.clone(),
-                        source,
-                    }
-                })?;
+                nix::sched::setns(&file, CloneFlags::CLONE_NEWNET)
+                    .map_err(|source| NetlinkError::Setns { path: owned.clone(), source })?;
                 drop(file);
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
-                    .map_err(|source| NetlinkError::Thread {
-                        path: owned.clone(),
-                        source,
-                    })?;
+                    .map_err(|source| NetlinkError::Thread { path: owned.clone(), source })?;
                 rt.block_on(f())
             })();
             let _ = tx.send(res);
         })
-        .map_err(|source| NetlinkError::Thread {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    rx.await.unwrap_or_else(|_| {
-        Err(NetlinkError::ThreadDied {
-            path: path.to_path_buf(),
-        })
-    })
+        .map_err(|source| NetlinkError::Thread { path: path.to_path_buf(), source })?;
+    rx.await.unwrap_or_else(|_| Err(NetlinkError::ThreadDied { path: path.to_path_buf() }))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -331,10 +292,7 @@ struct Nl {
 impl Nl {
     fn connect(ns: Netns) -> Result<Self> {
         let (conn, handle, _messages) =
-            rtnetlink::new_connection().map_err(|source| NetlinkError::Socket {
-                ns: ns.clone(),
-                source,
-            })?;
+            rtnetlink::new_connection().map_err(|source| NetlinkError::Socket { ns: ns.clone(), source })?;
         // Ends once `handle` (and its clones) are dropped.
         tokio::spawn(conn);
         Ok(Nl { handle, ns })
@@ -342,20 +300,11 @@ impl Nl {
 
     fn err(&self, op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError + '_ {
         let op = op.into();
-        move |source| NetlinkError::Request {
-            op,
-            ns: self.ns.clone(),
-            source,
-        }
+        move |source| NetlinkError::Request { op, ns: self.ns.clone(), source }
     }
 
     async fn link_msg_by_name(&self, name: &str) -> Result<Option<LinkMessage>> {
-        let mut s = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_string())
-            .execute();
+        let mut s = self.handle.link().get().match_name(name.to_string()).execute();
         match s.try_next().await {
             Ok(m) => Ok(m),
             Err(e) if matches!(errno_of(&e), Some(ENODEV | ENOENT)) => Ok(None),
@@ -379,10 +328,7 @@ impl Nl {
     async fn require_link(&self, name: &str) -> Result<LinkInfo> {
         self.link_by_name(name)
             .await?
-            .ok_or_else(|| NetlinkError::LinkNotFound {
-                name: name.to_string(),
-                ns: self.ns.clone(),
-            })
+            .ok_or_else(|| NetlinkError::LinkNotFound { name: name.to_string(), ns: self.ns.clone() })
     }
 
     async fn set_up(&self, index: u32, what: &str) -> Result<()> {
@@ -430,13 +376,7 @@ impl Nl {
     }
 
     async fn add_address(&self, index: u32, ifname: &str, ip: Ipv4Addr, prefix: u8) -> Result<()> {
-        match self
-            .handle
-            .address()
-            .add(index, IpAddr::V4(ip), prefix)
-            .execute()
-            .await
-        {
+        match self.handle.address().add(index, IpAddr::V4(ip), prefix).execute().await {
             Ok(()) => Ok(()),
             Err(e) if errno_of(&e) == Some(EEXIST) => Ok(()),
             Err(e) => Err(self.err(format!("adding {ip}/{prefix} to {ifname}"))(e)),
@@ -454,13 +394,7 @@ impl Nl {
     }
 
     async fn replace_route(&self, msg: RouteMessage, what: String) -> Result<()> {
-        self.handle
-            .route()
-            .add(msg)
-            .replace()
-            .execute()
-            .await
-            .map_err(self.err(what))
+        self.handle.route().add(msg).replace().execute().await.map_err(self.err(what))
     }
 }
 
@@ -541,10 +475,7 @@ pub async fn create_pod_veth(spec: &PodVeth) -> Result<PodVethResult, NetlinkErr
     let netns_file = open_netns(&spec.netns_path)?;
     let nl = Nl::connect(Netns::Current)?;
     if nl.link_by_name(&spec.host_ifname).await?.is_some() {
-        return Err(NetlinkError::LinkExists {
-            name: spec.host_ifname.clone(),
-            ns: nl.ns,
-        });
+        return Err(NetlinkError::LinkExists { name: spec.host_ifname.clone(), ns: nl.ns });
     }
 
     let tmp = temp_ifname();
@@ -554,17 +485,12 @@ pub async fn create_pod_veth(spec: &PodVeth) -> Result<PodVethResult, NetlinkErr
         peer = peer.mtu(mtu);
         host = host.mtu(mtu);
     }
-    let msg = host
-        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
-        .build();
+    let msg = host.set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build()))).build();
     let created = nl.handle.link().add(msg).execute().await;
     drop(netns_file);
     if let Err(e) = created {
         if errno_of(&e) == Some(EEXIST) {
-            return Err(NetlinkError::LinkExists {
-                name: spec.host_ifname.clone(),
-                ns: nl.ns,
-            });
+            return Err(NetlinkError::LinkExists { name: spec.host_ifname.clone(), ns: nl.ns });
         }
         return Err(nl.err(format!(
             "creating veth {} (peer {tmp} in netns {})",
@@ -597,34 +523,17 @@ async fn finish_pod_veth(nl: &Nl, spec: &PodVeth, tmp: String) -> Result<PodVeth
     .await?;
     nl.set_up(host.index, &spec.host_ifname).await?;
     let host = nl.require_link(&spec.host_ifname).await?;
-    Ok(PodVethResult {
-        host,
-        pod_mac: pod.mac,
-        pod_ifindex: pod.index,
-    })
+    Ok(PodVethResult { host, pod_mac: pod.mac, pod_ifindex: pod.index })
 }
 
-async fn configure_pod_side(
-    nl: &Nl,
-    tmp: &str,
-    ifname: &str,
-    ip: Ipv4Addr,
-    gateway: Ipv4Addr,
-) -> Result<LinkInfo> {
+async fn configure_pod_side(nl: &Nl, tmp: &str, ifname: &str, ip: Ipv4Addr, gateway: Ipv4Addr) -> Result<LinkInfo> {
     let link = nl.require_link(tmp).await?;
     if nl.link_by_name(ifname).await?.is_some() {
-        return Err(NetlinkError::LinkExists {
-            name: ifname.to_string(),
-            ns: nl.ns.clone(),
-        });
+        return Err(NetlinkError::LinkExists { name: ifname.to_string(), ns: nl.ns.clone() });
     }
     nl.handle
         .link()
-        .set(
-            LinkUnspec::new_with_index(link.index)
-                .name(ifname.to_string())
-                .build(),
-        )
+        .set(LinkUnspec::new_with_index(link.index).name(ifname.to_string()).build())
         .execute()
         .await
         .map_err(nl.err(format!("renaming veth peer {tmp} to {ifname}")))?;
@@ -632,11 +541,8 @@ async fn configure_pod_side(
     nl.set_up(link.index, ifname).await?;
     let lo = nl.require_link("lo").await?;
     nl.set_up(lo.index, "lo").await?;
-    nl.replace_route(
-        host_route_msg(gateway, link.index),
-        format!("adding route {gateway}/32 dev {ifname} scope link"),
-    )
-    .await?;
+    nl.replace_route(host_route_msg(gateway, link.index), format!("adding route {gateway}/32 dev {ifname} scope link"))
+        .await?;
     nl.replace_route(
         RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
@@ -653,11 +559,7 @@ fn temp_ifname() -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     // "mytmp" + 5 hex of pid + 5 hex of counter = 15 chars.
-    format!(
-        "mytmp{:05x}{:05x}",
-        std::process::id() & 0xf_ffff,
-        n & 0xf_ffff
-    )
+    format!("mytmp{:05x}{:05x}", std::process::id() & 0xf_ffff, n & 0xf_ffff)
 }
 
 /// Delete a link in the caller's netns by name; `Ok(false)` if it did not exist.
@@ -681,11 +583,8 @@ pub async fn link_by_index(index: u32) -> Result<Option<LinkInfo>, NetlinkError>
 /// `ip route replace IP/32 dev <ifindex> scope link` in the caller's netns.
 pub async fn replace_host_route(ip: Ipv4Addr, ifindex: u32) -> Result<(), NetlinkError> {
     let nl = Nl::connect(Netns::Current)?;
-    nl.replace_route(
-        host_route_msg(ip, ifindex),
-        format!("replacing route {ip}/32 dev index {ifindex} scope link"),
-    )
-    .await
+    nl.replace_route(host_route_msg(ip, ifindex), format!("replacing route {ip}/32 dev index {ifindex} scope link"))
+        .await
 }
 
 /// Delete `IP/32 dev <ifindex>` from the main table; `Ok(false)` if there was no such route.
@@ -698,10 +597,7 @@ pub async fn delete_host_route(ip: Ipv4Addr, ifindex: u32) -> Result<bool, Netli
     match nl.handle.route().del(msg).execute().await {
         Ok(()) => Ok(true),
         Err(e) if matches!(errno_of(&e), Some(ESRCH | ENOENT | ENODEV)) => Ok(false),
-        Err(e) => Err(nl
-            .err(format!("deleting route {ip}/32 dev index {ifindex}"))(
-            e
-        )),
+        Err(e) => Err(nl.err(format!("deleting route {ip}/32 dev index {ifindex}"))(e)),
     }
 }
 
@@ -716,10 +612,7 @@ pub async fn replace_neighbour(ip: Ipv4Addr, mac: Mac, ifindex: u32) -> Result<(
         .replace()
         .execute()
         .await
-        .map_err(nl.err(format!(
-            "replacing neighbour {ip} lladdr {} dev index {ifindex}",
-            format_mac(&mac)
-        )))
+        .map_err(nl.err(format!("replacing neighbour {ip} lladdr {} dev index {ifindex}", format_mac(&mac))))
 }
 
 /// `ip neigh del IP dev <ifindex>`; `Ok(false)` if there was no such entry.
@@ -728,15 +621,11 @@ pub async fn delete_neighbour(ip: Ipv4Addr, ifindex: u32) -> Result<bool, Netlin
     let mut msg = NeighbourMessage::default();
     msg.header.family = AddressFamily::Inet;
     msg.header.ifindex = ifindex;
-    msg.attributes
-        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+    msg.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
     match nl.handle.neighbours().del(msg).execute().await {
         Ok(()) => Ok(true),
         Err(e) if matches!(errno_of(&e), Some(ENOENT | ESRCH | ENODEV)) => Ok(false),
-        Err(e) => Err(nl
-            .err(format!("deleting neighbour {ip} dev index {ifindex}"))(
-            e
-        )),
+        Err(e) => Err(nl.err(format!("deleting neighbour {ip} dev index {ifindex}"))(e)),
     }
 }
 
@@ -752,21 +641,19 @@ pub async fn neighbour_mac(ip: Ipv4Addr, ifindex: u32) -> Result<Option<Mac>, Ne
         .try_collect()
         .await
         .map_err(nl.err("listing IPv4 neighbours"))?;
-    Ok(msgs
-        .iter()
-        .filter(|m| m.header.ifindex == ifindex)
-        .find_map(|m| {
-            let dst = m.attributes.iter().any(|a| {
-            matches!(a, NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) if d == &ip)
-        });
-            if !dst {
-                return None;
-            }
-            m.attributes.iter().find_map(|a| match a {
-                NeighbourAttribute::LinkLocalAddress(b) => <Mac>::try_from(b.as_slice()).ok(),
-                _ => None,
-            })
-        }))
+    Ok(msgs.iter().filter(|m| m.header.ifindex == ifindex).find_map(|m| {
+        let dst = m
+            .attributes
+            .iter()
+            .any(|a| matches!(a, NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) if d == &ip));
+        if !dst {
+            return None;
+        }
+        m.attributes.iter().find_map(|a| match a {
+            NeighbourAttribute::LinkLocalAddress(b) => <Mac>::try_from(b.as_slice()).ok(),
+            _ => None,
+        })
+    }))
 }
 
 /// For CNI CHECK: inside `netns_path`, `pod_ifname` exists, is up, carries `pod_ip/32`, and the
@@ -781,11 +668,7 @@ pub async fn check_pod_interface(
     let ifname = pod_ifname.to_string();
     in_netns_async(netns_path, move || async move {
         let nl = Nl::connect(Netns::Path(path))?;
-        let fail = |reason: String| NetlinkError::CheckFailed {
-            ifname: ifname.clone(),
-            ns: nl.ns.clone(),
-            reason,
-        };
+        let fail = |reason: String| NetlinkError::CheckFailed { ifname: ifname.clone(), ns: nl.ns.clone(), reason };
         let Some(link) = nl.link_by_name(&ifname).await? else {
             return Err(fail("the interface does not exist".into()));
         };
@@ -795,10 +678,7 @@ pub async fn check_pod_interface(
         let addrs = nl.addresses_v4(link.index).await?;
         if !addrs.contains(&(pod_ip, 32)) {
             let have: Vec<String> = addrs.iter().map(|(ip, p)| format!("{ip}/{p}")).collect();
-            return Err(fail(format!(
-                "{pod_ip}/32 is not configured (has [{}])",
-                have.join(", ")
-            )));
+            return Err(fail(format!("{pod_ip}/32 is not configured (has [{}])", have.join(", "))));
         }
         let routes = nl.routes_v4().await?;
         let ok = routes.iter().any(|r| {
@@ -827,38 +707,23 @@ pub async fn link_ipv4(name: &str) -> Result<Option<(Ipv4Addr, u8)>, NetlinkErro
 /// On kernels without dummy support (CONFIG_DUMMY unset, EOPNOTSUPP) a bridge with no ports is
 /// created instead: it is up, holds the address and answers for it the same way.
 /// If a link of that name exists it is reused as is (its kind is not checked).
-pub async fn ensure_dummy_with_addr(
-    name: &str,
-    ip: Ipv4Addr,
-    prefix: u8,
-) -> Result<LinkInfo, NetlinkError> {
+pub async fn ensure_dummy_with_addr(name: &str, ip: Ipv4Addr, prefix: u8) -> Result<LinkInfo, NetlinkError> {
     validate_ifname(name)?;
     let nl = Nl::connect(Netns::Current)?;
     if nl.link_by_name(name).await?.is_none() {
-        match nl
-            .handle
-            .link()
-            .add(LinkDummy::new(name).build())
-            .execute()
-            .await
-        {
+        match nl.handle.link().add(LinkDummy::new(name).build()).execute().await {
             Ok(()) => {}
             Err(e) if errno_of(&e) == Some(EEXIST) => {}
             // Kernel built without CONFIG_DUMMY: a port-less bridge holds an address just as well.
             Err(e) if errno_of(&e) == Some(EOPNOTSUPP) => {
-                match nl
-                    .handle
-                    .link()
-                    .add(LinkBridge::new(name).build())
-                    .execute()
-                    .await
-                {
+                match nl.handle.link().add(LinkBridge::new(name).build()).execute().await {
                     Ok(()) => {}
                     Err(e) if errno_of(&e) == Some(EEXIST) => {}
                     Err(e) => {
-                        return Err(nl.err(format!(
-                            "creating bridge {name} (fallback: this kernel has no dummy links)"
-                        ))(e))
+                        return Err(nl
+                            .err(format!("creating bridge {name} (fallback: this kernel has no dummy links)"))(
+                            e
+                        ))
                     }
                 }
             }
@@ -883,9 +748,7 @@ pub async fn host_routes(ifindex: u32) -> Result<Vec<Ipv4Addr>, NetlinkError> {
         .await?
         .iter()
         .filter(|r| {
-            r.header.destination_prefix_length == 32
-                && route_table(r) == RT_TABLE_MAIN
-                && route_oif(r) == Some(ifindex)
+            r.header.destination_prefix_length == 32 && route_table(r) == RT_TABLE_MAIN && route_oif(r) == Some(ifindex)
         })
         .filter_map(route_dst)
         .collect())
@@ -902,9 +765,7 @@ mod tests {
         assert_eq!(a, host_ifname("abc123", "eth0"));
         assert_eq!(a.len(), 15);
         assert!(a.starts_with("lxc"));
-        assert!(a[3..]
-            .chars()
-            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert!(a[3..].chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
         assert_ne!(a, host_ifname("abc123", "eth1"));
         assert_ne!(a, host_ifname("abc124", "eth0"));
         // The separator keeps ("ab","c") and ("a","bc") apart.
@@ -918,17 +779,8 @@ mod tests {
         assert_eq!(format_mac(&mac), "aa:bb:0c:00:ff:01");
         assert_eq!(parse_mac("aa:bb:0c:00:ff:01").unwrap(), mac);
         assert_eq!(parse_mac("AA-BB-0C-00-FF-01").unwrap(), mac);
-        for bad in [
-            "",
-            "aa:bb",
-            "aa:bb:cc:dd:ee:ff:00",
-            "aa:bb:cc:dd:ee:gg",
-            "a:bb:cc:dd:ee:ff0",
-        ] {
-            assert!(
-                matches!(parse_mac(bad), Err(NetlinkError::InvalidMac(_))),
-                "{bad}"
-            );
+        for bad in ["", "aa:bb", "aa:bb:cc:dd:ee:ff:00", "aa:bb:cc:dd:ee:gg", "a:bb:cc:dd:ee:ff0"] {
+            assert!(matches!(parse_mac(bad), Err(NetlinkError::InvalidMac(_))), "{bad}");
         }
     }
 

@@ -17,11 +17,7 @@ use myelin_netlink::*;
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 fn unique() -> String {
-    format!(
-        "{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
 fn require_root() {
@@ -82,23 +78,13 @@ impl TestNetns {
 
 impl Drop for TestNetns {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
     }
 }
 
 fn run(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("spawning {cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "`{cmd} {}` failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("spawning {cmd}: {e}"));
+    assert!(out.status.success(), "`{cmd} {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -127,32 +113,17 @@ fn create_pod_veth_end_to_end() {
 
     // Pod side: address, up, mtu, mac, routes, lo up.
     let link = pod.ip(&["-o", "link", "show", "dev", "eth0"]);
-    assert!(
-        link.contains("<BROADCAST,MULTICAST,UP"),
-        "pod link not up: {link}"
-    );
+    assert!(link.contains("<BROADCAST,MULTICAST,UP"), "pod link not up: {link}");
     assert!(link.contains("mtu 1400"), "pod mtu: {link}");
-    assert!(
-        link.contains(&format_mac(&res.pod_mac)),
-        "pod mac {}: {link}",
-        format_mac(&res.pod_mac)
-    );
-    assert!(
-        link.starts_with(&format!("{}: eth0@", res.pod_ifindex)),
-        "pod ifindex: {link}"
-    );
+    assert!(link.contains(&format_mac(&res.pod_mac)), "pod mac {}: {link}", format_mac(&res.pod_mac));
+    assert!(link.starts_with(&format!("{}: eth0@", res.pod_ifindex)), "pod ifindex: {link}");
     let addr = pod.ip(&["-o", "-4", "addr", "show", "dev", "eth0"]);
     assert!(addr.contains("inet 10.200.0.5/32"), "pod addr: {addr}");
     let routes = pod.ip(&["-4", "route", "show"]);
     let has = |prefix: &str, scope_link: bool| {
-        routes
-            .lines()
-            .any(|l| l.starts_with(prefix) && (!scope_link || l.contains("scope link")))
+        routes.lines().any(|l| l.starts_with(prefix) && (!scope_link || l.contains("scope link")))
     };
-    assert!(
-        has("default via 10.200.0.1 dev eth0", false),
-        "routes: {routes}"
-    );
+    assert!(has("default via 10.200.0.1 dev eth0", false), "routes: {routes}");
     assert!(has("10.200.0.1 dev eth0 ", true), "routes: {routes}");
     let lo = pod.ip(&["-o", "link", "show", "dev", "lo"]);
     assert!(lo.contains(",UP"), "lo not up: {lo}");
@@ -160,61 +131,33 @@ fn create_pod_veth_end_to_end() {
     // Host side: in the node netns, up, peer is the pod's eth0, no temp name left behind.
     let host = node.ip(&["-o", "link", "show", "dev", &s.host_ifname]);
     assert!(host.contains(",UP"), "host side not up: {host}");
-    assert!(
-        host.contains(&format!("{}@if{}", s.host_ifname, res.pod_ifindex)),
-        "peer: {host}"
-    );
+    assert!(host.contains(&format!("{}@if{}", s.host_ifname, res.pod_ifindex)), "peer: {host}");
     assert_eq!(res.host.name, s.host_ifname);
     assert!(res.host.up);
     assert_eq!(res.host.mtu, 1400);
-    assert!(
-        host.contains(&format_mac(&res.host.mac)),
-        "host mac: {host}"
-    );
+    assert!(host.contains(&format_mac(&res.host.mac)), "host mac: {host}");
     assert!(!node.ip(&["-o", "link"]).contains("mytmp"));
     assert!(!pod.ip(&["-o", "link"]).contains("mytmp"));
 
     // The library sees the same thing by name and index, from the node netns.
     let (name, idx) = (s.host_ifname.clone(), res.host.index);
-    let (by_name, by_index) = node.run(move || async move {
-        (
-            link_by_name(&name).await.unwrap(),
-            link_by_index(idx).await.unwrap(),
-        )
-    });
-    let (by_name, by_index) = (
-        by_name.expect("host by name"),
-        by_index.expect("host by index"),
-    );
+    let (by_name, by_index) =
+        node.run(move || async move { (link_by_name(&name).await.unwrap(), link_by_index(idx).await.unwrap()) });
+    let (by_name, by_index) = (by_name.expect("host by name"), by_index.expect("host by index"));
     assert_eq!((by_name.index, by_name.mac), (res.host.index, res.host.mac));
     assert_eq!(by_index.name, s.host_ifname);
 
     // And from inside the pod netns, through in_netns directly.
-    let pod_view = pod
-        .run(|| async { link_by_name("eth0").await.unwrap() })
-        .expect("eth0 in pod");
-    assert_eq!(
-        (pod_view.index, pod_view.mac),
-        (res.pod_ifindex, res.pod_mac)
-    );
-    assert!(pod
-        .run(|| async { link_by_name("eth0").await.unwrap() })
-        .is_some());
+    let pod_view = pod.run(|| async { link_by_name("eth0").await.unwrap() }).expect("eth0 in pod");
+    assert_eq!((pod_view.index, pod_view.mac), (res.pod_ifindex, res.pod_mac));
+    assert!(pod.run(|| async { link_by_name("eth0").await.unwrap() }).is_some());
     let name = s.host_ifname.clone();
-    assert!(pod
-        .run(move || async move { link_by_name(&name).await.unwrap() })
-        .is_none());
+    assert!(pod.run(move || async move { link_by_name(&name).await.unwrap() }).is_none());
 
     // CHECK passes on what ADD built.
     let p = pod.path.clone();
     node.run(move || async move {
-        check_pod_interface(
-            &p,
-            "eth0",
-            Ipv4Addr::new(10, 200, 0, 5),
-            Ipv4Addr::new(10, 200, 0, 1),
-        )
-        .await
+        check_pod_interface(&p, "eth0", Ipv4Addr::new(10, 200, 0, 5), Ipv4Addr::new(10, 200, 0, 1)).await
     })
     .expect("check_pod_interface on a fresh pod");
 
@@ -254,19 +197,10 @@ fn missing_netns_is_netns_not_found() {
 
     let m = missing.clone();
     let r = node.run(move || async move {
-        check_pod_interface(
-            &m,
-            "eth0",
-            Ipv4Addr::new(10, 0, 0, 2),
-            Ipv4Addr::new(10, 0, 0, 1),
-        )
-        .await
+        check_pod_interface(&m, "eth0", Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 1)).await
     });
     assert!(matches!(r, Err(NetlinkError::NetnsNotFound(_))), "{r:?}");
-    assert!(matches!(
-        in_netns(&missing, || ()),
-        Err(NetlinkError::NetnsNotFound(_))
-    ));
+    assert!(matches!(in_netns(&missing, || ()), Err(NetlinkError::NetnsNotFound(_))));
 }
 
 #[test]
@@ -280,19 +214,13 @@ fn duplicate_host_ifname_is_rejected() {
     s2.host_ifname = s1.host_ifname.clone();
     match create(&node, &s2) {
         Err(e @ NetlinkError::LinkExists { .. }) => {
-            assert!(
-                e.to_string().contains(&s1.host_ifname),
-                "message names the link: {e}"
-            );
+            assert!(e.to_string().contains(&s1.host_ifname), "message names the link: {e}");
         }
         other => panic!("expected LinkExists, got {other:?}"),
     }
     // The first pair is untouched, nothing appeared in the second pod.
     let host = node.ip(&["-o", "link", "show", "dev", &s1.host_ifname]);
-    assert!(
-        host.contains(&format!("@if{}", first.pod_ifindex)),
-        "{host}"
-    );
+    assert!(host.contains(&format!("@if{}", first.pod_ifindex)), "{host}");
     assert!(pod1.has_link("eth0"));
     assert!(!pod2.has_link("eth0"));
     assert!(!pod2.ip(&["-o", "link"]).contains("mytmp"));
@@ -310,28 +238,15 @@ fn failure_midway_cleans_up() {
         other => panic!("expected LinkExists for eth0, got {other:?}"),
     }
     let msg = err.to_string();
-    assert!(
-        msg.contains("eth0") && msg.contains(&pod.name),
-        "message names link and netns: {msg}"
-    );
+    assert!(msg.contains("eth0") && msg.contains(&pod.name), "message names link and netns: {msg}");
     assert!(!node.has_link(&s.host_ifname), "host side must be deleted");
-    assert!(
-        !pod.ip(&["-o", "link"]).contains("mytmp"),
-        "peer must be gone"
-    );
-    assert!(
-        pod.ip(&["-d", "-o", "link", "show", "dev", "eth0"])
-            .contains("bridge"),
-        "the pod's own eth0 is untouched"
-    );
+    assert!(!pod.ip(&["-o", "link"]).contains("mytmp"), "peer must be gone");
+    assert!(pod.ip(&["-d", "-o", "link", "show", "dev", "eth0"]).contains("bridge"), "the pod's own eth0 is untouched");
 
     // Invalid names fail before anything is created.
     let mut bad = spec(&pod, "eth1");
     bad.host_ifname = "this-name-is-too-long".into();
-    assert!(matches!(
-        create(&node, &bad),
-        Err(NetlinkError::InvalidName { .. })
-    ));
+    assert!(matches!(create(&node, &bad), Err(NetlinkError::InvalidName { .. })));
 }
 
 #[test]
@@ -339,20 +254,12 @@ fn delete_link_is_idempotent() {
     let node = TestNetns::new("n");
     node.ip(&["link", "add", "d0", "type", "bridge"]);
     let r = node.run(|| async {
-        (
-            delete_link("d0").await.unwrap(),
-            delete_link("d0").await.unwrap(),
-            delete_link("nope0").await.unwrap(),
-        )
+        (delete_link("d0").await.unwrap(), delete_link("d0").await.unwrap(), delete_link("nope0").await.unwrap())
     });
     assert_eq!(r, (true, false, false));
     assert!(!node.has_link("d0"));
-    assert!(node
-        .run(|| async { link_by_name("d0").await.unwrap() })
-        .is_none());
-    assert!(node
-        .run(|| async { link_by_index(999_999).await.unwrap() })
-        .is_none());
+    assert!(node.run(|| async { link_by_name("d0").await.unwrap() }).is_none());
+    assert!(node.run(|| async { link_by_index(999_999).await.unwrap() }).is_none());
 }
 
 #[test]
@@ -363,10 +270,7 @@ fn host_routes_replace_and_delete() {
     node.ip(&["link", "set", "vb", "up"]);
     let ip = Ipv4Addr::new(10, 1, 2, 3);
     let (ia, ib) = node.run(|| async {
-        (
-            link_by_name("va").await.unwrap().unwrap().index,
-            link_by_name("vb").await.unwrap().unwrap().index,
-        )
+        (link_by_name("va").await.unwrap().unwrap().index, link_by_name("vb").await.unwrap().unwrap().index)
     });
 
     node.run(move || async move {
@@ -375,18 +279,12 @@ fn host_routes_replace_and_delete() {
         assert_eq!(host_routes(ia).await.unwrap(), vec![ip]);
     });
     let r = node.ip(&["-4", "route", "show", "10.1.2.3"]);
-    assert!(
-        r.starts_with("10.1.2.3 dev va ") && r.contains("scope link") && r.lines().count() == 1,
-        "{r}"
-    );
+    assert!(r.starts_with("10.1.2.3 dev va ") && r.contains("scope link") && r.lines().count() == 1, "{r}");
 
     // Replace moves the route to another device.
     node.run(move || async move { replace_host_route(ip, ib).await.unwrap() });
     let r = node.ip(&["-4", "route", "show", "10.1.2.3"]);
-    assert!(
-        r.starts_with("10.1.2.3 dev vb ") && r.contains("scope link") && r.lines().count() == 1,
-        "{r}"
-    );
+    assert!(r.starts_with("10.1.2.3 dev vb ") && r.contains("scope link") && r.lines().count() == 1, "{r}");
 
     let (wrong_dev, first, second) = node.run(move || async move {
         (
@@ -396,10 +294,7 @@ fn host_routes_replace_and_delete() {
         )
     });
     assert_eq!((wrong_dev, first, second), (false, true, false));
-    assert!(node
-        .ip(&["-4", "route", "show", "10.1.2.3"])
-        .trim()
-        .is_empty());
+    assert!(node.ip(&["-4", "route", "show", "10.1.2.3"]).trim().is_empty());
 }
 
 #[test]
@@ -418,10 +313,7 @@ fn neighbours_replace_and_delete() {
         assert_eq!(neighbour_mac(ip, idx).await.unwrap(), Some(mac2));
     });
     let n = node.ip(&["neigh", "show", "10.1.2.4", "dev", "va"]);
-    assert!(
-        n.contains("lladdr 02:00:00:00:00:02") && n.contains("PERMANENT"),
-        "{n}"
-    );
+    assert!(n.contains("lladdr 02:00:00:00:00:02") && n.contains("PERMANENT"), "{n}");
 
     let (a, b, after) = node.run(move || async move {
         (
@@ -431,10 +323,7 @@ fn neighbours_replace_and_delete() {
         )
     });
     assert_eq!((a, b, after), (true, false, None));
-    assert!(node
-        .ip(&["neigh", "show", "10.1.2.4", "dev", "va"])
-        .trim()
-        .is_empty());
+    assert!(node.ip(&["neigh", "show", "10.1.2.4", "dev", "va"]).trim().is_empty());
 }
 
 #[test]
@@ -456,19 +345,13 @@ fn check_pod_interface_reports_mismatches() {
     };
     assert!(reason(check("eth9", ip, gw)).contains("does not exist"));
     let r = reason(check("eth0", Ipv4Addr::new(10, 200, 0, 6), gw));
-    assert!(
-        r.contains("10.200.0.6/32") && r.contains("10.200.0.5/32"),
-        "{r}"
-    );
+    assert!(r.contains("10.200.0.6/32") && r.contains("10.200.0.5/32"), "{r}");
     let r = reason(check("eth0", ip, Ipv4Addr::new(10, 200, 0, 254)));
     assert!(r.contains("no default route via 10.200.0.254"), "{r}");
 
     pod.ip(&["link", "set", "eth0", "down"]);
     let err = check("eth0", ip, gw).unwrap_err();
-    assert!(
-        err.to_string().contains("down") && err.to_string().contains(&pod.name),
-        "{err}"
-    );
+    assert!(err.to_string().contains("down") && err.to_string().contains(&pod.name), "{err}");
 }
 
 #[test]
@@ -478,18 +361,11 @@ fn link_ipv4_first_address() {
     node.ip(&["addr", "add", "192.168.77.2/24", "dev", "up0"]);
     node.ip(&["link", "add", "bare0", "type", "bridge"]);
     let (a, b, c) = node.run(|| async {
-        (
-            link_ipv4("up0").await.unwrap(),
-            link_ipv4("bare0").await.unwrap(),
-            link_ipv4("nope0").await,
-        )
+        (link_ipv4("up0").await.unwrap(), link_ipv4("bare0").await.unwrap(), link_ipv4("nope0").await)
     });
     assert_eq!(a, Some((Ipv4Addr::new(192, 168, 77, 2), 24)));
     assert_eq!(b, None);
-    assert!(
-        matches!(c, Err(NetlinkError::LinkNotFound { ref name, .. }) if name == "nope0"),
-        "{c:?}"
-    );
+    assert!(matches!(c, Err(NetlinkError::LinkNotFound { ref name, .. }) if name == "nope0"), "{c:?}");
 }
 
 #[test]
@@ -506,27 +382,18 @@ fn ensure_dummy_with_addr_is_idempotent() {
     assert!(a.up && b.up);
     let link = node.ip(&["-d", "-o", "link", "show", "dev", "myelin_gw"]);
     // Dummy, or a port-less bridge on kernels built without CONFIG_DUMMY (like this lab's).
-    assert!(
-        (link.contains("dummy") || link.contains("bridge")) && link.contains(",UP"),
-        "{link}"
-    );
+    assert!((link.contains("dummy") || link.contains("bridge")) && link.contains(",UP"), "{link}");
     let addrs = node.ip(&["-o", "-4", "addr", "show", "dev", "myelin_gw"]);
     assert_eq!(addrs.matches("inet 10.99.0.1/32").count(), 1, "{addrs}");
 
     // An existing link that lost its address and went down gets both back.
     node.ip(&["addr", "flush", "dev", "myelin_gw"]);
     node.ip(&["link", "set", "myelin_gw", "down"]);
-    let c =
-        node.run(move || async move { ensure_dummy_with_addr("myelin_gw", ip, 32).await.unwrap() });
+    let c = node.run(move || async move { ensure_dummy_with_addr("myelin_gw", ip, 32).await.unwrap() });
     assert_eq!(c.index, a.index);
     assert!(c.up);
-    assert!(node
-        .ip(&["-o", "-4", "addr", "show", "dev", "myelin_gw"])
-        .contains("inet 10.99.0.1/32"));
-    assert_eq!(
-        node.run(|| async { link_ipv4("myelin_gw").await.unwrap() }),
-        Some((ip, 32))
-    );
+    assert!(node.ip(&["-o", "-4", "addr", "show", "dev", "myelin_gw"]).contains("inet 10.99.0.1/32"));
+    assert_eq!(node.run(|| async { link_ipv4("myelin_gw").await.unwrap() }), Some((ip, 32)));
 }
 
 #[test]
@@ -554,13 +421,9 @@ fn works_from_a_multi_thread_runtime() {
             .build()
             .expect("multi-thread runtime");
         rt.block_on(async move {
-            let created = tokio::spawn(async move { create_pod_veth(&s2).await })
-                .await
-                .expect("join");
+            let created = tokio::spawn(async move { create_pod_veth(&s2).await }).await.expect("join");
             // Every worker still sees the node netns (it holds the host side, not the pod side).
-            let host = tokio::spawn(async { link_by_name("lo").await })
-                .await
-                .expect("join");
+            let host = tokio::spawn(async { link_by_name("lo").await }).await.expect("join");
             (created, host)
         })
     })

@@ -152,7 +152,12 @@ fn check_cancel(opts: &Options) -> Result<()> {
 fn measure(t: &Target, w: Workload, opts: &Options) -> Result<Vec<(&'static str, f64)>> {
     match w {
         Workload::Stream { streams } => {
-            let o = load::iperf_stream(&t.client_ns, SocketAddrV4::new(t.server_ip, topo::STREAM_PORT), streams, opts.stream_seconds)?;
+            let o = load::iperf_stream(
+                &t.client_ns,
+                SocketAddrV4::new(t.server_ip, topo::STREAM_PORT),
+                streams,
+                opts.stream_seconds,
+            )?;
             #[allow(clippy::cast_precision_loss)]
             let cpus = sys::machine().2 as f64;
             Ok(vec![
@@ -163,11 +168,23 @@ fn measure(t: &Target, w: Workload, opts: &Options) -> Result<Vec<(&'static str,
         Workload::Rr | Workload::Crr => {
             let crr = w == Workload::Crr;
             let port = if crr { topo::CRR_PORT } else { topo::RR_PORT };
-            let cfg = RrConfig { duration: opts.rr_duration, size: opts.rr_size, connect_per_transaction: crr, pin: opts.rr_pin };
-            let o = load::request_response(&t.client_ns, &t.server_ns, SocketAddrV4::new(t.server_ip, port), &cfg, &opts.cancel)?;
+            let cfg = RrConfig {
+                duration: opts.rr_duration,
+                size: opts.rr_size,
+                connect_per_transaction: crr,
+                pin: opts.rr_pin,
+            };
+            let o = load::request_response(
+                &t.client_ns,
+                &t.server_ns,
+                SocketAddrV4::new(t.server_ip, port),
+                &cfg,
+                &opts.cancel,
+            )?;
             let us = |q: f64| o.latency.quantile(q).map_or(f64::NAN, |ns| ns as f64 / 1000.0);
             #[allow(clippy::cast_precision_loss)]
-            let cpu_per_tx = if o.transactions > 0 { o.cpu_busy_seconds * 1e6 / o.transactions as f64 } else { f64::NAN };
+            let cpu_per_tx =
+                if o.transactions > 0 { o.cpu_busy_seconds * 1e6 / o.transactions as f64 } else { f64::NAN };
             Ok(vec![("tps", o.per_second()), ("p50", us(0.5)), ("p99", us(0.99)), ("cpu_per_tx", cpu_per_tx)])
         }
     }
@@ -224,7 +241,9 @@ pub fn run(opts: &Options) -> Result<Report> {
         }
         say(opts, &format!("building {}: {}", kind.id(), kind.describe()));
         let t = match kind {
-            Kind::Myelin { rules } => Target::build_myelin(index, *rules, opts.bin_dir.clone(), policy.as_deref().ok())?,
+            Kind::Myelin { rules } => {
+                Target::build_myelin(index, *rules, opts.bin_dir.clone(), policy.as_deref().ok())?
+            }
             k => Target::build_netns(*k)?,
         };
         report.available = true;
@@ -232,7 +251,12 @@ pub fn run(opts: &Options) -> Result<Report> {
         targets.push(t);
     }
 
-    let workloads = [Workload::Stream { streams: 1 }, Workload::Stream { streams: opts.streams.max(2) }, Workload::Rr, Workload::Crr];
+    let workloads = [
+        Workload::Stream { streams: 1 },
+        Workload::Stream { streams: opts.streams.max(2) },
+        Workload::Rr,
+        Workload::Crr,
+    ];
     let before: Vec<Counters> = targets.iter().map(Target::counters).collect::<Result<_>>()?;
     // (config, workload) -> metric -> samples, in round order.
     let mut samples: BTreeMap<(String, String), BTreeMap<&'static str, Vec<f64>>> = BTreeMap::new();

@@ -91,9 +91,9 @@ pub fn request_response(
             })
             .map_err(io("spawning the RR server thread"))?
     };
-    let ready = ready_rx
-        .recv_timeout(IO_TIMEOUT)
-        .unwrap_or_else(|_| Err(PerfError::Timeout { what: "RR server start".into(), seconds: IO_TIMEOUT.as_secs_f64() }));
+    let ready = ready_rx.recv_timeout(IO_TIMEOUT).unwrap_or_else(|_| {
+        Err(PerfError::Timeout { what: "RR server start".into(), seconds: IO_TIMEOUT.as_secs_f64() })
+    });
     let outcome = match ready {
         Ok(()) => {
             let (ns, cfg, cancel) = (client_ns.to_path_buf(), cfg.clone(), cancel.clone());
@@ -109,13 +109,21 @@ pub fn request_response(
     // Unblock a server still waiting in accept (CRR always, RR when the client failed).
     stop.store(true, Ordering::SeqCst);
     let _ = sys::in_netns(server_ns, || TcpStream::connect_timeout(&SocketAddr::V4(server), CONNECT_TIMEOUT));
-    let served = srv.join().unwrap_or_else(|_| Err(PerfError::Invalid { what: "RR server".into(), message: "panicked".into() }));
+    let served =
+        srv.join().unwrap_or_else(|_| Err(PerfError::Invalid { what: "RR server".into(), message: "panicked".into() }));
     let outcome = outcome?;
     served?;
     Ok(outcome)
 }
 
-fn serve(ns: &Path, addr: SocketAddrV4, size: usize, crr: bool, stop: &AtomicBool, ready: &mpsc::Sender<Result<()>>) -> Result<()> {
+fn serve(
+    ns: &Path,
+    addr: SocketAddrV4,
+    size: usize,
+    crr: bool,
+    stop: &AtomicBool,
+    ready: &mpsc::Sender<Result<()>>,
+) -> Result<()> {
     let listener = match sys::enter_netns(ns).and_then(|()| {
         TcpListener::bind(addr).map_err(io(format!("binding the RR server to {addr} in {}", ns.display())))
     }) {
@@ -176,7 +184,12 @@ fn client(ns: &Path, server: SocketAddrV4, cfg: &RrConfig, cancel: &AtomicBool) 
             let mut end = [0u8; 1];
             match s.read(&mut end) {
                 Ok(0) => {}
-                Ok(_) => return Err(PerfError::Invalid { what: "CRR".into(), message: "server sent more than the response".into() }),
+                Ok(_) => {
+                    return Err(PerfError::Invalid {
+                        what: "CRR".into(),
+                        message: "server sent more than the response".into(),
+                    })
+                }
                 Err(e) => return Err(io("waiting for the server's close")(e)),
             }
         }
@@ -224,12 +237,16 @@ impl IperfServer {
             .stderr(Stdio::null());
         let child = cmd.spawn().map_err(io(format!("starting iperf3 -s in {}", netns.display())))?;
         let mut server = IperfServer { child };
-        sys::wait_until(&format!("iperf3 -s listening on {addr} in {}", netns.display()), Duration::from_secs(10), || {
-            if let Some(status) = server.child.try_wait().map_err(io("checking iperf3 -s"))? {
-                return Err(PerfError::Invalid { what: "iperf3 -s".into(), message: format!("exited: {status}") });
-            }
-            sys::tcp_listening(netns, addr.port())
-        })?;
+        sys::wait_until(
+            &format!("iperf3 -s listening on {addr} in {}", netns.display()),
+            Duration::from_secs(10),
+            || {
+                if let Some(status) = server.child.try_wait().map_err(io("checking iperf3 -s"))? {
+                    return Err(PerfError::Invalid { what: "iperf3 -s".into(), message: format!("exited: {status}") });
+                }
+                sys::tcp_listening(netns, addr.port())
+            },
+        )?;
         Ok(server)
     }
 }
@@ -277,11 +294,15 @@ pub fn iperf_stream(client_ns: &Path, server: SocketAddrV4, streams: u32, second
         message: format!("output is not JSON ({e}): {}", String::from_utf8_lossy(&out.stderr).trim()),
     })?;
     if let Some(err) = v.get("error").and_then(serde_json::Value::as_str) {
-        return Err(PerfError::Invalid { what: format!("iperf3 -c {server} from {}", client_ns.display()), message: err.to_owned() });
+        return Err(PerfError::Invalid {
+            what: format!("iperf3 -c {server} from {}", client_ns.display()),
+            message: err.to_owned(),
+        });
     }
-    let bits_per_second = v.pointer("/end/sum_received/bits_per_second").and_then(serde_json::Value::as_f64).ok_or_else(|| {
-        PerfError::Invalid { what: "iperf3 JSON".into(), message: "no end.sum_received.bits_per_second".into() }
-    })?;
+    let bits_per_second =
+        v.pointer("/end/sum_received/bits_per_second").and_then(serde_json::Value::as_f64).ok_or_else(|| {
+            PerfError::Invalid { what: "iperf3 JSON".into(), message: "no end.sum_received.bits_per_second".into() }
+        })?;
     let retransmits = v.pointer("/end/sum_sent/retransmits").and_then(serde_json::Value::as_u64).unwrap_or(0);
     #[allow(clippy::cast_precision_loss)]
     let cpu_busy_seconds = busy1.saturating_sub(busy0) as f64 / sys::USER_HZ;

@@ -133,7 +133,13 @@ fn x(v: Option<f64>) -> String {
 /// The goals, judged from the medians; a goal whose configurations did not
 /// run is "not measurable yet", never guessed.
 #[must_use]
-pub fn goals(figs: &[Figure], configs: &[ConfigReport], stream_n: &str, rules_max: u32, agent_rss: Option<u64>) -> Vec<Goal> {
+pub fn goals(
+    figs: &[Figure],
+    configs: &[ConfigReport],
+    stream_n: &str,
+    rules_max: u32,
+    agent_rss: Option<u64>,
+) -> Vec<Goal> {
     let mut out = Vec::new();
     let ran = |id: &str| configs.iter().any(|c| c.id == id && c.available);
     let judge = |v: Option<f64>, ok: &dyn Fn(f64) -> bool| match v {
@@ -274,10 +280,11 @@ pub fn render(r: &Report) -> String {
                 None => row.extend(["n/a".into(), String::new(), String::new()]),
             }
             for (metric, _) in metrics.iter().skip(1) {
-                row.push(figs.iter().find(|f| f.config == c.id && f.metric == *metric).map_or_else(
-                    || "n/a".into(),
-                    |f| format!("{} {}", cell(f), x(f.vs_kernel_routing)),
-                ));
+                row.push(
+                    figs.iter()
+                        .find(|f| f.config == c.id && f.metric == *metric)
+                        .map_or_else(|| "n/a".into(), |f| format!("{} {}", cell(f), x(f.vs_kernel_routing))),
+                );
             }
             t.add_row(row);
         }
@@ -290,7 +297,11 @@ pub fn render(r: &Report) -> String {
             continue;
         }
         for ch in &c.checks {
-            t.add_row(vec![c.id.clone(), format!("{} {}", if ch.ok { "✓" } else { "✗" }, ch.claim), ch.evidence.clone()]);
+            t.add_row(vec![
+                c.id.clone(),
+                format!("{} {}", if ch.ok { "✓" } else { "✗" }, ch.claim),
+                ch.evidence.clone(),
+            ]);
         }
     }
     let _ = writeln!(s, "{t}\n");
@@ -363,7 +374,8 @@ mod tests {
             fig("iptables-10000", "tcp_crr", "tps", &[500.0]),
         ];
         fill_ratios(&mut f);
-        let configs = vec![cfg("physical", true), cfg("kernel-routing", true), cfg("myelin", true), cfg("myelin-1", false)];
+        let configs =
+            vec![cfg("physical", true), cfg("kernel-routing", true), cfg("myelin", true), cfg("myelin-1", false)];
         let g = goals(&f, &configs, "tcp_stream_4", 10_000, Some(30 << 20));
         assert_eq!(g[0].status, GoalStatus::Met, "{:?}", g[0]); // 92/80 = 1.15
         assert_eq!(g[1].status, GoalStatus::Met); // 0.92

@@ -61,7 +61,8 @@ pub fn iptables_ruleset(p: &PolicySpec) -> String {
     for i in 0..p.rules.saturating_sub(1) {
         match decoy(i) {
             Decoy::Source(src) => {
-                let _ = writeln!(s, "-A {CHAIN} -s {src}/32 -d {}/32 -p tcp -m tcp --dport {lo}:{hi} -j ACCEPT", p.server);
+                let _ =
+                    writeln!(s, "-A {CHAIN} -s {src}/32 -d {}/32 -p tcp -m tcp --dport {lo}:{hi} -j ACCEPT", p.server);
             }
             Decoy::Port(port) => {
                 let _ = writeln!(
@@ -87,7 +88,13 @@ pub fn iptables_ruleset(p: &PolicySpec) -> String {
 /// client with other `toPorts`, and last the rule allowing the client's pod on the
 /// benchmark ports.
 #[must_use]
-pub fn cilium_network_policy(p: &PolicySpec, name: &str, namespace: &str, client_app: &str, server_app: &str) -> String {
+pub fn cilium_network_policy(
+    p: &PolicySpec,
+    name: &str,
+    namespace: &str,
+    client_app: &str,
+    server_app: &str,
+) -> String {
     let (lo, hi) = p.ports;
     let mut s = String::new();
     let _ = writeln!(s, "apiVersion: cilium.io/v2");
@@ -166,7 +173,9 @@ mod tests {
             assert_eq!(lines[lines.len() - 1], "COMMIT");
         }
         let two = iptables_ruleset(&spec(2));
-        assert!(two.contains("-A MYELIN-PERF-POLICY -s 172.16.0.1/32 -d 10.201.0.3/32 -p tcp -m tcp --dport 15201:15203 -j ACCEPT"));
+        assert!(two.contains(
+            "-A MYELIN-PERF-POLICY -s 172.16.0.1/32 -d 10.201.0.3/32 -p tcp -m tcp --dport 15201:15203 -j ACCEPT"
+        ));
         let three = iptables_ruleset(&spec(3));
         assert!(three.contains("-s 10.201.0.2/32 -d 10.201.0.3/32 -p tcp -m tcp --dport 20000 -j ACCEPT"));
     }

@@ -9,8 +9,13 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Tools the benchmark runs, with their Debian packages.
-pub const TOOLS: &[(&str, &str)] =
-    &[("iperf3", "iperf3"), ("ip", "iproute2"), ("iptables-restore", "iptables"), ("iptables-save", "iptables"), ("nsenter", "util-linux")];
+pub const TOOLS: &[(&str, &str)] = &[
+    ("iperf3", "iperf3"),
+    ("ip", "iproute2"),
+    ("iptables-restore", "iptables"),
+    ("iptables-save", "iptables"),
+    ("nsenter", "util-linux"),
+];
 
 /// Fail with the Debian package name when a tool is missing.
 pub fn check_tools() -> Result<()> {
@@ -84,7 +89,8 @@ pub(crate) fn ns_command(netns: &Path, program: &str) -> Command {
 /// this crate spawned for the purpose (setns affects the calling thread only).
 pub(crate) fn enter_netns(path: &Path) -> Result<()> {
     let f = std::fs::File::open(path).map_err(io(format!("opening netns {}", path.display())))?;
-    nix::sched::setns(&f, CloneFlags::CLONE_NEWNET).map_err(|source| PerfError::Setns { path: path.to_path_buf(), source })
+    nix::sched::setns(&f, CloneFlags::CLONE_NEWNET)
+        .map_err(|source| PerfError::Setns { path: path.to_path_buf(), source })
 }
 
 /// Run `f` on a fresh OS thread inside the network namespace at `path`.

@@ -72,10 +72,16 @@ impl Kind {
     pub fn describe(&self) -> String {
         match self {
             Kind::Physical => "bare veth pair between two netns (no routing, no eBPF)".into(),
-            Kind::KernelRouting => "pods on veths routed by the node's kernel (ip_forward, /32 routes, static neighbours)".into(),
-            Kind::Iptables { rules } => format!("kernel routing + iptables FORWARD policy, {rules} rule(s), match last"),
+            Kind::KernelRouting => {
+                "pods on veths routed by the node's kernel (ip_forward, /32 routes, static neighbours)".into()
+            }
+            Kind::Iptables { rules } => {
+                format!("kernel routing + iptables FORWARD policy, {rules} rule(s), match last")
+            }
             Kind::Myelin { rules: None } => "Myelin lab: real agent + CNI, eBPF datapath, no policy".into(),
-            Kind::Myelin { rules: Some(n) } => format!("Myelin lab with a CiliumNetworkPolicy of {n} rule(s), match last"),
+            Kind::Myelin { rules: Some(n) } => {
+                format!("Myelin lab with a CiliumNetworkPolicy of {n} rule(s), match last")
+            }
         }
     }
 }
@@ -177,7 +183,11 @@ fn short_tag(kind: &Kind) -> String {
 
 fn sysctl(netns: &Path, key: &str, value: &str) -> Result<()> {
     let file = Path::new("/proc/sys").join(key);
-    sys::in_netns(netns, || std::fs::write(&file, value))?.map_err(io(format!("writing {value} to {} in {}", file.display(), netns.display())))
+    sys::in_netns(netns, || std::fs::write(&file, value))?.map_err(io(format!(
+        "writing {value} to {} in {}",
+        file.display(),
+        netns.display()
+    )))
 }
 
 impl Target {
@@ -260,7 +270,9 @@ impl Target {
                 for dev in ["vc", "vs"] {
                     sysctl(&node_ns, &format!("net/ipv4/conf/{dev}/proxy_arp"), "1")?;
                 }
-                for (ns, ip, gw_mac) in [(&client, t.client_ip, "02:00:00:00:01:01"), (&server, t.server_ip, "02:00:00:00:02:01")] {
+                for (ns, ip, gw_mac) in
+                    [(&client, t.client_ip, "02:00:00:00:01:01"), (&server, t.server_ip, "02:00:00:00:02:01")]
+                {
                     sys::ip_batch(
                         "plumbing a pod",
                         Some(ns),
@@ -276,9 +288,19 @@ impl Target {
                 }
                 // Routing depends on the node's forwarding: off, the server must be unreachable.
                 sysctl(&node_ns, "net/ipv4/ip_forward", "0")?;
-                let off = load::port_reachable(&t.client_ns, &t.server_ns, SocketAddrV4::new(t.server_ip, DENIED_PORT), PROBE_TIMEOUT)?;
+                let off = load::port_reachable(
+                    &t.client_ns,
+                    &t.server_ns,
+                    SocketAddrV4::new(t.server_ip, DENIED_PORT),
+                    PROBE_TIMEOUT,
+                )?;
                 sysctl(&node_ns, "net/ipv4/ip_forward", "1")?;
-                let on = load::port_reachable(&t.client_ns, &t.server_ns, SocketAddrV4::new(t.server_ip, DENIED_PORT), Duration::from_secs(3))?;
+                let on = load::port_reachable(
+                    &t.client_ns,
+                    &t.server_ns,
+                    SocketAddrV4::new(t.server_ip, DENIED_PORT),
+                    Duration::from_secs(3),
+                )?;
                 t.node_ns = Some(node_ns.clone());
                 if let Kind::Iptables { rules: n_rules } = kind {
                     let text = rules::iptables_ruleset(&PolicySpec {
@@ -290,10 +312,18 @@ impl Target {
                     let mut cmd = sys::ns_command(&node_ns, "iptables-restore");
                     cmd.arg("-w");
                     sys::run(&format!("loading {n_rules} iptables rules"), &mut cmd, Some(text.as_bytes()))?;
-                    let blocked = !load::port_reachable(&t.client_ns, &t.server_ns, SocketAddrV4::new(t.server_ip, DENIED_PORT), PROBE_TIMEOUT)?;
+                    let blocked = !load::port_reachable(
+                        &t.client_ns,
+                        &t.server_ns,
+                        SocketAddrV4::new(t.server_ip, DENIED_PORT),
+                        PROBE_TIMEOUT,
+                    )?;
                     t.setup_checks.push(Check {
                         claim: "the iptables policy is enforced".into(),
-                        evidence: format!("TCP to unlisted port {DENIED_PORT} {}", if blocked { "dropped" } else { "got through" }),
+                        evidence: format!(
+                            "TCP to unlisted port {DENIED_PORT} {}",
+                            if blocked { "dropped" } else { "got through" }
+                        ),
                         ok: blocked,
                     });
                 }
@@ -314,7 +344,12 @@ impl Target {
 
     /// Build a Myelin lab (one node, two pods); with `rules`, apply a CNP through `policy_cli`.
     /// `index` tells the labs of one run apart (lab names are short).
-    pub fn build_myelin(index: usize, rules: Option<u32>, bin_dir: Option<PathBuf>, policy_cli: Option<&Path>) -> Result<Target> {
+    pub fn build_myelin(
+        index: usize,
+        rules: Option<u32>,
+        bin_dir: Option<PathBuf>,
+        policy_cli: Option<&Path>,
+    ) -> Result<Target> {
         let kind = Kind::Myelin { rules };
         let mut t = Target::empty(kind);
         let name = format!("pf{}m{}", std::process::id() % 100_000, index % 100);
@@ -341,7 +376,8 @@ impl Target {
         t.client_endpoint = client.endpoint_id;
         t.agent_socket = Some(node.agent_socket.clone());
         if let Some(n) = rules {
-            let cli = policy_cli.ok_or_else(|| PerfError::Invalid { what: t.kind.id(), message: "no policy CLI".into() })?;
+            let cli =
+                policy_cli.ok_or_else(|| PerfError::Invalid { what: t.kind.id(), message: "no policy CLI".into() })?;
             let yaml = rules::cilium_network_policy(
                 &PolicySpec { client: t.client_ip, server: t.server_ip, ports: PORTS, rules: n },
                 &format!("perf-{n}"),
@@ -355,8 +391,18 @@ impl Target {
             cmd.args(["policy", "apply", "--lab", &name, "-f"]).arg(&file);
             sys::run(&format!("applying a {n}-rule CiliumNetworkPolicy"), &mut cmd, None)?;
             t.start_iperf()?;
-            let allowed = load::port_reachable(&t.client_ns, &t.server_ns, SocketAddrV4::new(t.server_ip, RR_PORT), Duration::from_secs(3))?;
-            let blocked = !load::port_reachable(&t.client_ns, &t.server_ns, SocketAddrV4::new(t.server_ip, DENIED_PORT), PROBE_TIMEOUT)?;
+            let allowed = load::port_reachable(
+                &t.client_ns,
+                &t.server_ns,
+                SocketAddrV4::new(t.server_ip, RR_PORT),
+                Duration::from_secs(3),
+            )?;
+            let blocked = !load::port_reachable(
+                &t.client_ns,
+                &t.server_ns,
+                SocketAddrV4::new(t.server_ip, DENIED_PORT),
+                PROBE_TIMEOUT,
+            )?;
             t.setup_checks.push(Check {
                 claim: "the CiliumNetworkPolicy is enforced".into(),
                 evidence: format!(
@@ -385,7 +431,8 @@ impl Target {
 
     /// Read the counters that prove this configuration's path.
     pub fn counters(&self) -> Result<Counters> {
-        let mut c = Counters { server_rx: Some(sys::link_packets(&self.server_ns, &self.server_if)?.0), ..Counters::default() };
+        let mut c =
+            Counters { server_rx: Some(sys::link_packets(&self.server_ns, &self.server_if)?.0), ..Counters::default() };
         if let Some(node) = &self.node_ns {
             c.node_forwarded = Some(sys::forwarded_datagrams(node)?);
         }
@@ -393,10 +440,11 @@ impl Target {
             let mut cmd = sys::ns_command(node, "iptables-save");
             cmd.args(["-c", "-t", "filter"]);
             let out = sys::run("reading iptables counters", &mut cmd, None)?;
-            c.rule_packets = Some(match_rule_packets(&String::from_utf8_lossy(&out)).ok_or_else(|| PerfError::Invalid {
-                what: "iptables-save -c".into(),
-                message: format!("no rule commented {}", rules::MATCH_COMMENT),
-            })?);
+            c.rule_packets =
+                Some(match_rule_packets(&String::from_utf8_lossy(&out)).ok_or_else(|| PerfError::Invalid {
+                    what: "iptables-save -c".into(),
+                    message: format!("no rule commented {}", rules::MATCH_COMMENT),
+                })?);
         }
         if let (Some(sock), Some(ep)) = (&self.agent_socket, self.client_endpoint) {
             let rows: Vec<DatapathMetric> = Client::new(sock)
@@ -495,8 +543,12 @@ mod tests {
         assert_eq!(Kind::Myelin { rules: None }.id(), "myelin");
         assert_eq!(Kind::Myelin { rules: Some(10_000) }.id(), "myelin-10000");
         let a = Counters { node_forwarded: Some(10), rule_packets: None, ebpf_forwarded: Some(5), server_rx: Some(1) };
-        let b = Counters { node_forwarded: Some(25), rule_packets: Some(3), ebpf_forwarded: Some(5), server_rx: Some(9) };
+        let b =
+            Counters { node_forwarded: Some(25), rule_packets: Some(3), ebpf_forwarded: Some(5), server_rx: Some(9) };
         let d = b.delta(&a);
-        assert_eq!(d, Counters { node_forwarded: Some(15), rule_packets: None, ebpf_forwarded: Some(0), server_rx: Some(8) });
+        assert_eq!(
+            d,
+            Counters { node_forwarded: Some(15), rule_packets: None, ebpf_forwarded: Some(0), server_rx: Some(8) }
+        );
     }
 }

@@ -34,7 +34,11 @@ fn quick_benchmark_is_sane_and_every_path_is_verified() {
             assert_eq!(c.verified, Some(true), "{} did not take its claimed path: {:#?}", c.id, c.checks);
             assert!(!c.checks.is_empty(), "{} has no path checks", c.id);
         } else {
-            assert!(c.unavailable.as_deref().is_some_and(|w| !w.is_empty()), "{} is unavailable without a reason", c.id);
+            assert!(
+                c.unavailable.as_deref().is_some_and(|w| !w.is_empty()),
+                "{} is unavailable without a reason",
+                c.id
+            );
             assert!(report.figures.iter().all(|f| f.config != c.id), "figures for {} that did not run", c.id);
         }
     }
@@ -47,7 +51,9 @@ fn quick_benchmark_is_sane_and_every_path_is_verified() {
 
     // Sane numbers: every workload measured on every configuration that ran.
     for id in &ran {
-        for (w, m) in [("tcp_stream_1", "throughput"), ("tcp_stream_4", "throughput"), ("tcp_rr", "tps"), ("tcp_crr", "tps")] {
+        for (w, m) in
+            [("tcp_stream_1", "throughput"), ("tcp_stream_4", "throughput"), ("tcp_rr", "tps"), ("tcp_crr", "tps")]
+        {
             let f = report
                 .figures
                 .iter()
@@ -59,7 +65,13 @@ fn quick_benchmark_is_sane_and_every_path_is_verified() {
         }
         for w in ["tcp_rr", "tcp_crr"] {
             let get = |m: &str| {
-                report.figures.iter().find(|f| f.config == *id && f.workload == w && f.metric == m).unwrap().summary.clone()
+                report
+                    .figures
+                    .iter()
+                    .find(|f| f.config == *id && f.workload == w && f.metric == m)
+                    .unwrap()
+                    .summary
+                    .clone()
             };
             let (p50, p99) = (get("p50"), get("p99"));
             for (a, b) in p50.samples.iter().zip(&p99.samples) {
@@ -68,7 +80,8 @@ fn quick_benchmark_is_sane_and_every_path_is_verified() {
             assert!(get("cpu_per_tx").median > 0.0, "{id} {w}: no CPU time measured");
         }
     }
-    let phys = report.figures.iter().find(|f| f.config == PHYSICAL && f.workload == "tcp_rr" && f.metric == "tps").unwrap();
+    let phys =
+        report.figures.iter().find(|f| f.config == PHYSICAL && f.workload == "tcp_rr" && f.metric == "tps").unwrap();
     assert_eq!(phys.vs_physical, Some(1.0));
     assert!(report.figures.iter().filter(|f| f.config != KERNEL_ROUTING).all(|f| f.vs_kernel_routing.is_some()));
 

@@ -33,7 +33,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Parser, Debug)]
-#[command(about = "Policy benchmarks: per-packet cost with 1 vs 10,000 rules, and apply-to-enforced latency for a change affecting 1,000 endpoints (run as root)")]
+#[command(
+    about = "Policy benchmarks: per-packet cost with 1 vs 10,000 rules, and apply-to-enforced latency for a change affecting 1,000 endpoints (run as root)"
+)]
 struct Args {
     /// Short run: fewer applies, rounds and round trips (same endpoint and rule counts).
     #[arg(long)]
@@ -140,7 +142,8 @@ fn say(msg: &str) {
 }
 
 fn rss_kib(pid: i32) -> Result<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("reading /proc/{pid}/status"))?;
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
     s.lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
@@ -191,7 +194,8 @@ fn run(args: &Args) -> Result<Report> {
     let cpod = lab.pod(policies::NAMESPACE, "client")?;
     let spod = lab.pod(policies::NAMESPACE, "server")?;
     let server_ip: Ipv4Addr = spod.ip.as_deref().context("server has no address")?.parse()?;
-    let client_ep: Endpoint = client.get(&format!("/v1/endpoints/{}", cpod.endpoint_id.context("client endpoint id")?))?;
+    let client_ep: Endpoint =
+        client.get(&format!("/v1/endpoints/{}", cpod.endpoint_id.context("client endpoint id")?))?;
     let rss_two = rss_kib(agent_pid)?;
 
     // ---- workers and servers inside the pods ----
@@ -257,7 +261,12 @@ fn run(args: &Args) -> Result<Report> {
     };
     say("apply-to-enforced: warm-up apply of the bulk policy");
     let (_, first) = apply(&client, "bulk.yaml", policies::bulk(policies::BULK_PORTS[0]))?;
-    ensure!(first.endpoints_updated >= args.endpoints, "the bulk policy updated {} endpoints, expected {}", first.endpoints_updated, args.endpoints);
+    ensure!(
+        first.endpoints_updated >= args.endpoints,
+        "the bulk policy updated {} endpoints, expected {}",
+        first.endpoints_updated,
+        args.endpoints
+    );
     connect(policies::BULK_PORTS[0])?;
     let (mut apply_ms, mut connected_ms, mut updated) = (Vec::new(), Vec::new(), Vec::new());
     say(&format!("apply-to-enforced: {applies} applies, each changing all {} endpoints", args.endpoints));
@@ -312,7 +321,11 @@ fn run(args: &Args) -> Result<Report> {
             acc[v].apply_ms.push(ms(took));
             let warm = cw.run(move || traffic::udp_rr(dst, 200, Duration::from_secs(1)))??;
             if warm.lost > 0 {
-                bail!("{} rules: {} of 200 warm-up round trips lost: the allowing rule is not enforced as expected", variants[v], warm.lost);
+                bail!(
+                    "{} rules: {} of 200 warm-up round trips lost: the allowing rule is not enforced as expected",
+                    variants[v],
+                    warm.lost
+                );
             }
             let before = run_stats()?;
             let rr = cw.run(move || traffic::udp_rr(dst, round_trips, Duration::from_secs(1)))??;
@@ -329,7 +342,10 @@ fn run(args: &Args) -> Result<Report> {
             acc[v].from_runs += from_runs;
             acc[v].rtt.extend(rr.rtt_ns.iter().map(|n| *n as f64 / 1e3));
             acc[v].lost += rr.lost;
-            say(&format!("round {round}: {:>5} rules: from_container {from_ns:.0} ns/run over {from_runs} runs", variants[v]));
+            say(&format!(
+                "round {round}: {:>5} rules: from_container {from_ns:.0} ns/run over {from_runs} runs",
+                variants[v]
+            ));
         }
     }
     let rss_rules = rss_kib(agent_pid)?; // the last round leaves one variant; make sure it is the large one
@@ -373,11 +389,23 @@ fn print_table(r: &Report) {
     let a = &r.apply;
     let mut t = Table::new();
     t.set_header(vec!["apply-to-enforced", "value"]);
-    t.add_row(vec!["endpoints selected / updated per apply".to_owned(), format!("{} / {}", a.endpoints_selected, a.endpoints_updated_per_apply)]);
+    t.add_row(vec![
+        "endpoints selected / updated per apply".to_owned(),
+        format!("{} / {}", a.endpoints_selected, a.endpoints_updated_per_apply),
+    ]);
     t.add_row(vec!["applies".to_owned(), a.applies.to_string()]);
-    t.add_row(vec!["request -> response p50 / p99 / max".to_owned(), format!("{:.1} / {:.1} / {:.1} ms", a.p50_ms, a.p99_ms, a.max_ms)]);
-    t.add_row(vec!["request -> first allowed connect p50 / p99".to_owned(), format!("{:.1} / {:.1} ms", a.to_connected_p50_ms, a.to_connected_p99_ms)]);
-    t.add_row(vec!["goal: p99 <= 100 ms".to_owned(), if a.meets_goal { "met".to_owned() } else { "NOT met".to_owned() }]);
+    t.add_row(vec![
+        "request -> response p50 / p99 / max".to_owned(),
+        format!("{:.1} / {:.1} / {:.1} ms", a.p50_ms, a.p99_ms, a.max_ms),
+    ]);
+    t.add_row(vec![
+        "request -> first allowed connect p50 / p99".to_owned(),
+        format!("{:.1} / {:.1} ms", a.to_connected_p50_ms, a.to_connected_p99_ms),
+    ]);
+    t.add_row(vec![
+        "goal: p99 <= 100 ms".to_owned(),
+        if a.meets_goal { "met".to_owned() } else { "NOT met".to_owned() },
+    ]);
     println!("{t}");
     let p = &r.per_packet;
     let mut t = Table::new();
@@ -388,17 +416,35 @@ fn print_table(r: &Report) {
         format!("{:.0}", p.many.from_container_ns),
         format!("{:.2}", p.ratio),
     ]);
-    t.add_row(vec!["to_container ns/run".to_owned(), format!("{:.0}", p.one.to_container_ns), format!("{:.0}", p.many.to_container_ns), String::new()]);
-    t.add_row(vec!["UDP RR p50 / p99 (us)".to_owned(), format!("{:.1} / {:.1}", p.one.rtt_p50_us, p.one.rtt_p99_us), format!("{:.1} / {:.1}", p.many.rtt_p50_us, p.many.rtt_p99_us), String::new()]);
+    t.add_row(vec![
+        "to_container ns/run".to_owned(),
+        format!("{:.0}", p.one.to_container_ns),
+        format!("{:.0}", p.many.to_container_ns),
+        String::new(),
+    ]);
+    t.add_row(vec![
+        "UDP RR p50 / p99 (us)".to_owned(),
+        format!("{:.1} / {:.1}", p.one.rtt_p50_us, p.one.rtt_p99_us),
+        format!("{:.1} / {:.1}", p.many.rtt_p50_us, p.many.rtt_p99_us),
+        String::new(),
+    ]);
     t.add_row(vec!["lost round trips".to_owned(), p.one.lost.to_string(), p.many.lost.to_string(), String::new()]);
-    t.add_row(vec!["policy apply (median ms)".to_owned(), format!("{:.1}", p.one.apply_ms), format!("{:.1}", p.many.apply_ms), String::new()]);
+    t.add_row(vec![
+        "policy apply (median ms)".to_owned(),
+        format!("{:.1}", p.one.apply_ms),
+        format!("{:.1}", p.many.apply_ms),
+        String::new(),
+    ]);
     println!("{t}");
     println!("{} rounds x {} round trips, interleaved (A B / B A)", p.rounds, p.round_trips_per_round);
     let mut t = Table::new();
     t.set_header(vec!["agent RSS", "KiB"]);
     t.add_row(vec!["2 endpoints".to_owned(), r.rss_kib_two_endpoints.to_string()]);
     t.add_row(vec![format!("{} endpoints", a.endpoints_selected), r.rss_kib_endpoints.to_string()]);
-    t.add_row(vec![format!("{} endpoints + {} rules", a.endpoints_selected, p.many.rules), r.rss_kib_endpoints_and_rules.to_string()]);
+    t.add_row(vec![
+        format!("{} endpoints + {} rules", a.endpoints_selected, p.many.rules),
+        r.rss_kib_endpoints_and_rules.to_string(),
+    ]);
     t.add_row(vec!["goal (issue 4)".to_owned(), r.rss_goal_kib.to_string()]);
     println!("{t}");
     println!("bulk endpoints set up in {:.1} s", r.setup_bulk_endpoints_s);

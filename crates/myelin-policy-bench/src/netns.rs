@@ -24,9 +24,8 @@ impl NetnsWorker {
         let handle = std::thread::Builder::new()
             .name("netns-worker".into())
             .spawn(move || {
-                let joined = std::fs::File::open(&path)
-                    .map_err(|e| format!("opening {}: {e}", path.display()))
-                    .and_then(|f| {
+                let joined =
+                    std::fs::File::open(&path).map_err(|e| format!("opening {}: {e}", path.display())).and_then(|f| {
                         nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
                             .map_err(|e| format!("setns into {}: {e}", path.display()))
                     });
@@ -39,10 +38,7 @@ impl NetnsWorker {
                 }
             })
             .context("spawning a netns worker thread")?;
-        ready_rx
-            .recv()
-            .map_err(|_| anyhow!("netns worker died"))?
-            .map_err(|e| anyhow!(e))?;
+        ready_rx.recv().map_err(|_| anyhow!("netns worker died"))?.map_err(|e| anyhow!(e))?;
         Ok(Self { tx: Some(tx), handle: Some(handle) })
     }
 

@@ -37,8 +37,7 @@ use serde::{Deserialize, Serialize};
 use crate::identity::Identity;
 use crate::labels::Labels;
 use crate::matching::{
-    flatten, is_wildcard_peer, peer_matches, resolve_named, Endpoint, EndpointId, FlatRule,
-    PolicyInput,
+    flatten, is_wildcard_peer, peer_matches, resolve_named, Endpoint, EndpointId, FlatRule, PolicyInput,
 };
 use crate::model::{Direction, PeerKind, PortSpec, RuleRef, Verdict};
 
@@ -142,12 +141,7 @@ pub fn evaluate(
     port: u16,
 ) -> Evaluation {
     let Some(ep) = compiled.endpoints.get(&endpoint) else {
-        return Evaluation {
-            verdict: Verdict::Allow,
-            rule: None,
-            entry: None,
-            enforced: false,
-        };
+        return Evaluation { verdict: Verdict::Allow, rule: None, entry: None, enforced: false };
     };
     let dp = ep.direction(direction);
     let lpm = |id: Identity| {
@@ -165,11 +159,7 @@ pub fn evaluate(
             enforced: dp.enforced,
         },
         None => Evaluation {
-            verdict: if dp.enforced {
-                Verdict::Deny
-            } else {
-                Verdict::Allow
-            },
+            verdict: if dp.enforced { Verdict::Deny } else { Verdict::Allow },
             rule: None,
             entry: None,
             enforced: dp.enforced,
@@ -184,19 +174,12 @@ pub fn port_range_blocks(lo: u16, hi: u16) -> Vec<(u16, u8)> {
     let (mut lo, hi) = (u32::from(lo), u32::from(hi));
     while lo <= hi {
         // Largest block aligned at lo that fits in lo..=hi.
-        let mut size: u32 = if lo == 0 {
-            1 << 16
-        } else {
-            lo & lo.wrapping_neg()
-        };
+        let mut size: u32 = if lo == 0 { 1 << 16 } else { lo & lo.wrapping_neg() };
         while lo + size - 1 > hi {
             size >>= 1;
         }
         let plen = 16 - size.trailing_zeros();
-        out.push((
-            u16::try_from(lo).unwrap_or(0),
-            u8::try_from(plen).unwrap_or(16),
-        ));
+        out.push((u16::try_from(lo).unwrap_or(0), u8::try_from(plen).unwrap_or(16)));
         lo += size;
     }
     out
@@ -219,16 +202,11 @@ struct Pw {
 
 impl Pw {
     fn constant(v: Val) -> Self {
-        Pw {
-            starts: vec![0],
-            vals: vec![v],
-        }
+        Pw { starts: vec![0], vals: vec![v] }
     }
 
     fn seg(&self, port: u32) -> usize {
-        self.starts
-            .partition_point(|s| *s <= port)
-            .saturating_sub(1)
+        self.starts.partition_point(|s| *s <= port).saturating_sub(1)
     }
 
     fn seg_end(&self, i: usize) -> u32 {
@@ -295,10 +273,7 @@ fn build_class(l3_deny: Option<u32>, l3_allow: Option<u32>, items: &[Item]) -> C
         events.sort_unstable_by_key(|e| e.0);
         let mut deny: BTreeMap<u32, u32> = BTreeMap::new();
         let mut allow: BTreeMap<u32, u32> = BTreeMap::new();
-        let mut pw = Pw {
-            starts: vec![0],
-            vals: vec![other],
-        };
+        let mut pw = Pw { starts: vec![0], vals: vec![other] };
         let mut i = 0;
         while i < events.len() {
             let pos = events[i].0;
@@ -318,14 +293,8 @@ fn build_class(l3_deny: Option<u32>, l3_allow: Option<u32>, items: &[Item]) -> C
             if pos > 65535 {
                 break;
             }
-            let d = [l3_deny, deny.keys().next().copied()]
-                .into_iter()
-                .flatten()
-                .min();
-            let a = [l3_allow, allow.keys().next().copied()]
-                .into_iter()
-                .flatten()
-                .min();
+            let d = [l3_deny, deny.keys().next().copied()].into_iter().flatten().min();
+            let a = [l3_allow, allow.keys().next().copied()].into_iter().flatten().min();
             let v = decide(d, a);
             if pos == 0 {
                 pw.vals[0] = v;
@@ -400,26 +369,13 @@ impl Emitter<'_> {
         if any_entry {
             self.emit(0, 0, 0, f.other);
         }
-        let protos: BTreeSet<u8> = f
-            .protos
-            .keys()
-            .chain(fallback.protos.keys())
-            .copied()
-            .collect();
+        let protos: BTreeSet<u8> = f.protos.keys().chain(fallback.protos.keys()).copied().collect();
         for p in protos {
-            let own = f
-                .protos
-                .get(&p)
-                .cloned()
-                .unwrap_or_else(|| Pw::constant(f.other));
+            let own = f.protos.get(&p).cloned().unwrap_or_else(|| Pw::constant(f.other));
             let inherited = if any_entry {
                 Pw::constant(f.other)
             } else {
-                fallback
-                    .protos
-                    .get(&p)
-                    .cloned()
-                    .unwrap_or_else(|| Pw::constant(fallback.other))
+                fallback.protos.get(&p).cloned().unwrap_or_else(|| Pw::constant(fallback.other))
             };
             self.block(p, &own, &inherited, 0, 0);
         }
@@ -453,12 +409,7 @@ struct PeerIds<'i, 'a> {
 
 impl<'i, 'a> PeerIds<'i, 'a> {
     fn new(input: &'i PolicyInput<'a>, rules: usize) -> Self {
-        PeerIds {
-            input,
-            universe: None,
-            by_peer: HashMap::new(),
-            by_rule: vec![None; rules],
-        }
+        PeerIds { input, universe: None, by_peer: HashMap::new(), by_rule: vec![None; rules] }
     }
 
     fn resolve(&mut self, ord: usize, fr: &FlatRule<'a>) -> Option<Rc<Vec<Identity>>> {
@@ -470,11 +421,7 @@ impl<'i, 'a> PeerIds<'i, 'a> {
         } else {
             let table = self.input.identities;
             let universe = self.universe.get_or_insert_with(|| {
-                table
-                    .all_ids()
-                    .into_iter()
-                    .filter_map(|id| table.labels(id).map(|l| (id, l)))
-                    .collect()
+                table.all_ids().into_iter().filter_map(|id| table.labels(id).map(|l| (id, l))).collect()
             });
             let mut ids = BTreeSet::new();
             for peer in fr.rule.peers.iter().flatten() {
@@ -496,22 +443,13 @@ impl<'i, 'a> PeerIds<'i, 'a> {
     }
 }
 
-fn compile_selected(
-    input: &PolicyInput<'_>,
-    subject: impl Fn(&Endpoint) -> bool,
-) -> CompiledPolicy {
+fn compile_selected(input: &PolicyInput<'_>, subject: impl Fn(&Endpoint) -> bool) -> CompiledPolicy {
     let flat = flatten(input.policies);
-    let refs: Vec<Arc<RuleRef>> = flat
-        .iter()
-        .map(|f| Arc::new(f.rule_ref.clone()))
-        .collect();
+    let refs: Vec<Arc<RuleRef>> = flat.iter().map(|f| Arc::new(f.rule_ref.clone())).collect();
     // The rules of each (policy, spec): a contiguous run of ordinals in flatten's order.
     let mut spans: BTreeMap<(usize, usize), Range<usize>> = BTreeMap::new();
     for (ord, fr) in flat.iter().enumerate() {
-        spans
-            .entry((fr.policy_index, fr.spec))
-            .and_modify(|r| r.end = ord + 1)
-            .or_insert(ord..ord + 1);
+        spans.entry((fr.policy_index, fr.spec)).and_modify(|r| r.end = ord + 1).or_insert(ord..ord + 1);
     }
     let mut peers = PeerIds::new(input, flat.len());
     let mut out = CompiledPolicy::default();
@@ -521,27 +459,15 @@ fn compile_selected(
             .iter()
             .enumerate()
             .flat_map(|(pi, p)| {
-                p.specs
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, s)| s.subject.matches(&ep.labels))
-                    .map(move |(si, _)| (pi, si))
+                p.specs.iter().enumerate().filter(|(_, s)| s.subject.matches(&ep.labels)).map(move |(si, _)| (pi, si))
             })
             .collect();
         if selected.is_empty() {
             continue;
         }
         // Ordinals of the selected specs' rules, ascending (specs sort in flatten's order).
-        let ords: Vec<usize> = selected
-            .iter()
-            .filter_map(|k| spans.get(k))
-            .flat_map(Clone::clone)
-            .collect();
-        let mut epol = EndpointPolicy {
-            endpoint: ep.id,
-            identity: ep.identity,
-            ..EndpointPolicy::default()
-        };
+        let ords: Vec<usize> = selected.iter().filter_map(|k| spans.get(k)).flat_map(Clone::clone).collect();
+        let mut epol = EndpointPolicy { endpoint: ep.id, identity: ep.identity, ..EndpointPolicy::default() };
         for dir in [Direction::Ingress, Direction::Egress] {
             let dp = compile_direction(input, ep, dir, &flat, &ords, &mut peers, &refs, &selected);
             match dir {
@@ -607,25 +533,13 @@ fn compile_direction<'a>(
                         _ => (0, 65535),
                     };
                     for &proto in pm.protocol.numbers() {
-                        p.items.push(Item {
-                            proto,
-                            lo,
-                            hi,
-                            ord,
-                            deny,
-                        });
+                        p.items.push(Item { proto, lo, hi, ord, deny });
                     }
                 }
                 PortSpec::Named(name) => match dir {
                     Direction::Ingress => {
                         for (proto, port) in resolve_named(ep, name, pm.protocol) {
-                            p.items.push(Item {
-                                proto,
-                                lo: port,
-                                hi: port,
-                                ord,
-                                deny,
-                            });
+                            p.items.push(Item { proto, lo: port, hi: port, ord, deny });
                         }
                     }
                     Direction::Egress => p.named.push((pm.protocol, name.as_str())),
@@ -635,10 +549,7 @@ fn compile_direction<'a>(
         prepared.push(p);
     }
     if prepared.is_empty() {
-        return DirectionPolicy {
-            enforced,
-            entries: Vec::new(),
-        };
+        return DirectionPolicy { enforced, entries: Vec::new() };
     }
 
     // Identity classes: 0 plus every identity some rule names, plus peers whose named ports
@@ -657,10 +568,10 @@ fn compile_direction<'a>(
             wildcard.push(i);
             if !p.named.is_empty() {
                 for (id, eps) in &named_ports_by_id {
-                    let hit = p.named.iter().any(|(proto, name)| {
-                        eps.iter()
-                            .any(|e| resolve_named(e, name, *proto).next().is_some())
-                    });
+                    let hit = p
+                        .named
+                        .iter()
+                        .any(|(proto, name)| eps.iter().any(|e| resolve_named(e, name, *proto).next().is_some()));
                     if hit {
                         own.entry(*id).or_default();
                     }
@@ -688,13 +599,7 @@ fn compile_direction<'a>(
                 for (proto, name) in &p.named {
                     for e in named_ports_by_id.get(&id).into_iter().flatten() {
                         for (pr, port) in resolve_named(e, name, *proto) {
-                            items.push(Item {
-                                proto: pr,
-                                lo: port,
-                                hi: port,
-                                ord: p.ord,
-                                deny: p.deny,
-                            });
+                            items.push(Item { proto: pr, lo: port, hi: port, ord: p.ord, deny: p.deny });
                         }
                     }
                 }
@@ -703,35 +608,14 @@ fn compile_direction<'a>(
         build_class(l3_deny, l3_allow, &items)
     };
 
-    let default = if enforced {
-        Verdict::Deny
-    } else {
-        Verdict::Allow
-    };
+    let default = if enforced { Verdict::Deny } else { Verdict::Allow };
     let mut entries = Vec::new();
     let f0 = class_fn(None, &[]);
-    let miss = ClassFn {
-        other: Val::Miss,
-        protos: BTreeMap::new(),
-    };
-    Emitter {
-        identity: 0,
-        direction: dir,
-        default,
-        refs,
-        out: &mut entries,
-    }
-    .class(&f0, &miss);
+    let miss = ClassFn { other: Val::Miss, protos: BTreeMap::new() };
+    Emitter { identity: 0, direction: dir, default, refs, out: &mut entries }.class(&f0, &miss);
     for (id, rules) in &own {
         let f = class_fn(Some(*id), rules);
-        Emitter {
-            identity: *id,
-            direction: dir,
-            default,
-            refs,
-            out: &mut entries,
-        }
-        .class(&f, &f0);
+        Emitter { identity: *id, direction: dir, default, refs, out: &mut entries }.class(&f, &f0);
     }
     DirectionPolicy { enforced, entries }
 }

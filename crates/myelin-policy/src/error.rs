@@ -55,9 +55,5 @@ impl PolicyError {
 }
 
 fn join_lines(issues: &[Issue]) -> String {
-    issues
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("\n")
+    issues.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
 }

@@ -47,20 +47,9 @@ pub struct Explanation {
     pub final_verdict: Verdict,
 }
 
-fn resolve(
-    input: &PolicyInput<'_>,
-    ipcache: &IpCache,
-    p: FlowPeer,
-) -> (Option<EndpointId>, Identity) {
+fn resolve(input: &PolicyInput<'_>, ipcache: &IpCache, p: FlowPeer) -> (Option<EndpointId>, Identity) {
     match p {
-        FlowPeer::Endpoint(id) => (
-            Some(id),
-            input
-                .endpoints
-                .iter()
-                .find(|e| e.id == id)
-                .map_or(0, |e| e.identity),
-        ),
+        FlowPeer::Endpoint(id) => (Some(id), input.endpoints.iter().find(|e| e.id == id).map_or(0, |e| e.identity)),
         FlowPeer::Ip(ip) => {
             let identity = ipcache.lookup(ip);
             // An address is a local endpoint when it has a /32 with that endpoint's identity.
@@ -96,8 +85,7 @@ pub fn explain(
         peer_identity: src_id,
         result: reference_verdict(input, ep, Direction::Ingress, src_id, protocol, port),
     });
-    let v =
-        |d: &Option<DirectionExplanation>| d.as_ref().map_or(Verdict::Allow, |d| d.result.verdict);
+    let v = |d: &Option<DirectionExplanation>| d.as_ref().map_or(Verdict::Allow, |d| d.result.verdict);
     let egress_verdict = v(&egress);
     let ingress_verdict = v(&ingress);
     Explanation {
@@ -117,16 +105,9 @@ pub fn explain(
     }
 }
 
-fn write_dir(
-    f: &mut fmt::Formatter<'_>,
-    name: &str,
-    d: Option<&DirectionExplanation>,
-) -> fmt::Result {
+fn write_dir(f: &mut fmt::Formatter<'_>, name: &str, d: Option<&DirectionExplanation>) -> fmt::Result {
     let Some(d) = d else {
-        return writeln!(
-            f,
-            "{name}: allow (not a local endpoint: no {name} policy applies)"
-        );
+        return writeln!(f, "{name}: allow (not a local endpoint: no {name} policy applies)");
     };
     let r = &d.result;
     write!(f, "{name} of endpoint {}: {}", d.endpoint, r.verdict)?;

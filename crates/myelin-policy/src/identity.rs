@@ -174,11 +174,7 @@ impl From<IdentityAllocator> for AllocatorState {
             identities: a
                 .by_id
                 .into_iter()
-                .map(|(id, (labels, refcount))| AllocatedIdentity {
-                    id,
-                    labels,
-                    refcount,
-                })
+                .map(|(id, (labels, refcount))| AllocatedIdentity { id, labels, refcount })
                 .collect(),
         }
     }
@@ -200,13 +196,7 @@ impl IdentityAllocator {
     /// An allocator over `min..=max` (tests use small ranges).
     #[must_use]
     pub fn with_range(min: Identity, max: Identity) -> Self {
-        IdentityAllocator {
-            min,
-            max: max.max(min),
-            next: min,
-            by_labels: BTreeMap::new(),
-            by_id: BTreeMap::new(),
-        }
+        IdentityAllocator { min, max: max.max(min), next: min, by_labels: BTreeMap::new(), by_id: BTreeMap::new() }
     }
 
     /// Returns the id of `labels`, allocating one if needed, and takes a reference.
@@ -224,20 +214,12 @@ impl IdentityAllocator {
         let mut candidate = self.next;
         for _ in 0..span {
             if !self.by_id.contains_key(&candidate) {
-                self.next = if candidate >= self.max {
-                    self.min
-                } else {
-                    candidate + 1
-                };
+                self.next = if candidate >= self.max { self.min } else { candidate + 1 };
                 self.by_labels.insert(labels.clone(), candidate);
                 self.by_id.insert(candidate, (labels.clone(), 1));
                 return Ok(candidate);
             }
-            candidate = if candidate >= self.max {
-                self.min
-            } else {
-                candidate + 1
-            };
+            candidate = if candidate >= self.max { self.min } else { candidate + 1 };
         }
         Err(IdentityError::Exhausted(self.min, self.max))
     }
@@ -247,10 +229,7 @@ impl IdentityAllocator {
     /// # Errors
     /// [`IdentityError::NotAllocated`] for an id that is not in use.
     pub fn release(&mut self, id: Identity) -> Result<bool, IdentityError> {
-        let entry = self
-            .by_id
-            .get_mut(&id)
-            .ok_or(IdentityError::NotAllocated(id))?;
+        let entry = self.by_id.get_mut(&id).ok_or(IdentityError::NotAllocated(id))?;
         entry.1 = entry.1.saturating_sub(1);
         if entry.1 == 0 {
             if let Some((labels, _)) = self.by_id.remove(&id) {
@@ -317,10 +296,7 @@ impl CidrIdentityAllocator {
                 return Ok(id);
             }
         }
-        Err(IdentityError::Exhausted(
-            LOCAL_SCOPE_FLAG + 1,
-            MAX_LOCAL_IDENTITY,
-        ))
+        Err(IdentityError::Exhausted(LOCAL_SCOPE_FLAG + 1, MAX_LOCAL_IDENTITY))
     }
 
     /// Frees every prefix not in `keep`.
@@ -385,11 +361,8 @@ impl IdentityTable {
     /// workloads and CIDR identities.
     #[must_use]
     pub fn all_ids(&self) -> Vec<Identity> {
-        let mut v: Vec<Identity> = ReservedIdentity::ALL
-            .iter()
-            .filter(|r| **r != ReservedIdentity::Unknown)
-            .map(|r| r.id())
-            .collect();
+        let mut v: Vec<Identity> =
+            ReservedIdentity::ALL.iter().filter(|r| **r != ReservedIdentity::Unknown).map(|r| r.id()).collect();
         v.extend(self.workloads.keys().copied());
         v.extend(self.cidrs.keys().copied());
         v
@@ -445,8 +418,7 @@ impl IpCache {
     /// Longest-prefix match; `world` when nothing matches.
     #[must_use]
     pub fn lookup(&self, ip: Ipv4Addr) -> Identity {
-        self.lookup_prefix(ip)
-            .map_or(ReservedIdentity::World.id(), |(_, id)| id)
+        self.lookup_prefix(ip).map_or(ReservedIdentity::World.id(), |(_, id)| id)
     }
 
     /// The matching prefix and its identity, if any.
@@ -512,9 +484,7 @@ mod tests {
         // Released ids are not reused immediately.
         let w3 = a.acquire(&web).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(w3, 258);
-        let x = a
-            .acquire(&Labels::from([("app", "x")]))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let x = a.acquire(&Labels::from([("app", "x")])).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(x, 259);
     }
 
@@ -522,16 +492,10 @@ mod tests {
     fn allocator_wraps_and_exhausts() {
         let mut a = IdentityAllocator::with_range(256, 258);
         let ids: Vec<Identity> = (0..3)
-            .map(|i| {
-                a.acquire(&Labels::from([("i", i.to_string())]))
-                    .unwrap_or_else(|e| panic!("{e}"))
-            })
+            .map(|i| a.acquire(&Labels::from([("i", i.to_string())])).unwrap_or_else(|e| panic!("{e}")))
             .collect();
         assert_eq!(ids, vec![256, 257, 258]);
-        assert!(matches!(
-            a.acquire(&Labels::from([("i", "x")])),
-            Err(IdentityError::Exhausted(256, 258))
-        ));
+        assert!(matches!(a.acquire(&Labels::from([("i", "x")])), Err(IdentityError::Exhausted(256, 258))));
         assert_eq!(a.release(257), Ok(true));
         assert_eq!(a.acquire(&Labels::from([("i", "y")])), Ok(257));
     }
@@ -545,8 +509,7 @@ mod tests {
         let d = a.acquire(&db).unwrap_or_else(|e| panic!("{e}"));
         a.release(w).unwrap_or_else(|e| panic!("{e}"));
         let json = serde_json::to_string(&a).unwrap_or_else(|e| panic!("{e}"));
-        let mut b: IdentityAllocator =
-            serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}"));
+        let mut b: IdentityAllocator = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(b.lookup(&db), Some(d));
         assert_eq!(b.refcount(d), 1);
         // The cursor survives the restart: web's released id is not handed out again.
@@ -557,12 +520,8 @@ mod tests {
     #[test]
     fn cidr_identities_are_local_scope_and_stable() {
         let mut c = CidrIdentityAllocator::new();
-        let a = c
-            .allocate(net("10.0.0.0/8"))
-            .unwrap_or_else(|e| panic!("{e}"));
-        let b = c
-            .allocate(net("10.1.0.0/16"))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let a = c.allocate(net("10.0.0.0/8")).unwrap_or_else(|e| panic!("{e}"));
+        let b = c.allocate(net("10.1.0.0/16")).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(a, (1 << 24) | 1);
         assert_eq!(b, (1 << 24) | 2);
         assert_eq!(c.allocate(net("10.9.9.9/8")), Ok(a));
@@ -575,12 +534,8 @@ mod tests {
     #[test]
     fn ipcache_longest_prefix_match() {
         let mut cidrs = CidrIdentityAllocator::new();
-        let big = cidrs
-            .allocate(net("10.0.0.0/8"))
-            .unwrap_or_else(|e| panic!("{e}"));
-        let small = cidrs
-            .allocate(net("10.1.0.0/16"))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let big = cidrs.allocate(net("10.0.0.0/8")).unwrap_or_else(|e| panic!("{e}"));
+        let small = cidrs.allocate(net("10.1.0.0/16")).unwrap_or_else(|e| panic!("{e}"));
         let c = IpCache::build(
             &[(Ipv4Addr::new(10, 1, 0, 5), 300)],
             &[Ipv4Addr::new(192, 168, 0, 1)],

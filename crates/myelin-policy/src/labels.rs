@@ -20,9 +20,7 @@ pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 /// Strips the `k8s:` / `any:` source prefix of a label key.
 #[must_use]
 pub fn normalize_key(key: &str) -> &str {
-    key.strip_prefix("k8s:")
-        .or_else(|| key.strip_prefix("any:"))
-        .unwrap_or(key)
+    key.strip_prefix("k8s:").or_else(|| key.strip_prefix("any:")).unwrap_or(key)
 }
 
 /// A set of labels (key -> value). Keys are stored without `k8s:`/`any:` prefixes.
@@ -38,8 +36,7 @@ impl Labels {
 
     /// Inserts a label; a `k8s:`/`any:` prefix on the key is stripped.
     pub fn insert(&mut self, key: impl AsRef<str>, value: impl Into<String>) {
-        self.0
-            .insert(normalize_key(key.as_ref()).to_owned(), value.into());
+        self.0.insert(normalize_key(key.as_ref()).to_owned(), value.into());
     }
 
     /// Value of a label; the key may carry a `k8s:`/`any:` prefix.
@@ -127,10 +124,7 @@ impl fmt::Display for Labels {
 pub fn security_labels(pod_labels: &Labels, namespace: &str, namespace_labels: &Labels) -> Labels {
     let mut out = pod_labels.clone();
     out.insert(POD_NAMESPACE_LABEL, namespace);
-    out.insert(
-        format!("{NAMESPACE_LABELS_PREFIX}{NAMESPACE_NAME_LABEL}"),
-        namespace,
-    );
+    out.insert(format!("{NAMESPACE_LABELS_PREFIX}{NAMESPACE_NAME_LABEL}"), namespace);
     for (k, v) in namespace_labels.iter() {
         out.insert(format!("{NAMESPACE_LABELS_PREFIX}{k}"), v);
     }
@@ -186,10 +180,9 @@ impl Requirement {
     #[must_use]
     pub fn problem(&self) -> Option<String> {
         match self.operator {
-            Operator::In | Operator::NotIn if self.values.is_empty() => Some(format!(
-                "operator {:?} needs at least one value",
-                self.operator
-            )),
+            Operator::In | Operator::NotIn if self.values.is_empty() => {
+                Some(format!("operator {:?} needs at least one value", self.operator))
+            }
             Operator::Exists | Operator::DoesNotExist if !self.values.is_empty() => {
                 Some(format!("operator {:?} takes no values", self.operator))
             }
@@ -222,9 +215,7 @@ impl LabelSelector {
 
     #[must_use]
     pub fn matches(&self, labels: &Labels) -> bool {
-        self.match_labels
-            .iter()
-            .all(|(k, v)| labels.get(k) == Some(v.as_str()))
+        self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v.as_str()))
             && self.match_expressions.iter().all(|r| r.matches(labels))
     }
 
@@ -233,10 +224,7 @@ impl LabelSelector {
     #[must_use]
     pub fn mentions_key(&self, key: &str) -> bool {
         self.match_labels.keys().any(|k| normalize_key(k) == key)
-            || self
-                .match_expressions
-                .iter()
-                .any(|r| normalize_key(&r.key) == key)
+            || self.match_expressions.iter().any(|r| normalize_key(&r.key) == key)
     }
 
     /// Adds `key=value` as a matchLabels requirement.
@@ -263,8 +251,7 @@ impl LabelSelector {
             }
             self.match_labels.insert(k.clone(), v.clone());
         }
-        self.match_expressions
-            .extend(other.match_expressions.iter().cloned());
+        self.match_expressions.extend(other.match_expressions.iter().cloned());
         self
     }
 
@@ -296,11 +283,7 @@ impl fmt::Display for LabelSelector {
         if self.is_empty() {
             return f.write_str("{} (all)");
         }
-        let mut parts: Vec<String> = self
-            .match_labels
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
+        let mut parts: Vec<String> = self.match_labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         for r in &self.match_expressions {
             parts.push(match r.operator {
                 Operator::In => format!("{} in ({})", r.key, r.values.join(",")),
@@ -326,9 +309,7 @@ pub fn is_valid_label_key(key: &str) -> bool {
     if let Some(p) = prefix {
         if p.is_empty()
             || p.len() > 253
-            || !p
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+            || !p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
         {
             return false;
         }
@@ -344,9 +325,7 @@ pub fn is_valid_label_value(value: &str) -> bool {
         return true;
     }
     value.len() <= 63
-        && value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        && value.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
         && value.starts_with(|c: char| c.is_ascii_alphanumeric())
         && value.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
@@ -357,10 +336,7 @@ mod tests {
 
     fn sel(labels: &[(&str, &str)], exprs: &[(&str, Operator, &[&str])]) -> LabelSelector {
         LabelSelector {
-            match_labels: labels
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
+            match_labels: labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
             match_expressions: exprs
                 .iter()
                 .map(|(k, op, vals)| Requirement {
@@ -384,28 +360,13 @@ mod tests {
             (sel(&[("app", "web")], &[]), [true, false, false]),
             (sel(&[("k8s:app", "web")], &[]), [true, false, false]),
             (sel(&[("any:app", "db")], &[]), [false, true, false]),
-            (
-                sel(&[("app", "web"), ("tier", "back")], &[]),
-                [false, false, false],
-            ),
-            (
-                sel(&[], &[("app", In, &["web", "db"])]),
-                [true, true, false],
-            ),
+            (sel(&[("app", "web"), ("tier", "back")], &[]), [false, false, false]),
+            (sel(&[], &[("app", In, &["web", "db"])]), [true, true, false]),
             (sel(&[], &[("app", NotIn, &["web"])]), [false, true, true]),
             (sel(&[], &[("tier", Exists, &[])]), [true, false, false]),
-            (
-                sel(&[], &[("tier", DoesNotExist, &[])]),
-                [false, true, true],
-            ),
-            (
-                sel(&[], &[("k8s:tier", DoesNotExist, &[])]),
-                [false, true, true],
-            ),
-            (
-                sel(&[("app", "web")], &[("tier", In, &["front"])]),
-                [true, false, false],
-            ),
+            (sel(&[], &[("tier", DoesNotExist, &[])]), [false, true, true]),
+            (sel(&[], &[("k8s:tier", DoesNotExist, &[])]), [false, true, true]),
+            (sel(&[("app", "web")], &[("tier", In, &["front"])]), [true, false, false]),
             (sel(&[("app", "")], &[]), [false, false, false]),
         ];
         for (i, (s, want)) in table.iter().enumerate() {
@@ -431,18 +392,11 @@ mod tests {
 
     #[test]
     fn security_labels_include_namespace() {
-        let l = security_labels(
-            &Labels::from([("k8s:app", "web")]),
-            "prod",
-            &Labels::from([("team", "a")]),
-        );
+        let l = security_labels(&Labels::from([("k8s:app", "web")]), "prod", &Labels::from([("team", "a")]));
         assert_eq!(l.get("app"), Some("web"));
         assert_eq!(l.get("k8s:io.kubernetes.pod.namespace"), Some("prod"));
         assert_eq!(l.get("io.cilium.k8s.namespace.labels.team"), Some("a"));
-        assert_eq!(
-            l.get("io.cilium.k8s.namespace.labels.kubernetes.io/metadata.name"),
-            Some("prod")
-        );
+        assert_eq!(l.get("io.cilium.k8s.namespace.labels.kubernetes.io/metadata.name"), Some("prod"));
     }
 
     #[test]

@@ -19,20 +19,19 @@ pub mod tree;
 pub mod validate;
 
 pub use compile::{
-    compile, compile_for, evaluate, port_range_blocks, CompiledPolicy, DirectionPolicy, EndpointPolicy,
-    Evaluation, PolicyEntry,
+    compile, compile_for, evaluate, port_range_blocks, CompiledPolicy, DirectionPolicy, EndpointPolicy, Evaluation,
+    PolicyEntry,
 };
 pub use error::{Issue, PolicyError};
 pub use explain::{explain, Explanation, FlowPeer};
 pub use identity::{
-    CidrIdentityAllocator, Identity, IdentityAllocator, IdentityError, IdentityTable, IpCache,
-    ReservedIdentity,
+    CidrIdentityAllocator, Identity, IdentityAllocator, IdentityError, IdentityTable, IpCache, ReservedIdentity,
 };
 pub use labels::{security_labels, LabelSelector, Labels, Operator, Requirement};
 pub use matching::{Endpoint, EndpointId, NamedPort, PolicyInput};
 pub use model::{
-    Direction, Entity, Peer, PeerKind, Policy, PolicyKind, PolicyRule, PolicySpec, PortMatch,
-    PortSpec, Protocol, RuleRef, Verdict,
+    Direction, Entity, Peer, PeerKind, Policy, PolicyKind, PolicyRule, PolicySpec, PortMatch, PortSpec, Protocol,
+    RuleRef, Verdict,
 };
 pub use parse::{parse_documents, parse_files};
 pub use reference::{reference_verdict, ReferenceResult, RuleMatch};

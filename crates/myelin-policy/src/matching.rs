@@ -63,12 +63,7 @@ pub(crate) fn flatten(policies: &[Policy]) -> Vec<FlatRule<'_>> {
                     policy_index: pi,
                     spec: si,
                     rule,
-                    rule_ref: RuleRef {
-                        policy: id.clone(),
-                        kind: p.kind,
-                        section: rule.section.clone(),
-                        index,
-                    },
+                    rule_ref: RuleRef { policy: id.clone(), kind: p.kind, section: rule.section.clone(), index },
                 });
             }
         }
@@ -109,28 +104,15 @@ pub fn entity_matches(entity: Entity, id: Identity, table: &IdentityTable) -> bo
         Entity::Ingress => r(R::Ingress),
         Entity::Cluster => {
             is_workload(id)
-                || [
-                    R::Host,
-                    R::RemoteNode,
-                    R::Init,
-                    R::Health,
-                    R::Unmanaged,
-                    R::KubeApiserver,
-                    R::Ingress,
-                ]
-                .into_iter()
-                .any(r)
+                || [R::Host, R::RemoteNode, R::Init, R::Health, R::Unmanaged, R::KubeApiserver, R::Ingress]
+                    .into_iter()
+                    .any(r)
         }
     }
 }
 
 /// Whether a peer covers an identity with the given labels.
-pub(crate) fn peer_matches(
-    kind: &PeerKind,
-    id: Identity,
-    labels: Option<&Labels>,
-    table: &IdentityTable,
-) -> bool {
+pub(crate) fn peer_matches(kind: &PeerKind, id: Identity, labels: Option<&Labels>, table: &IdentityTable) -> bool {
     match kind {
         PeerKind::Entity(e) => entity_matches(*e, id, table),
         PeerKind::Selector(sel) => known(id, table) && labels.is_some_and(|l| sel.matches(l)),
@@ -138,9 +120,7 @@ pub(crate) fn peer_matches(
             if let Some(p) = table.cidrs.get(&id) {
                 cidr.contains(p) && !except.iter().any(|e| e.contains(p))
             } else {
-                cidr.prefix_len() == 0
-                    && (id == ReservedIdentity::World.id()
-                        || id == ReservedIdentity::WorldIpv4.id())
+                cidr.prefix_len() == 0 && (id == ReservedIdentity::World.id() || id == ReservedIdentity::WorldIpv4.id())
             }
         }
     }
@@ -150,9 +130,7 @@ pub(crate) fn peer_matches(
 pub(crate) fn is_wildcard_peer(rule: &PolicyRule) -> bool {
     match &rule.peers {
         None => true,
-        Some(list) => list
-            .iter()
-            .any(|p| matches!(p.kind, PeerKind::Entity(Entity::All))),
+        Some(list) => list.iter().any(|p| matches!(p.kind, PeerKind::Entity(Entity::All))),
     }
 }
 

@@ -13,17 +13,17 @@
 
 use std::collections::BTreeMap;
 
-use ipnet::Ipv4Net;
 use crate::tree::{Map, Value};
+use ipnet::Ipv4Net;
 
 use crate::error::{Issue, PolicyError};
 use crate::labels::{
-    is_valid_label_key, is_valid_label_value, LabelSelector, Operator, Requirement,
-    NAMESPACE_LABELS_PREFIX, POD_NAMESPACE_LABEL,
+    is_valid_label_key, is_valid_label_value, LabelSelector, Operator, Requirement, NAMESPACE_LABELS_PREFIX,
+    POD_NAMESPACE_LABEL,
 };
 use crate::model::{
-    Direction, Entity, Peer, PeerKind, Policy, PolicyKind, PolicyRule, PolicySpec, PortMatch,
-    PortSpec, Protocol, Verdict,
+    Direction, Entity, Peer, PeerKind, Policy, PolicyKind, PolicyRule, PolicySpec, PortMatch, PortSpec, Protocol,
+    Verdict,
 };
 use crate::validate;
 
@@ -44,21 +44,13 @@ pub fn parse_files(files: &[(&str, &str)]) -> Result<Vec<Policy>, PolicyError> {
     let mut policies = Vec::new();
     let mut issues = Vec::new();
     for (file, yaml) in files {
-        let docs: Vec<Value> =
-            serde_saphyr::from_multiple(yaml).map_err(|e| PolicyError::Yaml {
-                file: (*file).to_owned(),
-                message: e.to_string(),
-            })?;
+        let docs: Vec<Value> = serde_saphyr::from_multiple(yaml)
+            .map_err(|e| PolicyError::Yaml { file: (*file).to_owned(), message: e.to_string() })?;
         for (i, v) in docs.iter().enumerate() {
             if v.is_null() {
                 continue;
             }
-            let mut d = Doc {
-                file,
-                index: i + 1,
-                label: None,
-                issues: Vec::new(),
-            };
+            let mut d = Doc { file, index: i + 1, label: None, issues: Vec::new() };
             let policy = d.document(v);
             issues.append(&mut d.issues);
             if let Some(p) = policy {
@@ -171,12 +163,7 @@ impl Doc<'_> {
     }
 
     /// The value as a mapping whose keys are all in `allowed`.
-    fn obj<'v>(
-        &mut self,
-        v: &'v Value,
-        path: &str,
-        allowed: &[&str],
-    ) -> Option<&'v Map<String, Value>> {
+    fn obj<'v>(&mut self, v: &'v Value, path: &str, allowed: &[&str]) -> Option<&'v Map<String, Value>> {
         let Value::Object(m) = v else {
             self.err(path, format!("expected a mapping, found {}", describe(v)));
             return None;
@@ -199,10 +186,7 @@ impl Doc<'_> {
         match v {
             Value::String(s) => Some(s.clone()),
             other => {
-                self.err(
-                    path,
-                    format!("expected a string, found {}", describe(other)),
-                );
+                self.err(path, format!("expected a string, found {}", describe(other)));
                 None
             }
         }
@@ -230,30 +214,19 @@ impl Doc<'_> {
             None | Some(Value::Null) => None,
             Some(Value::Bool(b)) => Some(*b),
             Some(v) => {
-                self.err(
-                    &join(path, key),
-                    format!("expected true or false, found {}", describe(v)),
-                );
+                self.err(&join(path, key), format!("expected true or false, found {}", describe(v)));
                 None
             }
         }
     }
 
     /// An optional list: None when absent or null.
-    fn opt_list<'v>(
-        &mut self,
-        m: &'v Map<String, Value>,
-        key: &str,
-        path: &str,
-    ) -> Option<&'v [Value]> {
+    fn opt_list<'v>(&mut self, m: &'v Map<String, Value>, key: &str, path: &str) -> Option<&'v [Value]> {
         match m.get(key) {
             None | Some(Value::Null) => None,
             Some(Value::Array(a)) => Some(a),
             Some(v) => {
-                self.err(
-                    &join(path, key),
-                    format!("expected a list, found {}", describe(v)),
-                );
+                self.err(&join(path, key), format!("expected a list, found {}", describe(v)));
                 None
             }
         }
@@ -270,10 +243,7 @@ impl Doc<'_> {
                 }
             }
             other => {
-                self.err(
-                    path,
-                    format!("expected an integer, found {}", describe(other)),
-                );
+                self.err(path, format!("expected an integer, found {}", describe(other)));
                 None
             }
         }
@@ -308,10 +278,7 @@ impl Doc<'_> {
         };
         if let Some(api) = &api {
             if api != want_api {
-                self.err(
-                    "apiVersion",
-                    format!("{api:?} is not an apiVersion of {kind} (expected {want_api})"),
-                );
+                self.err("apiVersion", format!("{api:?} is not an apiVersion of {kind} (expected {want_api})"));
             }
         }
         let (name, namespace) = self.metadata(top.get("metadata"), kind)?;
@@ -343,11 +310,7 @@ impl Doc<'_> {
                 }
             }
             _ => {
-                self.obj(
-                    v,
-                    "",
-                    &["apiVersion", "kind", "metadata", "spec", "specs", "status"],
-                );
+                self.obj(v, "", &["apiVersion", "kind", "metadata", "spec", "specs", "status"]);
                 let mut warnings = Vec::new();
                 let mut any = false;
                 if let Some(spec) = top.get("spec").filter(|s| !s.is_null()) {
@@ -359,9 +322,7 @@ impl Doc<'_> {
                 if let Some(list) = self.opt_list(top, "specs", "") {
                     any = any || !list.is_empty();
                     for (i, spec) in list.iter().enumerate() {
-                        if let Some(s) =
-                            self.cnp_spec(spec, &idx("specs", i), &policy, &mut warnings)
-                        {
+                        if let Some(s) = self.cnp_spec(spec, &idx("specs", i), &policy, &mut warnings) {
                             policy.specs.push(s);
                         }
                     }
@@ -381,11 +342,7 @@ impl Doc<'_> {
         Some(policy)
     }
 
-    fn metadata(
-        &mut self,
-        v: Option<&Value>,
-        kind: PolicyKind,
-    ) -> Option<(String, Option<String>)> {
+    fn metadata(&mut self, v: Option<&Value>, kind: PolicyKind) -> Option<(String, Option<String>)> {
         let Some(v) = v.filter(|v| !v.is_null()) else {
             self.err("metadata", "required field is missing");
             return None;
@@ -421,10 +378,7 @@ impl Doc<'_> {
             Some(ns.unwrap_or_else(|| "default".to_owned()))
         } else {
             if ns.is_some() {
-                self.err(
-                    "metadata.namespace",
-                    format!("{kind} is cluster-scoped: remove metadata.namespace"),
-                );
+                self.err("metadata.namespace", format!("{kind} is cluster-scoped: remove metadata.namespace"));
             }
             None
         };
@@ -478,10 +432,7 @@ impl Doc<'_> {
         let m = self.obj(v, path, &["key", "operator", "values"])?;
         let key = self.req_string(m, "key", path)?;
         if !is_valid_label_key(&key) {
-            self.err(
-                &join(path, "key"),
-                format!("{key:?} is not a valid label key"),
-            );
+            self.err(&join(path, "key"), format!("{key:?} is not a valid label key"));
             return None;
         }
         let op_s = self.req_string(m, "operator", path)?;
@@ -498,11 +449,7 @@ impl Doc<'_> {
                 values.push(self.string(v, &idx(&join(path, "values"), i))?);
             }
         }
-        let r = Requirement {
-            key,
-            operator,
-            values,
-        };
+        let r = Requirement { key, operator, values };
         if let Some(problem) = r.problem() {
             self.err(&join(path, "values"), problem);
             return None;
@@ -521,13 +468,7 @@ impl Doc<'_> {
         }
     }
 
-    fn cnp_spec(
-        &mut self,
-        v: &Value,
-        path: &str,
-        policy: &Policy,
-        warnings: &mut Vec<String>,
-    ) -> Option<PolicySpec> {
+    fn cnp_spec(&mut self, v: &Value, path: &str, policy: &Policy, warnings: &mut Vec<String>) -> Option<PolicySpec> {
         let m = self.obj(
             v,
             path,
@@ -618,14 +559,7 @@ impl Doc<'_> {
         let f_cidr = format!("{pre}CIDR");
         let f_cidrset = format!("{pre}CIDRSet");
         let f_entities = format!("{pre}Entities");
-        let mut allowed: Vec<&str> = vec![
-            &f_endpoints,
-            &f_cidr,
-            &f_cidrset,
-            &f_entities,
-            "toPorts",
-            "icmps",
-        ];
+        let mut allowed: Vec<&str> = vec![&f_endpoints, &f_cidr, &f_cidrset, &f_entities, "toPorts", "icmps"];
         allowed.extend(UNSUPPORTED_RULE_FIELDS.iter().copied().filter(|f| {
             // Only the fields of this direction are known; the others stay "unknown".
             f.starts_with(pre) || *f == "authentication"
@@ -642,10 +576,7 @@ impl Doc<'_> {
             for (i, s) in list.iter().enumerate() {
                 let p = idx(&join(path, &f_endpoints), i);
                 if let Some(sel) = self.selector(s, &p) {
-                    peers.push(Peer {
-                        path: p,
-                        kind: PeerKind::Selector(scope(sel, policy)),
-                    });
+                    peers.push(Peer { path: p, kind: PeerKind::Selector(scope(sel, policy)) });
                 }
             }
         }
@@ -653,13 +584,7 @@ impl Doc<'_> {
             for (i, c) in list.iter().enumerate() {
                 let p = idx(&join(path, &f_cidr), i);
                 if let Some(cidr) = self.cidr(c, &p) {
-                    peers.push(Peer {
-                        path: p,
-                        kind: PeerKind::Cidr {
-                            cidr,
-                            except: Vec::new(),
-                        },
-                    });
+                    peers.push(Peer { path: p, kind: PeerKind::Cidr { cidr, except: Vec::new() } });
                 }
             }
         }
@@ -678,10 +603,7 @@ impl Doc<'_> {
                     continue;
                 };
                 match Entity::parse(&s) {
-                    Some(ent) => peers.push(Peer {
-                        path: p,
-                        kind: PeerKind::Entity(ent),
-                    }),
+                    Some(ent) => peers.push(Peer { path: p, kind: PeerKind::Entity(ent) }),
                     None => self.err(
                         &p,
                         format!(
@@ -701,23 +623,11 @@ impl Doc<'_> {
                 let Some(tm) = self.obj(
                     tp,
                     &tpp,
-                    &[
-                        "ports",
-                        "rules",
-                        "listener",
-                        "serverNames",
-                        "terminatingTLS",
-                        "originatingTLS",
-                    ],
+                    &["ports", "rules", "listener", "serverNames", "terminatingTLS", "originatingTLS"],
                 ) else {
                     continue;
                 };
-                for f in [
-                    "listener",
-                    "serverNames",
-                    "terminatingTLS",
-                    "originatingTLS",
-                ] {
+                for f in ["listener", "serverNames", "terminatingTLS", "originatingTLS"] {
                     if tm.contains_key(f) {
                         self.err(&join(&tpp, f), "is not supported yet");
                     }
@@ -727,27 +637,18 @@ impl Doc<'_> {
                         has_l4 = true;
                         for (j, pv) in list.iter().enumerate() {
                             let pp = idx(&join(&tpp, "ports"), j);
-                            if let Some(pm) =
-                                self.port(pv, &pp, &["port", "endPort", "protocol"], false)
-                            {
+                            if let Some(pm) = self.port(pv, &pp, &["port", "endPort", "protocol"], false) {
                                 ports.push(pm);
                             }
                         }
                     }
-                    _ => self.err(
-                        &join(&tpp, "ports"),
-                        "required field is missing (list at least one port)",
-                    ),
+                    _ => self.err(&join(&tpp, "ports"), "required field is missing (list at least one port)"),
                 }
                 if let Some(rv) = tm.get("rules").filter(|v| !v.is_null()) {
                     let rp = join(&tpp, "rules");
-                    if let Some(rm) = self.obj(rv, &rp, &["http", "kafka", "dns", "l7proto", "l7"])
-                    {
-                        let kinds: Vec<String> = rm
-                            .iter()
-                            .filter(|(_, v)| !v.is_null())
-                            .map(|(k, _)| k.clone())
-                            .collect();
+                    if let Some(rm) = self.obj(rv, &rp, &["http", "kafka", "dns", "l7proto", "l7"]) {
+                        let kinds: Vec<String> =
+                            rm.iter().filter(|(_, v)| !v.is_null()).map(|(k, _)| k.clone()).collect();
                         if !kinds.is_empty() {
                             if verdict == Verdict::Deny {
                                 self.err(&rp, "L7 rules are not allowed in deny rules");
@@ -780,10 +681,7 @@ impl Doc<'_> {
                             }
                         }
                     }
-                    _ => self.err(
-                        &join(&icp, "fields"),
-                        "required field is missing (list at least one ICMP type)",
-                    ),
+                    _ => self.err(&join(&icp, "fields"), "required field is missing (list at least one ICMP type)"),
                 }
             }
         }
@@ -797,14 +695,7 @@ impl Doc<'_> {
         } else {
             Some(Vec::new())
         };
-        Some(PolicyRule {
-            direction,
-            verdict,
-            section: path.to_owned(),
-            peers,
-            ports: has_l4.then_some(ports),
-            l7,
-        })
+        Some(PolicyRule { direction, verdict, section: path.to_owned(), peers, ports: has_l4.then_some(ports), l7 })
     }
 
     fn cidr_set(&mut self, v: &Value, path: &str, fields: &[&str]) -> Option<Peer> {
@@ -834,10 +725,7 @@ impl Doc<'_> {
                 }
             }
         }
-        ok.then(|| Peer {
-            path: path.to_owned(),
-            kind: PeerKind::Cidr { cidr, except },
-        })
+        ok.then(|| Peer { path: path.to_owned(), kind: PeerKind::Cidr { cidr, except } })
     }
 
     /// A port entry. `knp`: Kubernetes defaults (protocol TCP) and spelling.
@@ -854,11 +742,7 @@ impl Doc<'_> {
                     ("SCTP", _) => Some(Protocol::Sctp),
                     ("ANY", false) => Some(Protocol::Any),
                     _ => {
-                        let want = if knp {
-                            "TCP, UDP, SCTP"
-                        } else {
-                            "TCP, UDP, SCTP, ANY"
-                        };
+                        let want = if knp { "TCP, UDP, SCTP" } else { "TCP, UDP, SCTP, ANY" };
                         self.err(&pp, format!("{s:?} is not a protocol ({want})"));
                         None
                     }
@@ -871,10 +755,7 @@ impl Doc<'_> {
                 match s.parse::<i64>() {
                     Ok(n) => Some(PortSpec::Number(n)),
                     Err(_) => {
-                        self.err(
-                            &join(path, "port"),
-                            format!("{s} is not a port number (1-65535)"),
-                        );
+                        self.err(&join(path, "port"), format!("{s} is not a port number (1-65535)"));
                         None
                     }
                 }
@@ -882,10 +763,7 @@ impl Doc<'_> {
             Some(Value::String(s)) => Some(PortSpec::Named(s.clone())),
             Some(n @ Value::Number(_)) => self.int(n, &join(path, "port")).map(PortSpec::Number),
             Some(other) => {
-                self.err(
-                    &join(path, "port"),
-                    format!("expected a port number or name, found {}", describe(other)),
-                );
+                self.err(&join(path, "port"), format!("expected a port number or name, found {}", describe(other)));
                 None
             }
         };
@@ -893,12 +771,7 @@ impl Doc<'_> {
             None | Some(Value::Null) => None,
             Some(v) => Some(self.int(v, &join(path, "endPort"))?),
         };
-        let pm = PortMatch {
-            path: path.to_owned(),
-            protocol: protocol?,
-            port: port?,
-            end_port,
-        };
+        let pm = PortMatch { path: path.to_owned(), protocol: protocol?, port: port?, end_port };
         let problems = validate::port_problems(&pm);
         let ok = problems.is_empty();
         for (p, msg) in problems {
@@ -914,10 +787,7 @@ impl Doc<'_> {
             None | Some("IPv4") => Protocol::Icmp,
             Some("IPv6") => Protocol::Icmpv6,
             Some(other) => {
-                self.err(
-                    &join(path, "family"),
-                    format!("{other:?} is not an ICMP family (IPv4, IPv6)"),
-                );
+                self.err(&join(path, "family"), format!("{other:?} is not an ICMP family (IPv4, IPv6)"));
                 return None;
             }
         };
@@ -930,21 +800,13 @@ impl Doc<'_> {
             Some(Value::String(s)) => match validate::icmp_type_by_name(s, protocol) {
                 Some(t) => i64::from(t),
                 None => {
-                    self.err(
-                        &tp,
-                        format!("{s:?} is not an ICMP type name or number (0-255)"),
-                    );
+                    self.err(&tp, format!("{s:?} is not an ICMP type name or number (0-255)"));
                     return None;
                 }
             },
             Some(v) => self.int(v, &tp)?,
         };
-        let pm = PortMatch {
-            path: path.to_owned(),
-            protocol,
-            port: PortSpec::Number(ty),
-            end_port: None,
-        };
+        let pm = PortMatch { path: path.to_owned(), protocol, port: PortSpec::Number(ty), end_port: None };
         let problems = validate::port_problems(&pm);
         let ok = problems.is_empty();
         for (p, msg) in problems {
@@ -954,33 +816,16 @@ impl Doc<'_> {
     }
 
     #[allow(clippy::too_many_lines)]
-    fn knp_spec(
-        &mut self,
-        v: &Value,
-        policy: &Policy,
-        warnings: &mut Vec<String>,
-    ) -> Option<PolicySpec> {
+    fn knp_spec(&mut self, v: &Value, policy: &Policy, warnings: &mut Vec<String>) -> Option<PolicySpec> {
         let path = "spec";
-        let m = self.obj(
-            v,
-            path,
-            &["podSelector", "policyTypes", "ingress", "egress"],
-        )?;
-        let ns = policy
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".to_owned());
+        let m = self.obj(v, path, &["podSelector", "policyTypes", "ingress", "egress"])?;
+        let ns = policy.namespace.clone().unwrap_or_else(|| "default".to_owned());
         let subject = match m.get("podSelector") {
             None | Some(Value::Null) => {
-                self.err(
-                    "spec.podSelector",
-                    "required field is missing (use {} to select all pods)",
-                );
+                self.err("spec.podSelector", "required field is missing (use {} to select all pods)");
                 None
             }
-            Some(s) => self
-                .selector(s, "spec.podSelector")
-                .map(|s| s.with_label(POD_NAMESPACE_LABEL, &ns)),
+            Some(s) => self.selector(s, "spec.podSelector").map(|s| s.with_label(POD_NAMESPACE_LABEL, &ns)),
         };
         let ingress = self.opt_list(m, "ingress", path);
         let egress = self.opt_list(m, "egress", path);
@@ -992,17 +837,13 @@ impl Doc<'_> {
                 match self.string(tv, &tp).as_deref() {
                     Some("Ingress") => t[0] = true,
                     Some("Egress") => t[1] = true,
-                    Some(other) => self.err(
-                        &tp,
-                        format!("{other:?} is not a policy type (Ingress, Egress)"),
-                    ),
+                    Some(other) => self.err(&tp, format!("{other:?} is not a policy type (Ingress, Egress)")),
                     None => {}
                 }
             }
             types = Some(t);
         }
-        let [enforce_ingress, enforce_egress] =
-            types.unwrap_or([true, egress.is_some_and(|e| !e.is_empty())]);
+        let [enforce_ingress, enforce_egress] = types.unwrap_or([true, egress.is_some_and(|e| !e.is_empty())]);
         let mut rules = Vec::new();
         for (key, dir, list, enforced) in [
             ("ingress", Direction::Ingress, ingress, enforce_ingress),
@@ -1012,18 +853,10 @@ impl Doc<'_> {
             if !enforced && !list.is_empty() {
                 warnings.push(format!(
                     "spec.{key}: ignored because spec.policyTypes does not list {}",
-                    if dir == Direction::Ingress {
-                        "Ingress"
-                    } else {
-                        "Egress"
-                    }
+                    if dir == Direction::Ingress { "Ingress" } else { "Egress" }
                 ));
             }
-            let peer_key = if dir == Direction::Ingress {
-                "from"
-            } else {
-                "to"
-            };
+            let peer_key = if dir == Direction::Ingress { "from" } else { "to" };
             for (i, r) in list.iter().enumerate() {
                 let rp = idx(&join(path, key), i);
                 let Some(rm) = self.obj(r, &rp, &[peer_key, "ports"]) else {
@@ -1043,8 +876,7 @@ impl Doc<'_> {
                 if let Some(pl) = self.opt_list(rm, "ports", &rp) {
                     for (j, pv) in pl.iter().enumerate() {
                         let pp = idx(&join(&rp, "ports"), j);
-                        if let Some(pm) = self.port(pv, &pp, &["protocol", "port", "endPort"], true)
-                        {
+                        if let Some(pm) = self.port(pv, &pp, &["protocol", "port", "endPort"], true) {
                             ports.push(pm);
                         }
                     }
@@ -1062,13 +894,7 @@ impl Doc<'_> {
                 });
             }
         }
-        Some(PolicySpec {
-            path: path.to_owned(),
-            subject: subject?,
-            enforce_ingress,
-            enforce_egress,
-            rules,
-        })
+        Some(PolicySpec { path: path.to_owned(), subject: subject?, enforce_ingress, enforce_egress, rules })
     }
 
     fn knp_peer(&mut self, v: &Value, path: &str, ns: &str) -> Option<Peer> {
@@ -1078,10 +904,7 @@ impl Doc<'_> {
         let ip = m.get("ipBlock").filter(|v| !v.is_null());
         if let Some(ip) = ip {
             if pod.is_some() || nsel.is_some() {
-                self.err(
-                    path,
-                    "ipBlock cannot be combined with podSelector or namespaceSelector in one peer",
-                );
+                self.err(path, "ipBlock cannot be combined with podSelector or namespaceSelector in one peer");
                 return None;
             }
             let mut peer = self.cidr_set(ip, &join(path, "ipBlock"), &["cidr", "except"])?;
@@ -1098,10 +921,7 @@ impl Doc<'_> {
         };
         let sel = match (pod_sel, ns_sel) {
             (None, None) => {
-                self.err(
-                    path,
-                    "a peer needs podSelector, namespaceSelector or ipBlock",
-                );
+                self.err(path, "a peer needs podSelector, namespaceSelector or ipBlock");
                 return None;
             }
             (Some(p), None) => p.with_label(POD_NAMESPACE_LABEL, ns),
@@ -1118,10 +938,7 @@ impl Doc<'_> {
                 }
             }
         };
-        Some(Peer {
-            path: path.to_owned(),
-            kind: PeerKind::Selector(sel),
-        })
+        Some(Peer { path: path.to_owned(), kind: PeerKind::Selector(sel) })
     }
 }
 
@@ -1129,9 +946,7 @@ impl Doc<'_> {
 /// `io.kubernetes.pod.namespace` itself only selects endpoints of the policy's namespace.
 fn scope(sel: LabelSelector, policy: &Policy) -> LabelSelector {
     match (&policy.namespace, policy.kind.is_namespaced()) {
-        (Some(ns), true) if !sel.mentions_key(POD_NAMESPACE_LABEL) => {
-            sel.with_label(POD_NAMESPACE_LABEL, ns)
-        }
+        (Some(ns), true) if !sel.mentions_key(POD_NAMESPACE_LABEL) => sel.with_label(POD_NAMESPACE_LABEL, ns),
         _ => sel,
     }
 }

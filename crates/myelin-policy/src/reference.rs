@@ -6,9 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::identity::Identity;
 use crate::matching::{flatten, peer_matches, resolve_named, EndpointId, PolicyInput};
-use crate::model::{
-    proto_name, Direction, PeerKind, PortMatch, PortSpec, Protocol, RuleRef, Verdict,
-};
+use crate::model::{proto_name, Direction, PeerKind, PortMatch, PortSpec, Protocol, RuleRef, Verdict};
 
 /// A rule that matched a flow, and why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,9 +51,7 @@ fn port_matches(
                 Direction::Ingress => e.id == endpoint,
                 Direction::Egress => e.identity == peer,
             });
-            eps.any(|e| {
-                resolve_named(e, name, pm.protocol).any(|(p, n)| p == protocol && n == port)
-            })
+            eps.any(|e| resolve_named(e, name, pm.protocol).any(|(p, n)| p == protocol && n == port))
         }
     }
 }
@@ -119,21 +115,12 @@ pub fn reference_verdict(
         };
         let port_reason = match &fr.rule.ports {
             None => Some("any protocol and port".to_owned()),
-            Some(list) => list
-                .iter()
-                .find(|pm| port_matches(pm, input, endpoint, direction, peer, protocol, port))
-                .map(|pm| {
-                    let what = if matches!(pm.protocol, Protocol::Icmp | Protocol::Icmpv6) {
-                        "type"
-                    } else {
-                        "port"
-                    };
-                    format!(
-                        "{} ({pm}) covers {} {what} {port}",
-                        pm.path,
-                        proto_name(protocol)
-                    )
-                }),
+            Some(list) => {
+                list.iter().find(|pm| port_matches(pm, input, endpoint, direction, peer, protocol, port)).map(|pm| {
+                    let what = if matches!(pm.protocol, Protocol::Icmp | Protocol::Icmpv6) { "type" } else { "port" };
+                    format!("{} ({pm}) covers {} {what} {port}", pm.path, proto_name(protocol))
+                })
+            }
         };
         let Some(port_reason) = port_reason else {
             continue;
@@ -144,22 +131,13 @@ pub fn reference_verdict(
             reason: format!("{peer_reason}; {port_reason}"),
         });
     }
-    let first = |v: Verdict| {
-        res.matched
-            .iter()
-            .find(|m| m.verdict == v)
-            .map(|m| m.rule.clone())
-    };
+    let first = |v: Verdict| res.matched.iter().find(|m| m.verdict == v).map(|m| m.rule.clone());
     if let Some(r) = first(Verdict::Deny) {
         res.verdict = Verdict::Deny;
         res.rule = Some(r);
     } else if res.enforced {
         res.rule = first(Verdict::Allow);
-        res.verdict = if res.rule.is_some() {
-            Verdict::Allow
-        } else {
-            Verdict::Deny
-        };
+        res.verdict = if res.rule.is_some() { Verdict::Allow } else { Verdict::Deny };
     }
     res
 }

@@ -89,7 +89,8 @@ impl Map<String, Value> {
 
 impl<'a> IntoIterator for &'a Map<String, Value> {
     type Item = (&'a String, &'a Value);
-    type IntoIter = std::iter::Map<std::slice::Iter<'a, (String, Value)>, fn(&'a (String, Value)) -> (&'a String, &'a Value)>;
+    type IntoIter =
+        std::iter::Map<std::slice::Iter<'a, (String, Value)>, fn(&'a (String, Value)) -> (&'a String, &'a Value)>;
 
     fn into_iter(self) -> Self::IntoIter {
         self.0.iter().map(|(k, v)| (k, v))
@@ -262,7 +263,10 @@ mod tests {
         assert_eq!(m.keys().map(String::as_str).collect::<Vec<_>>(), ["a", "b", "n"]);
         assert_eq!(m.get("b").unwrap().as_i64(), Some(-2));
         assert!(m.get("n").unwrap().is_null());
-        assert_eq!(v.get("a").and_then(|a| if let Value::Array(x) = a { x.first() } else { None }).and_then(Value::as_str), Some("x"));
+        assert_eq!(
+            v.get("a").and_then(|a| if let Value::Array(x) = a { x.first() } else { None }).and_then(Value::as_str),
+            Some("x")
+        );
         assert!(m.get("zz").is_none());
         assert!(serde_saphyr::from_str::<Value>("a: 1\na: 2\n").is_err(), "duplicate keys are a YAML error");
     }

@@ -40,9 +40,7 @@ pub fn except_problem(cidr: Ipv4Net, except: Ipv4Net) -> Option<String> {
 pub fn is_valid_port_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 15
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && name.chars().any(|c| c.is_ascii_lowercase())
         && !name.starts_with('-')
         && !name.ends_with('-')
@@ -85,10 +83,7 @@ pub fn port_problems(pm: &PortMatch) -> Vec<(String, String)> {
     }
     if let Some(end) = pm.end_port {
         match &pm.port {
-            PortSpec::Named(_) => out.push((
-                end_path,
-                "endPort cannot be used with a named port".to_owned(),
-            )),
+            PortSpec::Named(_) => out.push((end_path, "endPort cannot be used with a named port".to_owned())),
             PortSpec::All => out.push((end_path, "endPort needs a port".to_owned())),
             PortSpec::Number(p) => {
                 if !(1..=65535).contains(&end) {
@@ -146,9 +141,7 @@ pub fn dns_subdomain_problem(name: &str) -> Option<&'static str> {
     if name.len() > 253 {
         return Some("is longer than 253 characters");
     }
-    let ok = name
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+    let ok = name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name.ends_with(|c: char| c.is_ascii_alphanumeric());
     (!ok).then_some("is not a valid name (lowercase letters, digits, '-' and '.')")
@@ -175,16 +168,11 @@ pub fn policy_issues(policy: &Policy) -> Vec<(String, String)> {
         out.push(("metadata.name".to_owned(), format!("{:?} {p}", policy.name)));
     }
     match (&policy.namespace, policy.kind.is_namespaced()) {
-        (None, true) => out.push((
-            "metadata.namespace".to_owned(),
-            format!("{} is namespaced: a namespace is required", policy.kind),
-        )),
+        (None, true) => out
+            .push(("metadata.namespace".to_owned(), format!("{} is namespaced: a namespace is required", policy.kind))),
         (Some(_), false) => out.push((
             "metadata.namespace".to_owned(),
-            format!(
-                "{} is cluster-scoped: remove metadata.namespace",
-                policy.kind
-            ),
+            format!("{} is cluster-scoped: remove metadata.namespace", policy.kind),
         )),
         (Some(ns), true) => {
             if let Some(p) = dns_label_problem(ns) {
@@ -196,10 +184,7 @@ pub fn policy_issues(policy: &Policy) -> Vec<(String, String)> {
     for spec in &policy.specs {
         for (i, r) in spec.subject.match_expressions.iter().enumerate() {
             if let Some(p) = r.problem() {
-                out.push((
-                    format!("{}.endpointSelector.matchExpressions[{i}]", spec.path),
-                    p,
-                ));
+                out.push((format!("{}.endpointSelector.matchExpressions[{i}]", spec.path), p));
             }
         }
         for rule in &spec.rules {

@@ -25,11 +25,7 @@ impl World {
         World { c, policies, table }
     }
     fn input(&self) -> PolicyInput<'_> {
-        PolicyInput {
-            policies: &self.policies,
-            endpoints: &self.c.endpoints,
-            identities: &self.table,
-        }
+        PolicyInput { policies: &self.policies, endpoints: &self.c.endpoints, identities: &self.table }
     }
 }
 
@@ -108,16 +104,8 @@ fn endport_ranges_and_icmp() {
     let input = w.input();
     let comp = compile(&input);
     for port in [7999u16, 8000, 8001, 8050, 8063, 8064, 8099, 8100] {
-        let want = if (8000..=8099).contains(&port) {
-            Allow
-        } else {
-            Deny
-        };
-        assert_eq!(
-            check(&input, &comp, 1, Ingress, x, TCP, port),
-            want,
-            "port {port}"
-        );
+        let want = if (8000..=8099).contains(&port) { Allow } else { Deny };
+        assert_eq!(check(&input, &comp, 1, Ingress, x, TCP, port), want, "port {port}");
     }
     assert_eq!(check(&input, &comp, 1, Ingress, x, UDP, 8000), Deny);
     assert_eq!(check(&input, &comp, 1, Ingress, x, ICMP, 8), Allow);
@@ -129,30 +117,10 @@ fn endport_ranges_and_icmp() {
 #[test]
 fn named_ports_resolve_per_destination() {
     let mut c = Cluster::new();
-    let web = c.pod(
-        1,
-        "default",
-        &[("app", "web")],
-        &[("http", Protocol::Tcp, 8080)],
-    );
-    let api = c.pod(
-        2,
-        "default",
-        &[("app", "api")],
-        &[("http", Protocol::Tcp, 9090)],
-    );
-    let api2 = c.pod(
-        3,
-        "default",
-        &[("app", "api")],
-        &[("http", Protocol::Tcp, 9091)],
-    );
-    let db = c.pod(
-        4,
-        "default",
-        &[("app", "db")],
-        &[("sql", Protocol::Tcp, 5432)],
-    );
+    let web = c.pod(1, "default", &[("app", "web")], &[("http", Protocol::Tcp, 8080)]);
+    let api = c.pod(2, "default", &[("app", "api")], &[("http", Protocol::Tcp, 9090)]);
+    let api2 = c.pod(3, "default", &[("app", "api")], &[("http", Protocol::Tcp, 9091)]);
+    let db = c.pod(4, "default", &[("app", "db")], &[("sql", Protocol::Tcp, 5432)]);
     assert_eq!(api, api2);
     let w = World::new(
         c,
@@ -185,12 +153,7 @@ fn knp_peers_and_vs_or_and_ipblock_except() {
     c.namespace("shop", &[]);
     c.namespace("team-a", &[("team", "a")]);
     c.namespace("team-b", &[("team", "b")]);
-    c.pod(
-        1,
-        "shop",
-        &[("app", "api")],
-        &[("http", Protocol::Tcp, 8080)],
-    );
+    c.pod(1, "shop", &[("app", "api")], &[("http", Protocol::Tcp, 8080)]);
     let shop_fe = c.pod(2, "shop", &[("role", "frontend")], &[]);
     let a_fe = c.pod(3, "team-a", &[("role", "frontend")], &[]);
     let a_be = c.pod(4, "team-a", &[("role", "backend")], &[]);
@@ -200,61 +163,35 @@ fn knp_peers_and_vs_or_and_ipblock_except() {
     };
     // AND: one peer with both selectors.
     let and = knp("and", "        - namespaceSelector: {matchLabels: {team: a}}\n          podSelector: {matchLabels: {role: frontend}}\n");
-    let w = World::new(
-        Cluster {
-            ..clone_cluster(&c)
-        },
-        &and,
-    );
+    let w = World::new(Cluster { ..clone_cluster(&c) }, &and);
     let input = w.input();
     let comp = compile(&input);
-    let v = |input: &PolicyInput<'_>, comp: &CompiledPolicy, peer| {
-        check(input, comp, 1, Ingress, peer, TCP, 80)
-    };
-    assert_eq!(
-        [shop_fe, a_fe, a_be, b_fe].map(|p| v(&input, &comp, p)),
-        [Deny, Allow, Deny, Deny]
-    );
+    let v = |input: &PolicyInput<'_>, comp: &CompiledPolicy, peer| check(input, comp, 1, Ingress, peer, TCP, 80);
+    assert_eq!([shop_fe, a_fe, a_be, b_fe].map(|p| v(&input, &comp, p)), [Deny, Allow, Deny, Deny]);
     // OR: two peers.
     let or = knp("or", "        - namespaceSelector: {matchLabels: {team: a}}\n        - podSelector: {matchLabels: {role: frontend}}\n");
     let w = World::new(clone_cluster(&c), &or);
     let input = w.input();
     let comp = compile(&input);
-    assert_eq!(
-        [shop_fe, a_fe, a_be, b_fe].map(|p| v(&input, &comp, p)),
-        [Allow, Allow, Allow, Deny]
-    );
+    assert_eq!([shop_fe, a_fe, a_be, b_fe].map(|p| v(&input, &comp, p)), [Allow, Allow, Allow, Deny]);
     // namespaceSelector {} = all pods of all namespaces, but not the host or the world.
     let all_ns = knp("allns", "        - namespaceSelector: {}\n");
     let w = World::new(clone_cluster(&c), &all_ns);
     let input = w.input();
     let comp = compile(&input);
-    assert_eq!(
-        [shop_fe, b_fe, 1, 2].map(|p| v(&input, &comp, p)),
-        [Allow, Allow, Deny, Deny]
-    );
+    assert_eq!([shop_fe, b_fe, 1, 2].map(|p| v(&input, &comp, p)), [Allow, Allow, Deny, Deny]);
     // ipBlock with except.
-    let ip = knp(
-        "ip",
-        "        - ipBlock: {cidr: 172.17.0.0/16, except: [172.17.1.0/24]}\n",
-    );
+    let ip = knp("ip", "        - ipBlock: {cidr: 172.17.0.0/16, except: [172.17.1.0/24]}\n");
     let mut c2 = clone_cluster(&c);
     let policies = parse(&ip);
     c2.cidrs_for(&policies);
     let outside = c2.cidr("10.0.0.0/8");
-    let w = World {
-        table: c2.table(),
-        c: c2,
-        policies,
-    };
+    let w = World { table: c2.table(), c: c2, policies };
     let input = w.input();
     let comp = compile(&input);
     let big = w.c.cidrs.lookup("172.17.0.0/16".parse().unwrap()).unwrap();
     let exc = w.c.cidrs.lookup("172.17.1.0/24".parse().unwrap()).unwrap();
-    assert_eq!(
-        [big, exc, outside, 2].map(|p| v(&input, &comp, p)),
-        [Allow, Deny, Deny, Deny]
-    );
+    assert_eq!([big, exc, outside, 2].map(|p| v(&input, &comp, p)), [Allow, Deny, Deny, Deny]);
     // And through the ipcache: 172.17.1.5 resolves to the except prefix's identity.
     let ipc = IpCache::build(&[], &[], &[], &w.c.cidrs);
     assert_eq!(ipc.lookup("172.17.1.5".parse().unwrap()), exc);
@@ -308,22 +245,12 @@ fn entities_map_to_identities() {
     let input = w.input();
     let comp = compile(&input);
     let v = |peer, port| check(&input, &comp, 1, Ingress, peer, TCP, port);
-    assert_eq!(
-        [pod, 1, 6, 4, 2, cidr].map(|p| v(p, 80)),
-        [Allow, Allow, Allow, Allow, Deny, Deny]
-    );
-    assert_eq!(
-        [pod, 1, 6, 2, 9, cidr].map(|p| v(p, 443)),
-        [Deny, Allow, Allow, Allow, Allow, Allow]
-    );
+    assert_eq!([pod, 1, 6, 4, 2, cidr].map(|p| v(p, 80)), [Allow, Allow, Allow, Allow, Deny, Deny]);
+    assert_eq!([pod, 1, 6, 2, 9, cidr].map(|p| v(p, 443)), [Deny, Allow, Allow, Allow, Allow, Allow]);
     assert_eq!(v(1, 22), Allow);
     assert_eq!(v(2, 22), Deny);
     // `all` compiles to the wildcard identity.
-    assert!(comp.endpoints[&1]
-        .egress
-        .entries
-        .iter()
-        .all(|e| e.identity == 0));
+    assert!(comp.endpoints[&1].egress.entries.iter().all(|e| e.identity == 0));
     assert_eq!(check(&input, &comp, 1, Egress, 123_456, UDP, 53), Allow);
     assert_eq!(check(&input, &comp, 1, Egress, 2, UDP, 54), Deny);
 }
@@ -356,38 +283,19 @@ fn default_deny_on_and_off() {
 
 #[test]
 fn testdata_compiles_and_explains() {
-    let read = |n: &str| {
-        std::fs::read_to_string(format!("{}/testdata/{n}", env!("CARGO_MANIFEST_DIR"))).unwrap()
-    };
-    let (a, b, k) = (
-        read("cnp-web.yaml"),
-        read("ccnp-baseline.yaml"),
-        read("knp-db.yaml"),
-    );
-    let policies = parse_files(&[
-        ("cnp-web.yaml", &a),
-        ("ccnp-baseline.yaml", &b),
-        ("knp-db.yaml", &k),
-    ])
-    .unwrap_or_else(|e| panic!("{e}"));
+    let read = |n: &str| std::fs::read_to_string(format!("{}/testdata/{n}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let (a, b, k) = (read("cnp-web.yaml"), read("ccnp-baseline.yaml"), read("knp-db.yaml"));
+    let policies = parse_files(&[("cnp-web.yaml", &a), ("ccnp-baseline.yaml", &b), ("knp-db.yaml", &k)])
+        .unwrap_or_else(|e| panic!("{e}"));
     let mut c = Cluster::new();
     c.namespace("monitoring", &[]);
-    let web = c.pod(
-        1,
-        "shop",
-        &[("app", "web")],
-        &[("metrics", Protocol::Tcp, 9090)],
-    );
+    let web = c.pod(1, "shop", &[("app", "web")], &[("metrics", Protocol::Tcp, 9090)]);
     let fe = c.pod(2, "shop", &[("app", "frontend")], &[]);
     let prom = c.pod(3, "monitoring", &[("app", "prometheus")], &[]);
     let db = c.pod(4, "shop", &[("app", "db")], &[]);
     c.cidrs_for(&policies);
     let table = c.table();
-    let input = PolicyInput {
-        policies: &policies,
-        endpoints: &c.endpoints,
-        identities: &table,
-    };
+    let input = PolicyInput { policies: &policies, endpoints: &c.endpoints, identities: &table };
     let comp = compile(&input);
     assert_eq!(check(&input, &comp, 1, Ingress, fe, TCP, 80), Allow);
     assert_eq!(check(&input, &comp, 1, Ingress, fe, TCP, 8443), Deny);
@@ -399,54 +307,21 @@ fn testdata_compiles_and_explains() {
     assert_eq!(check(&input, &comp, 1, Egress, 2, ICMP, 8), Allow);
     let meta = c.cidr("169.254.169.254/32");
     let table = c.table();
-    let input = PolicyInput {
-        policies: &policies,
-        endpoints: &c.endpoints,
-        identities: &table,
-    };
+    let input = PolicyInput { policies: &policies, endpoints: &c.endpoints, identities: &table };
     let comp = compile(&input);
     assert_eq!(check(&input, &comp, 4, Egress, meta, TCP, 80), Deny);
     let _ = web;
 
-    let ipc = IpCache::build(
-        &[
-            ("10.0.1.1".parse().unwrap(), web),
-            ("10.0.1.2".parse().unwrap(), fe),
-        ],
-        &[],
-        &[],
-        &c.cidrs,
-    );
-    let e = explain(
-        &input,
-        &ipc,
-        FlowPeer::Ip("10.0.1.2".parse().unwrap()),
-        FlowPeer::Endpoint(1),
-        TCP,
-        8443,
-    );
-    assert_eq!(
-        (e.egress_verdict, e.ingress_verdict, e.final_verdict),
-        (Allow, Deny, Deny)
-    );
+    let ipc =
+        IpCache::build(&[("10.0.1.1".parse().unwrap(), web), ("10.0.1.2".parse().unwrap(), fe)], &[], &[], &c.cidrs);
+    let e = explain(&input, &ipc, FlowPeer::Ip("10.0.1.2".parse().unwrap()), FlowPeer::Endpoint(1), TCP, 8443);
+    assert_eq!((e.egress_verdict, e.ingress_verdict, e.final_verdict), (Allow, Deny, Deny));
     let text = e.to_string();
-    assert!(
-        text.contains(
-            "ingress of endpoint 1: deny by CiliumNetworkPolicy shop/web spec.ingressDeny[0]"
-        ),
-        "{text}"
-    );
+    assert!(text.contains("ingress of endpoint 1: deny by CiliumNetworkPolicy shop/web spec.ingressDeny[0]"), "{text}");
     assert!(text.contains("final verdict: deny"), "{text}");
     let json = serde_json::to_value(&e).unwrap();
     assert_eq!(json["final_verdict"], "deny");
-    let e = explain(
-        &input,
-        &ipc,
-        FlowPeer::Endpoint(2),
-        FlowPeer::Ip("10.0.1.1".parse().unwrap()),
-        TCP,
-        80,
-    );
+    let e = explain(&input, &ipc, FlowPeer::Endpoint(2), FlowPeer::Ip("10.0.1.1".parse().unwrap()), TCP, 80);
     assert_eq!(e.final_verdict, Allow, "{e}");
     assert_eq!(e.ingress.as_ref().unwrap().result.matched.len(), 1, "{e}");
 }

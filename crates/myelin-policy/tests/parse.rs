@@ -11,8 +11,7 @@ fn testdata(name: &str) -> String {
 
 #[test]
 fn testdata_files_parse() {
-    let cnp = parse_documents("cnp-web.yaml", &testdata("cnp-web.yaml"))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let cnp = parse_documents("cnp-web.yaml", &testdata("cnp-web.yaml")).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(cnp.len(), 2);
     assert_eq!(cnp[0].id(), "shop/web");
     assert_eq!(cnp[0].specs[0].rules.len(), 3);
@@ -20,12 +19,10 @@ fn testdata_files_parse() {
     assert!(cnp[0].warnings[0].starts_with("spec.ingress[0].toPorts[0].rules: L7 rules (http)"));
     assert_eq!(cnp[1].specs[0].path, "specs[0]");
     assert_eq!(cnp[1].specs[0].rules.len(), 4);
-    let ccnp = parse_documents("ccnp-baseline.yaml", &testdata("ccnp-baseline.yaml"))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let ccnp = parse_documents("ccnp-baseline.yaml", &testdata("ccnp-baseline.yaml")).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(ccnp[0].namespace, None);
     assert!(!ccnp[0].specs[0].enforce_ingress && !ccnp[0].specs[0].enforce_egress);
-    let knp =
-        parse_documents("knp-db.yaml", &testdata("knp-db.yaml")).unwrap_or_else(|e| panic!("{e}"));
+    let knp = parse_documents("knp-db.yaml", &testdata("knp-db.yaml")).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(knp.len(), 3);
     assert!(knp[1].specs[0].enforce_ingress && knp[1].specs[0].rules.is_empty());
     assert!(!knp[2].specs[0].enforce_egress);
@@ -218,11 +215,7 @@ fn malformed_policies_name_file_document_and_path() {
     ];
     for (i, (yaml, want)) in cases.iter().enumerate() {
         let got = parse_err(yaml);
-        assert!(
-            got.lines().any(|l| l == want),
-            "case {i}: want line\n  {want}\ngot\n  {}",
-            got.replace('\n', "\n  ")
-        );
+        assert!(got.lines().any(|l| l == want), "case {i}: want line\n  {want}\ngot\n  {}", got.replace('\n', "\n  "));
     }
     assert!(cases.len() >= 12);
 }
@@ -247,10 +240,7 @@ fn duplicate_names_and_whole_input_rejected() {
 fn yaml_syntax_error_is_reported() {
     let err = parse_documents("bad.yaml", "a: [1, 2\nb: c: d\n").unwrap_err();
     assert!(matches!(err, PolicyError::Yaml { .. }), "{err}");
-    assert!(
-        err.to_string().starts_with("bad.yaml: invalid YAML:"),
-        "{err}"
-    );
+    assert!(err.to_string().starts_with("bad.yaml: invalid YAML:"), "{err}");
 }
 
 #[test]

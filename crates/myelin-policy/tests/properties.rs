@@ -32,31 +32,18 @@ const PORTS: [i64; 9] = [1, 79, 80, 81, 82, 443, 1024, 8080, 65535];
 fn selector(r: &mut Rng) -> LabelSelector {
     let mut s = LabelSelector::default();
     if r.chance(60) {
-        s.match_labels
-            .insert("app".into(), (*r.pick(&["a", "b", "c"])).into());
+        s.match_labels.insert("app".into(), (*r.pick(&["a", "b", "c"])).into());
     }
     if r.chance(30) {
-        let op = *r.pick(&[
-            Operator::In,
-            Operator::NotIn,
-            Operator::Exists,
-            Operator::DoesNotExist,
-        ]);
+        let op = *r.pick(&[Operator::In, Operator::NotIn, Operator::Exists, Operator::DoesNotExist]);
         let values = match op {
             Operator::In | Operator::NotIn => vec![(*r.pick(&["x", "y"])).to_owned()],
             _ => vec![],
         };
-        s.match_expressions.push(Requirement {
-            key: "tier".into(),
-            operator: op,
-            values,
-        });
+        s.match_expressions.push(Requirement { key: "tier".into(), operator: op, values });
     }
     if r.chance(20) {
-        s.match_labels.insert(
-            "io.kubernetes.pod.namespace".into(),
-            (*r.pick(&["ns1", "ns2"])).into(),
-        );
+        s.match_labels.insert("io.kubernetes.pod.namespace".into(), (*r.pick(&["ns1", "ns2"])).into());
     }
     s
 }
@@ -72,23 +59,14 @@ fn peer(r: &mut Rng) -> PeerKind {
                 ("0.0.0.0/0", &["10.0.0.0/8"][..]),
                 ("192.168.0.0/24", &[][..]),
             ]);
-            PeerKind::Cidr {
-                cidr: cidr.parse().unwrap(),
-                except: except.iter().map(|e| e.parse().unwrap()).collect(),
-            }
+            PeerKind::Cidr { cidr: cidr.parse().unwrap(), except: except.iter().map(|e| e.parse().unwrap()).collect() }
         }
         _ => PeerKind::Entity(*r.pick(&Entity::ALL)),
     }
 }
 
 fn port_match(r: &mut Rng) -> PortMatch {
-    let protocol = *r.pick(&[
-        Protocol::Tcp,
-        Protocol::Tcp,
-        Protocol::Udp,
-        Protocol::Any,
-        Protocol::Icmp,
-    ]);
+    let protocol = *r.pick(&[Protocol::Tcp, Protocol::Tcp, Protocol::Udp, Protocol::Any, Protocol::Icmp]);
     let (port, end_port) = if protocol == Protocol::Icmp {
         (PortSpec::Number(*r.pick(&[0, 8, 80])), None)
     } else {
@@ -97,20 +75,12 @@ fn port_match(r: &mut Rng) -> PortMatch {
             1 => (PortSpec::Named((*r.pick(&["http", "dns"])).into()), None),
             2 => {
                 let p = *r.pick(&PORTS);
-                (
-                    PortSpec::Number(p),
-                    Some((p + r.below(600) as i64).min(65535)),
-                )
+                (PortSpec::Number(p), Some((p + r.below(600) as i64).min(65535)))
             }
             _ => (PortSpec::Number(*r.pick(&PORTS)), None),
         }
     };
-    PortMatch {
-        path: "p".into(),
-        protocol,
-        port,
-        end_port,
-    }
+    PortMatch { path: "p".into(), protocol, port, end_port }
 }
 
 fn random_policies(r: &mut Rng) -> Vec<Policy> {
@@ -125,28 +95,13 @@ fn random_policies(r: &mut Rng) -> Vec<Policy> {
                     enforce_egress: r.chance(50),
                     rules: (0..r.below(6))
                         .map(|ri| PolicyRule {
-                            direction: if r.chance(50) {
-                                Direction::Ingress
-                            } else {
-                                Direction::Egress
-                            },
-                            verdict: if r.chance(30) {
-                                Verdict::Deny
-                            } else {
-                                Verdict::Allow
-                            },
+                            direction: if r.chance(50) { Direction::Ingress } else { Direction::Egress },
+                            verdict: if r.chance(30) { Verdict::Deny } else { Verdict::Allow },
                             section: format!("rule[{ri}]"),
                             peers: if r.chance(25) {
                                 None
                             } else {
-                                Some(
-                                    (0..r.below(3))
-                                        .map(|_| Peer {
-                                            path: "peer".into(),
-                                            kind: peer(r),
-                                        })
-                                        .collect(),
-                                )
+                                Some((0..r.below(3)).map(|_| Peer { path: "peer".into(), kind: peer(r) }).collect())
                             },
                             ports: if r.chance(30) {
                                 None
@@ -252,12 +207,7 @@ proptest! {
 /// `compiled` restricted to the endpoints `keep` says yes to.
 fn restricted(compiled: &CompiledPolicy, keep: impl Fn(EndpointId) -> bool) -> CompiledPolicy {
     CompiledPolicy {
-        endpoints: compiled
-            .endpoints
-            .iter()
-            .filter(|(id, _)| keep(**id))
-            .map(|(id, p)| (*id, p.clone()))
-            .collect(),
+        endpoints: compiled.endpoints.iter().filter(|(id, _)| keep(**id)).map(|(id, p)| (*id, p.clone())).collect(),
     }
 }
 

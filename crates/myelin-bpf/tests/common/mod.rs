@@ -28,18 +28,11 @@ pub fn require_root() {
 }
 
 pub fn unique(tag: &str) -> String {
-    format!(
-        "myt{}-{}-{tag}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("myt{}-{}-{tag}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
 pub fn run(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("spawning {args:?}: {e}"));
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("spawning {args:?}: {e}"));
     assert!(
         out.status.success(),
         "{args:?} failed ({}): {}{}",
@@ -52,28 +45,19 @@ pub fn run(args: &[&str]) -> String {
 
 pub fn python() -> &'static str {
     static PY: OnceLock<String> = OnceLock::new();
-    PY.get_or_init(|| {
-        run(&["python3", "-c", "import sys; print(sys.executable)"])
-            .trim()
-            .to_string()
-    })
+    PY.get_or_init(|| run(&["python3", "-c", "import sys; print(sys.executable)"]).trim().to_string())
 }
 
 /// `ip netns exec <ns> python3 -c netprobe.py <args>`.
 pub fn netprobe(ns: &str, args: &[&str]) -> Command {
     let mut c = Command::new("ip");
-    c.args(["netns", "exec", ns, python(), "-c", NETPROBE])
-        .args(args);
+    c.args(["netns", "exec", ns, python(), "-c", NETPROBE]).args(args);
     c
 }
 
 pub fn netprobe_out(ns: &str, args: &[&str]) -> String {
     let out = netprobe(ns, args).output().expect("spawning netprobe");
-    assert!(
-        out.status.success(),
-        "netprobe {args:?} in {ns} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "netprobe {args:?} in {ns} failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -85,9 +69,7 @@ pub fn ping(ns: &str, dst: Ipv4Addr, count: u32, src: Option<Ipv4Addr>) -> u32 {
     if let Some(s) = &src_s {
         args.push(s);
     }
-    netprobe_out(ns, &args)
-        .parse()
-        .expect("ping prints a count")
+    netprobe_out(ns, &args).parse().expect("ping prints a count")
 }
 
 /// Poll `cond` until it holds or `timeout` passes.
@@ -123,10 +105,7 @@ pub fn ifindex(name: &str) -> u32 {
 }
 
 pub fn mac_str(m: [u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 pub struct Netns(pub String);
@@ -197,45 +176,12 @@ impl Lab {
         let node = Netns::new("node");
         let n = node.0.clone();
         // The node address lives on lo (no dummy driver on every machine).
-        run(&[
-            "ip",
-            "-n",
-            &n,
-            "addr",
-            "add",
-            &format!("{NODE_IP}/32"),
-            "dev",
-            "lo",
-        ]);
-        run(&[
-            "ip",
-            "netns",
-            "exec",
-            &n,
-            "sh",
-            "-c",
-            "echo 0 > /proc/sys/net/ipv4/ip_forward",
-        ]);
-        let fwd = run(&[
-            "ip",
-            "netns",
-            "exec",
-            &n,
-            "cat",
-            "/proc/sys/net/ipv4/ip_forward",
-        ]);
-        assert_eq!(
-            fwd.trim(),
-            "0",
-            "node netns must not forward: only eBPF may"
-        );
+        run(&["ip", "-n", &n, "addr", "add", &format!("{NODE_IP}/32"), "dev", "lo"]);
+        run(&["ip", "netns", "exec", &n, "sh", "-c", "echo 0 > /proc/sys/net/ipv4/ip_forward"]);
+        let fwd = run(&["ip", "netns", "exec", &n, "cat", "/proc/sys/net/ipv4/ip_forward"]);
+        assert_eq!(fwd.trim(), "0", "node netns must not forward: only eBPF may");
 
-        let mut lab = Self {
-            dp: None,
-            pin,
-            pods: Vec::new(),
-            node,
-        };
+        let mut lab = Self { dp: None, pin, pods: Vec::new(), node };
         for (i, id) in (1u8..).zip(identities) {
             let mut pod = lab.add_pod(i);
             pod.identity = *id;
@@ -282,51 +228,11 @@ impl Lab {
             p,
         ]);
         run(&["ip", "-n", p, "link", "set", "eth0", "up"]);
-        run(&[
-            "ip",
-            "-n",
-            p,
-            "addr",
-            "add",
-            &format!("{}/32", pod.ip),
-            "dev",
-            "eth0",
-        ]);
-        run(&[
-            "ip",
-            "-n",
-            p,
-            "route",
-            "add",
-            &format!("{GATEWAY}/32"),
-            "dev",
-            "eth0",
-            "scope",
-            "link",
-        ]);
-        run(&[
-            "ip",
-            "-n",
-            p,
-            "route",
-            "add",
-            "default",
-            "via",
-            &GATEWAY.to_string(),
-            "dev",
-            "eth0",
-        ]);
+        run(&["ip", "-n", p, "addr", "add", &format!("{}/32", pod.ip), "dev", "eth0"]);
+        run(&["ip", "-n", p, "route", "add", &format!("{GATEWAY}/32"), "dev", "eth0", "scope", "link"]);
+        run(&["ip", "-n", p, "route", "add", "default", "via", &GATEWAY.to_string(), "dev", "eth0"]);
         run(&["ip", "-n", n, "link", "set", &pod.host_if, "up"]);
-        run(&[
-            "ip",
-            "-n",
-            n,
-            "route",
-            "add",
-            &format!("{}/32", pod.ip),
-            "dev",
-            &pod.host_if,
-        ]);
+        run(&["ip", "-n", n, "route", "add", &format!("{}/32", pod.ip), "dev", &pod.host_if]);
         run(&[
             "ip",
             "-n",
@@ -376,10 +282,7 @@ impl Lab {
             for (ip, ifname, mut ep) in pods {
                 ep.ifindex = ifindex(&ifname);
                 dp.upsert_endpoint(ip, &ep).expect("upsert endpoint");
-                attached.push(
-                    dp.attach_endpoint(&ifname, ep.ifindex)
-                        .expect("attach endpoint"),
-                );
+                attached.push(dp.attach_endpoint(&ifname, ep.ifindex).expect("attach endpoint"));
                 assert!(dp.endpoint_attached(&ifname), "{ifname} attached");
             }
             (dp, attached)
@@ -406,19 +309,12 @@ impl Lab {
 }
 
 pub fn metric_of(rows: &[MetricRow], ep: u32, dir: u8, reason: u8) -> u64 {
-    rows.iter()
-        .filter(|r| r.endpoint_id == ep && r.direction == dir && r.reason == reason)
-        .map(|r| r.packets)
-        .sum()
+    rows.iter().filter(|r| r.endpoint_id == ep && r.direction == dir && r.reason == reason).map(|r| r.packets).sum()
 }
 
 /// Start a netprobe server in `ns` and wait for it to say "ready".
 pub fn start_server(ns: &str, args: &[&str]) -> (ChildGuard, BufReader<std::process::ChildStdout>) {
-    let mut child = netprobe(ns, args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn server");
+    let mut child = netprobe(ns, args).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn server");
     let stdout = child.stdout.take().expect("server stdout");
     let guard = ChildGuard(child);
     let mut out = BufReader::new(stdout);

@@ -23,17 +23,10 @@ impl Cluster {
     }
 
     pub fn namespace(&mut self, ns: &str, labels: &[(&str, &str)]) {
-        self.ns_labels
-            .insert(ns.to_owned(), labels.iter().copied().collect());
+        self.ns_labels.insert(ns.to_owned(), labels.iter().copied().collect());
     }
 
-    pub fn pod(
-        &mut self,
-        id: u64,
-        ns: &str,
-        labels: &[(&str, &str)],
-        ports: &[(&str, Protocol, u16)],
-    ) -> Identity {
+    pub fn pod(&mut self, id: u64, ns: &str, labels: &[(&str, &str)], ports: &[(&str, Protocol, u16)]) -> Identity {
         let nsl = self.ns_labels.get(ns).cloned().unwrap_or_default();
         let sec = security_labels(&labels.iter().copied().collect(), ns, &nsl);
         let identity = self.alloc.acquire(&sec).unwrap();
@@ -44,11 +37,7 @@ impl Cluster {
             identity,
             named_ports: ports
                 .iter()
-                .map(|(n, p, port)| NamedPort {
-                    name: (*n).to_owned(),
-                    protocol: *p,
-                    port: *port,
-                })
+                .map(|(n, p, port)| NamedPort { name: (*n).to_owned(), protocol: *p, port: *port })
                 .collect(),
         });
         identity
