@@ -12,10 +12,11 @@ need_root() {
 }
 need_root
 
-# Debian packages: build (clang, libbpf headers, libelf, zlib, pkg-config, protoc),
+# Debian packages: build (clang for the eBPF C; libelf, zlib, pkg-config, make, gcc for the
+# libbpf that libbpf-sys vendors and builds; protoc),
 # kernel tools (bpftool, iproute2, nftables), tests and lab (iputils-ping, python3,
 # podman + runc + CNI plugins + busybox-static for the real-client test, iperf3).
-PKGS=(clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config make gcc libc6-dev
+PKGS=(clang llvm libelf-dev zlib1g-dev pkg-config make gcc libc6-dev
       bpftool iproute2 nftables iptables iputils-ping procps python3
       protobuf-compiler podman runc containernetworking-plugins busybox-static
       iperf3 uidmap)

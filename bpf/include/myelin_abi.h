@@ -10,7 +10,7 @@
 #ifndef MYELIN_ABI_H
 #define MYELIN_ABI_H
 
-#include <linux/types.h>
+#include "myelin/types.h"
 
 #define MYELIN_MAX_ENDPOINTS   65535
 #define MYELIN_MAX_METRICS     65536

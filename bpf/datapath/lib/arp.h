@@ -3,7 +3,6 @@
 #ifndef MYELIN_LIB_ARP_H
 #define MYELIN_LIB_ARP_H
 
-#include <linux/if_arp.h>
 #include "common.h"
 
 /* Ethernet/IPv4 ARP payload that follows struct arphdr. */

@@ -3,18 +3,12 @@
 #ifndef MYELIN_LIB_COMMON_H
 #define MYELIN_LIB_COMMON_H
 
-#include <linux/bpf.h>
-#include <linux/if_ether.h>
-#include <linux/ip.h>
-#include <linux/pkt_cls.h>
+#include "myelin/bpf.h"
+#include "myelin/net.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
 #include "myelin_abi.h"
-
-#ifndef __always_inline
-#define __always_inline inline __attribute__((always_inline))
-#endif
 
 /* Bounds-checked pointer into the linear packet data: NULL if [off, off+len)
  * is not within data..data_end. */

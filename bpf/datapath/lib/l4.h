@@ -4,7 +4,6 @@
 #ifndef MYELIN_LIB_L4_H
 #define MYELIN_LIB_L4_H
 
-#include <linux/in.h>
 #include "common.h"
 #include "maps.h"
 
