@@ -677,6 +677,17 @@ fn batch_policy_update_switches_several_endpoints_and_never_mixes() {
         let t = Instant::now();
         for flip in 1..=40 {
             lab.dp().set_endpoint_policies(&version(flip)).expect("batch flip");
+            // Each version decides echoes of every target before the next flip (a condition,
+            // not a pause: on a loaded machine the floods may need longer than a flip).
+            let rule = 70 + flip % 2;
+            let seen = |rows: &[_]| {
+                targets.iter().map(|p| stat(rows, p.ep_id, DIR_INGRESS, rule, VERDICT_ALLOW)).collect::<Vec<_>>()
+            };
+            let before = seen(&lab.stats());
+            assert!(
+                wait_until(Duration::from_secs(10), || seen(&lab.stats()).iter().zip(&before).all(|(now, b)| now > b)),
+                "flip {flip}: version {rule} decided no echo of some target within 10 s"
+            );
         }
         let took = t.elapsed();
         done.store(true, std::sync::atomic::Ordering::Relaxed);
