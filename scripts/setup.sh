@@ -12,12 +12,13 @@ need_root() {
 }
 need_root
 
-# Debian packages: build (clang, libbpf headers, libelf, zlib, pkg-config, protoc),
+# Debian packages: build (clang, libbpf headers, libelf, zlib, pkg-config, protoc and
+# the well-known .proto files it imports from libprotobuf-dev),
 # kernel tools (bpftool, iproute2, nftables), tests and lab (iputils-ping, python3,
 # podman + runc + CNI plugins + busybox-static for the real-client test, iperf3).
 PKGS=(clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config make gcc libc6-dev
       bpftool iproute2 nftables iptables iputils-ping procps python3
-      protobuf-compiler podman runc containernetworking-plugins busybox-static
+      protobuf-compiler libprotobuf-dev podman runc containernetworking-plugins busybox-static
       iperf3 uidmap)
 missing=()
 for p in "${PKGS[@]}"; do
