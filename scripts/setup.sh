@@ -13,12 +13,13 @@ need_root() {
 need_root
 
 # Debian packages: build (clang for the eBPF C; libelf, zlib, pkg-config, make, gcc for the
-# libbpf that libbpf-sys vendors and builds; protoc),
+# libbpf that libbpf-sys vendors and builds; protoc and the well-known .proto files it
+# imports, from libprotobuf-dev),
 # kernel tools (bpftool, iproute2, nftables), tests and lab (iputils-ping, python3,
 # podman + runc + CNI plugins + busybox-static for the real-client test, iperf3).
 PKGS=(clang llvm libelf-dev zlib1g-dev pkg-config make gcc libc6-dev
       bpftool iproute2 nftables iptables iputils-ping procps python3
-      protobuf-compiler podman runc containernetworking-plugins busybox-static
+      protobuf-compiler libprotobuf-dev podman runc containernetworking-plugins busybox-static
       iperf3 uidmap)
 missing=()
 for p in "${PKGS[@]}"; do
