@@ -1,15 +1,16 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
- * Pod veth programs, attached with TCX on the host-side veth (node netns).
+ * Pod veth programs, attached on the host-side veth (node netns).
  *
- *   from_container  tcx/ingress  packets sent BY the pod:
- *                                ARP requests -> answered here (gateway MAC =
- *                                host veth MAC); IPv4 -> anti-spoofing, then
- *                                local pod -> bpf_redirect_peer() straight into
- *                                the destination pod's netns (no routing, works
- *                                with ip_forward=0), anything else -> stack.
- *   to_container    tcx/egress   packets the node's stack sends to the pod
- *                                (from the node itself, or the world).
+ *   from_container  ingress  packets sent BY the pod:
+ *                            ARP requests -> answered here (gateway MAC =
+ *                            host veth MAC); IPv4 -> anti-spoofing, policy,
+ *                            conntrack, then local pod -> bpf_redirect_peer()
+ *                            straight into the destination pod's netns (no
+ *                            routing, works with ip_forward=0), anything else
+ *                            -> the node's stack.
+ *   to_container    egress   packets the node's stack sends to the pod (from
+ *                            the node itself, other nodes, or the world).
  *
  * Policy and connection tracking (lib/policy.h, lib/conntrack.h):
  *   from_container: after anti-spoofing, CT lookup. Replies and related ICMP
@@ -17,28 +18,33 @@
  *     destination's identity and, when the destination is a local pod, that
  *     pod's INGRESS policy against the sender's identity (the redirect skips
  *     the destination's to_container). The first allowed packet creates the
- *     CT entry; later packets of the original direction re-run policy.
+ *     CT entry (with both identities); later packets of the original
+ *     direction re-run policy.
  *   to_container: CT lookup (replies to the pod's own connections pass),
  *     else the pod's INGRESS policy against the source's identity; traffic
  *     from identity host passes unless NODE_F_NO_ALLOW_LOCALHOST.
+ *
+ * Every packet leaves through one of the verdict exits of lib/verdict.h,
+ * which count it and report it as a flow event.
  */
 #include "lib/common.h"
-#include "lib/maps.h"
-#include "lib/metrics.h"
+#include "lib/config.h"
+#include "lib/ctx.h"
 #include "lib/endpoint.h"
+#include "lib/ipcache.h"
 #include "lib/ipv4.h"
 #include "lib/arp.h"
 #include "lib/l4.h"
-#include "lib/identity.h"
 #include "lib/conntrack.h"
 #include "lib/policy.h"
+#include "lib/verdict.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
-/* Never called: their prototypes put the ABI enums into BTF so the Rust
- * skeleton gets them as types (no hand-copied constants). libbpf does not
- * load unreferenced global functions. (BPF functions take at most five
- * arguments, hence several anchors.) */
+/* Never called: their prototypes put the ABI enums and the structs no map
+ * names into BTF, so the Rust skeleton gets them as types (no hand-copied
+ * constants). libbpf does not load unreferenced global functions. (BPF
+ * functions take at most five arguments, hence several anchors.) */
 __attribute__((noinline)) int myelin_abi_btf_anchor(enum metric_dir dir, enum myelin_reason reason,
 						    enum policy_verdict verdict)
 {
@@ -47,9 +53,10 @@ __attribute__((noinline)) int myelin_abi_btf_anchor(enum metric_dir dir, enum my
 
 __attribute__((noinline)) int myelin_abi_btf_anchor_policy(enum reserved_identity id,
 							   enum policy_prefix prefix,
-							   enum policy_entry_flags flags)
+							   enum policy_entry_flags flags,
+							   enum policy_match match)
 {
-	return (int)id + (int)prefix + (int)flags;
+	return (int)id + (int)prefix + (int)flags + (int)match;
 }
 
 __attribute__((noinline)) int myelin_abi_btf_anchor_ct(enum ct_flags flags, enum node_flags nflags,
@@ -58,12 +65,19 @@ __attribute__((noinline)) int myelin_abi_btf_anchor_ct(enum ct_flags flags, enum
 	return (int)flags + (int)nflags + (int)timeout;
 }
 
-/* The key and value of the inner policy tries appear in no map definition
- * (see lib/maps.h): this puts them in BTF for the skeleton. */
-__attribute__((noinline)) int myelin_abi_btf_anchor_types(struct policy_key *k,
-							  struct policy_entry *e)
+__attribute__((noinline)) int myelin_abi_btf_anchor_events(enum event_type type, enum trace_point point,
+							   enum trace_reason reason, enum event_flags flags,
+							   enum monitor_aggregation agg)
 {
-	return (int)k->prefixlen + (int)e->verdict;
+	return (int)type + (int)point + (int)reason + (int)flags + (int)agg;
+}
+
+/* The key and value of the inner policy tries appear in no map definition
+ * (see lib/policy.h), and events are not map values: this puts them in BTF. */
+__attribute__((noinline)) int myelin_abi_btf_anchor_types(struct policy_key *k, struct policy_entry *e,
+							  struct event *ev)
+{
+	return (int)k->prefixlen + (int)e->verdict + (int)ev->type;
 }
 
 static __always_inline int handle_arp(struct __sk_buff *skb)
@@ -99,119 +113,87 @@ static __always_inline int handle_arp(struct __sk_buff *skb)
 	return bpf_redirect(skb->ifindex, 0);
 }
 
-static __always_inline int handle_ipv4(struct __sk_buff *skb)
+static __always_inline int from_container_ipv4(struct __sk_buff *skb)
 {
+	struct pkt_ctx c = {};
 	struct endpoint_info *src, *dst;
-	struct node_config *cfg;
 	struct ct4_entry *ct;
-	struct flow4 f = {};
 	struct ethhdr *eth;
 	struct iphdr *ip4;
-	__u32 len = skb->len;
 	__u32 egress_rule, ingress_rule = 0;
-	int status, reason, to_pod;
+	int reason, to_pod;
 
+	ctx_init(&c, skb, METRIC_DIR_EGRESS);
 	if (skb_ensure_linear(skb, ETH_HLEN + sizeof(struct iphdr)))
-		goto invalid;
+		return ctx_drop(&c, DROP_INVALID);
 	eth = skb_ptr(skb, 0, ETH_HLEN);
 	ip4 = skb_ptr(skb, ETH_HLEN, sizeof(*ip4));
-	if (!eth || !ip4 || !ipv4_hdr_valid(ip4, len))
-		goto invalid;
+	if (!eth || !ip4 || !ipv4_hdr_valid(ip4, c.len))
+		return ctx_drop(&c, DROP_INVALID);
 
 	/* Anti-spoofing: the source must be the endpoint behind this veth. */
 	src = endpoint_lookup4(ip4->saddr);
-	if (!src || src->ifindex != skb->ifindex) {
-		metrics_add(0, METRIC_DIR_EGRESS, DROP_INVALID_SIP, len);
-		return TC_ACT_SHOT;
-	}
-	if (flow4_parse(skb, ip4, &f))
-		goto invalid_src;
+	if (!src || src->ifindex != skb->ifindex)
+		return ctx_drop(&c, DROP_INVALID_SIP);
+	c.ep_id = src->endpoint_id;
+	c.src_id = endpoint_identity(src);
+	if (flow4_parse(skb, ip4, &c.f))
+		return ctx_drop(&c, DROP_INVALID);
 
 	dst = endpoint_lookup4(ip4->daddr);
 	to_pod = dst && !(dst->flags & EP_F_HOST);
-	cfg = node_config_get();
+	c.dst_id = identity_of4(dst, ip4->daddr, c.cfg);
 
-	status = ct4_lookup(&f, &ct);
-	if (status == CT_REPLY || status == CT_RELATED) {
-		if (ct)
-			ct4_update(ct, &f, 1, cfg, len);
+	ct = ctx_ct(&c);
+	if (c.ct_status == CT_REPLY || c.ct_status == CT_RELATED)
 		goto forward;
-	}
 
-	reason = policy_check(src->endpoint_id, identity_of4(dst, ip4->daddr, cfg),
-			      METRIC_DIR_EGRESS, f.tuple.protocol, f.policy_port, len,
-			      &egress_rule);
-	if (reason) {
-		metrics_add(src->endpoint_id, METRIC_DIR_EGRESS, reason, len);
-		return TC_ACT_SHOT;
-	}
+	reason = ctx_policy(&c, src->endpoint_id, c.dst_id, ip4->daddr, METRIC_DIR_EGRESS);
+	if (reason)
+		return ctx_drop(&c, reason);
+	egress_rule = c.rule_id;
 	if (to_pod) {
-		reason = policy_check(dst->endpoint_id, src->identity, METRIC_DIR_INGRESS,
-				      f.tuple.protocol, f.policy_port, len, &ingress_rule);
-		if (reason) {
-			metrics_add(dst->endpoint_id, METRIC_DIR_INGRESS, reason, len);
-			return TC_ACT_SHOT;
-		}
+		reason = ctx_policy(&c, dst->endpoint_id, c.src_id, ip4->saddr, METRIC_DIR_INGRESS);
+		if (reason)
+			return ctx_drop_at(&c, dst->endpoint_id, METRIC_DIR_INGRESS, reason);
+		ingress_rule = c.rule_id;
 	}
-	if (ct) {
-		ct4_update(ct, &f, 0, cfg, len);
-		if (ct->egress_rule_id != egress_rule)
-			ct->egress_rule_id = egress_rule;
-		if (ct->ingress_rule_id != ingress_rule)
-			ct->ingress_rule_id = ingress_rule;
-	} else if (!f.icmp_error) {
-		ct4_create(&f, cfg, egress_rule, ingress_rule, len);
-	}
+	ctx_ct_commit(&c, ct, egress_rule, ingress_rule);
 
 forward:
-	if (!to_pod || ip4->ttl <= 1) {
-		/* Node, world, or TTL expiring: the stack decides (and sends
-		 * ICMP time exceeded where it forwards). */
-		metrics_add(src->endpoint_id, METRIC_DIR_EGRESS, REASON_TO_STACK, len);
-		return TC_ACT_OK;
-	}
+	/* Node, world, or TTL expiring: the stack decides (and sends ICMP
+	 * time exceeded where it forwards). */
+	if (!to_pod || ip4->ttl <= 1)
+		return ctx_to_stack(&c);
 
 	ipv4_dec_ttl(ip4);
 	mac_copy(eth->h_dest, dst->mac);
 	mac_copy(eth->h_source, dst->host_mac);
-
-	metrics_add(src->endpoint_id, METRIC_DIR_EGRESS, REASON_FORWARDED, len);
-	metrics_add(dst->endpoint_id, METRIC_DIR_INGRESS, REASON_FORWARDED, len);
-	return bpf_redirect_peer(dst->ifindex, 0);
-
-invalid_src:
-	metrics_add(src->endpoint_id, METRIC_DIR_EGRESS, DROP_INVALID, len);
-	return TC_ACT_SHOT;
-invalid:
-	metrics_add(0, METRIC_DIR_EGRESS, DROP_INVALID, len);
-	return TC_ACT_SHOT;
+	return ctx_redirect_peer(&c, dst);
 }
 
-SEC("tcx/ingress")
+SEC("tc")
 int from_container(struct __sk_buff *skb)
 {
 	switch (skb->protocol) {
 	case bpf_htons(ETH_P_ARP):
 		return handle_arp(skb);
 	case bpf_htons(ETH_P_IP):
-		return handle_ipv4(skb);
+		return from_container_ipv4(skb);
 	default:
 		/* IPv6 and the rest: not handled yet, the stack decides. */
 		return TC_ACT_OK;
 	}
 }
 
-SEC("tcx/egress")
+SEC("tc")
 int to_container(struct __sk_buff *skb)
 {
+	struct pkt_ctx c = {};
 	struct endpoint_info *ep;
-	struct node_config *cfg;
 	struct ct4_entry *ct;
-	struct flow4 f = {};
 	struct iphdr *ip4;
-	__u32 len = skb->len;
-	__u32 peer, rule = 0;
-	int status, reason;
+	int reason = 0;
 
 	if (skb->protocol != bpf_htons(ETH_P_IP))
 		return TC_ACT_OK;
@@ -224,39 +206,22 @@ int to_container(struct __sk_buff *skb)
 	ep = endpoint_lookup4(ip4->daddr);
 	if (!ep || ep->ifindex != skb->ifindex)
 		return TC_ACT_OK;
-	if (!ipv4_hdr_valid(ip4, len) || flow4_parse(skb, ip4, &f)) {
-		metrics_add(ep->endpoint_id, METRIC_DIR_INGRESS, DROP_INVALID, len);
-		return TC_ACT_SHOT;
-	}
-	cfg = node_config_get();
+	ctx_init(&c, skb, METRIC_DIR_INGRESS);
+	c.ep_id = ep->endpoint_id;
+	c.dst_id = endpoint_identity(ep);
+	if (!ipv4_hdr_valid(ip4, c.len) || flow4_parse(skb, ip4, &c.f))
+		return ctx_drop(&c, DROP_INVALID);
+	c.src_id = identity_of4(endpoint_lookup4(ip4->saddr), ip4->saddr, c.cfg);
 
-	status = ct4_lookup(&f, &ct);
-	if (status == CT_REPLY || status == CT_RELATED) {
-		if (ct)
-			ct4_update(ct, &f, 1, cfg, len);
-		goto pass;
-	}
+	ct = ctx_ct(&c);
+	if (c.ct_status == CT_REPLY || c.ct_status == CT_RELATED)
+		return ctx_from_stack(&c);
 
-	peer = identity_of4(endpoint_lookup4(ip4->saddr), ip4->saddr, cfg);
-	if (peer == IDENTITY_HOST && !(cfg && (cfg->flags & NODE_F_NO_ALLOW_LOCALHOST))) {
-		reason = 0; /* the node always reaches its pods */
-	} else {
-		reason = policy_check(ep->endpoint_id, peer, METRIC_DIR_INGRESS, f.tuple.protocol,
-				      f.policy_port, len, &rule);
-	}
-	if (reason) {
-		metrics_add(ep->endpoint_id, METRIC_DIR_INGRESS, reason, len);
-		return TC_ACT_SHOT;
-	}
-	if (ct) {
-		ct4_update(ct, &f, 0, cfg, len);
-		if (ct->ingress_rule_id != rule)
-			ct->ingress_rule_id = rule;
-	} else if (!f.icmp_error) {
-		ct4_create(&f, cfg, 0, rule, len);
-	}
-
-pass:
-	metrics_add(ep->endpoint_id, METRIC_DIR_INGRESS, REASON_FROM_STACK, len);
-	return TC_ACT_OK;
+	/* The node always reaches its pods (allow-localhost) unless told not to. */
+	if (c.src_id != IDENTITY_HOST || (c.cfg && (c.cfg->flags & NODE_F_NO_ALLOW_LOCALHOST)))
+		reason = ctx_policy(&c, ep->endpoint_id, c.src_id, ip4->saddr, METRIC_DIR_INGRESS);
+	if (reason)
+		return ctx_drop(&c, reason);
+	ctx_ct_commit(&c, ct, 0, c.rule_id);
+	return ctx_from_stack(&c);
 }

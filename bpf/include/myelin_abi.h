@@ -12,6 +12,18 @@
 
 #include "myelin/types.h"
 
+/*
+ * Version of the layouts below. Bump it whenever a map's key or value layout
+ * changes, freeze the previous datapath under bpf/testdata/abi-v<N>/, and
+ * teach crates/myelin-bpf/src/migrate.rs to convert the old entries: an
+ * agent upgrade migrates pinned maps and swaps programs on live links, it
+ * never stops forwarding.
+ *   1  the first datapath (no version recorded in the pin directory)
+ *   2  per-packet context: identities in conntrack, flow events, monitor
+ *      aggregation and capture settings in node_config, policy_cidrs
+ */
+#define MYELIN_ABI_VERSION 2
+
 #define MYELIN_MAX_ENDPOINTS   65535
 #define MYELIN_MAX_METRICS     65536
 
@@ -54,7 +66,29 @@ struct node_config {
 	__u32 ct_tcp_established_s;/* TCP established */
 	__u32 ct_tcp_closing_s;    /* TCP after FIN both ways or RST */
 	__u32 ct_other_s;          /* UDP, ICMP, everything else */
+	/* Flow events (see "Events" below). 0 = the default everywhere. */
+	__u8  monitor_aggregation; /* enum monitor_aggregation + 1; 0 = medium */
+	__u8  _pad1;
+	__u16 capture_len;         /* packet bytes per event; 0 = 128, 0xffff = none */
+	__u32 monitor_interval_s;  /* re-report an active connection after; 0 = 5 */
+	__u32 wakeup_bytes;        /* wake the reader once this much is queued; 0 = 64 KiB */
+	__u32 _pad2;
 };
+
+enum monitor_aggregation {
+	MONITOR_AGG_NONE    = 0,   /* an event for every packet */
+	MONITOR_AGG_LOW     = 1,   /* every packet, but no from-* traces */
+	MONITOR_AGG_MEDIUM  = 2,   /* drops; traces and verdicts when a connection starts,
+				    * sees a new TCP flag, or every monitor interval */
+	MONITOR_AGG_MAXIMUM = 3,   /* drops; traces and verdicts when a connection starts
+				    * or closes, or every monitor interval */
+};
+
+#define MYELIN_CAPTURE_DEFAULT 128
+#define MYELIN_CAPTURE_MAX     256
+#define MYELIN_CAPTURE_NONE    0xffff
+#define MYELIN_MONITOR_INTERVAL_DEFAULT_S 5
+#define MYELIN_WAKEUP_DEFAULT_BYTES (64 * 1024)
 
 enum ct_default_timeout {
 	CT_DEFAULT_TCP_SYN_S         = 60,
@@ -204,12 +238,38 @@ enum policy_verdict {
 enum policy_entry_flags {
 	POLICY_F_UNENFORCED = 1 << 0, /* the default allow of a non-enforced direction */
 	POLICY_F_SYNTHETIC  = 1 << 1, /* written only for that default: not a rule */
+	POLICY_F_DEFAULT    = 1 << 2, /* restores the direction's default under a wider
+				       * entry: the datapath treats it as "no match" */
+};
+
+/*
+ * Kubernetes NetworkPolicy ipBlock selects pod addresses too, exactly per
+ * address (two pods sharing an identity may be on either side of a block).
+ * The compiler writes such rules for the pseudo-identity
+ * POD_IN_CIDR_FLAG | <CIDR identity>; when the two lookups above give no
+ * decision for a peer that is a pod (workload identity), the datapath looks
+ * the peer's address up in `policy_cidrs` (LPM: every policy CIDR prefix ->
+ * its CIDR identity) and tries that pseudo-identity once more. Only allows
+ * live there, so deny precedence is unaffected.
+ */
+#define POD_IN_CIDR_FLAG (1u << 30)
+#define MIN_WORKLOAD_IDENTITY 256
+#define LOCAL_SCOPE_FLAG (1u << 24)
+
+/* The match of a policy decision, Cilium's numbers (Hubble policy_match_type). */
+enum policy_match {
+	POLICY_MATCH_NONE     = 0,
+	POLICY_MATCH_L3_ONLY  = 1,   /* peer identity, any port */
+	POLICY_MATCH_L3_L4    = 2,   /* peer identity and port */
+	POLICY_MATCH_L4_ONLY  = 3,   /* any peer, port */
+	POLICY_MATCH_ALL      = 4,   /* any peer, any port */
 };
 
 struct policy_entry {
 	__u8  verdict;             /* enum policy_verdict: ALLOW or DENY */
 	__u8  flags;               /* POLICY_F_* */
-	__u8  _pad[2];
+	__u8  match;               /* enum policy_match of the entry's key (for events) */
+	__u8  _pad;
 	__u32 rule_id;             /* the agent's id of the deciding rule; 0 = none */
 };
 
@@ -289,6 +349,167 @@ struct ct4_entry {
 	__u32 egress_rule_id;      /* rule that allowed the sender's egress (0: none/no policy) */
 	__u32 ingress_rule_id;     /* rule that allowed the receiver's ingress */
 	__u32 flags;               /* CT_F_* */
+	/* Identities of the original direction's source and destination as
+	 * the datapath saw them when it last ran policy: replies and related
+	 * ICMP are attributed with them. */
+	__u32 src_identity;
+	__u32 dst_identity;
+	__u32 handshake_us;        /* TCP: SYN to SYN-ACK seen at the endpoint, in us (0: none) */
+	__u32 last_report_s;       /* monitor aggregation: last event, ktime seconds */
+	__u8  fwd_tcp_seen;        /* TCP flags seen in the original direction */
+	__u8  rev_tcp_seen;        /* TCP flags seen in the reply direction */
+	__u16 _pad;
+};
+
+/* ------------------------------------------------------------------------
+ * Events
+ *
+ * Every datapath program reports through ONE ring buffer, `events`
+ * (RINGBUF, pinned, shared by all objects), from one place: the verdict
+ * exits in bpf/datapath/lib/verdict.h. A record is a struct event followed
+ * by cap_len bytes of the packet from its Ethernet header. Types and
+ * sub-types are Cilium's monitor numbers, so a Hubble decoder reads them:
+ *   EVENT_DROP            sub_type = drop reason (enum myelin_reason >= 130)
+ *   EVENT_TRACE           sub_type = observation point (enum trace_point)
+ *   EVENT_POLICY_VERDICT  sub_type = 0; verdict, match, rule, direction
+ * Reservations that fail (ring full) are counted per CPU in `events_lost`.
+ * The reader is woken only when `wakeup_bytes` are queued; it also polls on
+ * a short timer, so a quiet ring is still drained.
+ * ------------------------------------------------------------------------ */
+
+enum event_type {
+	EVENT_DROP           = 1,
+	EVENT_TRACE          = 4,
+	EVENT_POLICY_VERDICT = 9,
+};
+
+/* Cilium's trace observation points (the sub_type of EVENT_TRACE). */
+enum trace_point {
+	TRACE_TO_LXC       = 0,    /* delivered to an endpoint */
+	TRACE_TO_PROXY     = 1,
+	TRACE_TO_HOST      = 2,    /* handed to the node, for the node itself */
+	TRACE_TO_STACK     = 3,    /* handed to the node's stack to be routed */
+	TRACE_TO_OVERLAY   = 4,
+	TRACE_FROM_LXC     = 5,    /* sent by an endpoint */
+	TRACE_FROM_PROXY   = 6,
+	TRACE_FROM_HOST    = 7,
+	TRACE_FROM_STACK   = 8,    /* from the node's stack towards an endpoint */
+	TRACE_FROM_OVERLAY = 9,
+	TRACE_FROM_NETWORK = 10,   /* arrived on the node's uplink */
+	TRACE_TO_NETWORK   = 11,   /* leaving through the node's uplink */
+};
+
+/* Connection-tracking state of the packet (Hubble's TraceReason numbers). */
+enum trace_reason {
+	TRACE_REASON_UNKNOWN     = 0,
+	TRACE_REASON_NEW         = 1,
+	TRACE_REASON_ESTABLISHED = 2,
+	TRACE_REASON_REPLY       = 3,
+	TRACE_REASON_RELATED     = 4,
+};
+
+/* event.flags */
+enum event_flags {
+	EVENT_F_REPLY       = 1 << 0, /* the packet is a reply of a tracked connection */
+	EVENT_F_HANDSHAKE   = 1 << 1, /* handshake_us was measured on this packet */
+	EVENT_F_TUNNEL      = 1 << 2, /* tunnel_remote is set */
+};
+
+struct event {
+	__u64 ktime_ns;            /* bpf_ktime_get_ns() */
+	__u8  type;                /* enum event_type */
+	__u8  sub_type;            /* see above */
+	__u8  direction;           /* enum metric_dir, from endpoint_id's view */
+	__u8  trace_reason;        /* enum trace_reason */
+	__u8  verdict;             /* POLICY_VERDICT: enum policy_verdict */
+	__u8  match_type;          /* POLICY_VERDICT: enum policy_match */
+	__u8  flags;               /* EVENT_F_* */
+	__u8  _pad0;
+	__u16 cap_len;             /* bytes of packet after this header */
+	__u16 _pad1;
+	__u32 orig_len;            /* skb->len */
+	__u32 ifindex;             /* where the program runs */
+	__u32 endpoint_id;         /* the local endpoint concerned (0: none) */
+	__u32 src_identity;
+	__u32 dst_identity;
+	__u32 rule_id;             /* the rule that decided (0: none / default) */
+	__u32 handshake_us;        /* EVENT_F_HANDSHAKE */
+	__u32 tunnel_remote;       /* EVENT_F_TUNNEL: the other node's address */
+	__u32 _pad2;
+};
+
+/* ------------------------------------------------------------------------
+ * Socket-level load balancing (cgroup sock_addr programs, sock.bpf.c)
+ *
+ * A service is a frontend (address, port, protocol) with backends. connect()
+ * and sendmsg() of sockets in the attached cgroup to a frontend are
+ * rewritten to a backend chosen at random, before any packet exists: pods
+ * talk to backends directly, no per-packet NAT. getpeername() and
+ * recvmsg() show the frontend again (the translation is remembered per
+ * socket cookie in lb4_sock_revnat).
+ *
+ * `lb4_services` (HASH) key {frontend, backend_slot}: slot 0 holds the
+ * service (count = number of backends, rev_nat_index), slots 1..count hold
+ * backend ids. `lb4_backends` (HASH) backend id -> address and port.
+ * `lb4_reverse_nat` (HASH) rev_nat_index -> frontend.
+ * ------------------------------------------------------------------------ */
+
+#define MYELIN_MAX_LB4_SERVICES 65536
+#define MYELIN_MAX_LB4_BACKENDS 65536
+#define MYELIN_MAX_LB4_SOCK_REVNAT 262144
+
+struct lb4_key {
+	__be32 address;            /* frontend address */
+	__be16 dport;              /* frontend port */
+	__u16  backend_slot;       /* 0: the service; 1..count: its backends */
+	__u8   proto;              /* IPPROTO_TCP / IPPROTO_UDP */
+	__u8   _pad[3];
+};
+
+struct lb4_service {
+	__u32 backend_id;          /* slots >= 1: the backend */
+	__u16 count;               /* slot 0: number of backends */
+	__u16 rev_nat_index;       /* slot 0: key of lb4_reverse_nat */
+	__u32 flags;               /* reserved, 0 */
+};
+
+struct lb4_backend {
+	__be32 address;
+	__be16 port;
+	__u8   proto;
+	__u8   flags;              /* reserved, 0 */
+};
+
+struct lb4_reverse_nat {
+	__be32 address;            /* the frontend */
+	__be16 port;
+	__u16  _pad;
+};
+
+struct lb4_sock_key {
+	__u64  cookie;             /* bpf_get_socket_cookie() */
+	__be32 address;            /* the backend the socket talks to */
+	__be16 port;
+	__u16  _pad;
+};
+
+/* ------------------------------------------------------------------------
+ * XDP prefilter on the uplink (xdp.bpf.c): packets whose source lies in a
+ * prefix of `prefilter4` (LPM, ipcache_key -> prefilter_value) are dropped
+ * before the stack sees them (drop reason DROP_POLICY_DENY, "denied by the
+ * deny list"), and counted per prefix.
+ * ------------------------------------------------------------------------ */
+
+#define MYELIN_MAX_PREFILTER4 16384
+
+struct prefilter_value {
+	__u64 packets;             /* dropped (atomic adds) */
+	__u64 bytes;
+};
+
+/* Key 0 of the single-entry array `abi_meta`: the ABI of the pinned maps. */
+struct abi_meta {
+	__u32 version;             /* MYELIN_ABI_VERSION of the datapath that created the maps */
 	__u32 _pad;
 };
 

@@ -18,8 +18,9 @@ use std::process::Command;
 
 use libbpf_cargo::SkeletonBuilder;
 
-/// Directories under `bpf/` whose `*.bpf.c` files are programs.
-const AREAS: &[&str] = &["datapath"];
+/// Directories under `bpf/` whose `*.bpf.c` files are programs, and whether
+/// they get a skeleton (frozen test objects only need the object).
+const AREAS: &[(&str, bool)] = &[("datapath", true), ("testdata/abi-v1", false)];
 
 fn main() {
     if let Err(e) = run() {
@@ -82,6 +83,16 @@ fn run() -> Result<(), String> {
         "-I".into(),
         libbpf_include.display().to_string(),
     ];
+    // The ABI version, for the loader's upgrade record.
+    let abi =
+        std::fs::read_to_string(include.join("myelin_abi.h")).map_err(|e| format!("reading myelin_abi.h: {e}"))?;
+    let version = abi
+        .lines()
+        .find_map(|l| l.strip_prefix("#define MYELIN_ABI_VERSION "))
+        .map(str::trim)
+        .filter(|v| v.parse::<u32>().is_ok())
+        .ok_or("bpf/include/myelin_abi.h has no `#define MYELIN_ABI_VERSION <number>`")?;
+    println!("cargo:rustc-env=MYELIN_ABI_VERSION={version}");
     // Tests compile probe sources with the same flags and load the objects.
     println!("cargo:rustc-env=MYELIN_BPF_OUT_DIR={}", out.display());
     std::fs::write(out.join("bpf-cflags"), cflags.join("\n") + "\n")
@@ -89,7 +100,7 @@ fn run() -> Result<(), String> {
 
     // Rebuild when any header or source below bpf/ changes.
     let mut dirs = vec![include.clone(), include.join("myelin")];
-    for area in AREAS {
+    for (area, _) in AREAS {
         dirs.push(bpf.join(area));
         dirs.push(bpf.join(area).join("lib"));
     }
@@ -101,7 +112,7 @@ fn run() -> Result<(), String> {
         }
     }
 
-    for area in AREAS {
+    for (area, skeleton) in AREAS {
         let dir = bpf.join(area);
         let mut sources: Vec<PathBuf> = std::fs::read_dir(&dir)
             .map_err(|e| format!("reading {}: {e}", dir.display()))?
@@ -111,13 +122,13 @@ fn run() -> Result<(), String> {
             .collect();
         sources.sort();
         for src in sources {
-            compile(&clang, &cflags, &src, &out)?;
+            compile(&clang, &cflags, &src, &out, *skeleton)?;
         }
     }
     Ok(())
 }
 
-fn compile(clang: &str, cflags: &[String], src: &Path, out: &Path) -> Result<(), String> {
+fn compile(clang: &str, cflags: &[String], src: &Path, out: &Path, skeleton: bool) -> Result<(), String> {
     let file = src.file_name().and_then(OsStr::to_str).unwrap_or_default();
     let name = file.trim_end_matches(".bpf.c");
     let obj = out.join(format!("{name}.bpf.o"));
@@ -139,6 +150,9 @@ fn compile(clang: &str, cflags: &[String], src: &Path, out: &Path) -> Result<(),
              host headers such as <linux/...> or <sys/...>.",
             src.display()
         ));
+    }
+    if !skeleton {
+        return Ok(());
     }
     SkeletonBuilder::new()
         .obj(&obj)

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
-/* Common includes and small helpers shared by every datapath program. */
+/* Includes and small packet helpers shared by every datapath program. */
 #ifndef MYELIN_LIB_COMMON_H
 #define MYELIN_LIB_COMMON_H
 
@@ -9,6 +9,11 @@
 #include <bpf/bpf_endian.h>
 
 #include "myelin_abi.h"
+
+/* Every map of the datapath is pinned by name in the per-node pin directory
+ * the loader chooses: objects that declare the same map (by including the
+ * same lib header) share it, and a restarted agent finds it again. */
+#define MYELIN_PINNED __uint(pinning, LIBBPF_PIN_BY_NAME)
 
 /* Bounds-checked pointer into the linear packet data: NULL if [off, off+len)
  * is not within data..data_end. */

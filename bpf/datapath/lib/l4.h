@@ -5,7 +5,6 @@
 #define MYELIN_LIB_L4_H
 
 #include "common.h"
-#include "maps.h"
 
 #define TCP_FLAG_FIN 0x01
 #define TCP_FLAG_SYN 0x02
@@ -20,6 +19,15 @@
 
 #define IPV4_FRAG_OFFSET_MASK 0x1FFF
 #define IPV4_FRAG_MORE        0x2000
+
+/* Ports of fragmented datagrams, for their later fragments (myelin_abi.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct frag4_key);
+	__type(value, struct frag4_ports);
+	__uint(max_entries, MYELIN_MAX_FRAG4);
+	MYELIN_PINNED;
+} frag4 SEC(".maps");
 
 struct flow4 {
 	struct ct4_key tuple;      /* as the packet travels */

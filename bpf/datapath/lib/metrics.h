@@ -4,7 +4,15 @@
 #define MYELIN_LIB_METRICS_H
 
 #include "common.h"
-#include "maps.h"
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__type(key, struct metrics_key);
+	__type(value, struct metrics_value);
+	__uint(max_entries, MYELIN_MAX_METRICS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	MYELIN_PINNED;
+} metrics SEC(".maps");
 
 /* Add one packet of `bytes` bytes to `key` of the per-CPU hash `map` whose
  * values are struct metrics_value. Per-CPU, so plain adds are race-free; a
@@ -29,13 +37,12 @@ static __always_inline void counter_add(void *map, const void *key, __u64 bytes)
 }
 
 /* Add one packet of `bytes` bytes to (endpoint_id, dir, reason). */
-static __always_inline void metrics_add(__u32 endpoint_id, enum metric_dir dir,
-					enum myelin_reason reason, __u64 bytes)
+static __always_inline void metrics_add(__u32 endpoint_id, __u8 dir, __u8 reason, __u64 bytes)
 {
 	struct metrics_key key = {
 		.endpoint_id = endpoint_id,
-		.direction = (__u8)dir,
-		.reason = (__u8)reason,
+		.direction = dir,
+		.reason = reason,
 		._pad = 0,
 	};
 

@@ -148,6 +148,20 @@ async fn run(cfg: Config) -> Result<()> {
     let store = Store::open(&cfg.state_dir)?;
     let endpoints = Endpoints::restore(store, datapath, pod_cidr, vec![node_ip, gateway]).await?;
     info!(endpoints = endpoints.len(), adopted = endpoints.adopted(), "state restored");
+    // Endpoints and policy are in the (possibly new) maps: from now on this
+    // build's programs decide every packet.
+    let upgrade = endpoints.datapath().activate()?;
+    info!(
+        previous_abi = ?upgrade.previous_abi,
+        abi = upgrade.abi,
+        migrated = upgrade.migrated.len(),
+        links_updated = upgrade.links_updated,
+        links_current = upgrade.links_current,
+        "datapath active"
+    );
+    for m in &upgrade.migrated {
+        info!(map = %m.map, how = %m.how, copied = m.copied, skipped = m.skipped, "map migrated");
+    }
 
     let status = Status {
         node: cfg.node_name.clone(),

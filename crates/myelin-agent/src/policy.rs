@@ -559,6 +559,7 @@ impl PolicyEngine {
                         port: x.port,
                         port_prefix_len: x.port_prefix_len,
                         deny: x.verdict == pol::Verdict::Deny,
+                        default: x.rule.is_none(),
                         rule_id: x
                             .rule
                             .as_ref()

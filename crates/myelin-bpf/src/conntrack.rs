@@ -37,6 +37,12 @@ pub struct CtEntry {
     pub egress_rule_id: u32,
     /// Rule that allowed the receiver's ingress (0: no rule / no policy / not a local pod).
     pub ingress_rule_id: u32,
+    /// Identity of the original direction's source, as policy last saw it.
+    pub src_identity: u32,
+    /// Identity of the original direction's destination.
+    pub dst_identity: u32,
+    /// TCP: SYN to SYN-ACK as seen at the endpoint (None: not measured).
+    pub handshake: Option<Duration>,
     /// Packets in the original direction.
     pub fwd_packets: u64,
     /// Bytes in the original direction.
@@ -73,6 +79,9 @@ impl CtEntry {
             lifetime_left: Duration::from_nanos(v.expires_ns.saturating_sub(now_ns)),
             egress_rule_id: v.egress_rule_id,
             ingress_rule_id: v.ingress_rule_id,
+            src_identity: v.src_identity,
+            dst_identity: v.dst_identity,
+            handshake: (v.handshake_us != 0).then(|| Duration::from_micros(u64::from(v.handshake_us))),
             fwd_packets: v.fwd_packets,
             fwd_bytes: v.fwd_bytes,
             rev_packets: v.rev_packets,
@@ -118,8 +127,9 @@ fn secs(name: &str, d: Duration) -> Result<u32, BpfError> {
 }
 
 impl Datapath {
-    fn read_node_config_raw(&self) -> Result<types::node_config, BpfError> {
+    pub(crate) fn read_node_config_raw(&self) -> Result<types::node_config, BpfError> {
         let raw = self
+            .maps
             .node_config
             .lookup(sys::as_bytes(&0u32), MapFlags::ANY)
             .map_err(map_err("node_config", "reading entry 0"))?
@@ -127,8 +137,9 @@ impl Datapath {
         decode("node_config", &raw)
     }
 
-    fn write_node_config_raw(&self, v: &types::node_config) -> Result<(), BpfError> {
-        self.node_config
+    pub(crate) fn write_node_config_raw(&self, v: &types::node_config) -> Result<(), BpfError> {
+        self.maps
+            .node_config
             .update(sys::as_bytes(&0u32), sys::as_bytes(v), MapFlags::ANY)
             .map_err(map_err("node_config", "writing entry 0"))
     }
@@ -183,10 +194,11 @@ impl Datapath {
 
     fn ct_raw(&self) -> Result<Vec<(Vec<u8>, types::ct4_key, types::ct4_entry)>, BpfError> {
         let mut out = Vec::new();
-        for kb in self.ct4.keys() {
+        for kb in self.maps.ct4.keys() {
             let k: types::ct4_key = decode("ct4", &kb)?;
             // An entry evicted or deleted between keys() and lookup() is skipped.
-            let Some(vb) = self.ct4.lookup(&kb, MapFlags::ANY).map_err(map_err("ct4", format!("reading {k:?}")))?
+            let Some(vb) =
+                self.maps.ct4.lookup(&kb, MapFlags::ANY).map_err(map_err("ct4", format!("reading {k:?}")))?
             else {
                 continue;
             };
@@ -239,7 +251,7 @@ impl Datapath {
     }
 
     fn ct_delete_raw(&self, kb: &[u8], k: &types::ct4_key) -> Result<bool, BpfError> {
-        match self.ct4.delete(kb) {
+        match self.maps.ct4.delete(kb) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(false),
             Err(source) => Err(BpfError::Map { map: "ct4", op: format!("deleting {k:?}"), source }),

@@ -1,55 +1,142 @@
-//! The loaded datapath: pinned maps, program handles, TCX link pins.
+//! The loaded datapath: every object of [`crate::objects`] the kernel
+//! supports, loaded into one per-node pin directory, with typed access to
+//! the shared maps. Attaching lives in `attach.rs`, policy in `policy.rs`,
+//! conntrack in `conntrack.rs`, events in `events.rs`, services in
+//! `services.rs`.
 //!
 //! Pin layout under the per-node pin directory:
 //! ```text
+//! <pin_dir>/abi_meta             ARRAY    [abi_meta; 1]: the ABI that made these maps
 //! <pin_dir>/endpoints            HASH     endpoint_key -> endpoint_info
 //! <pin_dir>/node_config          ARRAY    [node_config; 1]
 //! <pin_dir>/metrics              PERCPU_HASH metrics_key -> metrics_value
 //! <pin_dir>/ipcache              LPM_TRIE ipcache_key -> ipcache_value
+//! <pin_dir>/policy_cidrs         LPM_TRIE ipcache_key -> ipcache_value (policy CIDR -> CIDR identity)
 //! <pin_dir>/policy_maps          HASH_OF_MAPS endpoint_id -> LPM_TRIE policy_key -> policy_entry
 //! <pin_dir>/policy_stats         PERCPU_HASH policy_stats_key -> metrics_value
 //! <pin_dir>/ct4                  LRU_HASH ct4_key -> ct4_entry
-//! <pin_dir>/frag4                LRU_HASH frag4_key -> frag4_ports (loader-internal)
-//! <pin_dir>/links/<ifname>/ingress   TCX link: from_container
-//! <pin_dir>/links/<ifname>/egress    TCX link: to_container
+//! <pin_dir>/frag4                LRU_HASH frag4_key -> frag4_ports (datapath-internal)
+//! <pin_dir>/events               RINGBUF  struct event + packet bytes
+//! <pin_dir>/events_lost          PERCPU_ARRAY [u64; 1]
+//! <pin_dir>/lb4_*                socket load balancing (services.rs)
+//! <pin_dir>/prefilter4           LPM_TRIE ipcache_key -> prefilter_value (XDP)
+//! <pin_dir>/links/<ifname>/ingress|egress        pod veth (TCX links)
+//! <pin_dir>/links/<ifname>/uplink_in|uplink_out  uplink (TCX links)
+//! <pin_dir>/links/<ifname>/xdp                   uplink XDP link
+//! <pin_dir>/links/cgroup/<program>               cgroup links
+//! <pin_dir>/migrate/<map>        maps of an upgrade in progress (old layout)
 //! ```
-//! (bpffs refuses names containing '.', hence a directory per interface
-//! rather than `<ifname>.ingress`; an ifname with a '.' is refused.)
+//! (bpffs refuses names containing '.', hence a directory per interface.)
 
 use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
-use libbpf_rs::query::LinkTypeInfo;
-use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{Link, MapCore, MapFlags, MapHandle, ProgramAttachType, ProgramHandle};
+use libbpf_rs::{Link, MapCore, MapFlags, MapHandle, ProgramHandle};
 
-use crate::skel::{types, LxcSkelBuilder};
-use crate::sys::{self, TcxHook};
-use crate::{BpfError, EndpointEntry, MetricRow, NodeConfig};
+use crate::loader::{self, Moved};
+use crate::migrate::MapMigration;
+use crate::objects::{self, Hook, ObjectSpec};
+use crate::skel::types;
+use crate::{sys, BpfError, EndpointEntry, MetricRow, NodeConfig};
 
-/// The loaded pod-veth datapath.
+/// How tc programs are attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AttachMode {
+    /// TCX links (kernel >= 6.6), pinned so they outlive the agent.
+    Tcx,
+    /// A clsact qdisc and direct-action bpf filters set up over netlink
+    /// (older kernels); they outlive the agent by themselves.
+    Tc,
+}
+
+impl AttachMode {
+    /// "tcx" or "tc".
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcx => "tcx",
+            Self::Tc => "tc",
+        }
+    }
+}
+
+/// What to load.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Objects to load; None = every object whose feature probe passes.
+    pub objects: Option<Vec<&'static ObjectSpec>>,
+    /// None = TCX when the kernel has it, else clsact.
+    pub attach_mode: Option<AttachMode>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { objects: None, attach_mode: None }
+    }
+}
+
+/// An object that was not loaded, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unavailable {
+    /// Object name.
+    pub object: &'static str,
+    /// The probes it needs, and what they said.
+    pub reason: String,
+}
+
+/// What loading found of a previous datapath, and what activation did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UpgradeReport {
+    /// The ABI recorded in the pin directory before (None: a fresh directory).
+    pub previous_abi: Option<u32>,
+    /// This build's ABI.
+    pub abi: u32,
+    /// Maps whose layout changed, and how their entries were carried over.
+    pub migrated: Vec<MapMigration>,
+    /// Links whose program was replaced by [`Datapath::activate`].
+    pub links_updated: usize,
+    /// Links that already ran this build's programs.
+    pub links_current: usize,
+}
+
+/// The shared maps, as owned handles.
+#[derive(Debug)]
+pub(crate) struct Maps {
+    pub endpoints: MapHandle,
+    pub node_config: MapHandle,
+    pub metrics: MapHandle,
+    pub ipcache: MapHandle,
+    pub policy_cidrs: MapHandle,
+    pub policy_maps: MapHandle,
+    pub policy_stats: MapHandle,
+    pub ct4: MapHandle,
+    pub events_lost: MapHandle,
+    pub abi_meta: MapHandle,
+    pub lb4_services: Option<MapHandle>,
+    pub lb4_backends: Option<MapHandle>,
+    pub lb4_reverse_nat: Option<MapHandle>,
+    pub prefilter4: Option<MapHandle>,
+}
+
+/// The loaded datapath.
 ///
 /// Holds owned fds only (maps and programs, duplicated out of the libbpf
-/// skeleton, which is dropped after loading because its borrowed, raw-pointer
-/// based types are neither `Send` nor `Sync`). So `Datapath` is `Send + Sync`
-/// without any `unsafe impl`; every method takes `&self` and is a single
-/// syscall-level operation that the kernel serialises, so sharing it through
-/// an `Arc` (a `Mutex` is only needed for multi-step read-modify-write logic
-/// of your own) is fine. Dropping it closes the fds: pinned maps and pinned
+/// objects, which are dropped after loading). So `Datapath` is `Send + Sync`;
+/// every method takes `&self` and is a single syscall-level operation that the
+/// kernel serialises (a `Mutex` is only needed for multi-step read-modify-write
+/// logic of your own). Dropping it closes the fds: pinned maps and pinned
 /// links stay, and so does forwarding.
 #[derive(Debug)]
 pub struct Datapath {
-    pin_dir: PathBuf,
-    endpoints: MapHandle,
-    pub(crate) node_config: MapHandle,
-    metrics: MapHandle,
-    pub(crate) ipcache: MapHandle,
-    pub(crate) policy_maps: MapHandle,
-    pub(crate) policy_stats: MapHandle,
-    pub(crate) ct4: MapHandle,
-    from_container: ProgramHandle,
-    to_container: ProgramHandle,
+    pub(crate) pin_dir: PathBuf,
+    pub(crate) mode: AttachMode,
+    pub(crate) maps: Maps,
+    pub(crate) progs: Vec<(&'static str, Hook, ProgramHandle)>,
+    loaded: Vec<&'static str>,
+    unavailable: Vec<Unavailable>,
+    pub(crate) upgrade: Mutex<(UpgradeReport, Vec<Moved>)>,
 }
 
 const _: () = {
@@ -66,7 +153,7 @@ fn key_ip(k: types::endpoint_key) -> Ipv4Addr {
     Ipv4Addr::from(k.ip4.to_ne_bytes())
 }
 
-fn ip_u32(ip: Ipv4Addr) -> u32 {
+pub(crate) fn ip_u32(ip: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(ip.octets())
 }
 
@@ -94,21 +181,50 @@ fn check_pin_dir(pin_dir: &Path) -> Result<(), BpfError> {
     Ok(())
 }
 
-fn check_ifname(ifname: &str) -> Result<(), BpfError> {
-    if ifname.is_empty() || ifname.len() > 15 || ifname.contains(['/', '.', '\0']) {
-        return Err(BpfError::Invalid(format!(
-            "{ifname:?} is not a usable interface name (1-15 bytes, no '/', no '.': bpffs refuses dots)"
-        )));
+/// Which objects the kernel supports, from the feature probes.
+fn supported(features: &[crate::FeatureProbe]) -> (Vec<&'static ObjectSpec>, Vec<Unavailable>) {
+    let mut ok = Vec::new();
+    let mut not = Vec::new();
+    for spec in objects::ALL {
+        let have = |n: &str| features.iter().any(|f| f.name == n && f.available);
+        if spec.requires_any.iter().any(|n| have(n)) {
+            ok.push(spec);
+        } else {
+            let why: Vec<String> = spec
+                .requires_any
+                .iter()
+                .map(|n| {
+                    features
+                        .iter()
+                        .find(|f| f.name == *n)
+                        .map_or(format!("{n}: not probed"), |f| format!("{n}: {}", f.detail))
+                })
+                .collect();
+            not.push(Unavailable { object: spec.name, reason: why.join("; ") });
+        }
     }
-    Ok(())
+    (ok, not)
+}
+
+fn take_map(obj: &libbpf_rs::Object, name: &'static str) -> Option<Result<MapHandle, BpfError>> {
+    obj.maps()
+        .find(|m| m.name() == name)
+        .map(|m| MapHandle::try_from(&m).map_err(map_err(name, "duplicating the map fd")))
 }
 
 impl Datapath {
-    /// Load the programs, creating `pin_dir` (and `pin_dir/links`) if needed.
-    /// Maps are pinned by name in `pin_dir`; maps already pinned there (an
-    /// agent restart) are reused with their contents. `pin_dir` must be on
-    /// bpffs (see [`crate::ensure_bpffs`]).
+    /// Load every object the kernel supports into `pin_dir` (created if
+    /// needed). Maps are pinned by name in `pin_dir`; maps already pinned
+    /// there (an agent restart) are reused with their contents, and maps whose
+    /// layout changed (an upgrade) are migrated. Nothing is attached and no
+    /// existing link changes until [`Datapath::activate`]. `pin_dir` must be
+    /// on bpffs (see [`crate::ensure_bpffs`]).
     pub fn load(pin_dir: &Path) -> Result<Self, BpfError> {
+        Self::load_with(pin_dir, &LoadOptions::default())
+    }
+
+    /// [`Datapath::load`] with explicit objects and attach mode.
+    pub fn load_with(pin_dir: &Path, opts: &LoadOptions) -> Result<Self, BpfError> {
         check_pin_dir(pin_dir)?;
         let links = pin_dir.join("links");
         std::fs::create_dir_all(&links).map_err(|source| BpfError::PinDir {
@@ -116,48 +232,146 @@ impl Datapath {
             path: links.clone(),
             source,
         })?;
-        let load_err = |source| BpfError::Load { pin_dir: pin_dir.to_path_buf(), source };
-
-        let mut builder = LxcSkelBuilder::default();
-        builder.obj_builder.pin_root_path(pin_dir).map_err(load_err)?;
-        let mut storage = std::mem::MaybeUninit::uninit();
-        let open = builder.open(&mut storage).map_err(load_err)?;
-        let skel = open.load().map_err(load_err)?;
-
-        let dup = |name: &'static str, m: &libbpf_rs::MapMut<'_>| {
-            MapHandle::try_from(m).map_err(map_err(name, "duplicating the map fd"))
+        let features = crate::probe_features();
+        let (specs, unavailable) = match &opts.objects {
+            Some(list) => (list.clone(), Vec::new()),
+            None => supported(&features),
         };
-        let endpoints = dup("endpoints", &skel.maps.endpoints)?;
-        let node_config = dup("node_config", &skel.maps.node_config)?;
-        let metrics = dup("metrics", &skel.maps.metrics)?;
-        let ipcache = dup("ipcache", &skel.maps.ipcache)?;
-        let policy_maps = dup("policy_maps", &skel.maps.policy_maps)?;
-        let policy_stats = dup("policy_stats", &skel.maps.policy_stats)?;
-        let ct4 = dup("ct4", &skel.maps.ct4)?;
-        let from_container = ProgramHandle::try_from(&skel.progs.from_container).map_err(load_err)?;
-        let to_container = ProgramHandle::try_from(&skel.progs.to_container).map_err(load_err)?;
-        drop(skel);
+        let tcx = features.iter().any(|f| f.name == "tcx" && f.available);
+        let mode = opts.attach_mode.unwrap_or(if tcx { AttachMode::Tcx } else { AttachMode::Tc });
 
-        Ok(Self {
+        let loaded = loader::load(pin_dir, &specs)?;
+        let find = |name: &'static str| -> Option<Result<MapHandle, BpfError>> {
+            loaded.objects.iter().find_map(|(_, o)| take_map(o, name))
+        };
+        let need = |name: &'static str| -> Result<MapHandle, BpfError> {
+            find(name).unwrap_or_else(|| {
+                Err(BpfError::Invalid(format!("map {name} is in none of the loaded objects (load lxc first)")))
+            })
+        };
+        let maps = Maps {
+            endpoints: need("endpoints")?,
+            node_config: need("node_config")?,
+            metrics: need("metrics")?,
+            ipcache: need("ipcache")?,
+            policy_cidrs: need("policy_cidrs")?,
+            policy_maps: need("policy_maps")?,
+            policy_stats: need("policy_stats")?,
+            ct4: need("ct4")?,
+            events_lost: need("events_lost")?,
+            abi_meta: need("abi_meta")?,
+            lb4_services: find("lb4_services").transpose()?,
+            lb4_backends: find("lb4_backends").transpose()?,
+            lb4_reverse_nat: find("lb4_reverse_nat").transpose()?,
+            prefilter4: find("prefilter4").transpose()?,
+        };
+        let mut progs = Vec::new();
+        for (spec, obj) in &loaded.objects {
+            for p in spec.programs {
+                let prog = obj
+                    .progs_mut()
+                    .find(|x| x.name() == p.name)
+                    .ok_or_else(|| BpfError::Invalid(format!("object {} has no program {}", spec.name, p.name)))?;
+                let handle = ProgramHandle::try_from(&prog).map_err(|source| BpfError::Load {
+                    pin_dir: pin_dir.to_path_buf(),
+                    object: spec.name,
+                    source,
+                })?;
+                progs.push((p.name, p.hook, handle));
+            }
+        }
+        let names = loaded.objects.iter().map(|(s, _)| s.name).collect();
+        let previous_abi = loaded.previous_abi;
+        let moved = loaded.moved.clone();
+        drop(loaded);
+
+        let dp = Self {
             pin_dir: pin_dir.to_path_buf(),
-            endpoints,
-            node_config,
-            metrics,
-            ipcache,
-            policy_maps,
-            policy_stats,
-            ct4,
-            from_container,
-            to_container,
-        })
+            mode,
+            maps,
+            progs,
+            loaded: names,
+            unavailable,
+            upgrade: Mutex::new((
+                UpgradeReport { previous_abi, abi: loader::abi_version(), ..UpgradeReport::default() },
+                Vec::new(),
+            )),
+        };
+        dp.migrate_moved(moved, false)?;
+        loader::write_abi(&dp.maps.abi_meta)?;
+        Ok(dp)
+    }
+
+    /// Copy the entries of maps moved aside into their new maps (see
+    /// migrate.rs); with `catch_up`, only keys the new maps lack.
+    pub(crate) fn migrate_moved(&self, moved: Vec<Moved>, catch_up: bool) -> Result<(), BpfError> {
+        if moved.is_empty() {
+            return Ok(());
+        }
+        let identity_of = |ip: u32| -> u32 {
+            let ip = Ipv4Addr::from(ip.to_ne_bytes());
+            match self.endpoint(ip) {
+                Ok(Some(ep)) if ep.flags & crate::EP_F_HOST != 0 => crate::IDENTITY_HOST,
+                Ok(Some(ep)) => ep.identity,
+                _ => self.ipcache_lookup(ip).ok().flatten().unwrap_or(0),
+            }
+        };
+        let ctx = crate::migrate::Context { identity_of: &identity_of, now_ns: sys::monotonic_ns() };
+        let mut report = Vec::new();
+        // Endpoints and the ipcache first: the converters look identities up.
+        let mut order = moved.clone();
+        order.sort_by_key(|m| usize::from(!matches!(m.name.as_str(), "endpoints" | "ipcache")));
+        for m in &order {
+            let new_path = self.pin_dir.join(&m.name);
+            let (Ok(old), Ok(new)) = (MapHandle::from_pinned_path(&m.old_path), MapHandle::from_pinned_path(&new_path))
+            else {
+                continue;
+            };
+            report.push(crate::migrate::migrate(&m.name, &old, &new, &ctx, catch_up)?);
+        }
+        let mut up = self.upgrade.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !catch_up {
+            up.0.migrated = report;
+            up.1 = moved;
+        }
+        Ok(())
+    }
+
+    /// Objects loaded, by name.
+    #[must_use]
+    pub fn objects(&self) -> &[&'static str] {
+        &self.loaded
+    }
+
+    /// Objects the kernel could not take, and why (for the agent's status).
+    #[must_use]
+    pub fn unavailable(&self) -> &[Unavailable] {
+        &self.unavailable
+    }
+
+    /// How tc programs are attached.
+    #[must_use]
+    pub fn attach_mode(&self) -> AttachMode {
+        self.mode
+    }
+
+    /// What loading found of a previous datapath (and, after
+    /// [`Datapath::activate`], what activation did).
+    #[must_use]
+    pub fn upgrade_report(&self) -> UpgradeReport {
+        self.upgrade.lock().unwrap_or_else(std::sync::PoisonError::into_inner).0.clone()
+    }
+
+    pub(crate) fn prog(&self, hook: Hook) -> Option<(&'static str, &ProgramHandle)> {
+        self.progs.iter().find(|(_, h, _)| *h == hook).map(|(n, _, p)| (*n, p))
     }
 
     /// Size and verifier cost of each loaded program (for `myelin status`,
     /// and to keep an eye on the datapath's complexity).
     pub fn program_stats(&self) -> Result<Vec<crate::ProgramStat>, BpfError> {
-        [("from_container", &self.from_container), ("to_container", &self.to_container)]
-            .into_iter()
-            .map(|(name, prog)| {
+        self.progs
+            .iter()
+            .map(|(name, _, prog)| {
                 let (verified_insns, xlated_insns, jited_bytes) = sys::prog_sizes(prog.as_fd())
                     .map_err(|e| BpfError::Invalid(format!("reading the info of program {name}: {e}")))?;
                 Ok(crate::ProgramStat { name, verified_insns, xlated_insns, jited_bytes })
@@ -180,6 +394,7 @@ impl Datapath {
         }
         let mask = Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(cfg.pod_cidr_prefix)).unwrap_or(0));
         let old = self
+            .maps
             .node_config
             .lookup(sys::as_bytes(&0u32), MapFlags::ANY)
             .map_err(map_err("node_config", "reading entry 0"))?
@@ -192,7 +407,8 @@ impl Datapath {
             pod_cidr4_mask: ip_u32(mask),
             ..old
         };
-        self.node_config
+        self.maps
+            .node_config
             .update(sys::as_bytes(&0u32), sys::as_bytes(&v), MapFlags::ANY)
             .map_err(map_err("node_config", "writing entry 0"))
     }
@@ -200,6 +416,7 @@ impl Datapath {
     /// Read the node configuration back (all zero until set).
     pub fn node_config(&self) -> Result<NodeConfig, BpfError> {
         let raw = self
+            .maps
             .node_config
             .lookup(sys::as_bytes(&0u32), MapFlags::ANY)
             .map_err(map_err("node_config", "reading entry 0"))?
@@ -224,14 +441,15 @@ impl Datapath {
             mac: ep.mac,
             host_mac: ep.host_mac,
         };
-        self.endpoints
+        self.maps
+            .endpoints
             .update(sys::as_bytes(&ip_key(ip)), sys::as_bytes(&v), MapFlags::ANY)
             .map_err(map_err("endpoints", format!("upserting {ip}")))
     }
 
     /// Delete the endpoint owning `ip`; false if there was none.
     pub fn delete_endpoint(&self, ip: Ipv4Addr) -> Result<bool, BpfError> {
-        match self.endpoints.delete(sys::as_bytes(&ip_key(ip))) {
+        match self.maps.endpoints.delete(sys::as_bytes(&ip_key(ip))) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(false),
             Err(source) => Err(BpfError::Map { map: "endpoints", op: format!("deleting {ip}"), source }),
@@ -241,6 +459,7 @@ impl Datapath {
     /// Look one endpoint up.
     pub fn endpoint(&self, ip: Ipv4Addr) -> Result<Option<EndpointEntry>, BpfError> {
         let raw = self
+            .maps
             .endpoints
             .lookup(sys::as_bytes(&ip_key(ip)), MapFlags::ANY)
             .map_err(map_err("endpoints", format!("looking up {ip}")))?;
@@ -250,7 +469,7 @@ impl Datapath {
     /// All endpoints, sorted by address.
     pub fn endpoints(&self) -> Result<Vec<(Ipv4Addr, EndpointEntry)>, BpfError> {
         let mut out = Vec::new();
-        for k in self.endpoints.keys() {
+        for k in self.maps.endpoints.keys() {
             let key: types::endpoint_key = decode("endpoints", &k)?;
             // An entry deleted between keys() and lookup() is simply skipped.
             if let Some(ep) = self.endpoint(key_ip(key))? {
@@ -261,146 +480,13 @@ impl Datapath {
         Ok(out)
     }
 
-    fn link_path(&self, ifname: &str, hook: TcxHook) -> PathBuf {
-        let leaf = match hook {
-            TcxHook::Ingress => "ingress",
-            TcxHook::Egress => "egress",
-        };
-        self.link_dir(ifname).join(leaf)
-    }
-
-    fn link_dir(&self, ifname: &str) -> PathBuf {
-        self.pin_dir.join("links").join(ifname)
-    }
-
-    /// The ifindex a pinned TCX link at `path` is attached to, if it is a
-    /// live TCX link of the expected hook (0 if its device is gone).
-    fn pinned_link_ifindex(path: &Path, hook: TcxHook) -> Option<u32> {
-        if !path.exists() {
-            return None;
-        }
-        let link = Link::open(path).ok()?;
-        let info = link.info().ok()?;
-        match info.info {
-            LinkTypeInfo::Tcx(t) => {
-                let right_hook = match hook {
-                    TcxHook::Ingress => matches!(t.attach_type, ProgramAttachType::TcxIngress),
-                    TcxHook::Egress => matches!(t.attach_type, ProgramAttachType::TcxEgress),
-                };
-                right_hook.then_some(t.ifindex)
-            }
-            _ => None,
-        }
-    }
-
-    fn attach_one(&self, ifname: &str, ifindex: u32, hook: TcxHook) -> Result<bool, BpfError> {
-        let path = self.link_path(ifname, hook);
-        if path.exists() {
-            if Self::pinned_link_ifindex(&path, hook) == Some(ifindex) {
-                return Ok(false); // adopt: a previous process attached it
-            }
-            // Stale (device gone or recreated with another ifindex) or not a
-            // TCX link of this hook: replace it.
-            remove_pin(&path)?;
-        }
-        let dir = self.link_dir(ifname);
-        std::fs::create_dir_all(&dir).map_err(|source| BpfError::PinDir { action: "creating", path: dir, source })?;
-        let (prog, prog_name, hook_name) = match hook {
-            TcxHook::Ingress => (&self.from_container, "from_container", "ingress"),
-            TcxHook::Egress => (&self.to_container, "to_container", "egress"),
-        };
-        let link = sys::tcx_link_create(prog.as_fd(), ifindex, hook).map_err(|source| BpfError::Attach {
-            prog: prog_name,
-            hook: hook_name,
-            ifname: ifname.to_string(),
-            ifindex,
-            source,
-        })?;
-        sys::obj_pin(link.as_fd(), &path).map_err(|source| BpfError::PinLink {
-            ifname: ifname.to_string(),
-            path: path.clone(),
-            source,
-        })?;
-        // Dropping `link` closes our fd; the pin keeps the link attached.
-        Ok(true)
-    }
-
-    /// Attach `from_container` at TCX ingress and `to_container` at TCX
-    /// egress of the host-side veth `ifname`/`ifindex` (in the calling
-    /// thread's netns) and pin both links at `pin_dir/links/<ifname>/ingress`
-    /// and `.../egress`, so they survive this process.
-    ///
-    /// Idempotent: if both links are pinned already and attached to `ifindex`
-    /// (agent restart), they are adopted as they are and `Ok(false)` is
-    /// returned. A pinned link whose device disappeared or has another
-    /// ifindex is unpinned and replaced. `Ok(true)` when anything was newly
-    /// attached.
-    pub fn attach_endpoint(&self, ifname: &str, ifindex: u32) -> Result<bool, BpfError> {
-        check_ifname(ifname)?;
-        if ifindex == 0 {
-            return Err(BpfError::Invalid(format!("ifindex 0 for {ifname}")));
-        }
-        let ingress = self.attach_one(ifname, ifindex, TcxHook::Ingress)?;
-        let egress = match self.attach_one(ifname, ifindex, TcxHook::Egress) {
-            Ok(v) => v,
-            Err(e) => {
-                if ingress {
-                    // Don't leave half an endpoint plumbed by this call.
-                    let _ = remove_pin(&self.link_path(ifname, TcxHook::Ingress));
-                }
-                return Err(e);
-            }
-        };
-        Ok(ingress || egress)
-    }
-
-    /// Both links of `ifname` are pinned and attached to a live device.
-    #[must_use]
-    pub fn endpoint_attached(&self, ifname: &str) -> bool {
-        if check_ifname(ifname).is_err() {
-            return false;
-        }
-        [TcxHook::Ingress, TcxHook::Egress]
-            .into_iter()
-            .all(|hook| matches!(Self::pinned_link_ifindex(&self.link_path(ifname, hook), hook), Some(i) if i != 0))
-    }
-
-    /// Remove both link pins of `ifname` (which detaches the programs unless
-    /// someone else holds the links open). Ok even if absent.
-    pub fn detach_endpoint(&self, ifname: &str) -> Result<(), BpfError> {
-        check_ifname(ifname)?;
-        remove_pin(&self.link_path(ifname, TcxHook::Ingress))?;
-        remove_pin(&self.link_path(ifname, TcxHook::Egress))?;
-        let dir = self.link_dir(ifname);
-        match std::fs::remove_dir(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(BpfError::PinDir { action: "removing", path: dir, source }),
-        }
-    }
-
-    /// Interface names that have a link pin directory (attached or stale),
-    /// sorted: what a restarted agent compares with its endpoints to find
-    /// leftovers to detach.
-    pub fn pinned_endpoints(&self) -> Result<Vec<String>, BpfError> {
-        let links = self.pin_dir.join("links");
-        let rd = match std::fs::read_dir(&links) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(source) => return Err(BpfError::PinDir { action: "reading", path: links, source }),
-        };
-        let mut names: Vec<String> =
-            rd.filter_map(Result::ok).filter_map(|e| e.file_name().into_string().ok()).collect();
-        names.sort();
-        Ok(names)
-    }
-
     /// All metric rows, summed over CPUs, sorted by (endpoint, direction, reason).
     pub fn metrics(&self) -> Result<Vec<MetricRow>, BpfError> {
         let mut out = Vec::new();
-        for k in self.metrics.keys() {
+        for k in self.maps.metrics.keys() {
             let key: types::metrics_key = decode("metrics", &k)?;
             let Some(per_cpu) = self
+                .maps
                 .metrics
                 .lookup_percpu(&k, MapFlags::ANY)
                 .map_err(map_err("metrics", format!("reading {key:?}")))?
@@ -427,13 +513,13 @@ impl Datapath {
 
     /// Delete every metric row of `endpoint_id` (when the endpoint goes away).
     pub fn delete_metrics(&self, endpoint_id: u32) -> Result<(), BpfError> {
-        let keys: Vec<Vec<u8>> = self.metrics.keys().collect();
+        let keys: Vec<Vec<u8>> = self.maps.metrics.keys().collect();
         for k in keys {
             let key: types::metrics_key = decode("metrics", &k)?;
             if key.endpoint_id != endpoint_id {
                 continue;
             }
-            match self.metrics.delete(&k) {
+            match self.maps.metrics.delete(&k) {
                 Ok(()) => {}
                 Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => {}
                 Err(source) => return Err(BpfError::Map { map: "metrics", op: format!("deleting {key:?}"), source }),
@@ -455,13 +541,13 @@ pub struct ProgramRunStats {
 }
 
 /// Run-time statistics of the programs attached to the endpoint `ifname`
-/// through the links pinned under `pin_dir` by [`Datapath::attach_endpoint`]
-/// (possibly by another process, e.g. the agent): `[from_container (TCX
-/// ingress), to_container (TCX egress)]`. The kernel counts only while the
-/// sysctl `kernel.bpf_stats_enabled` is 1; the figures are cumulative, so
-/// take differences.
+/// through the TCX links pinned under `pin_dir` by
+/// [`Datapath::attach_endpoint`] (possibly by another process, e.g. the
+/// agent): `[from_container (ingress), to_container (egress)]`. The kernel
+/// counts only while the sysctl `kernel.bpf_stats_enabled` is 1; the figures
+/// are cumulative, so take differences.
 pub fn endpoint_run_stats(pin_dir: &Path, ifname: &str) -> Result<[ProgramRunStats; 2], BpfError> {
-    check_ifname(ifname)?;
+    crate::attach::check_ifname(ifname)?;
     let one = |leaf: &str| -> Result<ProgramRunStats, BpfError> {
         let path = pin_dir.join("links").join(ifname).join(leaf);
         let bad = |what: String| BpfError::Invalid(format!("{}: {what}", path.display()));
@@ -478,14 +564,6 @@ pub fn endpoint_run_stats(pin_dir: &Path, ifname: &str) -> Result<[ProgramRunSta
 
 pub(crate) fn decode<T: sys::Pod>(map: &'static str, raw: &[u8]) -> Result<T, BpfError> {
     sys::from_bytes(raw).ok_or(BpfError::Layout { map, got: raw.len(), expected: std::mem::size_of::<T>() })
-}
-
-fn remove_pin(path: &Path) -> Result<(), BpfError> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(BpfError::PinDir { action: "removing", path: path.to_path_buf(), source }),
-    }
 }
 
 impl From<types::endpoint_info> for EndpointEntry {

@@ -25,14 +25,15 @@ pub enum BpfError {
         source: std::io::Error,
     },
 
-    /// Opening or loading the eBPF object failed (verifier, pinned map mismatch, missing privileges).
-    #[error("loading the datapath programs with maps pinned under {pin_dir}: {source} \
-             (run as root; if the pinned maps were made by an incompatible build, remove {pin_dir} \
-             (`myelin lab down` or `remove_pin_dir`) and load again; the verifier log is on stderr)",
+    /// Opening or loading an eBPF object failed (verifier, pinned map mismatch, missing privileges).
+    #[error("loading the {object} programs with maps pinned under {pin_dir}: {source} \
+             (run as root; the verifier log is on stderr)",
              pin_dir = pin_dir.display())]
     Load {
         /// The pin directory used for the maps.
         pin_dir: PathBuf,
+        /// The object (lxc, netdev, xdp, sock).
+        object: &'static str,
         /// libbpf's error.
         source: libbpf_rs::Error,
     },
@@ -59,19 +60,22 @@ pub enum BpfError {
         expected: usize,
     },
 
-    /// Attaching a program to an interface failed.
+    /// Attaching a program to an interface (or a cgroup) failed.
     #[error(
-        "attaching {prog} at TCX {hook} of {ifname} (ifindex {ifindex}): {source} \
-             (does {ifname} exist in this thread's network namespace? TCX needs kernel >= 6.6)"
+        "attaching {prog} at {mode} {hook} of {ifname} (ifindex {ifindex}): {source} \
+             (does {ifname} exist in this thread's network namespace? TCX needs kernel >= 6.6; \
+             set the attach mode to tc on older kernels)"
     )]
     Attach {
         /// Program name.
         prog: &'static str,
-        /// "ingress" or "egress".
+        /// "ingress", "egress", "xdp", "cgroup", "link update".
         hook: &'static str,
-        /// Interface name.
+        /// "tcx", "tc" or "link".
+        mode: &'static str,
+        /// Interface name (or cgroup path).
         ifname: String,
-        /// Interface index.
+        /// Interface index (0 for cgroups).
         ifindex: u32,
         /// The failing system call.
         source: std::io::Error,

@@ -1,41 +1,77 @@
 //! Myelin's eBPF loader: the only crate with `unsafe` (confined to `sys` and
-//! the generated skeleton).
+//! the generated skeletons).
 //!
-//! - `build.rs` compiles `bpf/datapath/*.bpf.c` and generates libbpf-rs
-//!   skeletons; map key/value types come from BTF (`skel::types`), never
-//!   hand-mirrored.
-//! - [`Datapath`] loads the pod-veth programs with maps pinned by name in a
-//!   per-node pin directory (reused across restarts), writes/reads the maps
-//!   and attaches TCX links pinned under `<pin_dir>/links/`.
-//! - Identity-based L3/L4 policy ([`Datapath::set_endpoint_policy`], per
-//!   endpoint, swapped atomically; [`Datapath::set_endpoint_policies`] for
-//!   many endpoints with one RCU grace period), the `ipcache` of peer identities
-//!   ([`Datapath::upsert_ipcache`]), connection tracking
-//!   ([`Datapath::ct_entries`], [`Datapath::ct_gc`]) and per-rule counters
-//!   ([`Datapath::policy_stats`]). Semantics: `bpf/include/myelin_abi.h`.
+//! - `build.rs` compiles `bpf/datapath/*.bpf.c` (clang, `-nostdinc`) and
+//!   generates a libbpf-rs skeleton per object; map key/value types come from
+//!   BTF (`skel*::types`), never hand-mirrored.
+//! - [`objects`]: the objects (pod veth, uplink tc, uplink XDP, cgroup socket
+//!   load balancing) and the hook of each program. [`Datapath::load`] loads
+//!   every object the kernel supports into one per-node pin directory (maps
+//!   shared by pinning, reused across restarts, migrated when their layout
+//!   changed, see `loader.rs` and `migrate.rs`); [`Datapath::activate`] swaps
+//!   the programs of live links atomically.
+//! - Attaching (`attach.rs`): TCX links (or clsact over netlink on kernels
+//!   without TCX), XDP links, cgroup links; pinned, adopted after restarts.
+//! - Identity-based L3/L4 policy ([`Datapath::set_endpoint_policies`]), the
+//!   `ipcache`, connection tracking ([`Datapath::ct_entries`],
+//!   [`Datapath::ct_gc`]), per-rule counters, flow events ([`EventReader`]),
+//!   services ([`Datapath::upsert_service`]), the XDP prefilter.
+//!   Semantics: `bpf/include/myelin_abi.h`.
 //! - [`ensure_bpffs`], [`remove_pin_dir`], [`probe_features`].
 
+mod attach;
 mod bpffs;
 mod conntrack;
 mod datapath;
 mod error;
+mod events;
+mod loader;
+mod migrate;
+pub mod objects;
 mod policy;
+mod prefilter;
 mod probe;
+mod services;
 mod sys;
 
-#[allow(unsafe_code, unused_imports, clippy::all, clippy::pedantic, clippy::unwrap_used, clippy::expect_used)]
-mod skel {
-    include!(concat!(env!("OUT_DIR"), "/lxc.skel.rs"));
+macro_rules! skeleton {
+    ($module:ident, $file:literal) => {
+        #[allow(
+            unsafe_code,
+            unused_imports,
+            dead_code,
+            clippy::all,
+            clippy::pedantic,
+            clippy::unwrap_used,
+            clippy::expect_used
+        )]
+        mod $module {
+            include!(concat!(env!("OUT_DIR"), "/", $file));
+        }
+    };
 }
+
+// The ABI types shared by every object come from the pod veth object's
+// skeleton; the service and prefilter types from their own objects'.
+skeleton!(skel, "lxc.skel.rs");
+skeleton!(skel_lb, "sock.skel.rs");
+skeleton!(skel_xdp, "xdp.skel.rs");
 
 use std::net::Ipv4Addr;
 
 pub use bpffs::{ensure_bpffs, remove_pin_dir};
 pub use conntrack::{CtEntry, CtTimeouts};
-pub use datapath::{endpoint_run_stats, Datapath, ProgramRunStats};
+pub use datapath::{
+    endpoint_run_stats, AttachMode, Datapath, LoadOptions, ProgramRunStats, Unavailable, UpgradeReport,
+};
 pub use error::BpfError;
+pub use events::{EventReader, EventSettings, MonitorAggregation, RawEvent};
+pub use loader::{abi_version, MapShape};
+pub use migrate::MapMigration;
 pub use policy::{DesiredPolicy, EndpointPolicyUpdate, PolicyMapEntry, PolicyStatRow};
+pub use prefilter::PrefilterRow;
 pub use probe::{probe_features, FeatureProbe};
+pub use services::{Backend, Frontend, ServiceRow};
 
 /// The default bpffs mount point.
 pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
@@ -206,3 +242,62 @@ pub fn reason_name(reason: u8) -> &'static str {
 pub fn reason_is_drop(reason: u8) -> bool {
     reason >= 130
 }
+
+use skel::types::{event_flags as Ef, event_type as Ev, policy_match as Pm, trace_point as Tp, trace_reason as Tr};
+
+/// Event type: a drop (sub-type = drop reason). Cilium's monitor number.
+pub const EVENT_DROP: u8 = Ev::EVENT_DROP.0 as u8;
+/// Event type: a trace (sub-type = observation point).
+pub const EVENT_TRACE: u8 = Ev::EVENT_TRACE.0 as u8;
+/// Event type: a policy decision.
+pub const EVENT_POLICY_VERDICT: u8 = Ev::EVENT_POLICY_VERDICT.0 as u8;
+
+/// Trace point: delivered to an endpoint.
+pub const TRACE_TO_LXC: u8 = Tp::TRACE_TO_LXC.0 as u8;
+/// Trace point: handed to the node, for the node itself.
+pub const TRACE_TO_HOST: u8 = Tp::TRACE_TO_HOST.0 as u8;
+/// Trace point: handed to the node's stack to be routed.
+pub const TRACE_TO_STACK: u8 = Tp::TRACE_TO_STACK.0 as u8;
+/// Trace point: into the overlay.
+pub const TRACE_TO_OVERLAY: u8 = Tp::TRACE_TO_OVERLAY.0 as u8;
+/// Trace point: sent by an endpoint.
+pub const TRACE_FROM_LXC: u8 = Tp::TRACE_FROM_LXC.0 as u8;
+/// Trace point: from the node's stack towards an endpoint.
+pub const TRACE_FROM_STACK: u8 = Tp::TRACE_FROM_STACK.0 as u8;
+/// Trace point: out of the overlay.
+pub const TRACE_FROM_OVERLAY: u8 = Tp::TRACE_FROM_OVERLAY.0 as u8;
+/// Trace point: arrived on the uplink.
+pub const TRACE_FROM_NETWORK: u8 = Tp::TRACE_FROM_NETWORK.0 as u8;
+/// Trace point: leaving through the uplink.
+pub const TRACE_TO_NETWORK: u8 = Tp::TRACE_TO_NETWORK.0 as u8;
+
+/// Connection-tracking state of an event's packet: a new connection.
+pub const TRACE_REASON_NEW: u8 = Tr::TRACE_REASON_NEW.0 as u8;
+/// ... an established connection, original direction.
+pub const TRACE_REASON_ESTABLISHED: u8 = Tr::TRACE_REASON_ESTABLISHED.0 as u8;
+/// ... a reply.
+pub const TRACE_REASON_REPLY: u8 = Tr::TRACE_REASON_REPLY.0 as u8;
+/// ... an ICMP error about a tracked connection.
+pub const TRACE_REASON_RELATED: u8 = Tr::TRACE_REASON_RELATED.0 as u8;
+
+/// Event flag: the packet is a reply.
+pub const EVENT_F_REPLY: u8 = Ef::EVENT_F_REPLY.0 as u8;
+/// Event flag: `handshake_us` was measured on this packet.
+pub const EVENT_F_HANDSHAKE: u8 = Ef::EVENT_F_HANDSHAKE.0 as u8;
+/// Event flag: `tunnel_remote` is set.
+pub const EVENT_F_TUNNEL: u8 = Ef::EVENT_F_TUNNEL.0 as u8;
+
+/// Policy match: none (default verdict).
+pub const MATCH_NONE: u8 = Pm::POLICY_MATCH_NONE.0 as u8;
+/// Policy match: peer identity, any port.
+pub const MATCH_L3_ONLY: u8 = Pm::POLICY_MATCH_L3_ONLY.0 as u8;
+/// Policy match: peer identity and port.
+pub const MATCH_L3_L4: u8 = Pm::POLICY_MATCH_L3_L4.0 as u8;
+/// Policy match: any peer, port.
+pub const MATCH_L4_ONLY: u8 = Pm::POLICY_MATCH_L4_ONLY.0 as u8;
+/// Policy match: any peer, any port.
+pub const MATCH_ALL: u8 = Pm::POLICY_MATCH_ALL.0 as u8;
+
+/// Pseudo-identities "pod inside this CIDR identity" (Kubernetes
+/// NetworkPolicy ipBlock semantics; see `myelin_abi.h`).
+pub const POD_IN_CIDR_FLAG: u32 = 1 << 30;

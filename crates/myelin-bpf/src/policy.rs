@@ -22,6 +22,17 @@ const PREFIX_ANY_PROTO: u32 = PP::POLICY_PREFIX_ANY_PROTO.0;
 const PREFIX_ANY_PORT: u32 = PP::POLICY_PREFIX_ANY_PORT.0;
 const F_UNENFORCED: u8 = PF::POLICY_F_UNENFORCED.0 as u8;
 const F_SYNTHETIC: u8 = PF::POLICY_F_SYNTHETIC.0 as u8;
+const F_DEFAULT: u8 = PF::POLICY_F_DEFAULT.0 as u8;
+
+/// The match type (for flow events) of an entry with this key.
+fn match_of(k: &types::policy_key) -> u8 {
+    match (k.identity == 0, k.prefixlen <= PREFIX_ANY_PROTO) {
+        (true, true) => crate::MATCH_ALL,
+        (true, false) => crate::MATCH_L4_ONLY,
+        (false, true) => crate::MATCH_L3_ONLY,
+        (false, false) => crate::MATCH_L3_L4,
+    }
+}
 /// `BPF_F_NO_PREALLOC`: required for LPM tries, and must match the template.
 const BPF_F_NO_PREALLOC: u32 = 1;
 
@@ -54,6 +65,11 @@ pub struct PolicyMapEntry {
     pub deny: bool,
     /// The agent's id of the rule this entry comes from (flow events, counters).
     pub rule_id: u32,
+    /// The entry only restores the direction's default verdict under a
+    /// wider entry (the compiler's "no rule here"): the datapath treats it
+    /// as no match (drop reason 133, not 181, in an enforced direction).
+    /// `deny` is then the default verdict and `rule_id` is 0.
+    pub default: bool,
 }
 
 impl PolicyMapEntry {
@@ -97,6 +113,7 @@ impl PolicyMapEntry {
             port_prefix_len: if any_proto { 0 } else { port_prefix_len },
             deny: v.verdict != VERDICT_ALLOW,
             rule_id: v.rule_id,
+            default: v.flags & F_DEFAULT != 0,
         }
     }
 }
@@ -134,9 +151,10 @@ fn build_trie(
         let k = e.key()?;
         let v = types::policy_entry {
             verdict: if e.deny { VERDICT_DENY } else { VERDICT_ALLOW },
-            flags: 0,
-            _pad: [0; 2],
-            rule_id: e.rule_id,
+            flags: if e.default { F_DEFAULT } else { 0 },
+            r#match: if e.default { crate::MATCH_NONE } else { match_of(&k) },
+            _pad: 0,
+            rule_id: if e.default { 0 } else { e.rule_id },
         };
         let id = (k.prefixlen, k.identity, k.direction, k.protocol, k.dport);
         match trie.get(&id) {
@@ -153,7 +171,13 @@ fn build_trie(
         let k = types::policy_key { prefixlen: PREFIX_ANY_PROTO, identity: 0, direction: dir, protocol: 0, dport: 0 };
         trie.entry((k.prefixlen, 0, dir, 0, 0)).and_modify(|(_, v)| v.flags |= F_UNENFORCED).or_insert((
             k,
-            types::policy_entry { verdict: VERDICT_ALLOW, flags: F_UNENFORCED | F_SYNTHETIC, _pad: [0; 2], rule_id: 0 },
+            types::policy_entry {
+                verdict: VERDICT_ALLOW,
+                flags: F_UNENFORCED | F_SYNTHETIC,
+                r#match: crate::MATCH_ALL,
+                _pad: 0,
+                rule_id: 0,
+            },
         ));
     }
 
@@ -226,7 +250,8 @@ impl Datapath {
     ) -> Result<(), BpfError> {
         let inner = build_trie(endpoint_id, ingress_enforced, egress_enforced, entries)?;
         let fd = trie_fd(&inner)?;
-        self.policy_maps
+        self.maps
+            .policy_maps
             .update(sys::as_bytes(&endpoint_id), sys::as_bytes(&fd), MapFlags::ANY)
             .map_err(map_err("policy_maps", format!("swapping in the policy of endpoint {endpoint_id}")))
         // Dropping `inner` closes our fd; the outer map holds the trie.
@@ -283,14 +308,16 @@ impl Datapath {
             }
             let count =
                 u32::try_from(part.len()).map_err(|_| BpfError::Invalid("too many endpoints in one batch".into()))?;
-            self.policy_maps.update_batch(&keys, &values, count, MapFlags::ANY, MapFlags::ANY).map_err(map_err(
-                "policy_maps",
-                format!(
-                    "swapping in the policies of {} endpoints (first {}) with one batch update",
-                    part.len(),
-                    part[0].0
+            self.maps.policy_maps.update_batch(&keys, &values, count, MapFlags::ANY, MapFlags::ANY).map_err(
+                map_err(
+                    "policy_maps",
+                    format!(
+                        "swapping in the policies of {} endpoints (first {}) with one batch update",
+                        part.len(),
+                        part[0].0
+                    ),
                 ),
-            ))?;
+            )?;
             // Dropping `tries` closes our fds; the outer map holds the tries.
         }
 
@@ -307,6 +334,7 @@ impl Datapath {
         for id in ids {
             // A lookup on the outer map does not wait for a grace period.
             let found = self
+                .maps
                 .policy_maps
                 .lookup(sys::as_bytes(id), MapFlags::ANY)
                 .map_err(map_err("policy_maps", format!("looking up endpoint {id}")))?;
@@ -320,7 +348,7 @@ impl Datapath {
         let keys: Vec<u8> = present.iter().flat_map(|id| id.to_ne_bytes()).collect();
         let count =
             u32::try_from(present.len()).map_err(|_| BpfError::Invalid("too many endpoints in one batch".into()))?;
-        match self.policy_maps.delete_batch(&keys, count, MapFlags::ANY, MapFlags::ANY) {
+        match self.maps.policy_maps.delete_batch(&keys, count, MapFlags::ANY, MapFlags::ANY) {
             Ok(()) => Ok(()),
             // Someone else removed one meanwhile (the batch stops at it):
             // finish one by one, ignoring the absent ones.
@@ -338,7 +366,7 @@ impl Datapath {
     /// Remove the policy of `endpoint_id`: back to "no policy, allow all"
     /// (also what an endpoint's removal should do). Ok if there was none.
     pub fn clear_endpoint_policy(&self, endpoint_id: u32) -> Result<(), BpfError> {
-        match self.policy_maps.delete(sys::as_bytes(&endpoint_id)) {
+        match self.maps.policy_maps.delete(sys::as_bytes(&endpoint_id)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
             Err(source) => Err(BpfError::Map {
@@ -355,6 +383,7 @@ impl Datapath {
         let mut attempt = 0;
         let inner = loop {
             let Some(raw) = self
+                .maps
                 .policy_maps
                 .lookup(sys::as_bytes(&endpoint_id), MapFlags::ANY)
                 .map_err(map_err("policy_maps", format!("looking up endpoint {endpoint_id}")))?
@@ -406,7 +435,7 @@ impl Datapath {
     /// Endpoint ids that have a policy installed, sorted.
     pub fn policy_endpoints(&self) -> Result<Vec<u32>, BpfError> {
         let mut ids =
-            self.policy_maps.keys().map(|k| decode::<u32>("policy_maps", &k)).collect::<Result<Vec<_>, _>>()?;
+            self.maps.policy_maps.keys().map(|k| decode::<u32>("policy_maps", &k)).collect::<Result<Vec<_>, _>>()?;
         ids.sort_unstable();
         Ok(ids)
     }
@@ -417,15 +446,67 @@ impl Datapath {
     pub fn upsert_ipcache(&self, ip: Ipv4Addr, prefix_len: u8, identity: u32) -> Result<(), BpfError> {
         let k = ipcache_key(ip, prefix_len)?;
         let v = types::ipcache_value { identity, flags: 0 };
-        self.ipcache
+        self.maps
+            .ipcache
             .update(sys::as_bytes(&k), sys::as_bytes(&v), MapFlags::ANY)
             .map_err(map_err("ipcache", format!("upserting {ip}/{prefix_len} -> {identity}")))
+    }
+
+    /// The identity the ipcache gives `ip` (longest prefix), if any.
+    pub fn ipcache_lookup(&self, ip: Ipv4Addr) -> Result<Option<u32>, BpfError> {
+        let k = ipcache_key(ip, 32)?;
+        let v = self
+            .maps
+            .ipcache
+            .lookup(sys::as_bytes(&k), MapFlags::ANY)
+            .map_err(map_err("ipcache", format!("looking up {ip}")))?;
+        v.map(|b| decode::<types::ipcache_value>("ipcache", &b).map(|v| v.identity)).transpose()
+    }
+
+    /// Make `policy_cidrs` hold exactly `prefixes` (network, prefix length,
+    /// CIDR identity): the prefixes of every policy CIDR, for the pod-in-CIDR
+    /// step of policy lookups. Adds and changes go in before removals, so a
+    /// lookup never misses a prefix that stays. Returns how many changed.
+    pub fn set_policy_cidrs(&self, prefixes: &[(Ipv4Addr, u8, u32)]) -> Result<usize, BpfError> {
+        let want: BTreeMap<(Ipv4Addr, u8), u32> = prefixes.iter().map(|(ip, l, id)| ((*ip, *l), *id)).collect();
+        let have: BTreeMap<(Ipv4Addr, u8), u32> =
+            self.policy_cidrs()?.into_iter().map(|(ip, l, id)| ((ip, l), id)).collect();
+        let mut changes = 0;
+        for ((ip, len), id) in &want {
+            if have.get(&(*ip, *len)) != Some(id) {
+                let k = ipcache_key(*ip, *len)?;
+                let v = types::ipcache_value { identity: *id, flags: 0 };
+                self.maps
+                    .policy_cidrs
+                    .update(sys::as_bytes(&k), sys::as_bytes(&v), MapFlags::ANY)
+                    .map_err(map_err("policy_cidrs", format!("upserting {ip}/{len} -> {id}")))?;
+                changes += 1;
+            }
+        }
+        for (ip, len) in have.keys() {
+            if !want.contains_key(&(*ip, *len)) {
+                let k = ipcache_key(*ip, *len)?;
+                match self.maps.policy_cidrs.delete(sys::as_bytes(&k)) {
+                    Ok(()) => changes += 1,
+                    Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => {}
+                    Err(source) => {
+                        return Err(BpfError::Map { map: "policy_cidrs", op: format!("deleting {ip}/{len}"), source })
+                    }
+                }
+            }
+        }
+        Ok(changes)
+    }
+
+    /// Every policy CIDR prefix `(network, prefix_len, CIDR identity)`, sorted.
+    pub fn policy_cidrs(&self) -> Result<Vec<(Ipv4Addr, u8, u32)>, BpfError> {
+        lpm_rows(&self.maps.policy_cidrs, "policy_cidrs")
     }
 
     /// Delete the prefix `ip/prefix_len`; false if it was absent.
     pub fn delete_ipcache(&self, ip: Ipv4Addr, prefix_len: u8) -> Result<bool, BpfError> {
         let k = ipcache_key(ip, prefix_len)?;
-        match self.ipcache.delete(sys::as_bytes(&k)) {
+        match self.maps.ipcache.delete(sys::as_bytes(&k)) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(false),
             Err(source) => Err(BpfError::Map { map: "ipcache", op: format!("deleting {ip}/{prefix_len}"), source }),
@@ -434,28 +515,17 @@ impl Datapath {
 
     /// All ipcache prefixes `(network, prefix_len, identity)`, sorted.
     pub fn ipcache(&self) -> Result<Vec<(Ipv4Addr, u8, u32)>, BpfError> {
-        let mut out = Vec::new();
-        for kb in self.ipcache.keys() {
-            let k: types::ipcache_key = decode("ipcache", &kb)?;
-            let Some(vb) =
-                self.ipcache.lookup(&kb, MapFlags::ANY).map_err(map_err("ipcache", format!("reading {k:?}")))?
-            else {
-                continue;
-            };
-            let v: types::ipcache_value = decode("ipcache", &vb)?;
-            out.push((Ipv4Addr::from(k.ip4.to_ne_bytes()), u8::try_from(k.prefixlen).unwrap_or(32), v.identity));
-        }
-        out.sort_unstable();
-        Ok(out)
+        lpm_rows(&self.maps.ipcache, "ipcache")
     }
 
     /// All policy decision counters, summed over CPUs, sorted by
     /// (endpoint, direction, rule, verdict).
     pub fn policy_stats(&self) -> Result<Vec<PolicyStatRow>, BpfError> {
         let mut out = Vec::new();
-        for kb in self.policy_stats.keys() {
+        for kb in self.maps.policy_stats.keys() {
             let k: types::policy_stats_key = decode("policy_stats", &kb)?;
             let Some(per_cpu) = self
+                .maps
                 .policy_stats
                 .lookup_percpu(&kb, MapFlags::ANY)
                 .map_err(map_err("policy_stats", format!("reading {k:?}")))?
@@ -483,13 +553,13 @@ impl Datapath {
 
     /// Delete every policy counter of `endpoint_id` (when the endpoint goes away).
     pub fn delete_policy_stats(&self, endpoint_id: u32) -> Result<(), BpfError> {
-        let keys: Vec<Vec<u8>> = self.policy_stats.keys().collect();
+        let keys: Vec<Vec<u8>> = self.maps.policy_stats.keys().collect();
         for kb in keys {
             let k: types::policy_stats_key = decode("policy_stats", &kb)?;
             if k.endpoint_id != endpoint_id {
                 continue;
             }
-            match self.policy_stats.delete(&kb) {
+            match self.maps.policy_stats.delete(&kb) {
                 Ok(()) => {}
                 Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => {}
                 Err(source) => {
@@ -499,4 +569,19 @@ impl Datapath {
         }
         Ok(())
     }
+}
+
+/// Every entry of an LPM trie of ipcache_key -> ipcache_value, sorted.
+fn lpm_rows(map: &MapHandle, name: &'static str) -> Result<Vec<(Ipv4Addr, u8, u32)>, BpfError> {
+    let mut out = Vec::new();
+    for kb in map.keys() {
+        let k: types::ipcache_key = decode(name, &kb)?;
+        let Some(vb) = map.lookup(&kb, MapFlags::ANY).map_err(map_err(name, format!("reading {k:?}")))? else {
+            continue;
+        };
+        let v: types::ipcache_value = decode(name, &vb)?;
+        out.push((Ipv4Addr::from(k.ip4.to_ne_bytes()), u8::try_from(k.prefixlen).unwrap_or(32), v.identity));
+    }
+    out.sort_unstable();
+    Ok(out)
 }

@@ -1,16 +1,21 @@
 //! The only place with `unsafe`: thin wrappers around libbpf C calls that
-//! libbpf-rs 0.27 does not expose (TCX link creation, pinning a raw link fd,
-//! program load probes), and byte views of the skeleton's plain-old-data types.
+//! libbpf-rs 0.27 does not expose (link creation for TCX, XDP and cgroup
+//! hooks, link program replacement, pinning a raw link fd, object info,
+//! program load probes), and byte views of the skeleton's plain-old-data
+//! types.
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use libbpf_rs::libbpf_sys;
 
 use crate::skel::types;
+use crate::skel_lb::types as lb_types;
+use crate::skel_xdp::types as xdp_types;
 
 /// TCX hook.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +54,87 @@ pub(crate) fn tcx_link_create(prog: BorrowedFd<'_>, ifindex: u32, hook: TcxHook)
     }
     // SAFETY: on success bpf_link_create returns a new fd that we now own.
     Ok(unsafe { OwnedFd::from_raw_fd(ret) })
+}
+
+/// Create a BPF link of `prog` to `target` (an ifindex for XDP, a cgroup fd
+/// for cgroup hooks) with attach type `attach`. Returns the link fd.
+pub(crate) fn link_create(
+    prog: BorrowedFd<'_>,
+    target: i32,
+    attach: libbpf_sys::bpf_attach_type,
+) -> io::Result<OwnedFd> {
+    // SAFETY: plain FFI call; `prog` is valid for the call; NULL opts = defaults.
+    let ret = unsafe { libbpf_sys::bpf_link_create(prog.as_raw_fd(), target, attach, std::ptr::null()) };
+    if ret < 0 {
+        return Err(neg_errno(ret));
+    }
+    // SAFETY: on success bpf_link_create returns a new fd that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(ret) })
+}
+
+/// Replace the program of a live link atomically (BPF_LINK_UPDATE): packets
+/// see the old program or the new one, the hook is never empty.
+pub(crate) fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: plain FFI call on two valid fds; NULL opts = unconditional replace.
+    let ret = unsafe { libbpf_sys::bpf_link_update(link.as_raw_fd(), prog.as_raw_fd(), std::ptr::null()) };
+    if ret < 0 {
+        return Err(neg_errno(ret));
+    }
+    Ok(())
+}
+
+/// What identifies a loaded program's behaviour: its tag (a hash of its
+/// instructions with map references blanked) and the ids of the maps it uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ProgIdentity {
+    pub id: u32,
+    pub tag: [u8; 8],
+    pub map_ids: Vec<u32>,
+}
+
+pub(crate) fn prog_identity(fd: BorrowedFd<'_>) -> io::Result<ProgIdentity> {
+    let mut map_ids = vec![0u32; 64];
+    let mut info =
+        libbpf_sys::bpf_prog_info { nr_map_ids: 64, map_ids: map_ids.as_mut_ptr() as u64, ..Default::default() };
+    let mut len = u32::try_from(std::mem::size_of::<libbpf_sys::bpf_prog_info>())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `info` points at `map_ids` (64 u32s, alive for the call) and
+    // says so in nr_map_ids; every other array pointer is NULL.
+    let ret = unsafe { libbpf_sys::bpf_prog_get_info_by_fd(fd.as_raw_fd(), &mut info, &mut len) };
+    if ret < 0 {
+        return Err(neg_errno(ret));
+    }
+    map_ids.truncate(usize::try_from(info.nr_map_ids.min(64)).unwrap_or(0));
+    map_ids.sort_unstable();
+    Ok(ProgIdentity { id: info.id, tag: info.tag, map_ids })
+}
+
+/// (type, key size, value size, max entries, flags, id) of a map.
+pub(crate) fn map_shape(fd: BorrowedFd<'_>) -> io::Result<(u32, u32, u32, u32, u32, u32)> {
+    let mut info = libbpf_sys::bpf_map_info::default();
+    let mut len = u32::try_from(std::mem::size_of::<libbpf_sys::bpf_map_info>())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `info` is a zeroed bpf_map_info of `len` bytes.
+    let ret = unsafe { libbpf_sys::bpf_map_get_info_by_fd(fd.as_raw_fd(), &mut info, &mut len) };
+    if ret < 0 {
+        return Err(neg_errno(ret));
+    }
+    Ok((info.type_, info.key_size, info.value_size, info.max_entries, info.map_flags, info.id))
+}
+
+/// The pin path libbpf chose for a map of an opened object (None: not pinned).
+pub(crate) fn open_map_pin_path(map: &libbpf_rs::OpenMap<'_>) -> Option<std::path::PathBuf> {
+    use libbpf_rs::AsRawLibbpf;
+    let ptr = map.as_libbpf_object();
+    // SAFETY: `ptr` is a valid bpf_map of an open object for the borrow of
+    // `map`; libbpf returns NULL or a NUL-terminated string it owns.
+    let path = unsafe { libbpf_sys::bpf_map__pin_path(ptr.as_ptr()) };
+    if path.is_null() {
+        return None;
+    }
+    // SAFETY: non-NULL, NUL-terminated, owned by libbpf while `map` lives.
+    let c = unsafe { std::ffi::CStr::from_ptr(path) };
+    Some(std::path::PathBuf::from(std::ffi::OsStr::from_bytes(c.to_bytes())))
 }
 
 /// Pin any BPF object fd at `path` (on bpffs).
@@ -253,21 +339,48 @@ unsafe impl Pod for types::policy_stats_key {}
 unsafe impl Pod for types::ct4_key {}
 // SAFETY: as above.
 unsafe impl Pod for types::ct4_entry {}
+// SAFETY: as above.
+unsafe impl Pod for types::event {}
+// SAFETY: as above.
+unsafe impl Pod for types::abi_meta {}
+// SAFETY: as above.
+unsafe impl Pod for lb_types::lb4_key {}
+// SAFETY: as above.
+unsafe impl Pod for lb_types::lb4_service {}
+// SAFETY: as above.
+unsafe impl Pod for lb_types::lb4_backend {}
+// SAFETY: as above.
+unsafe impl Pod for lb_types::lb4_reverse_nat {}
+// SAFETY: as above.
+unsafe impl Pod for xdp_types::prefilter_value {}
+// SAFETY: as above.
+unsafe impl Pod for xdp_types::ipcache_key {}
 // SAFETY: a u32 is plain data.
 unsafe impl Pod for u32 {}
+// SAFETY: a u16 is plain data.
+unsafe impl Pod for u16 {}
+// SAFETY: a u64 is plain data.
+unsafe impl Pod for u64 {}
 
 const _: () = {
     use std::mem::size_of;
     assert!(size_of::<types::endpoint_key>() == 4);
     assert!(size_of::<types::endpoint_info>() == 4 * 4 + 6 + 6);
-    assert!(size_of::<types::node_config>() == 10 * 4);
+    assert!(size_of::<types::node_config>() == 10 * 4 + 1 + 1 + 2 + 3 * 4);
     assert!(size_of::<types::ipcache_key>() == 4 + 4);
     assert!(size_of::<types::ipcache_value>() == 4 + 4);
     assert!(size_of::<types::policy_key>() == 4 + 4 + 1 + 1 + 2);
-    assert!(size_of::<types::policy_entry>() == 1 + 1 + 2 + 4);
+    assert!(size_of::<types::policy_entry>() == 1 + 1 + 1 + 1 + 4);
     assert!(size_of::<types::policy_stats_key>() == 4 + 4 + 1 + 1 + 2);
     assert!(size_of::<types::ct4_key>() == 4 + 4 + 2 + 2 + 1 + 3);
-    assert!(size_of::<types::ct4_entry>() == 6 * 8 + 4 * 4);
+    assert!(size_of::<types::ct4_entry>() == 6 * 8 + 7 * 4 + 1 + 1 + 2);
+    assert!(size_of::<types::event>() == 8 + 8 + 4 + 9 * 4);
+    assert!(size_of::<types::abi_meta>() == 8);
+    assert!(size_of::<lb_types::lb4_key>() == 4 + 2 + 2 + 1 + 3);
+    assert!(size_of::<lb_types::lb4_service>() == 4 + 2 + 2 + 4);
+    assert!(size_of::<lb_types::lb4_backend>() == 4 + 2 + 1 + 1);
+    assert!(size_of::<lb_types::lb4_reverse_nat>() == 4 + 2 + 2);
+    assert!(size_of::<xdp_types::prefilter_value>() == 16);
     assert!(size_of::<types::metrics_key>() == 4 + 1 + 1 + 2);
     assert!(size_of::<types::metrics_value>() == 8 + 8);
 };

@@ -140,6 +140,7 @@ fn allow(identity: u32, direction: u8, protocol: u8, port: u16, rule_id: u32) ->
         port_prefix_len: if protocol == 0 || port == 0 { 0 } else { 16 },
         deny: false,
         rule_id,
+        default: false,
     }
 }
 
@@ -319,6 +320,7 @@ fn deny_precedence_port_blocks_and_wildcard_identity() {
         port_prefix_len: 12,
         deny: deny_it,
         rule_id,
+        default: false,
     };
     let entries = [
         block(0, false, 21),
@@ -333,6 +335,7 @@ fn deny_precedence_port_blocks_and_wildcard_identity() {
             port_prefix_len: 0,
             deny: true,
             rule_id: 25,
+            default: false,
         },
         allow(ID_A, POLICY_INGRESS, UDP, 53, 26),
     ];
@@ -514,6 +517,7 @@ fn ten_thousand_entries_load_and_decide_right() {
             port_prefix_len: 12,
             deny: i % 3 == 0,
             rule_id: 1000 + i,
+            default: false,
         })
         .collect();
     entries.push(allow(ID_A, POLICY_INGRESS, TCP, 443, 7));
@@ -570,8 +574,16 @@ fn policy_api_validation_and_roundtrips() {
         Some((false, true, vec![deny(5, 0, TCP, 80, 2), allow(6, 1, UDP, 53, 3)]))
     );
     // A rule on the very key of the non-enforced default keeps its verdict.
-    let any_any =
-        PolicyMapEntry { identity: 0, direction: 0, protocol: 0, port: 0, port_prefix_len: 0, deny: true, rule_id: 77 };
+    let any_any = PolicyMapEntry {
+        identity: 0,
+        direction: 0,
+        protocol: 0,
+        port: 0,
+        port_prefix_len: 0,
+        deny: true,
+        rule_id: 77,
+        default: false,
+    };
     dp.set_endpoint_policy(9, false, false, &[any_any]).expect("policy");
     assert_eq!(dp.endpoint_policy(9).expect("dump"), Some((false, false, vec![any_any])));
     dp.set_endpoint_policy(9, false, false, &[]).expect("allow-all policy");

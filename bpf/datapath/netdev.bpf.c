@@ -1,0 +1,106 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * Programs on the node's uplink (the interface towards other nodes and the
+ * world), attached at tc ingress and egress of that device.
+ *
+ *   from_netdev  ingress  IPv4 for a local pod from outside the node (other
+ *                         nodes' pods in a natively routed cluster, anything
+ *                         not masqueraded): the pod's ingress policy and
+ *                         conntrack run here and the packet goes straight
+ *                         into the pod (bpf_redirect_peer), skipping the
+ *                         node's routing. Everything else goes on to the
+ *                         stack (observed as from-network).
+ *   to_netdev    egress   observes what leaves the node (to-network); pod
+ *                         traffic that leaves unmasqueraded is attributed to
+ *                         its endpoint.
+ */
+#include "lib/common.h"
+#include "lib/config.h"
+#include "lib/ctx.h"
+#include "lib/endpoint.h"
+#include "lib/ipcache.h"
+#include "lib/ipv4.h"
+#include "lib/l4.h"
+#include "lib/conntrack.h"
+#include "lib/policy.h"
+#include "lib/verdict.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+SEC("tc")
+int from_netdev(struct __sk_buff *skb)
+{
+	struct pkt_ctx c = {};
+	struct endpoint_info *dst;
+	struct ct4_entry *ct;
+	struct ethhdr *eth;
+	struct iphdr *ip4;
+	int reason;
+
+	if (skb->protocol != bpf_htons(ETH_P_IP))
+		return TC_ACT_OK;
+	if (skb_ensure_linear(skb, ETH_HLEN + sizeof(struct iphdr)))
+		return TC_ACT_OK;
+	eth = skb_ptr(skb, 0, ETH_HLEN);
+	ip4 = skb_ptr(skb, ETH_HLEN, sizeof(*ip4));
+	if (!eth || !ip4)
+		return TC_ACT_OK;
+	ctx_init(&c, skb, METRIC_DIR_INGRESS);
+	if (!ipv4_hdr_valid(ip4, c.len))
+		return ctx_pass(&c, TRACE_FROM_NETWORK); /* the stack counts its own errors */
+
+	dst = endpoint_lookup4(ip4->daddr);
+	if (!dst || (dst->flags & EP_F_HOST) || endpoint_lookup4(ip4->saddr)) {
+		c.src_id = identity_of4(NULL, ip4->saddr, c.cfg);
+		c.dst_id = identity_of4(dst, ip4->daddr, c.cfg);
+		return ctx_pass(&c, TRACE_FROM_NETWORK);
+	}
+	c.ep_id = dst->endpoint_id;
+	c.dst_id = endpoint_identity(dst);
+	c.src_id = identity_of4(NULL, ip4->saddr, c.cfg);
+	if (flow4_parse(skb, ip4, &c.f))
+		return ctx_drop(&c, DROP_INVALID);
+
+	ct = ctx_ct(&c);
+	if (c.ct_status != CT_REPLY && c.ct_status != CT_RELATED) {
+		reason = ctx_policy(&c, dst->endpoint_id, c.src_id, ip4->saddr, METRIC_DIR_INGRESS);
+		if (reason)
+			return ctx_drop(&c, reason);
+		ctx_ct_commit(&c, ct, 0, c.rule_id);
+	}
+	if (ip4->ttl <= 1)
+		return ctx_to_stack(&c); /* the stack sends time exceeded */
+	ipv4_dec_ttl(ip4);
+	mac_copy(eth->h_dest, dst->mac);
+	mac_copy(eth->h_source, dst->host_mac);
+	c.ep_id = 0; /* the sender is not a local endpoint */
+	return ctx_redirect_peer(&c, dst);
+}
+
+SEC("tc")
+int to_netdev(struct __sk_buff *skb)
+{
+	struct pkt_ctx c = {};
+	struct endpoint_info *src;
+	struct iphdr *ip4;
+
+	if (skb->protocol != bpf_htons(ETH_P_IP))
+		return TC_ACT_OK;
+	if (skb_ensure_linear(skb, ETH_HLEN + sizeof(struct iphdr)))
+		return TC_ACT_OK;
+	ip4 = skb_ptr(skb, ETH_HLEN, sizeof(*ip4));
+	if (!ip4)
+		return TC_ACT_OK;
+	ctx_init(&c, skb, METRIC_DIR_EGRESS);
+	src = endpoint_lookup4(ip4->saddr);
+	if (src && !(src->flags & EP_F_HOST)) {
+		c.ep_id = src->endpoint_id;
+		if (ipv4_hdr_valid(ip4, c.len))
+			flow4_parse(skb, ip4, &c.f);
+	} else if (c.agg != MONITOR_AGG_NONE) {
+		return TC_ACT_OK; /* the node's own traffic: only when everything is wanted */
+	}
+	c.src_id = identity_of4(src, ip4->saddr, c.cfg);
+	c.dst_id = identity_of4(NULL, ip4->daddr, c.cfg);
+	return ctx_pass(&c, TRACE_TO_NETWORK);
+}

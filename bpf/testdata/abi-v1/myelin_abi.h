@@ -1,0 +1,295 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Myelin datapath ABI: the single definition of every map key/value and
+ * constant shared between the eBPF programs and user space. Rust gets these
+ * types from the libbpf-cargo skeleton (never a hand-copied mirror).
+ *
+ * Byte order: every IPv4 address field is in network byte order, exactly as
+ * it appears in the packet. Ports likewise.
+ */
+#ifndef MYELIN_ABI_H
+#define MYELIN_ABI_H
+
+#include "myelin/types.h"
+
+#define MYELIN_MAX_ENDPOINTS   65535
+#define MYELIN_MAX_METRICS     65536
+
+/* endpoint_info.flags */
+#define EP_F_HOST              (1u << 0)  /* reserved: the node itself */
+
+/* Key of the `endpoints` map: a local pod address. */
+struct endpoint_key {
+	__u32 ip4;                 /* network byte order */
+};
+
+/* Value of the `endpoints` map: how to deliver to a local pod. */
+struct endpoint_info {
+	__u32 ifindex;             /* host-side veth ifindex (in the node netns) */
+	__u32 endpoint_id;         /* agent-assigned, stable for the endpoint's life */
+	__u32 identity;            /* security identity (policy issue); 0 = unknown */
+	__u32 flags;               /* EP_F_* */
+	__u8  mac[6];              /* pod-side interface MAC */
+	__u8  host_mac[6];         /* host-side veth MAC: the pod's gateway MAC */
+};
+
+/* node_config.flags. Every flag is chosen so that 0 (a fresh, all-zero
+ * node_config) means the default. */
+enum node_flags {
+	NODE_F_NO_ALLOW_LOCALHOST = 1 << 0, /* do NOT let identity host (the node)
+					     * through a pod's ingress policy */
+};
+
+/* Single-entry array `node_config`, written by the agent at start. */
+struct node_config {
+	__u32 node_ip4;            /* the node's primary (uplink) address */
+	__u32 gateway_ip4;         /* the pods' default gateway address */
+	__u32 pod_cidr4;           /* this node's pod CIDR, network address */
+	__u32 pod_cidr4_mask;      /* netmask of pod_cidr4 */
+	__u32 flags;               /* NODE_F_* */
+	__u32 _pad;
+	/* Connection-tracking lifetimes in seconds; 0 = the default
+	 * (CT_DEFAULT_*). Refreshed by every packet of the connection. */
+	__u32 ct_tcp_syn_s;        /* TCP before the handshake completed */
+	__u32 ct_tcp_established_s;/* TCP established */
+	__u32 ct_tcp_closing_s;    /* TCP after FIN both ways or RST */
+	__u32 ct_other_s;          /* UDP, ICMP, everything else */
+};
+
+enum ct_default_timeout {
+	CT_DEFAULT_TCP_SYN_S         = 60,
+	CT_DEFAULT_TCP_ESTABLISHED_S = 21600,
+	CT_DEFAULT_TCP_CLOSING_S     = 10,
+	CT_DEFAULT_OTHER_S           = 60,
+};
+
+/* Direction of traffic, from the endpoint's point of view. */
+enum metric_dir {
+	METRIC_DIR_INGRESS = 0,    /* towards the endpoint */
+	METRIC_DIR_EGRESS  = 1,    /* sent by the endpoint */
+};
+
+/*
+ * Reasons. Values below 128 are forwarding outcomes; 130 and above are drop
+ * reasons with Cilium's stable numbers, so tools that decode one decode both.
+ */
+enum myelin_reason {
+	REASON_FORWARDED        = 0,   /* redirected by eBPF straight to its target */
+	REASON_TO_STACK         = 1,   /* handed to the node's kernel stack */
+	REASON_ARP_REPLY        = 2,   /* ARP request answered by the datapath */
+	REASON_FROM_STACK       = 3,   /* delivered to the endpoint from the stack */
+
+	DROP_INVALID_SMAC       = 130,
+	DROP_INVALID_DMAC       = 131,
+	DROP_INVALID_SIP        = 132, /* source address not the endpoint's own */
+	DROP_POLICY             = 133, /* policy denied */
+	DROP_INVALID            = 134, /* invalid packet */
+	DROP_UNSUPPORTED_L3     = 139,
+	DROP_FIB_LOOKUP_FAILED  = 169,
+	DROP_UNKNOWN_SENDER     = 172,
+	DROP_POLICY_DENY        = 181, /* policy denied by an explicit deny rule */
+};
+
+/* Key of the per-CPU `metrics` hash: per endpoint, direction and reason. */
+struct metrics_key {
+	__u32 endpoint_id;
+	__u8  direction;           /* enum metric_dir */
+	__u8  reason;              /* enum myelin_reason */
+	__u16 _pad;
+};
+
+struct metrics_value {
+	__u64 packets;
+	__u64 bytes;
+};
+
+/* ------------------------------------------------------------------------
+ * Identities
+ * ------------------------------------------------------------------------ */
+
+/* Reserved security identities (Cilium's numbers). */
+enum reserved_identity {
+	IDENTITY_UNKNOWN = 0,      /* also the wildcard "any peer" in policy keys */
+	IDENTITY_HOST    = 1,      /* the node itself */
+	IDENTITY_WORLD   = 2,      /* anything outside the cluster not in ipcache */
+};
+
+#define MYELIN_MAX_IPCACHE 262144
+
+/* Key of the `ipcache` LPM trie: an IPv4 prefix. prefixlen counts bits of
+ * ip4 (0..=32). */
+struct ipcache_key {
+	__u32 prefixlen;
+	__u32 ip4;                 /* network byte order */
+};
+
+struct ipcache_value {
+	__u32 identity;            /* security identity of the prefix */
+	__u32 flags;               /* reserved, 0 */
+};
+
+/* ------------------------------------------------------------------------
+ * Policy
+ *
+ * `policy_maps` (HASH_OF_MAPS, pinned) maps endpoint_id -> an inner LPM trie
+ * of policy_key -> policy_entry holding the WHOLE policy of that endpoint,
+ * both directions. User space replaces an endpoint's policy by building a
+ * new inner trie and swapping it in with one update of the outer map, so a
+ * packet sees the old policy or the new one, never a mix. Many endpoints
+ * change together through ONE BPF_MAP_UPDATE_BATCH of the outer map (each
+ * slot still swapped atomically): the kernel makes every map-in-map write
+ * from user space wait for an RCU grace period, once per syscall, so a
+ * change touching N endpoints costs one grace period, not N. An endpoint absent
+ * from `policy_maps` has no policy: everything is allowed (and not counted
+ * in policy_stats).
+ *
+ * Lookup for a packet (peer identity P, direction D, protocol, port):
+ *   1. key {P, D, proto, port} with prefixlen 64 (full);
+ *   2. if nothing matched: the same key with identity 0 ("any peer");
+ *   3. if nothing matched: deny (DROP_POLICY, 133).
+ *   A matching entry decides: ALLOW, or DENY (DROP_POLICY_DENY, 181).
+ *
+ * Enforcement: a direction that is NOT enforced holds the entry
+ *   {identity 0, direction D, prefixlen 40} (any peer, any protocol) = ALLOW
+ *   with flags POLICY_F_UNENFORCED(|POLICY_F_SYNTHETIC), written by user space
+ *   in the same inner trie as the rules. It is the least specific key of
+ *   lookup 2, so it only decides when no rule matched: "no match -> allow".
+ *   In an enforced direction there is no such entry (unless a rule itself is
+ *   "any peer, any protocol"), so no match -> default deny. Enforcement thus
+ *   swaps atomically with the rules and costs no extra lookup: at most two
+ *   LPM lookups per direction and packet, whatever the number of rules.
+ *   If a rule occupies that very key, the rule's verdict and rule_id are
+ *   kept and only POLICY_F_UNENFORCED is added (the result is identical:
+ *   the rule would have matched before the default applied).
+ *
+ * Key layout; the LPM prefix runs over the bytes after prefixlen:
+ *   identity  32 bits, always fully specified (host byte order: entries
+ *             never split it, so byte order does not matter);
+ *   direction  8 bits, always specified (enum metric_dir: 0 ingress,
+ *             1 egress, from the endpoint's point of view);
+ *   protocol   8 bits (IPPROTO_*); omitted (prefixlen 40) = any protocol,
+ *             then the port is omitted too;
+ *   dport     16 bits, NETWORK byte order so that a prefix of k bits is the
+ *             aligned block of 2^(16-k) ports; prefixlen = 48 + k.
+ *             ICMP (protocol 1) has no ports: its "port" is the ICMP TYPE,
+ *             as a 16-bit number (echo request = 8 -> dport htons(8)).
+ *             Other port-less protocols use port 0.
+ * ------------------------------------------------------------------------ */
+
+enum policy_prefix {
+	POLICY_PREFIX_ANY_PROTO = 40,  /* identity + direction */
+	POLICY_PREFIX_ANY_PORT  = 48,  /* + protocol */
+	POLICY_PREFIX_FULL      = 64,  /* + 16 bits of port */
+};
+
+#define MYELIN_MAX_POLICY_ENTRIES 65536 /* per endpoint (template size) */
+#define MYELIN_MAX_POLICY_STATS   65536
+
+struct policy_key {
+	__u32 prefixlen;
+	__u32 identity;            /* peer identity; 0 = any peer */
+	__u8  direction;           /* enum metric_dir */
+	__u8  protocol;            /* IPPROTO_*; ignored when prefixlen <= 40 */
+	__be16 dport;              /* network order; ICMP: the type */
+};
+
+enum policy_verdict {
+	POLICY_VERDICT_ALLOW        = 1,
+	POLICY_VERDICT_DENY         = 2,
+	/* Only in policy_stats: no entry matched in an enforced direction. */
+	POLICY_VERDICT_DEFAULT_DENY = 3,
+};
+
+/* policy_entry.flags: bookkeeping of user space; the datapath ignores them. */
+enum policy_entry_flags {
+	POLICY_F_UNENFORCED = 1 << 0, /* the default allow of a non-enforced direction */
+	POLICY_F_SYNTHETIC  = 1 << 1, /* written only for that default: not a rule */
+};
+
+struct policy_entry {
+	__u8  verdict;             /* enum policy_verdict: ALLOW or DENY */
+	__u8  flags;               /* POLICY_F_* */
+	__u8  _pad[2];
+	__u32 rule_id;             /* the agent's id of the deciding rule; 0 = none */
+};
+
+/* Key of the per-CPU `policy_stats` hash: which rule decided what. */
+struct policy_stats_key {
+	__u32 endpoint_id;
+	__u32 rule_id;             /* 0 for DEFAULT_DENY and for non-enforced allows */
+	__u8  direction;           /* enum metric_dir, from endpoint_id's view */
+	__u8  verdict;             /* enum policy_verdict */
+	__u16 _pad;
+};
+
+/* Value of policy_stats: struct metrics_value (packets, bytes). */
+
+/* ------------------------------------------------------------------------
+ * Connection tracking
+ *
+ * `ct4` (LRU_HASH, pinned): one entry per connection, keyed by the tuple of
+ * its FIRST packet (the original direction). A packet whose tuple is the
+ * reverse of an entry is a reply and passes without policy; a packet in the
+ * original direction re-runs policy every time (revoking a rule cuts
+ * established connections). ICMP echo uses the echo identifier as both
+ * ports; other ICMP messages and port-less protocols use 0; non-first
+ * fragments get the ports of their first fragment (`frag4`). ICMP errors
+ * (dest unreachable, time exceeded, parameter problem) whose embedded
+ * tuple belongs to a tracked connection (either direction) pass as related.
+ * ------------------------------------------------------------------------ */
+
+#define MYELIN_MAX_CT4   131072
+#define MYELIN_MAX_FRAG4 8192
+
+/* `frag4` (LRU_HASH): the ports of fragmented IPv4 datagrams. The first
+ * fragment records them; later fragments (no L4 header) take them from here,
+ * so policy and CT see every fragment with the datagram's real ports.
+ * Fragments arriving before their first fragment are seen with ports 0. */
+struct frag4_key {
+	__u32 saddr;
+	__u32 daddr;
+	__be16 id;                 /* IPv4 identification */
+	__u8  protocol;
+	__u8  _pad;
+};
+
+struct frag4_ports {
+	__be16 sport;              /* as in ct4_key */
+	__be16 dport;
+	__be16 policy_port;        /* as looked up in policy (ICMP: the type) */
+	__u16 _pad;
+};
+
+struct ct4_key {
+	__u32 saddr;               /* network order */
+	__u32 daddr;
+	__be16 sport;              /* network order; ICMP echo: the identifier */
+	__be16 dport;
+	__u8  protocol;
+	__u8  _pad[3];
+};
+
+/* ct4_entry.flags */
+enum ct_flags {
+	CT_F_SYN_SEEN    = 1 << 0, /* TCP SYN seen in the original direction */
+	CT_F_ESTABLISHED = 1 << 1, /* TCP: a non-SYN packet seen (handshake done) */
+	CT_F_REPLY_SEEN  = 1 << 2, /* any packet seen in the reply direction */
+	CT_F_FIN_FWD     = 1 << 3, /* FIN seen in the original direction */
+	CT_F_FIN_REV     = 1 << 4, /* FIN seen in the reply direction */
+	CT_F_RST         = 1 << 5, /* RST seen (either direction) */
+};
+
+struct ct4_entry {
+	__u64 expires_ns;          /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) deadline */
+	__u64 created_ns;          /* bpf_ktime_get_ns() at creation */
+	__u64 fwd_packets;         /* original direction */
+	__u64 fwd_bytes;
+	__u64 rev_packets;         /* reply direction */
+	__u64 rev_bytes;
+	__u32 egress_rule_id;      /* rule that allowed the sender's egress (0: none/no policy) */
+	__u32 ingress_rule_id;     /* rule that allowed the receiver's ingress */
+	__u32 flags;               /* CT_F_* */
+	__u32 _pad;
+};
+
+#endif /* MYELIN_ABI_H */

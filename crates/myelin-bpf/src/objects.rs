@@ -1,0 +1,159 @@
+//! The eBPF objects Myelin loads, and where each of their programs attaches.
+//!
+//! One object per attach point, each compiled by build.rs from
+//! `bpf/datapath/<name>.bpf.c` (with its own skeleton for the types). Maps
+//! are shared between objects by pinning: two objects that declare the same
+//! map (through the same `lib/*.h`) use one map in the node's pin directory.
+//!
+//! | object   | program            | hook                                  | needs (probe)     |
+//! |----------|--------------------|---------------------------------------|-------------------|
+//! | lxc      | from_container     | tc ingress of each pod's host veth    | tcx or tc         |
+//! |          | to_container       | tc egress of each pod's host veth     |                   |
+//! | netdev   | from_netdev        | tc ingress of the node's uplink       | tcx or tc         |
+//! |          | to_netdev          | tc egress of the node's uplink        |                   |
+//! | xdp      | prefilter          | XDP on the node's uplink              | xdp               |
+//! | sock     | sock4_connect, ... | cgroup sock_addr hooks of the pods' cgroup | cgroup_sock_addr |
+
+/// Direction of a tc hook.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TcDir {
+    /// Packets arriving on the device.
+    Ingress,
+    /// Packets leaving through the device.
+    Egress,
+}
+
+/// A cgroup sock_addr hook.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CgroupHook {
+    /// `connect()` of IPv4 sockets.
+    Connect4,
+    /// `sendmsg()`/`sendto()` of unconnected IPv4 UDP sockets.
+    Sendmsg4,
+    /// `recvmsg()` of IPv4 UDP sockets.
+    Recvmsg4,
+    /// `getpeername()` of IPv4 sockets.
+    Getpeername4,
+}
+
+/// Where a program attaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Hook {
+    /// tc on the host side of a pod's veth.
+    PodVeth(TcDir),
+    /// tc on the node's uplink.
+    Uplink(TcDir),
+    /// XDP on the node's uplink.
+    UplinkXdp,
+    /// A cgroup hook on the cgroup holding the node's pods.
+    Cgroup(CgroupHook),
+}
+
+/// One program of an object.
+#[derive(Debug)]
+pub struct ProgramSpec {
+    /// The C function name (also the program's name in the kernel).
+    pub name: &'static str,
+    /// Where it attaches.
+    pub hook: Hook,
+}
+
+/// One eBPF object: its ELF bytes and its programs.
+pub struct ObjectSpec {
+    /// Short name (`lxc`, `netdev`, `xdp`, `sock`).
+    pub name: &'static str,
+    pub(crate) bytes: &'static [u8],
+    /// Its programs.
+    pub programs: &'static [ProgramSpec],
+    /// Feature probes (see [`crate::probe_features`]) of which at least one
+    /// must be available for the object to load.
+    pub requires_any: &'static [&'static str],
+}
+
+impl std::fmt::Debug for ObjectSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectSpec").field("name", &self.name).field("programs", &self.programs).finish_non_exhaustive()
+    }
+}
+
+/// ELF bytes aligned for libelf (include_bytes! gives no alignment).
+#[repr(C, align(8))]
+pub(crate) struct Aligned<B: ?Sized>(pub(crate) B);
+
+macro_rules! object_bytes {
+    ($name:literal) => {{
+        static BYTES: &$crate::objects::Aligned<[u8]> =
+            &$crate::objects::Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/", $name, ".bpf.o")));
+        &BYTES.0
+    }};
+}
+
+/// The pod veth programs.
+pub static LXC: ObjectSpec = ObjectSpec {
+    name: "lxc",
+    bytes: object_bytes!("lxc"),
+    programs: &[
+        ProgramSpec { name: "from_container", hook: Hook::PodVeth(TcDir::Ingress) },
+        ProgramSpec { name: "to_container", hook: Hook::PodVeth(TcDir::Egress) },
+    ],
+    requires_any: &["tcx", "tc"],
+};
+
+/// The uplink tc programs.
+pub static NETDEV: ObjectSpec = ObjectSpec {
+    name: "netdev",
+    bytes: object_bytes!("netdev"),
+    programs: &[
+        ProgramSpec { name: "from_netdev", hook: Hook::Uplink(TcDir::Ingress) },
+        ProgramSpec { name: "to_netdev", hook: Hook::Uplink(TcDir::Egress) },
+    ],
+    requires_any: &["tcx", "tc"],
+};
+
+/// The uplink XDP prefilter.
+pub static XDP: ObjectSpec = ObjectSpec {
+    name: "xdp",
+    bytes: object_bytes!("xdp"),
+    programs: &[ProgramSpec { name: "prefilter", hook: Hook::UplinkXdp }],
+    requires_any: &["xdp"],
+};
+
+/// Socket-level load balancing.
+pub static SOCK: ObjectSpec = ObjectSpec {
+    name: "sock",
+    bytes: object_bytes!("sock"),
+    programs: &[
+        ProgramSpec { name: "sock4_connect", hook: Hook::Cgroup(CgroupHook::Connect4) },
+        ProgramSpec { name: "sock4_sendmsg", hook: Hook::Cgroup(CgroupHook::Sendmsg4) },
+        ProgramSpec { name: "sock4_recvmsg", hook: Hook::Cgroup(CgroupHook::Recvmsg4) },
+        ProgramSpec { name: "sock4_getpeername", hook: Hook::Cgroup(CgroupHook::Getpeername4) },
+    ],
+    requires_any: &["cgroup_sock_addr"],
+};
+
+/// Every object, in load order (lxc first: it creates the shared maps).
+pub static ALL: [&ObjectSpec; 4] = [&LXC, &NETDEV, &XDP, &SOCK];
+
+/// The program attached at `hook`, and the object that holds it.
+#[must_use]
+pub fn program_for(hook: Hook) -> Option<(&'static ObjectSpec, &'static ProgramSpec)> {
+    ALL.iter().find_map(|o| o.programs.iter().find(|p| p.hook == hook).map(|p| (*o, p)))
+}
+
+#[doc(hidden)]
+pub mod testing {
+    //! Objects that exist only for tests.
+    use super::{Hook, ObjectSpec, ProgramSpec, TcDir};
+
+    /// The ABI v1 datapath (bpf/testdata/abi-v1): what an agent of the
+    /// first release left pinned, for upgrade tests.
+    pub static LXC_ABI_V1: ObjectSpec = ObjectSpec {
+        name: "lxc_v1",
+        bytes: object_bytes!("lxc_v1"),
+        programs: &[
+            ProgramSpec { name: "from_container", hook: Hook::PodVeth(TcDir::Ingress) },
+            ProgramSpec { name: "to_container", hook: Hook::PodVeth(TcDir::Egress) },
+        ],
+        requires_any: &["tcx"],
+    };
+}
