@@ -1,0 +1,144 @@
+//! Pods: their namespaces and cgroups, plumbed and unplumbed by driving the
+//! real CNI plugin as a container runtime would; their labels and named ports.
+
+use crate::error::{io, LabError, Result};
+use crate::lab::Lab;
+use crate::naming;
+use crate::plan::{NodeInfo, PodInfo};
+use crate::sys;
+use myelin_api::{Client, Endpoint, LabelsUpdate};
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+impl Lab {
+    /// Create the namespaces of the planned pods and plumb each through the CNI plugin.
+    pub(crate) fn build_pods(&mut self) -> Result<()> {
+        let s = self.state.clone();
+        if !s.pods.is_empty() {
+            self.say(&format!("creating {} pod(s) through myelin-cni", s.pods.len()));
+            let adds: Vec<String> = s.pods.iter().map(|p| format!("netns add {}", p.netns)).collect();
+            self.ip_batch_root("creating pod network namespaces", &adds)?;
+            for i in 0..s.pods.len() {
+                self.build_pod(i)?;
+                let p = &self.state.pods[i];
+                self.say(&format!("pod {}/{} on {}: {}", p.namespace, p.name, p.node, p.ip.as_deref().unwrap_or("?")));
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn build_pod(&mut self, i: usize) -> Result<()> {
+        let p = self.state.pods[i].clone();
+        let node = self.node(&p.node)?;
+        sys::ip_batch(&format!("pod {}/{}", p.namespace, p.name), Some(&p.netns), &["link set lo up".to_owned()])?;
+        if let Some(cg) = &p.cgroup_dir {
+            std::fs::create_dir_all(cg).map_err(io("creating pod cgroup", cg))?;
+        }
+        let out = self.run_cni("ADD", &p, &node)?;
+        let result: serde_json::Value = serde_json::from_slice(&out).map_err(|e| LabError::Cni {
+            command: "ADD".into(),
+            pod: format!("{}/{}", p.namespace, p.name),
+            message: format!("result is not JSON ({e}): {}", String::from_utf8_lossy(&out)),
+        })?;
+        let ip = result
+            .pointer("/ips/0/address")
+            .and_then(serde_json::Value::as_str)
+            .and_then(|a| a.split('/').next())
+            .ok_or_else(|| LabError::Cni {
+                command: "ADD".into(),
+                pod: format!("{}/{}", p.namespace, p.name),
+                message: format!("result has no ips[0].address: {result}"),
+            })?
+            .to_owned();
+        self.state.pods[i].ip = Some(ip);
+        let client = Client::new(&node.agent_socket);
+        let api = |what: String| {
+            let socket = node.agent_socket.clone();
+            move |source| LabError::Api { what, socket, source }
+        };
+        let ep: Endpoint = client
+            .get(&format!("/v1/endpoints/by-container/{}/eth0", p.container_id))
+            .map_err(api(format!("looking up the endpoint of pod {}/{}", p.namespace, p.name)))?;
+        self.state.pods[i].endpoint_id = Some(ep.id);
+        self.save()?;
+        let update = LabelsUpdate { labels: p.labels.clone(), ports: Some(p.ports.clone()) };
+        let _: Endpoint = client
+            .put(&format!("/v1/endpoints/{}/labels", ep.id), &update)
+            .map_err(api(format!("setting labels of pod {}/{} (endpoint {})", p.namespace, p.name, ep.id)))?;
+        Ok(())
+    }
+
+    pub(crate) fn run_cni(&self, command: &str, p: &PodInfo, node: &NodeInfo) -> Result<Vec<u8>> {
+        let cni = sys::find_binary("myelin-cni", self.bin_dir.as_deref())?;
+        let cni_dir = cni.parent().map(Path::to_path_buf).unwrap_or_default();
+        let pod = format!("{}/{}", p.namespace, p.name);
+        let conf = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "myelin",
+            "type": "myelin-cni",
+            "agentSocket": node.agent_socket,
+        });
+        let fail = |message: String| LabError::Cni { command: command.to_owned(), pod: pod.clone(), message };
+        let mut child = Command::new(&cni)
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", &p.container_id)
+            .env("CNI_NETNS", &p.netns_path)
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", &cni_dir)
+            .env("CNI_ARGS", format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={}", p.namespace, p.name))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| fail(format!("cannot run {}: {e}", cni.display())))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(conf.to_string().as_bytes()).map_err(|e| fail(format!("writing the config: {e}")))?;
+        }
+        let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
+        if out.status.success() {
+            Ok(out.stdout)
+        } else {
+            // CNI errors are JSON on stdout: {"code", "msg", "details"}.
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let msg = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                .ok()
+                .and_then(|v| {
+                    let msg = v.get("msg")?.as_str()?.to_owned();
+                    let details = v.get("details").and_then(serde_json::Value::as_str).unwrap_or("");
+                    Some(if details.is_empty() { msg } else { format!("{msg}: {details}") })
+                })
+                .unwrap_or_else(|| stdout.trim().to_owned());
+            Err(fail(format!("{} ({}) {}", msg, out.status, String::from_utf8_lossy(&out.stderr).trim())))
+        }
+    }
+
+    pub(crate) fn remove_pod(&mut self, i: usize, cni_del: bool) -> Result<()> {
+        let p = self.state.pods[i].clone();
+        let mut first_err = None;
+        if cni_del {
+            if let Ok(node) = self.node(&p.node) {
+                if let Err(e) = self.run_cni("DEL", &p, &node) {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(cg) = &p.cgroup_dir {
+            if let Err(e) = sys::empty_cgroup(cg, Duration::from_secs(10)).and_then(|()| sys::rmdir_if_exists(cg)) {
+                first_err.get_or_insert(e);
+            }
+        }
+        if naming::netns_path(&p.netns).exists() {
+            if let Err(e) = self.ip_batch_root("deleting pod netns", &[format!("netns del {}", p.netns)]) {
+                first_err.get_or_insert(e);
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        self.state.pods.remove(i);
+        self.state.spec.pods.retain(|s| !(s.namespace == p.namespace && s.name == p.name));
+        self.save()
+    }
+}
