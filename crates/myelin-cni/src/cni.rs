@@ -78,7 +78,7 @@ fn dispatch(env: &HashMap<String, String>, stdin: &[u8]) -> Result<Option<Value>
         "DEL" => del(env, &client).map(|()| None),
         "CHECK" => check(env, &conf, &client).map(|()| None),
         "STATUS" => status(&client).map(|()| None),
-        "GC" => gc(&conf, stdin, &client).map(|()| None),
+        "GC" => gc(stdin, &client).map(|()| None),
         "" => Err(CniError::new(
             E_INVALID_ENV,
             "CNI_COMMAND is not set",
@@ -272,22 +272,45 @@ fn status(client: &myelin_api::Client) -> Result<(), CniError> {
     }
 }
 
-/// GC (CNI 1.1): delete every endpoint that is not among the valid attachments.
-fn gc(conf: &NetConf, stdin: &[u8], client: &myelin_api::Client) -> Result<(), CniError> {
-    #[derive(Deserialize)]
-    struct Attachment {
-        #[serde(rename = "containerID")]
-        container_id: String,
-        ifname: String,
-    }
+/// The key under which a GC config lists the attachments the runtime still has.
+pub const VALID_ATTACHMENTS: &str = "cni.dev/valid-attachments";
+
+/// One entry of [`VALID_ATTACHMENTS`].
+#[derive(Debug, Deserialize)]
+pub struct Attachment {
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    pub ifname: String,
+}
+
+/// The valid attachments of a GC config. A missing list is an error, not "nothing is valid":
+/// a runtime that forgot it would otherwise have every endpoint deleted. `[]` does mean
+/// "nothing is valid".
+pub fn valid_attachments(stdin: &[u8]) -> Result<Vec<Attachment>, CniError> {
     let v: Value = serde_json::from_slice(stdin)
         .map_err(|e| CniError::new(E_DECODE, "cannot decode the GC config", e.to_string()))?;
-    let valid: Vec<Attachment> = match v.get("cni.dev/valid-attachments") {
-        Some(list) => serde_json::from_value(list.clone())
-            .map_err(|e| CniError::new(E_DECODE, "cni.dev/valid-attachments is malformed", e.to_string()))?,
-        None => Vec::new(),
+    let Some(list) = v.get(VALID_ATTACHMENTS) else {
+        return Err(CniError::new(
+            E_INVALID_CONFIG,
+            format!("GC config: {VALID_ATTACHMENTS} is missing"),
+            format!(
+                "the runtime must send {VALID_ATTACHMENTS}: the list of attachments still in use, \
+                 [{{\"containerID\": ..., \"ifname\": ...}}, ...] ([] when none is); nothing was deleted"
+            ),
+        ));
     };
-    let _ = conf;
+    serde_json::from_value(list.clone()).map_err(|e| {
+        CniError::new(
+            E_DECODE,
+            format!("GC config: {VALID_ATTACHMENTS} is malformed"),
+            format!("{e}: expected a list of {{\"containerID\": string, \"ifname\": string}}; nothing was deleted"),
+        )
+    })
+}
+
+/// GC (CNI 1.1): delete every endpoint that is not among the valid attachments.
+fn gc(stdin: &[u8], client: &myelin_api::Client) -> Result<(), CniError> {
+    let valid = valid_attachments(stdin)?;
     let eps: Vec<Endpoint> = client.get("/v1/endpoints").map_err(agent_error)?;
     for ep in eps {
         if !valid.iter().any(|a| a.container_id == ep.container_id && a.ifname == ep.ifname) {
@@ -375,6 +398,43 @@ mod tests {
         let conf = br#"{"cniVersion":"1.0.0","name":"n","type":"myelin-cni","agentSocket":"agent.sock"}"#;
         let (out, _) = run(&env(&[("CNI_COMMAND", "DEL")]), conf);
         assert_eq!(err_of(&out)["code"], 7);
+    }
+
+    #[test]
+    fn gc_without_valid_attachments_is_invalid_config_and_touches_nothing() {
+        // The agent socket does not exist: reaching for the agent would be code 11. A GC without
+        // the list must be refused before the agent is asked for anything.
+        let conf = br#"{"cniVersion":"1.1.0","name":"n","type":"myelin-cni","agentSocket":"/nonexistent/sock"}"#;
+        let (out, code) = run(&env(&[("CNI_COMMAND", "GC")]), conf);
+        assert_eq!(code, 1, "{out}");
+        let e = err_of(&out);
+        assert_eq!(e["code"], 7, "{out}");
+        let text = format!("{} {}", e["msg"], e["details"]);
+        assert!(text.contains("cni.dev/valid-attachments"), "names the field: {out}");
+        assert!(text.contains("containerID") && text.contains("ifname"), "says what to send: {out}");
+    }
+
+    #[test]
+    fn gc_with_an_empty_list_means_nothing_is_valid_and_asks_the_agent() {
+        let conf = br#"{"cniVersion":"1.1.0","name":"n","type":"myelin-cni","agentSocket":"/nonexistent/sock",
+                        "cni.dev/valid-attachments":[]}"#;
+        let (out, _) = run(&env(&[("CNI_COMMAND", "GC")]), conf);
+        assert_eq!(err_of(&out)["code"], 11, "an empty list is valid: the agent is asked (unreachable here): {out}");
+    }
+
+    #[test]
+    fn gc_with_a_malformed_list_is_a_decode_error_naming_the_field() {
+        for list in
+            [r#"null"#, r#"{"containerID":"a"}"#, r#"[{"containerID":"a"}]"#, r#"[{"containerID":1,"ifname":"eth0"}]"#]
+        {
+            let conf = format!(
+                r#"{{"cniVersion":"1.1.0","name":"n","type":"myelin-cni","agentSocket":"/nonexistent/sock","cni.dev/valid-attachments":{list}}}"#
+            );
+            let (out, _) = run(&env(&[("CNI_COMMAND", "GC")]), conf.as_bytes());
+            let e = err_of(&out);
+            assert_eq!(e["code"], 6, "{list}: {out}");
+            assert!(out.contains("cni.dev/valid-attachments"), "{list}: {out}");
+        }
     }
 
     #[test]

@@ -211,6 +211,12 @@ fn gc_removes_attachments_the_runtime_no_longer_has_and_the_socket_is_root_only(
     }
     let mut c = conf(&sock);
     c["cniVersion"] = json!("1.1.0");
+    // A GC without the list is refused (code 7) and deletes nothing: a runtime that forgot
+    // the list must not lose every endpoint.
+    let r = run_cni("GC", &c, &[]);
+    assert_error(&r, 7, "cni.dev/valid-attachments");
+    let eps: Vec<myelin_api::Endpoint> = client(lab, "node1").get("/v1/endpoints").unwrap();
+    assert_eq!(eps.len(), 2, "a refused GC deleted nothing: {eps:?}");
     c["cni.dev/valid-attachments"] = json!([{"containerID": "keep", "ifname": "eth0"}]);
     let r = run_cni("GC", &c, &[]);
     assert_eq!(r.code, 0, "GC: {}", r.raw);
@@ -222,4 +228,10 @@ fn gc_removes_attachments_the_runtime_no_longer_has_and_the_socket_is_root_only(
     // STATUS of a healthy agent: exit 0, no output.
     let s = run_cni("STATUS", &c, &[]);
     assert_eq!(s.code, 0, "{}", s.raw);
+    // An empty list does mean "nothing is valid".
+    c["cni.dev/valid-attachments"] = json!([]);
+    let r = run_cni("GC", &c, &[]);
+    assert_eq!(r.code, 0, "GC []: {}", r.raw);
+    let eps: Vec<myelin_api::Endpoint> = client(lab, "node1").get("/v1/endpoints").unwrap();
+    assert!(eps.is_empty(), "GC with [] removes every endpoint: {eps:?}");
 }
