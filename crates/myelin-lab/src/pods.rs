@@ -63,10 +63,13 @@ impl Lab {
             .map_err(api(format!("looking up the endpoint of pod {}/{}", p.namespace, p.name)))?;
         self.state.pods[i].endpoint_id = Some(ep.id);
         self.save()?;
-        let update = LabelsUpdate { labels: p.labels.clone(), ports: Some(p.ports.clone()) };
-        let _: Endpoint = client
-            .put(&format!("/v1/endpoints/{}/labels", ep.id), &update)
-            .map_err(api(format!("setting labels of pod {}/{} (endpoint {})", p.namespace, p.name, ep.id)))?;
+        // The labels came with the ADD; named ports have no CNI convention, so they follow.
+        if !p.ports.is_empty() {
+            let update = LabelsUpdate { labels: p.labels.clone(), ports: Some(p.ports.clone()) };
+            let _: Endpoint = client
+                .put(&format!("/v1/endpoints/{}/labels", ep.id), &update)
+                .map_err(api(format!("setting named ports of pod {}/{} (endpoint {})", p.namespace, p.name, ep.id)))?;
+        }
         Ok(())
     }
 
@@ -74,12 +77,7 @@ impl Lab {
         let cni = sys::find_binary("myelin-cni", self.bin_dir.as_deref())?;
         let cni_dir = cni.parent().map(Path::to_path_buf).unwrap_or_default();
         let pod = format!("{}/{}", p.namespace, p.name);
-        let conf = serde_json::json!({
-            "cniVersion": "1.0.0",
-            "name": "myelin",
-            "type": "myelin-cni",
-            "agentSocket": node.agent_socket,
-        });
+        let conf = cni_config(p, node);
         let fail = |message: String| LabError::Cni { command: command.to_owned(), pod: pod.clone(), message };
         let mut child = Command::new(&cni)
             .env("CNI_COMMAND", command)
@@ -140,5 +138,41 @@ impl Lab {
         self.state.pods.remove(i);
         self.state.spec.pods.retain(|s| !(s.namespace == p.namespace && s.name == p.name));
         self.save()
+    }
+}
+
+/// The network config the lab hands the plugin on stdin, as a runtime would: the pod's labels
+/// ride in the CNI conventions' `args.cni.labels`, so its endpoint has them from the ADD on.
+pub(crate) fn cni_config(p: &PodInfo, node: &NodeInfo) -> serde_json::Value {
+    let labels: Vec<serde_json::Value> =
+        p.labels.iter().map(|(k, v)| serde_json::json!({"key": k, "value": v})).collect();
+    serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "myelin",
+        "type": "myelin-cni",
+        "agentSocket": node.agent_socket,
+        "args": {"cni": {"labels": labels}},
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::plan::plan;
+    use crate::spec::LabSpec;
+    use std::path::PathBuf;
+
+    #[test]
+    fn the_cni_config_carries_the_pod_labels_in_args_cni_labels() {
+        let s = plan("t3", LabSpec::demo(), PathBuf::from("/run/myelin/lab/t3"), None);
+        let pod = s.pods.iter().find(|p| p.name == "db").unwrap();
+        let conf = cni_config(pod, &s.nodes[0]);
+        let labels = conf.pointer("/args/cni/labels").and_then(serde_json::Value::as_array).unwrap();
+        assert_eq!(labels.len(), pod.labels.len());
+        for (k, v) in &pod.labels {
+            assert!(labels.contains(&serde_json::json!({"key": k, "value": v})), "{k}={v} missing in {conf}");
+        }
+        assert_eq!(conf["agentSocket"], s.nodes[0].agent_socket.display().to_string());
     }
 }
