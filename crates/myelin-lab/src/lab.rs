@@ -48,6 +48,15 @@ impl std::fmt::Debug for LabOptions {
     }
 }
 
+/// Where [`Lab::exec_command`] runs a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecTarget {
+    /// The network namespace file to enter.
+    pub netns: PathBuf,
+    /// The cgroup v2 directory to join first (pods only).
+    pub cgroup: Option<PathBuf>,
+}
+
 /// A lab: a handle on its state; the lab lives on after the handle is dropped.
 pub struct Lab {
     pub(crate) state: LabState,
@@ -278,24 +287,31 @@ impl Lab {
         Ok(Client::new(self.node(node)?.agent_socket))
     }
 
+    /// Where a command for TARGET runs: its netns and, for a pod, its cgroup.
+    /// TARGET is `namespace/pod`, a node name or an external host name.
+    pub fn exec_target(&self, target: &str) -> Result<ExecTarget> {
+        if let Some((ns, pod)) = target.split_once('/') {
+            let p = self.pod(ns, pod)?;
+            Ok(ExecTarget { netns: p.netns_path, cgroup: p.cgroup_dir })
+        } else if let Ok(n) = self.node(target) {
+            Ok(ExecTarget { netns: n.netns_path, cgroup: None })
+        } else if let Ok(x) = self.external(target) {
+            Ok(ExecTarget { netns: x.netns_path, cgroup: None })
+        } else {
+            Err(self.not_found("target (namespace/pod, node or external host)", target))
+        }
+    }
+
     /// A command running `argv` in a target's netns (and, for a pod, in its cgroup):
-    /// `myelin lab enter --netns PATH [--cgroup DIR] -- ARGV`.
+    /// `myelin lab enter --netns PATH [--cgroup DIR] -- ARGV`, which joins them and execs
+    /// ARGV, so the spawned process *is* the command (signals reach it; nothing is left behind).
     /// TARGET is `namespace/pod`, a node name or an external host name.
     pub fn exec_command<S: AsRef<std::ffi::OsStr>>(&self, target: &str, argv: &[S]) -> Result<Command> {
-        let (netns, cgroup) = if let Some((ns, pod)) = target.split_once('/') {
-            let p = self.pod(ns, pod)?;
-            (p.netns_path, p.cgroup_dir)
-        } else if let Ok(n) = self.node(target) {
-            (n.netns_path, None)
-        } else if let Ok(x) = self.external(target) {
-            (x.netns_path, None)
-        } else {
-            return Err(self.not_found("target (namespace/pod, node or external host)", target));
-        };
+        let t = self.exec_target(target)?;
         let myelin = sys::find_binary("myelin", self.bin_dir.as_deref())?;
         let mut cmd = Command::new(myelin);
-        cmd.args(["lab", "enter", "--netns"]).arg(netns);
-        if let Some(cg) = cgroup {
+        cmd.args(["lab", "enter", "--netns"]).arg(t.netns);
+        if let Some(cg) = t.cgroup {
             cmd.arg("--cgroup").arg(cg);
         }
         cmd.arg("--").args(argv);

@@ -20,6 +20,7 @@ mod lab;
 pub mod naming;
 mod plan;
 mod pods;
+mod procs;
 mod spec;
 mod status;
 mod sys;
@@ -27,7 +28,7 @@ mod teardown;
 mod topology;
 
 pub use error::{LabError, Result};
-pub use lab::{Lab, LabOptions, ProgressFn};
+pub use lab::{ExecTarget, Lab, LabOptions, ProgressFn};
 pub use plan::{ExternalInfo, NodeInfo, PodInfo, BPF_ROOT, STATE_ROOT};
 pub use spec::{ExternalSpec, LabSpec, NamespaceSpec, NodeSpec, PodSpec, MAX_HOST_NAME, MAX_OBJECT_NAME};
 pub use status::{ExternalStatus, LabStatus, NodeStatus, PodStatus};

@@ -5,12 +5,12 @@ use crate::error::{io, LabError, Result};
 use crate::lab::Lab;
 use crate::naming;
 use crate::plan::{NodeInfo, PodInfo};
+use crate::procs;
 use crate::sys;
 use myelin_api::{Client, Endpoint, LabelsUpdate};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 impl Lab {
     /// Create the namespaces of the planned pods and plumb each through the CNI plugin.
@@ -114,7 +114,12 @@ impl Lab {
 
     pub(crate) fn remove_pod(&mut self, i: usize, cni_del: bool) -> Result<()> {
         let p = self.state.pods[i].clone();
-        let mut first_err = None;
+        // As a runtime stops a pod's containers before tearing its network down: end what runs
+        // in the pod's cgroup or netns (it would keep the deleted netns alive), then CNI DEL.
+        let cgroups: Vec<PathBuf> = p.cgroup_dir.iter().cloned().collect();
+        let ended = procs::end_processes(&cgroups, std::slice::from_ref(&p.netns_path), procs::END_TIMEOUT);
+        let all_ended = ended.is_ok();
+        let mut first_err = ended.err();
         if cni_del {
             if let Ok(node) = self.node(&p.node) {
                 if let Err(e) = self.run_cni("DEL", &p, &node) {
@@ -122,8 +127,8 @@ impl Lab {
                 }
             }
         }
-        if let Some(cg) = &p.cgroup_dir {
-            if let Err(e) = sys::empty_cgroup(cg, Duration::from_secs(10)).and_then(|()| sys::rmdir_if_exists(cg)) {
+        if let (Some(cg), true) = (&p.cgroup_dir, all_ended) {
+            if let Err(e) = sys::rmdir_if_exists(cg) {
                 first_err.get_or_insert(e);
             }
         }

@@ -4,12 +4,12 @@ use crate::error::{io, LabError, Result};
 use crate::lab::Lab;
 use crate::naming;
 use crate::plan::{STATE_FILE, STATE_ROOT};
+use crate::procs;
 use crate::sys;
 use nix::sys::signal::Signal;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 impl Lab {
     pub(crate) fn teardown(&mut self) -> Result<()> {
@@ -25,12 +25,16 @@ impl Lab {
             }
             note(&mut errors, self.stop_agent(i, Signal::SIGTERM));
         }
-        for p in &self.state.pods {
-            if let Some(cg) = &p.cgroup_dir {
-                note(
-                    &mut errors,
-                    sys::empty_cgroup(cg, Duration::from_secs(10)).and_then(|()| sys::rmdir_if_exists(cg)),
-                );
+        // What still runs in the pods (their cgroups) or anywhere in the lab's namespaces
+        // would keep the deleted namespaces alive: end it first.
+        let cgroups: Vec<PathBuf> = self.state.pods.iter().filter_map(|p| p.cgroup_dir.clone()).collect();
+        let netns: Vec<PathBuf> = self.netns_names().iter().map(|n| naming::netns_path(n)).collect();
+        let ended = procs::end_processes(&cgroups, &netns, procs::END_TIMEOUT);
+        let all_ended = ended.is_ok();
+        note(&mut errors, ended);
+        if all_ended {
+            for cg in &cgroups {
+                note(&mut errors, sys::rmdir_if_exists(cg));
             }
         }
         if let Some(root) = &self.state.cgroup_root {
