@@ -1,10 +1,10 @@
 //! `myelin lab up|down|status|exec` (and the hidden `enter` that `exec` runs).
 
 use crate::output::{self, Format};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use myelin_lab::{Lab, LabOptions, LabSpec, LabStatus};
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 const DEFAULT_NAME: &str = "myelin";
@@ -88,10 +88,10 @@ pub fn run(cmd: Command) -> Result<i32> {
             Ok(0)
         }
         Command::Exec { name, target, command } => {
-            let lab = Lab::load(&name.name)?;
-            let mut cmd = lab.exec_command(&target, &command)?;
-            let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
-            Ok(exit_code(status))
+            // Become the command (no child to orphan: signals sent to `myelin lab exec` reach
+            // it, and its exit status is ours). Nothing here has started a thread.
+            let t = Lab::load(&name.name)?.exec_target(&target)?;
+            Ok(become_command(&t.netns, t.cgroup.as_deref(), &command))
         }
         Command::Enter(args) => Ok(enter(&args)),
     }
@@ -180,38 +180,55 @@ fn print_examples(s: &LabStatus) {
     outln!("  myelin lab down{name}");
 }
 
-/// Exit code of a finished child, shell style (128+signal when killed).
-fn exit_code(status: std::process::ExitStatus) -> i32 {
-    use std::os::unix::process::ExitStatusExt;
-    status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(1)
-}
-
 /// `myelin lab enter`: join the cgroup, enter the netns, exec. Returns only on error.
 pub fn enter(args: &EnterArgs) -> i32 {
+    become_command(&args.netns, args.cgroup.as_deref(), &args.command)
+}
+
+/// Threads of this process, from /proc/self/status.
+fn thread_count() -> Option<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status.lines().find_map(|l| l.strip_prefix("Threads:")).and_then(|n| n.trim().parse().ok())
+}
+
+/// Join `cgroup` (if any), setns() into `netns` and exec `command` in place: the process becomes
+/// the command. Must run while the process has a single thread (setns() moves only the calling
+/// thread). Returns only on error, with the exit code to use: 125 when the cgroup or netns
+/// cannot be entered, 126 when the command cannot run, 127 when it is not found.
+pub fn become_command(netns: &Path, cgroup: Option<&Path>, command: &[OsString]) -> i32 {
     use std::os::unix::process::CommandExt;
     let fail = |msg: String| {
-        eprintln!("myelin lab enter: {msg}");
+        eprintln!("myelin lab: {msg}");
         125
     };
-    if let Some(cg) = &args.cgroup {
+    match thread_count() {
+        Some(1) => {}
+        n => {
+            return fail(format!(
+                "entering {} needs a single-threaded process, this one has {n:?} threads",
+                netns.display()
+            ))
+        }
+    }
+    let Some((prog, rest)) = command.split_first() else {
+        return fail("no command given".into());
+    };
+    if let Some(cg) = cgroup {
         let procs = cg.join("cgroup.procs");
         if let Err(e) = std::fs::write(&procs, std::process::id().to_string()) {
             return fail(format!("joining cgroup {}: {e}", cg.display()));
         }
     }
-    let netns = match std::fs::File::open(&args.netns) {
+    let file = match std::fs::File::open(netns) {
         Ok(f) => f,
-        Err(e) => return fail(format!("opening netns {}: {e}", args.netns.display())),
+        Err(e) => return fail(format!("opening netns {}: {e}", netns.display())),
     };
-    if let Err(e) = nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET) {
-        return fail(format!("entering netns {}: {e}", args.netns.display()));
+    if let Err(e) = nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET) {
+        return fail(format!("entering netns {}: {e}", netns.display()));
     }
-    drop(netns);
-    let Some((prog, rest)) = args.command.split_first() else {
-        return fail("no command given".into());
-    };
+    drop(file);
     let err = std::process::Command::new(prog).args(rest).exec();
-    eprintln!("myelin lab enter: cannot run {}: {err}", prog.to_string_lossy());
+    eprintln!("myelin lab: cannot run {}: {err}", prog.to_string_lossy());
     if err.kind() == std::io::ErrorKind::NotFound {
         127
     } else {

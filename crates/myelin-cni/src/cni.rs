@@ -1,6 +1,6 @@
 //! The plugin's logic, separate from process I/O so that it is unit-tested.
 
-use myelin_api::{ClientError, Deleted, Endpoint, EndpointAddRequest, ErrorCode, Status};
+use myelin_api::{ClientError, Deleted, Endpoint, EndpointAddRequest, ErrorCode, Labels, Status};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -48,6 +48,9 @@ pub struct NetConf {
     pub agent_socket: Option<String>,
     #[serde(default)]
     pub prev_result: Option<Value>,
+    /// CNI conventions' `args`: the plugin reads `args.cni.labels`; the rest is the runtime's.
+    #[serde(default)]
+    pub args: Option<Value>,
 }
 
 /// Run one CNI command; returns what to print and the exit code.
@@ -78,7 +81,7 @@ fn dispatch(env: &HashMap<String, String>, stdin: &[u8]) -> Result<Option<Value>
         "DEL" => del(env, &client).map(|()| None),
         "CHECK" => check(env, &conf, &client).map(|()| None),
         "STATUS" => status(&client).map(|()| None),
-        "GC" => gc(&conf, stdin, &client).map(|()| None),
+        "GC" => gc(stdin, &client).map(|()| None),
         "" => Err(CniError::new(
             E_INVALID_ENV,
             "CNI_COMMAND is not set",
@@ -152,6 +155,41 @@ pub fn parse_args(s: &str) -> Result<HashMap<String, String>, CniError> {
     Ok(out)
 }
 
+/// Labels from the CNI conventions' `args.cni.labels`: a list of `{"key": .., "value": ..}`,
+/// both strings, each key once. Absent means no labels.
+pub fn labels_from_args(args: Option<&Value>) -> Result<Labels, CniError> {
+    let Some(list) = args.and_then(|a| a.get("cni")).and_then(|c| c.get("labels")) else {
+        return Ok(Labels::new());
+    };
+    let shape = "each entry is {\"key\": string, \"value\": string}";
+    let Some(entries) = list.as_array() else {
+        return Err(CniError::new(
+            E_INVALID_CONFIG,
+            format!("args.cni.labels: expected a list, got {list}"),
+            format!("send \"labels\": [{{\"key\": \"app\", \"value\": \"web\"}}, ...]; {shape}"),
+        ));
+    };
+    let mut labels = Labels::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let field = |name: &str| entry.get(name).and_then(Value::as_str);
+        let (Some(key), Some(value)) = (field("key"), field("value")) else {
+            return Err(CniError::new(
+                E_INVALID_CONFIG,
+                format!("args.cni.labels[{i}]: {entry} lacks a string key or value"),
+                shape,
+            ));
+        };
+        if labels.insert(key.to_owned(), value.to_owned()).is_some() {
+            return Err(CniError::new(
+                E_INVALID_CONFIG,
+                format!("args.cni.labels[{i}]: key {key:?} is given twice"),
+                "give each label key once",
+            ));
+        }
+    }
+    Ok(labels)
+}
+
 fn agent_error(e: ClientError) -> CniError {
     match e {
         ClientError::Unreachable { .. } => {
@@ -183,13 +221,14 @@ fn add(env: &HashMap<String, String>, conf: &NetConf, client: &myelin_api::Clien
         ));
     }
     let args = parse_args(env.get("CNI_ARGS").map(String::as_str).unwrap_or(""))?;
+    let labels = labels_from_args(conf.args.as_ref())?;
     let req = EndpointAddRequest {
         container_id: container_id.to_owned(),
         netns: netns.to_owned(),
         ifname: ifname.to_owned(),
         namespace: args.get("K8S_POD_NAMESPACE").cloned(),
         pod_name: args.get("K8S_POD_NAME").cloned(),
-        labels: Default::default(),
+        labels,
         ports: Vec::new(),
     };
     let ep: Endpoint = client.post("/v1/endpoints", &req).map_err(agent_error)?;
@@ -272,22 +311,45 @@ fn status(client: &myelin_api::Client) -> Result<(), CniError> {
     }
 }
 
-/// GC (CNI 1.1): delete every endpoint that is not among the valid attachments.
-fn gc(conf: &NetConf, stdin: &[u8], client: &myelin_api::Client) -> Result<(), CniError> {
-    #[derive(Deserialize)]
-    struct Attachment {
-        #[serde(rename = "containerID")]
-        container_id: String,
-        ifname: String,
-    }
+/// The key under which a GC config lists the attachments the runtime still has.
+pub const VALID_ATTACHMENTS: &str = "cni.dev/valid-attachments";
+
+/// One entry of [`VALID_ATTACHMENTS`].
+#[derive(Debug, Deserialize)]
+pub struct Attachment {
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    pub ifname: String,
+}
+
+/// The valid attachments of a GC config. A missing list is an error, not "nothing is valid":
+/// a runtime that forgot it would otherwise have every endpoint deleted. `[]` does mean
+/// "nothing is valid".
+pub fn valid_attachments(stdin: &[u8]) -> Result<Vec<Attachment>, CniError> {
     let v: Value = serde_json::from_slice(stdin)
         .map_err(|e| CniError::new(E_DECODE, "cannot decode the GC config", e.to_string()))?;
-    let valid: Vec<Attachment> = match v.get("cni.dev/valid-attachments") {
-        Some(list) => serde_json::from_value(list.clone())
-            .map_err(|e| CniError::new(E_DECODE, "cni.dev/valid-attachments is malformed", e.to_string()))?,
-        None => Vec::new(),
+    let Some(list) = v.get(VALID_ATTACHMENTS) else {
+        return Err(CniError::new(
+            E_INVALID_CONFIG,
+            format!("GC config: {VALID_ATTACHMENTS} is missing"),
+            format!(
+                "the runtime must send {VALID_ATTACHMENTS}: the list of attachments still in use, \
+                 [{{\"containerID\": ..., \"ifname\": ...}}, ...] ([] when none is); nothing was deleted"
+            ),
+        ));
     };
-    let _ = conf;
+    serde_json::from_value(list.clone()).map_err(|e| {
+        CniError::new(
+            E_DECODE,
+            format!("GC config: {VALID_ATTACHMENTS} is malformed"),
+            format!("{e}: expected a list of {{\"containerID\": string, \"ifname\": string}}; nothing was deleted"),
+        )
+    })
+}
+
+/// GC (CNI 1.1): delete every endpoint that is not among the valid attachments.
+fn gc(stdin: &[u8], client: &myelin_api::Client) -> Result<(), CniError> {
+    let valid = valid_attachments(stdin)?;
     let eps: Vec<Endpoint> = client.get("/v1/endpoints").map_err(agent_error)?;
     for ep in eps {
         if !valid.iter().any(|a| a.container_id == ep.container_id && a.ifname == ep.ifname) {
@@ -306,6 +368,10 @@ mod tests {
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    fn conf_labels(conf: &Value) -> Result<Labels, CniError> {
+        labels_from_args(conf.get("args"))
     }
 
     fn err_of(out: &str) -> Value {
@@ -375,6 +441,88 @@ mod tests {
         let conf = br#"{"cniVersion":"1.0.0","name":"n","type":"myelin-cni","agentSocket":"agent.sock"}"#;
         let (out, _) = run(&env(&[("CNI_COMMAND", "DEL")]), conf);
         assert_eq!(err_of(&out)["code"], 7);
+    }
+
+    #[test]
+    fn gc_without_valid_attachments_is_invalid_config_and_touches_nothing() {
+        // The agent socket does not exist: reaching for the agent would be code 11. A GC without
+        // the list must be refused before the agent is asked for anything.
+        let conf = br#"{"cniVersion":"1.1.0","name":"n","type":"myelin-cni","agentSocket":"/nonexistent/sock"}"#;
+        let (out, code) = run(&env(&[("CNI_COMMAND", "GC")]), conf);
+        assert_eq!(code, 1, "{out}");
+        let e = err_of(&out);
+        assert_eq!(e["code"], 7, "{out}");
+        let text = format!("{} {}", e["msg"], e["details"]);
+        assert!(text.contains("cni.dev/valid-attachments"), "names the field: {out}");
+        assert!(text.contains("containerID") && text.contains("ifname"), "says what to send: {out}");
+    }
+
+    #[test]
+    fn gc_with_an_empty_list_means_nothing_is_valid_and_asks_the_agent() {
+        let conf = br#"{"cniVersion":"1.1.0","name":"n","type":"myelin-cni","agentSocket":"/nonexistent/sock",
+                        "cni.dev/valid-attachments":[]}"#;
+        let (out, _) = run(&env(&[("CNI_COMMAND", "GC")]), conf);
+        assert_eq!(err_of(&out)["code"], 11, "an empty list is valid: the agent is asked (unreachable here): {out}");
+    }
+
+    #[test]
+    fn gc_with_a_malformed_list_is_a_decode_error_naming_the_field() {
+        for list in
+            [r#"null"#, r#"{"containerID":"a"}"#, r#"[{"containerID":"a"}]"#, r#"[{"containerID":1,"ifname":"eth0"}]"#]
+        {
+            let conf = format!(
+                r#"{{"cniVersion":"1.1.0","name":"n","type":"myelin-cni","agentSocket":"/nonexistent/sock","cni.dev/valid-attachments":{list}}}"#
+            );
+            let (out, _) = run(&env(&[("CNI_COMMAND", "GC")]), conf.as_bytes());
+            let e = err_of(&out);
+            assert_eq!(e["code"], 6, "{list}: {out}");
+            assert!(out.contains("cni.dev/valid-attachments"), "{list}: {out}");
+        }
+    }
+
+    #[test]
+    fn labels_come_from_args_cni_labels() {
+        let conf: Value = serde_json::from_str(
+            r#"{"args": {"cni": {"labels": [{"key": "app", "value": "web"}, {"key": "tier", "value": ""}]}}}"#,
+        )
+        .unwrap();
+        let labels = conf_labels(&conf).unwrap();
+        assert_eq!(labels.len(), 2);
+        assert_eq!(labels["app"], "web");
+        assert_eq!(labels["tier"], "");
+        assert!(conf_labels(&json!({})).unwrap().is_empty(), "no args: no labels");
+        assert!(conf_labels(&json!({"args": {"cni": {}}})).unwrap().is_empty());
+        assert!(conf_labels(&json!({"args": {"other": 1}})).unwrap().is_empty(), "other args are the runtime's");
+    }
+
+    #[test]
+    fn malformed_labels_are_invalid_config_naming_the_entry() {
+        let cases = [
+            (json!({"args": {"cni": {"labels": {"app": "web"}}}}), "args.cni.labels"),
+            (
+                json!({"args": {"cni": {"labels": [{"key": "app", "value": "web"}, {"key": "tier"}]}}}),
+                "args.cni.labels[1]",
+            ),
+            (json!({"args": {"cni": {"labels": [{"key": 3, "value": "web"}]}}}), "args.cni.labels[0]"),
+            (json!({"args": {"cni": {"labels": [{"key": "a", "value": true}]}}}), "args.cni.labels[0]"),
+            (json!({"args": {"cni": {"labels": ["app=web"]}}}), "args.cni.labels[0]"),
+            (
+                json!({"args": {"cni": {"labels": [{"key": "a", "value": "1"}, {"key": "a", "value": "2"}]}}}),
+                "args.cni.labels[1]",
+            ),
+        ];
+        for (conf, field) in cases {
+            let e = conf_labels(&conf).expect_err(&conf.to_string());
+            assert_eq!(e.code, E_INVALID_CONFIG, "{conf}");
+            assert!(e.msg.starts_with(field), "{conf}: {} does not name {field}", e.msg);
+        }
+        // Through the whole plugin: an ADD with bad labels fails before the agent is asked.
+        let stdin = br#"{"cniVersion":"1.0.0","name":"n","type":"myelin-cni","agentSocket":"/nonexistent/sock",
+                         "args":{"cni":{"labels":[{"key":"app"}]}}}"#;
+        let e = env(&[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c"), ("CNI_NETNS", "/"), ("CNI_IFNAME", "eth0")]);
+        let (out, _) = run(&e, stdin);
+        assert_eq!(err_of(&out)["code"], 7, "{out}");
+        assert!(out.contains("args.cni.labels[0]"), "{out}");
     }
 
     #[test]

@@ -81,6 +81,73 @@ pub fn in_ns<T: Send + 'static>(path: &Path, f: impl FnOnce() -> T + Send + 'sta
     myelin_netlink::in_netns(path, f).unwrap_or_else(|e| panic!("entering {}: {e}", path.display()))
 }
 
+/// [`in_ns`] that reports a failure to enter the namespace instead of panicking.
+pub fn try_in_ns<T: Send + 'static>(path: &Path, f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
+    myelin_netlink::in_netns(path, f).map_err(|e| format!("cannot enter {}: {e}", path.display()))
+}
+
+/// What one probe found. "Blocked" and "could not run the probe" are different results: a
+/// test that expects a connection to be blocked must never pass because its probe failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// The target answered.
+    Reached,
+    /// The network said no: refused, reset, unreachable, or no reply within the timeout.
+    Blocked,
+    /// The probe itself failed (could not enter the netns, bind a socket, unexpected error
+    /// or reply, thread panicked): nothing is known about the network.
+    HarnessError(String),
+}
+
+impl Probe {
+    /// True for reached, false for blocked; panics with the harness error otherwise.
+    #[must_use]
+    pub fn reached(&self, what: &str) -> bool {
+        match self {
+            Probe::Reached => true,
+            Probe::Blocked => false,
+            Probe::HarnessError(e) => panic!("{what}: the probe could not run (this is not \"blocked\"): {e}"),
+        }
+    }
+
+    /// "reach", "blocked" or "HARNESS ERROR: ..." for reports.
+    #[must_use]
+    pub fn describe(&self) -> String {
+        match self {
+            Probe::Reached => "reach".into(),
+            Probe::Blocked => "blocked".into(),
+            Probe::HarnessError(e) => format!("HARNESS ERROR: {e}"),
+        }
+    }
+}
+
+/// Classify a socket error of a probe: the kinds by which the network (or a policy) says no
+/// are [`Probe::Blocked`]; anything else is a [`Probe::HarnessError`] naming `doing`.
+#[must_use]
+pub fn classify_io_error(doing: &str, e: &std::io::Error) -> Probe {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        // No reply in time (connect_timeout says TimedOut, a socket read timeout WouldBlock).
+        K::TimedOut | K::WouldBlock
+        // A RST or ICMP error came back.
+        | K::ConnectionRefused | K::ConnectionReset | K::ConnectionAborted
+        | K::HostUnreachable | K::NetworkUnreachable
+        // EPERM from connect/send: a local filter (nftables, cgroup BPF) dropped it.
+        | K::PermissionDenied => Probe::Blocked,
+        _ => Probe::HarnessError(format!("{doing}: {e} ({:?})", e.kind())),
+    }
+}
+
+/// The message of a panic payload, for harness errors.
+#[must_use]
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(non-string panic payload)".to_owned())
+}
+
 pub fn pod_ns(lab: &Lab, ns: &str, pod: &str) -> PathBuf {
     lab.pod(ns, pod).unwrap_or_else(|e| panic!("{e}")).netns_path
 }
@@ -106,8 +173,31 @@ pub fn exec(lab: &Lab, target: &str, argv: &[&str]) -> Output {
     lab.exec_command(target, argv).unwrap().output().unwrap_or_else(|e| panic!("exec in {target}: {e}"))
 }
 
+/// ICMP echo from a lab target: true when a reply came, false when none did (ping exits 1);
+/// panics when ping could not run (`lab enter` failed, bad arguments, no route: any other exit).
 pub fn ping(lab: &Lab, target: &str, ip: &str) -> bool {
-    exec(lab, target, &["ping", "-c", "2", "-i", "0.2", "-W", "2", ip]).status.success()
+    ping_probe(lab, target, ip).reached(&format!("ping {ip} from {target}"))
+}
+
+/// [`ping`] as a [`Probe`].
+pub fn ping_probe(lab: &Lab, target: &str, ip: &str) -> Probe {
+    ping_outcome(&exec(lab, target, &["ping", "-c", "2", "-i", "0.2", "-W", "2", ip]))
+}
+
+/// iputils ping: exit 0 = a reply came, 1 = no reply, 2 = error; `myelin lab enter` exits
+/// 125-127 when it cannot enter the target or run the command.
+#[must_use]
+pub fn ping_outcome(out: &Output) -> Probe {
+    match out.status.code() {
+        Some(0) => Probe::Reached,
+        Some(1) => Probe::Blocked,
+        _ => Probe::HarnessError(format!(
+            "ping exited with {}: {} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+    }
 }
 
 /// A TCP listener in a namespace, on `ip:0`.
@@ -155,7 +245,8 @@ pub fn echo_roundtrip(mut s: TcpStream, len: usize) {
     assert!(back == data, "echoed data differs");
 }
 
-/// One UDP request/response from `from_ns` to a socket bound in `to_ns`.
+/// One UDP request/response from `from_ns` to a socket bound in `to_ns`: true when the echo
+/// came back, false when the network said no; panics when the probe itself failed.
 pub fn udp_roundtrip(from_ns: &Path, to_ns: &Path, to_ip: std::net::Ipv4Addr) -> bool {
     let server = in_ns(to_ns, move || UdpSocket::bind((to_ip, 0)).expect("udp bind"));
     let addr = server.local_addr().unwrap();
@@ -168,11 +259,17 @@ pub fn udp_roundtrip(from_ns: &Path, to_ns: &Path, to_ip: std::net::Ipv4Addr) ->
     });
     let c = in_ns(from_ns, || UdpSocket::bind(("0.0.0.0", 0)).expect("udp bind"));
     c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    c.send_to(b"myelin-udp-probe", addr).unwrap();
     let mut buf = [0u8; 64];
-    let ok = matches!(c.recv_from(&mut buf), Ok((16, _)) if &buf[..16] == b"myelin-udp-probe");
+    let outcome = match c.send_to(b"myelin-udp-probe", addr) {
+        Err(e) => classify_io_error("UDP send", &e),
+        Ok(_) => match c.recv_from(&mut buf) {
+            Ok((16, _)) if &buf[..16] == b"myelin-udp-probe" => Probe::Reached,
+            Ok((n, peer)) => Probe::HarnessError(format!("unexpected UDP reply of {n} bytes from {peer}")),
+            Err(e) => classify_io_error("UDP receive", &e),
+        },
+    };
     srv.join().unwrap();
-    ok
+    outcome.reached(&format!("UDP round trip to {addr}"))
 }
 
 /// Datapath counters of a node, summed per (endpoint, direction, reason).
@@ -263,4 +360,44 @@ pub fn pinned_map_len(path: &Path) -> usize {
     assert!(out.status.success(), "bpftool map dump {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
     v.as_array().map_or(0, Vec::len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    fn output(code: i32) -> Output {
+        Output { status: std::process::ExitStatus::from_raw(code << 8), stdout: Vec::new(), stderr: b"why".to_vec() }
+    }
+
+    #[test]
+    fn ping_exit_codes_separate_no_reply_from_could_not_run() {
+        assert_eq!(ping_outcome(&output(0)), Probe::Reached);
+        assert_eq!(ping_outcome(&output(1)), Probe::Blocked);
+        // 2: ping's own error; 125-127: `myelin lab enter` could not enter or run it.
+        for code in [2, 125, 126, 127] {
+            assert!(matches!(ping_outcome(&output(code)), Probe::HarnessError(e) if e.contains("why")), "exit {code}");
+        }
+        let killed = Output { status: std::process::ExitStatus::from_raw(9), stdout: Vec::new(), stderr: Vec::new() };
+        assert!(matches!(ping_outcome(&killed), Probe::HarnessError(_)));
+    }
+
+    #[test]
+    #[should_panic(expected = "the probe could not run")]
+    fn a_harness_error_never_reads_as_blocked() {
+        let _ = ping_outcome(&output(125)).reached("ping");
+    }
+
+    #[test]
+    fn socket_errors_are_classified() {
+        use std::io::{Error, ErrorKind};
+        for k in [ErrorKind::TimedOut, ErrorKind::WouldBlock, ErrorKind::ConnectionRefused, ErrorKind::HostUnreachable]
+        {
+            assert_eq!(classify_io_error("x", &Error::from(k)), Probe::Blocked, "{k:?}");
+        }
+        for k in [ErrorKind::AddrInUse, ErrorKind::InvalidInput, ErrorKind::Other] {
+            assert!(matches!(classify_io_error("x", &Error::from(k)), Probe::HarnessError(_)), "{k:?}");
+        }
+    }
 }

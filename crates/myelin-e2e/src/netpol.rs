@@ -3,7 +3,7 @@
 //! and UDP on ports 80 and 81; every case probes the whole matrix with real
 //! connections and compares it with the expected truth table.
 
-use crate::{in_ns, LabGuard};
+use crate::{classify_io_error, in_ns, panic_message, try_in_ns, LabGuard, Probe};
 use myelin_api::{PolicyApply, PolicyChange, PolicyDelete, PolicyFile};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -162,33 +162,19 @@ impl Matrix {
             }
         }
         let plan: Vec<_> = probes.iter().map(|(f, t, port, proto)| (f.netns.clone(), t.ip, *port, *proto)).collect();
-        let mut results = run_probes(plan.clone());
-        retry_missing(&plan, &mut results, |i| {
+        // A pod's traffic to itself never leaves it: policy does not apply
+        // (Kubernetes' e2e suite allows loopback the same way).
+        let want = |i: usize| {
             let (from, to, port, proto) = &probes[i];
             from.is(&to.id()) || expect(from, to, *port, *proto)
-        });
-        let mut wrong = Vec::new();
-        for ((from, to, port, proto), got) in probes.iter().zip(results) {
-            // A pod's traffic to itself never leaves it: policy does not apply
-            // (Kubernetes' e2e suite allows loopback the same way).
-            let want = from.is(&to.id()) || expect(from, to, *port, *proto);
-            if want != got {
-                wrong.push(format!(
-                    "  {} -> {} {port}/{proto:?}: expected {}, got {}",
-                    from.id(),
-                    to.id(),
-                    if want { "reach" } else { "blocked" },
-                    if got { "reach" } else { "blocked" }
-                ));
-            }
-        }
-        assert!(
-            wrong.is_empty(),
-            "case {case:?}: {} of {} probes differ:\n{}",
-            wrong.len(),
-            probes.len(),
-            wrong.join("\n")
-        );
+        };
+        let mut results = run_probes(plan.clone());
+        retry_missing(&plan, &mut results, want);
+        let labels: Vec<String> = probes
+            .iter()
+            .map(|(from, to, port, proto)| format!("{} -> {} {port}/{proto:?}", from.id(), to.id()))
+            .collect();
+        assert_matches(case, &labels, &results, want);
     }
 
     /// Probe pods -> a host (e.g. an external) on both ports and protocols and compare.
@@ -202,33 +188,74 @@ impl Matrix {
             }
         }
         let plan: Vec<_> = probes.iter().map(|(f, port, proto)| (f.netns.clone(), host.ip, *port, *proto)).collect();
-        let mut results = run_probes(plan.clone());
-        retry_missing(&plan, &mut results, |i| {
+        let want = |i: usize| {
             let (from, port, proto) = &probes[i];
             expect(from, *port, *proto)
-        });
-        let mut wrong = Vec::new();
-        for ((from, port, proto), got) in probes.iter().zip(results) {
-            if expect(from, *port, *proto) != got {
-                wrong.push(format!(
-                    "  {} -> {} {port}/{proto:?}: got {}",
-                    from.id(),
-                    host.name,
-                    if got { "reach" } else { "blocked" }
-                ));
-            }
-        }
-        assert!(wrong.is_empty(), "case {case:?}: probes to {} differ:\n{}", host.name, wrong.join("\n"));
+        };
+        let mut results = run_probes(plan.clone());
+        retry_missing(&plan, &mut results, want);
+        let labels: Vec<String> = probes
+            .iter()
+            .map(|(from, port, proto)| format!("{} -> {} {port}/{proto:?}", from.id(), host.name))
+            .collect();
+        assert_matches(case, &labels, &results, want);
     }
 
-    /// One probe; a miss is tried again with the long timeout before it counts as blocked.
+    /// One probe; see [`reach`].
     #[must_use]
     pub fn reach(&self, from: &Path, to: Ipv4Addr, port: u16, proto: Proto) -> bool {
-        let plan = vec![(from.to_path_buf(), to, port, proto)];
-        let mut results = run_probes(plan.clone());
-        retry_missing(&plan, &mut results, |_| true);
-        results[0]
+        reach(from, to, port, proto)
     }
+}
+
+/// One probe from the netns at `from`: true = reached, false = blocked (a miss is tried again
+/// with the long timeout first). Panics when the probe could not run: that is not "blocked".
+#[must_use]
+pub fn reach(from: &Path, to: Ipv4Addr, port: u16, proto: Proto) -> bool {
+    let plan = vec![(from.to_path_buf(), to, port, proto)];
+    let mut results = run_probes(plan.clone());
+    retry_missing(&plan, &mut results, |_| true);
+    results[0].reached(&format!("probe {} -> {to}:{port}/{proto:?}", from.display()))
+}
+
+/// Compare probe results with what was wanted (`want(i)`: should probe `i` reach?). Panics
+/// listing every harness error if any probe could not run (whatever was expected of it),
+/// else listing every probe whose result differs.
+pub fn assert_matches(case: &str, labels: &[String], results: &[Probe], want: impl Fn(usize) -> bool) {
+    let broken: Vec<String> = results
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| match r {
+            Probe::HarnessError(e) => Some(format!("  {}: {e}", labels[i])),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        broken.is_empty(),
+        "case {case:?}: {} of {} probes could not run (harness errors, not \"blocked\"):\n{}",
+        broken.len(),
+        results.len(),
+        broken.join("\n")
+    );
+    let mut wrong = Vec::new();
+    for (i, got) in results.iter().enumerate() {
+        let want = want(i);
+        if want != (*got == Probe::Reached) {
+            wrong.push(format!(
+                "  {}: expected {}, got {}",
+                labels[i],
+                if want { "reach" } else { "blocked" },
+                got.describe()
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "case {case:?}: {} of {} probes differ:\n{}",
+        wrong.len(),
+        results.len(),
+        wrong.join("\n")
+    );
 }
 
 impl Drop for Matrix {
@@ -243,15 +270,16 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(600);
 /// delay a thread by more than the first timeout; a real drop stays a drop.
 const RETRY_TIMEOUT: Duration = Duration::from_millis(3000);
 
-/// Run probes in parallel batches; true = reached (reply received).
-fn run_probes(probes: Vec<(PathBuf, Ipv4Addr, u16, Proto)>) -> Vec<bool> {
+/// Run probes in parallel batches.
+fn run_probes(probes: Vec<(PathBuf, Ipv4Addr, u16, Proto)>) -> Vec<Probe> {
     run_probes_within(probes, PROBE_TIMEOUT)
 }
 
 /// Probe again, with the long timeout, those results that came out blocked where `want` says
 /// they should reach. Only that direction is retried: a delay can hide a reply, never fake one.
-fn retry_missing(probes: &[(PathBuf, Ipv4Addr, u16, Proto)], results: &mut [bool], want: impl Fn(usize) -> bool) {
-    let again: Vec<usize> = (0..results.len()).filter(|&i| !results[i] && want(i)).collect();
+/// Harness errors are never retried: they fail the test.
+fn retry_missing(probes: &[(PathBuf, Ipv4Addr, u16, Proto)], results: &mut [Probe], want: impl Fn(usize) -> bool) {
+    let again: Vec<usize> = (0..results.len()).filter(|&i| results[i] == Probe::Blocked && want(i)).collect();
     if again.is_empty() {
         return;
     }
@@ -261,39 +289,78 @@ fn retry_missing(probes: &[(PathBuf, Ipv4Addr, u16, Proto)], results: &mut [bool
     }
 }
 
-fn run_probes_within(probes: Vec<(PathBuf, Ipv4Addr, u16, Proto)>, timeout: Duration) -> Vec<bool> {
-    let mut out = vec![false; probes.len()];
-    let indexed: Vec<(usize, (PathBuf, Ipv4Addr, u16, Proto))> = probes.into_iter().enumerate().collect();
-    for chunk in indexed.chunks(64) {
-        let handles: Vec<_> = chunk
-            .iter()
-            .cloned()
-            .map(|(i, (ns, ip, port, proto))| (i, std::thread::spawn(move || probe(&ns, ip, port, proto, timeout))))
+fn run_probes_within(probes: Vec<(PathBuf, Ipv4Addr, u16, Proto)>, timeout: Duration) -> Vec<Probe> {
+    run_parallel(probes, move |(ns, ip, port, proto)| probe(&ns, ip, port, proto, timeout))
+}
+
+/// Run `f` on every item, 64 threads at a time. A thread that cannot be started or that
+/// panics yields a harness error for its item, never a result about the network.
+pub fn run_parallel<T: Send + 'static>(items: Vec<T>, f: impl Fn(T) -> Probe + Send + Sync + 'static) -> Vec<Probe> {
+    let f = Arc::new(f);
+    let mut out = Vec::with_capacity(items.len());
+    let mut items = items.into_iter().peekable();
+    while items.peek().is_some() {
+        let handles: Vec<_> = items
+            .by_ref()
+            .take(64)
+            .map(|item| {
+                let f = f.clone();
+                std::thread::Builder::new().name("probe".into()).spawn(move || f(item))
+            })
             .collect();
-        for (i, h) in handles {
-            out[i] = h.join().unwrap_or(false);
+        for h in handles {
+            out.push(match h {
+                Err(e) => Probe::HarnessError(format!("cannot start a probe thread: {e}")),
+                Ok(h) => h
+                    .join()
+                    .unwrap_or_else(|p| Probe::HarnessError(format!("probe thread panicked: {}", panic_message(&*p)))),
+            });
         }
     }
     out
 }
 
-fn probe(ns: &Path, ip: Ipv4Addr, port: u16, proto: Proto, timeout: Duration) -> bool {
+/// One TCP or UDP probe from the netns at `ns` to a matrix server (which answers `+`).
+#[must_use]
+pub fn probe(ns: &Path, ip: Ipv4Addr, port: u16, proto: Proto, timeout: Duration) -> Probe {
     let to = SocketAddr::from((ip, port));
     match proto {
         Proto::Tcp => {
-            let Ok(mut s) = in_ns(ns, move || TcpStream::connect_timeout(&to, timeout)) else { return false };
-            let _ = s.set_read_timeout(Some(timeout));
+            let mut s = match try_in_ns(ns, move || TcpStream::connect_timeout(&to, timeout)) {
+                Err(e) => return Probe::HarnessError(e),
+                Ok(Err(e)) => return classify_io_error(&format!("TCP connect to {to}"), &e),
+                Ok(Ok(s)) => s,
+            };
+            if let Err(e) = s.set_read_timeout(Some(timeout)) {
+                return Probe::HarnessError(format!("setting a read timeout: {e}"));
+            }
             let mut b = [0u8; 1];
-            matches!(s.read(&mut b), Ok(1) if b[0] == b'+')
+            match s.read(&mut b) {
+                Ok(1) if b[0] == b'+' => Probe::Reached,
+                Ok(0) => Probe::HarnessError(format!("the server at {to} closed without answering")),
+                Ok(_) => Probe::HarnessError(format!("unexpected reply {:?} from {to}", b[0] as char)),
+                Err(e) => classify_io_error(&format!("TCP read from {to}"), &e),
+            }
         }
         Proto::Udp => {
-            let s = in_ns(ns, || UdpSocket::bind(("0.0.0.0", 0)).expect("bind"));
-            let _ = s.set_read_timeout(Some(timeout));
-            if s.send_to(b"?", to).is_err() {
-                return false;
+            let s = match try_in_ns(ns, || UdpSocket::bind(("0.0.0.0", 0))) {
+                Err(e) => return Probe::HarnessError(e),
+                Ok(Err(e)) => return Probe::HarnessError(format!("binding a UDP socket in {}: {e}", ns.display())),
+                Ok(Ok(s)) => s,
+            };
+            if let Err(e) = s.set_read_timeout(Some(timeout)) {
+                return Probe::HarnessError(format!("setting a read timeout: {e}"));
             }
+            if let Err(e) = s.send_to(b"?", to) {
+                return classify_io_error(&format!("UDP send to {to}"), &e);
+            }
+            // An unconnected socket never sees ICMP port-unreachable: no reply is "blocked".
             let mut b = [0u8; 8];
-            matches!(s.recv_from(&mut b), Ok((1, _)) if b[0] == b'+')
+            match s.recv_from(&mut b) {
+                Ok((1, _)) if b[0] == b'+' => Probe::Reached,
+                Ok((n, peer)) => Probe::HarnessError(format!("unexpected UDP reply of {n} bytes from {peer}")),
+                Err(e) => classify_io_error(&format!("UDP receive from {to}"), &e),
+            }
         }
     }
 }
@@ -323,4 +390,52 @@ fn serve_udp(ns: &Path, ip: Ipv4Addr, port: u16, stop: Arc<AtomicBool>) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[should_panic(
+        expected = "the probe could not run (this is not \"blocked\"): cannot enter /nonexistent/myelin-netns"
+    )]
+    fn a_probe_from_a_missing_netns_fails_the_test_instead_of_counting_as_blocked() {
+        let _ = reach(Path::new("/nonexistent/myelin-netns"), Ipv4Addr::LOCALHOST, 80, Proto::Tcp);
+    }
+
+    #[test]
+    fn a_failed_netns_entry_is_a_harness_error_for_both_protocols() {
+        for proto in [Proto::Tcp, Proto::Udp] {
+            let p = probe(Path::new("/nonexistent/myelin-netns"), Ipv4Addr::LOCALHOST, 80, proto, PROBE_TIMEOUT);
+            assert!(matches!(&p, Probe::HarnessError(e) if e.contains("does not exist")), "{proto:?}: {p:?}");
+        }
+    }
+
+    #[test]
+    fn a_panicking_probe_thread_is_a_harness_error() {
+        let r = run_parallel(vec![1, 2], |i| if i == 2 { panic!("probe {i} exploded") } else { Probe::Blocked });
+        assert_eq!(r[0], Probe::Blocked);
+        assert_eq!(r[1], Probe::HarnessError("probe thread panicked: probe 2 exploded".into()));
+    }
+
+    #[test]
+    #[should_panic(expected = "1 of 2 probes could not run (harness errors, not \"blocked\")")]
+    fn a_harness_error_where_blocked_is_expected_fails_the_case() {
+        let labels = vec!["x/a -> x/b 80/Tcp".to_owned(), "x/a -> x/c 80/Tcp".to_owned()];
+        let results = vec![Probe::Blocked, Probe::HarnessError("bind failed".into())];
+        assert_matches("both blocked", &labels, &results, |_| false);
+    }
+
+    #[test]
+    #[should_panic(expected = "x/a -> x/b 80/Tcp: expected blocked, got reach")]
+    fn a_wrong_verdict_fails_the_case() {
+        assert_matches("blocked", &["x/a -> x/b 80/Tcp".to_owned()], &[Probe::Reached], |_| false);
+    }
+
+    #[test]
+    fn matching_verdicts_pass() {
+        let labels = vec!["a".to_owned(), "b".to_owned()];
+        assert_matches("ok", &labels, &[Probe::Reached, Probe::Blocked], |i| i == 0);
+    }
 }

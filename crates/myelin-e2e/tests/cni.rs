@@ -27,8 +27,17 @@ fn add_check_del_round_trip_leaves_nothing_behind() {
         ("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=rt"),
     ];
 
-    let add = run_cni("ADD", &conf(&sock), &env);
+    // The pod's labels ride in the ADD (CNI conventions: args.cni.labels).
+    let mut add_conf = conf(&sock);
+    add_conf["args"] = json!({"cni": {"labels": [{"key": "app", "value": "rt"}, {"key": "tier", "value": "web"}]}});
+    let add = run_cni("ADD", &add_conf, &env);
     assert_eq!(add.code, 0, "ADD failed: {}", add.raw);
+    let eps: Vec<myelin_api::Endpoint> = client(lab, "node1").get("/v1/endpoints").unwrap();
+    assert_eq!(eps.len(), 1);
+    let want: myelin_api::Labels = [("app", "rt"), ("tier", "web")].map(|(k, v)| (k.to_owned(), v.to_owned())).into();
+    assert_eq!(eps[0].labels, want, "the endpoint has its labels from the ADD itself");
+    assert_eq!(eps[0].namespace.as_deref(), Some("default"));
+    assert_eq!(eps[0].pod_name.as_deref(), Some("rt"));
     let r = &add.stdout;
     assert_eq!(r["cniVersion"], "1.0.0");
     let addr = r["ips"][0]["address"].as_str().unwrap().to_owned();
@@ -114,6 +123,12 @@ fn errors_follow_the_cni_contract() {
     assert_error(&run_cni("ADD", &conf(&sock), &e2), 3, "does not exist");
     // Missing environment.
     assert_error(&run_cni("ADD", &conf(&sock), &env("c3")), 4, "CNI_NETNS");
+    // Labels that are not {key, value} strings.
+    let mut c = conf(&sock);
+    c["args"] = json!({"cni": {"labels": [{"key": "app", "value": "a"}, {"key": "tier", "value": 3}]}});
+    assert_error(&run_cni("ADD", &c, &e), 7, "args.cni.labels[1]");
+    let eps: Vec<myelin_api::Endpoint> = client(lab, "node1").get("/v1/endpoints").unwrap();
+    assert!(eps.is_empty(), "a refused ADD plumbed nothing: {eps:?}");
 
     // Pool exhausted: a /29 has 5 pod addresses (network, gateway, broadcast reserved).
     let ids = ["x1", "x2", "x3", "x4", "x5"];
@@ -211,6 +226,12 @@ fn gc_removes_attachments_the_runtime_no_longer_has_and_the_socket_is_root_only(
     }
     let mut c = conf(&sock);
     c["cniVersion"] = json!("1.1.0");
+    // A GC without the list is refused (code 7) and deletes nothing: a runtime that forgot
+    // the list must not lose every endpoint.
+    let r = run_cni("GC", &c, &[]);
+    assert_error(&r, 7, "cni.dev/valid-attachments");
+    let eps: Vec<myelin_api::Endpoint> = client(lab, "node1").get("/v1/endpoints").unwrap();
+    assert_eq!(eps.len(), 2, "a refused GC deleted nothing: {eps:?}");
     c["cni.dev/valid-attachments"] = json!([{"containerID": "keep", "ifname": "eth0"}]);
     let r = run_cni("GC", &c, &[]);
     assert_eq!(r.code, 0, "GC: {}", r.raw);
@@ -222,4 +243,10 @@ fn gc_removes_attachments_the_runtime_no_longer_has_and_the_socket_is_root_only(
     // STATUS of a healthy agent: exit 0, no output.
     let s = run_cni("STATUS", &c, &[]);
     assert_eq!(s.code, 0, "{}", s.raw);
+    // An empty list does mean "nothing is valid".
+    c["cni.dev/valid-attachments"] = json!([]);
+    let r = run_cni("GC", &c, &[]);
+    assert_eq!(r.code, 0, "GC []: {}", r.raw);
+    let eps: Vec<myelin_api::Endpoint> = client(lab, "node1").get("/v1/endpoints").unwrap();
+    assert!(eps.is_empty(), "GC with [] removes every endpoint: {eps:?}");
 }

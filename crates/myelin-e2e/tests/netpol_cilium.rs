@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use myelin_e2e::netpol::{Matrix, Proto};
-use myelin_e2e::{ping, wait_for};
+use myelin_e2e::{classify_io_error, ping, wait_for, Probe};
 use std::io::{Read, Write};
 use std::time::Duration;
 
@@ -195,12 +195,21 @@ spec:
     });
     let mut c = myelin_e2e::tcp_connect(&xb.netns, addr).expect("allowed connection");
     c.set_read_timeout(Some(Duration::from_millis(800))).unwrap();
-    let echo = |c: &mut std::net::TcpStream| -> bool {
+    // One byte there and back: reached, blocked (no echo within the read timeout), or a
+    // harness error (the server went away, an unexpected error): never counted as blocked.
+    let echo = |c: &mut std::net::TcpStream| -> Probe {
         let mut b = [0u8; 1];
-        c.write_all(b"k").is_ok() && matches!(c.read(&mut b), Ok(1))
+        if let Err(e) = c.write_all(b"k") {
+            return classify_io_error("writing to the established connection", &e);
+        }
+        match c.read(&mut b) {
+            Ok(1) => Probe::Reached,
+            Ok(_) => Probe::HarnessError("the echo server closed the connection".into()),
+            Err(e) => classify_io_error("reading the echo", &e),
+        }
     };
     for _ in 0..20 {
-        assert!(echo(&mut c), "echo over the allowed connection (replies need no reverse rule)");
+        assert!(echo(&mut c).reached("echo"), "echo over the allowed connection (replies need no reverse rule)");
     }
 
     // Revoke x/a's ingress allow: the established connection is cut at once
@@ -212,7 +221,10 @@ spec:
   egress: []
 ",
     ));
-    assert!(!echo(&mut c), "the established connection no longer passes after the revoke");
+    assert!(
+        !echo(&mut c).reached("echo after the revoke"),
+        "the established connection no longer passes after the revoke"
+    );
 
     // Restore: the same connection works again (TCP retransmits get through).
     m.apply(&cnp_xa(

@@ -44,6 +44,9 @@ pub enum LabError {
     /// The lab's state file is unreadable.
     #[error("state file {path}: {message}")]
     State { path: PathBuf, message: String },
+    /// Processes in the lab's cgroups or namespaces did not end.
+    #[error("{message}")]
+    Processes { message: String },
     /// A system call failed.
     #[error("{what}: {source}")]
     Sys { what: String, source: nix::Error },

@@ -14,15 +14,22 @@
 //! it is created, so [`Lab::down_by_name`] can remove a half-built lab.
 #![forbid(unsafe_code)]
 
+mod agents;
 mod error;
 mod lab;
 pub mod naming;
+mod plan;
+mod pods;
+mod procs;
 mod spec;
 mod status;
 mod sys;
+mod teardown;
+mod topology;
 
 pub use error::{LabError, Result};
-pub use lab::{ExternalInfo, Lab, LabOptions, NodeInfo, PodInfo, ProgressFn, BPF_ROOT, STATE_ROOT};
+pub use lab::{ExecTarget, Lab, LabOptions, ProgressFn};
+pub use plan::{ExternalInfo, NodeInfo, PodInfo, BPF_ROOT, STATE_ROOT};
 pub use spec::{ExternalSpec, LabSpec, NamespaceSpec, NodeSpec, PodSpec, MAX_HOST_NAME, MAX_OBJECT_NAME};
 pub use status::{ExternalStatus, LabStatus, NodeStatus, PodStatus};
 pub use sys::{bin_dirs, cgroup2_mount, find_binary, BIN_DIR_ENV};

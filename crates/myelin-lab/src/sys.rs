@@ -152,38 +152,6 @@ pub(crate) fn stop_process(
         || signal_and_wait(pid, started, Signal::SIGKILL, Duration::from_secs(10), reap)
 }
 
-/// Kill every process in a cgroup and wait until it is empty.
-pub(crate) fn empty_cgroup(dir: &Path, timeout: Duration) -> Result<()> {
-    let procs = dir.join("cgroup.procs");
-    let kill_file = dir.join("cgroup.kill");
-    let deadline = Instant::now() + timeout;
-    loop {
-        let text = match std::fs::read_to_string(&procs) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(io("reading", &procs)(e)),
-        };
-        let pids: Vec<i32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
-        if pids.is_empty() {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(LabError::State {
-                path: procs,
-                message: format!("processes {pids:?} are still in the cgroup after SIGKILL"),
-            });
-        }
-        if kill_file.exists() {
-            let _ = std::fs::write(&kill_file, "1");
-        } else {
-            for p in pids {
-                let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
-            }
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// `rmdir`, treating "does not exist" as done.
 pub(crate) fn rmdir_if_exists(dir: &Path) -> Result<()> {
     match std::fs::remove_dir(dir) {

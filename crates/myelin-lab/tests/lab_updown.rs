@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic with context
 //! Lab lifecycle against the real binaries (root only): up -> status -> exec ->
-//! down leaves the machine as it was; a failed up leaves nothing behind.
+//! down leaves the machine as it was; a failed up leaves nothing behind; nothing run in a
+//! lab outlives its `lab exec`, its pod or the lab.
 //!
 //! Needs `cargo build --workspace --bins` first (the lab finds `myelin-agent`,
 //! `myelin-cni` and `myelin` next to this test binary, or in $MYELIN_BIN_DIR).
@@ -230,4 +231,189 @@ fn two_labs_coexist_and_down_by_name_removes_only_its_own() {
     drop(la);
     lb.down().expect("down b");
     assert_eq!(snapshot(&b), empty());
+}
+
+// ---- no orphans: what runs in a lab ends with its exec, its pod, or the lab ----
+
+/// Identity of a network namespace: the nsfs (device, inode) of a netns file or /proc/PID/ns/net.
+fn netns_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Start time of a process (field 22 of /proc/PID/stat), to tell it from a later one with its pid.
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// True while `pid` is the process started at `started` and not a zombie.
+fn running(pid: i32, started: Option<u64>) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+    !matches!(state, None | Some("Z" | "X")) && start_time(pid) == started
+}
+
+/// Every process (pid, start time, command line) whose network namespace is one of `ids`.
+fn processes_in(ids: &BTreeSet<(u64, u64)>) -> Vec<(i32, Option<u64>, String)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        if netns_id(&e.path().join("ns/net")).is_some_and(|id| ids.contains(&id)) {
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            out.push((pid, start_time(pid), String::from_utf8_lossy(&cmd).replace('\0', " ")));
+        }
+    }
+    out
+}
+
+/// Poll `f` until it holds, or panic after `timeout` saying what did not happen.
+fn wait_until(what: &str, timeout: std::time::Duration, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !f() {
+        assert!(std::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// A child process that is killed and reaped when dropped, so a failing test leaves none behind.
+struct Spawned(std::process::Child);
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Wait until a child of ours has exited (reaping it), or panic.
+fn wait_exit(child: &mut Spawned, what: &str) -> std::process::ExitStatus {
+    let child = &mut child.0;
+    let mut status = None;
+    wait_until(what, std::time::Duration::from_secs(10), || {
+        status = child.try_wait().expect("try_wait");
+        status.is_some()
+    });
+    status.expect("exit status")
+}
+
+/// `cmd` running in the netns at `netns` through `ip netns exec` (so in none of the lab's
+/// cgroups), once it really runs there.
+fn spawn_in_netns(netns: &str, argv: &[&str]) -> Spawned {
+    let child = Spawned(
+        std::process::Command::new("ip")
+            .args(["netns", "exec", netns])
+            .args(argv)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("ip netns exec"),
+    );
+    let want = netns_id(&Path::new("/var/run/netns").join(netns)).expect("netns exists");
+    let pid = i32::try_from(child.0.id()).unwrap();
+    wait_until(&format!("{argv:?} to run in {netns}"), std::time::Duration::from_secs(10), || {
+        netns_id(Path::new(&format!("/proc/{pid}/ns/net"))) == Some(want)
+            && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(argv[0].as_bytes()))
+    });
+    child
+}
+
+/// The pid of the `sleep 1000` running in a pod's cgroup, once there is one.
+fn sleep_in_cgroup(cgroup: &Path) -> i32 {
+    let mut found = None;
+    wait_until(&format!("sleep 1000 in {}", cgroup.display()), std::time::Duration::from_secs(10), || {
+        let procs = std::fs::read_to_string(cgroup.join("cgroup.procs")).unwrap_or_default();
+        found = procs
+            .lines()
+            .filter_map(|l| l.trim().parse::<i32>().ok())
+            .find(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == b"sleep\x001000\x00"));
+        found.is_some()
+    });
+    found.expect("sleep pid")
+}
+
+#[test]
+fn killing_lab_exec_ends_its_command() {
+    use std::os::unix::process::ExitStatusExt;
+    require_root();
+    let name = lab_name("x");
+    let _teardown = Teardown(name.clone());
+    let spec = LabSpec { pods: vec![PodSpec::new("default", "a", "node1", &[("app", "a")])], ..two_pod_spec() };
+    let lab = Lab::up(spec, &name, LabOptions::default()).unwrap_or_else(|e| panic!("lab up: {e}"));
+    let cgroup = lab.pod("default", "a").expect("pod a").cgroup_dir.expect("pod cgroup");
+    let myelin = myelin_lab::find_binary("myelin", None).expect("myelin binary");
+    for signal in [Signal::SIGKILL, Signal::SIGTERM] {
+        let mut exec = Spawned(
+            std::process::Command::new(&myelin)
+                .args(["lab", "exec", "--name", &name, "default/a", "--", "sleep", "1000"])
+                .stdin(std::process::Stdio::null())
+                .spawn()
+                .expect("myelin lab exec"),
+        );
+        let sleep = sleep_in_cgroup(&cgroup);
+        let started = start_time(sleep);
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(exec.0.id()).unwrap()), signal).unwrap();
+        let status = wait_exit(&mut exec, &format!("myelin lab exec to end after {signal}"));
+        assert_eq!(status.signal(), Some(signal as i32), "lab exec reports how its command ended: {status}");
+        wait_until(
+            &format!("the command of a {signal}ed `myelin lab exec` (sleep, pid {sleep}) to end"),
+            std::time::Duration::from_secs(5),
+            || !running(sleep, started),
+        );
+    }
+    lab.down().unwrap_or_else(|e| panic!("lab down: {e}"));
+    assert_eq!(snapshot(&name), empty());
+}
+
+#[test]
+fn pod_delete_and_lab_down_end_every_process_in_the_labs_pods_and_namespaces() {
+    require_root();
+    let name = lab_name("o");
+    let _teardown = Teardown(name.clone());
+    let mut lab = Lab::up(two_pod_spec(), &name, LabOptions::default()).unwrap_or_else(|e| panic!("lab up: {e}"));
+
+    // Pod delete: what runs in the pod (through exec, and beside its cgroup) ends with it.
+    let c = lab.add_pod(PodSpec::new("default", "c", "node1", &[("app", "c")])).unwrap_or_else(|e| panic!("{e}"));
+    let mut in_c = Spawned(lab.exec_command("default/c", &["sleep", "1000"]).expect("exec").spawn().expect("spawn"));
+    let mut beside_c = spawn_in_netns(&c.netns, &["sleep", "1000"]);
+    sleep_in_cgroup(c.cgroup_dir.as_deref().expect("pod cgroup"));
+    lab.delete_pod("default", "c").unwrap_or_else(|e| panic!("delete pod: {e}"));
+    wait_exit(&mut in_c, "the process exec'd in the deleted pod to end");
+    wait_exit(&mut beside_c, "the process in the deleted pod's netns (outside its cgroup) to end");
+    assert!(!c.netns_path.exists(), "pod netns left behind");
+    assert!(!c.cgroup_dir.as_deref().expect("pod cgroup").exists(), "pod cgroup left behind");
+
+    // Lab down: a process in a pod (exec, so in its cgroup), one in a pod's netns outside its
+    // cgroup, one in a node's netns and one in an external host's, none started by the lab.
+    let a = lab.pod("default", "a").expect("pod a");
+    let b = lab.pod("default", "b").expect("pod b");
+    let node = lab.node("node1").expect("node1");
+    let world = lab.external("world1").expect("world1");
+    let mut children = vec![
+        (
+            "exec'd in pod a",
+            Spawned(lab.exec_command("default/a", &["sleep", "1000"]).expect("exec").spawn().expect("spawn")),
+        ),
+        ("in pod b's netns", spawn_in_netns(&b.netns, &["sleep", "1000"])),
+        ("in the node's netns", spawn_in_netns(&node.netns, &["sleep", "1000"])),
+        ("in the external host's netns", spawn_in_netns(&world.netns, &["sleep", "1000"])),
+    ];
+    sleep_in_cgroup(a.cgroup_dir.as_deref().expect("pod cgroup"));
+    let ids: BTreeSet<(u64, u64)> =
+        lab.netns_names().iter().filter_map(|n| netns_id(&Path::new("/var/run/netns").join(n))).collect();
+    assert_eq!(ids.len(), 5, "fabric, node, external and 2 pods");
+    let before = processes_in(&ids);
+    for (what, child) in &children {
+        let pid = i32::try_from(child.0.id()).unwrap();
+        assert!(before.iter().any(|(p, _, _)| *p == pid), "the process {what} (pid {pid}) is seen in a lab netns");
+    }
+    lab.down().unwrap_or_else(|e| panic!("lab down: {e}"));
+    for (what, child) in &mut children {
+        wait_exit(child, &format!("the process {what} to end with the lab"));
+    }
+    // No process that was in a lab netns survives to keep it alive (the agent included).
+    let survivors: Vec<_> = before.iter().filter(|(pid, started, _)| running(*pid, *started)).collect();
+    assert!(survivors.is_empty(), "processes keep deleted lab namespaces alive: {survivors:?}");
+    assert_eq!(snapshot(&name), empty(), "lab down left things behind");
 }

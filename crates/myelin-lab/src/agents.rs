@@ -1,0 +1,182 @@
+//! The agents of a lab's nodes: their config files, starting, waiting for
+//! health, telling them the namespaces' labels, stopping.
+
+use crate::error::{io, LabError, Result};
+use crate::lab::Lab;
+use crate::sys;
+use myelin_api::{Client, Status};
+use nix::sys::signal::Signal;
+use serde::Serialize;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+impl Lab {
+    /// Start every node's agent, then wait until each is healthy and knows the namespaces.
+    pub(crate) fn start_agents(&mut self) -> Result<()> {
+        let s = self.state.clone();
+        for i in 0..s.nodes.len() {
+            self.say(&format!("starting myelin-agent on {}", s.nodes[i].name));
+            self.write_agent_config(i)?;
+            self.start_agent(i)?;
+        }
+        for i in 0..s.nodes.len() {
+            self.wait_agent(i)?;
+            self.push_namespaces(i)?;
+            self.say(&format!("agent on {} is healthy", s.nodes[i].name));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn write_agent_config(&self, i: usize) -> Result<()> {
+        #[derive(Serialize)]
+        struct AgentConfig<'a> {
+            node_name: &'a str,
+            pod_cidr: &'a str,
+            uplink: &'a str,
+            state_dir: &'a Path,
+            socket: &'a Path,
+            bpf_dir: &'a Path,
+            masquerade: bool,
+            native_routing_cidrs: Vec<&'a str>,
+            ip_forward: bool,
+        }
+        let n = &self.state.nodes[i];
+        std::fs::create_dir_all(&n.agent_state_dir).map_err(io("creating", &n.agent_state_dir))?;
+        let cfg = AgentConfig {
+            node_name: &n.name,
+            pod_cidr: &n.pod_cidr,
+            uplink: "eth0",
+            state_dir: &n.agent_state_dir,
+            socket: &n.agent_socket,
+            bpf_dir: &n.bpf_dir,
+            masquerade: true,
+            // Pods on other nodes are reached natively routed, unNATed.
+            native_routing_cidrs: self
+                .state
+                .nodes
+                .iter()
+                .filter(|m| m.name != n.name)
+                .map(|m| m.pod_cidr.as_str())
+                .collect(),
+            ip_forward: true,
+        };
+        let text = toml::to_string(&cfg)
+            .map_err(|e| LabError::State { path: n.agent_config.clone(), message: e.to_string() })?;
+        std::fs::write(&n.agent_config, text).map_err(io("writing", &n.agent_config))
+    }
+
+    pub(crate) fn start_agent(&mut self, i: usize) -> Result<()> {
+        let agent = sys::find_binary("myelin-agent", self.bin_dir.as_deref())?;
+        let n = self.state.nodes[i].clone();
+        if let Some(dir) = n.agent_log.parent() {
+            std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&n.agent_log)
+            .map_err(io("opening", &n.agent_log))?;
+        let log2 = log.try_clone().map_err(io("duplicating", &n.agent_log))?;
+        // A new session so the agent outlives the CLI's terminal; `setsid` execs in
+        // place (we are not a process-group leader), so the pid is the agent's.
+        let mut cmd = match sys::which("setsid") {
+            Some(setsid) => {
+                let mut c = Command::new(setsid);
+                c.arg(&agent);
+                c
+            }
+            None => {
+                let mut c = Command::new(&agent);
+                std::os::unix::process::CommandExt::process_group(&mut c, 0);
+                c
+            }
+        };
+        cmd.arg("--config").arg(&n.agent_config).arg("--netns").arg(&n.netns_path);
+        cmd.stdin(Stdio::null()).stdout(log).stderr(log2);
+        let child = cmd.spawn().map_err(|e| LabError::Command {
+            what: format!("starting the agent of node {}", n.name),
+            command: format!("{cmd:?}"),
+            detail: e.to_string(),
+        })?;
+        let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
+        self.state.nodes[i].agent_pid = Some(pid);
+        self.state.nodes[i].agent_start_time = sys::start_time(pid);
+        self.children.insert(n.name.clone(), child);
+        self.save()
+    }
+
+    /// Tell a node's agent the namespaces' labels (as a Kubernetes watcher would):
+    /// they are part of the endpoints' security identities.
+    pub(crate) fn push_namespaces(&self, i: usize) -> Result<()> {
+        let client = Client::new(&self.state.nodes[i].agent_socket);
+        for ns in &self.state.spec.namespaces {
+            let body = myelin_api::NamespaceLabels { labels: ns.labels.clone() };
+            let _: myelin_api::NamespaceLabels =
+                client.put(&format!("/v1/namespaces/{}", ns.name), &body).map_err(|source| LabError::Api {
+                    what: format!("setting the labels of namespace {}", ns.name),
+                    socket: self.state.nodes[i].agent_socket.clone(),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn wait_agent(&mut self, i: usize) -> Result<()> {
+        let n = self.state.nodes[i].clone();
+        let fail = |message: String| LabError::Agent {
+            node: n.name.clone(),
+            message,
+            log: n.agent_log.clone(),
+            tail: sys::tail(&n.agent_log, 20),
+        };
+        let client = Client::new(&n.agent_socket).with_timeout(Duration::from_secs(2));
+        let deadline = Instant::now() + self.agent_timeout;
+        let mut last;
+        loop {
+            if let Some(child) = self.children.get_mut(&n.name) {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.children.remove(&n.name);
+                    return Err(fail(format!("exited ({status}) before it became healthy")));
+                }
+            } else if !n.agent_pid.is_some_and(|p| sys::alive(p, n.agent_start_time)) {
+                return Err(fail("is not running".into()));
+            }
+            match client.get::<Status>("/v1/status") {
+                Ok(s) if s.healthy => return Ok(()),
+                Ok(s) => last = format!("answers but is not healthy yet ({} features probed)", s.features.len()),
+                Err(e) => last = e.to_string(),
+            }
+            if Instant::now() >= deadline {
+                return Err(fail(format!(
+                    "not healthy after {:?} on {}: {last}",
+                    self.agent_timeout,
+                    n.agent_socket.display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub(crate) fn stop_agent(&mut self, i: usize, signal: Signal) -> Result<()> {
+        let n = self.state.nodes[i].clone();
+        if let Some(pid) = n.agent_pid {
+            let mut child = self.children.remove(&n.name);
+            let mut reap = || {
+                if let Some(c) = child.as_mut() {
+                    let _ = c.try_wait();
+                }
+            };
+            let grace = if signal == Signal::SIGKILL { Duration::from_secs(10) } else { Duration::from_secs(15) };
+            if !sys::stop_process(pid, n.agent_start_time, signal, grace, &mut reap) {
+                return Err(LabError::State {
+                    path: n.agent_log.clone(),
+                    message: format!("agent of node {} (pid {pid}) does not exit even after SIGKILL", n.name),
+                });
+            }
+        }
+        self.state.nodes[i].agent_pid = None;
+        self.state.nodes[i].agent_start_time = None;
+        self.save()
+    }
+}

@@ -1,0 +1,176 @@
+//! Planning a lab: every name, address and path computed before anything is
+//! created, and the state (lab.json) that records them.
+
+use crate::naming;
+use crate::spec::{LabSpec, PodSpec};
+use myelin_api::{Labels, NamedPort};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Root of every lab's state directory.
+pub const STATE_ROOT: &str = "/run/myelin/lab";
+/// Root of every lab's bpffs directories.
+pub const BPF_ROOT: &str = "/sys/fs/bpf/myelin/lab";
+
+pub(crate) const UNDERLAY: &str = "172.30.0";
+pub(crate) const WORLD: &str = "198.51.100";
+pub(crate) const STATE_FILE: &str = "lab.json";
+
+/// A node of a running lab.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub name: String,
+    pub netns: String,
+    pub netns_path: PathBuf,
+    /// Underlay address, without prefix.
+    pub address: String,
+    pub pod_cidr: String,
+    pub agent_socket: PathBuf,
+    pub agent_pid: Option<i32>,
+    /// Start time of the agent process (to recognise it after pid reuse).
+    pub agent_start_time: Option<u64>,
+    pub agent_config: PathBuf,
+    pub agent_log: PathBuf,
+    pub agent_state_dir: PathBuf,
+    pub bpf_dir: PathBuf,
+}
+
+/// A pod of a running lab.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodInfo {
+    pub namespace: String,
+    pub name: String,
+    pub node: String,
+    pub netns: String,
+    pub netns_path: PathBuf,
+    pub container_id: String,
+    pub cgroup_dir: Option<PathBuf>,
+    pub labels: Labels,
+    pub ports: Vec<NamedPort>,
+    /// Set once the CNI ADD succeeded.
+    pub ip: Option<String>,
+    pub endpoint_id: Option<u32>,
+}
+
+/// An external host of a running lab.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExternalInfo {
+    pub name: String,
+    pub netns: String,
+    pub netns_path: PathBuf,
+    pub ip: String,
+}
+
+/// Everything `down` needs, persisted as lab.json.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct LabState {
+    pub(crate) name: String,
+    pub(crate) spec: LabSpec,
+    pub(crate) state_dir: PathBuf,
+    pub(crate) bpf_root: PathBuf,
+    /// `<cgroup2>/myelin/<lab>`, when the lab has pods.
+    pub(crate) cgroup_root: Option<PathBuf>,
+    pub(crate) fabric_netns: String,
+    pub(crate) nodes: Vec<NodeInfo>,
+    pub(crate) external: Vec<ExternalInfo>,
+    pub(crate) pods: Vec<PodInfo>,
+}
+
+pub(crate) fn state_dir(name: &str) -> PathBuf {
+    Path::new(STATE_ROOT).join(name)
+}
+
+/// Compute every name and address of a lab before anything is created.
+pub(crate) fn plan(name: &str, spec: LabSpec, state_dir: PathBuf, cgroup_root: Option<PathBuf>) -> LabState {
+    let bpf_root = Path::new(BPF_ROOT).join(name);
+    let nodes = spec
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let netns = naming::node_netns(name, &n.name);
+            let dir = state_dir.join(&n.name);
+            NodeInfo {
+                name: n.name.clone(),
+                netns_path: naming::netns_path(&netns),
+                netns,
+                address: format!("{UNDERLAY}.{}", 10 + i),
+                pod_cidr: n.pod_cidr.clone().unwrap_or_else(|| format!("10.244.{}.0/24", i + 1)),
+                agent_socket: dir.join("agent.sock"),
+                agent_pid: None,
+                agent_start_time: None,
+                agent_config: dir.join("agent.toml"),
+                agent_log: dir.join("agent.log"),
+                agent_state_dir: dir.join("store"),
+                bpf_dir: bpf_root.join(&n.name),
+            }
+        })
+        .collect();
+    let external = spec
+        .external
+        .iter()
+        .enumerate()
+        .map(|(j, x)| {
+            let netns = naming::external_netns(name, &x.name);
+            ExternalInfo {
+                name: x.name.clone(),
+                netns_path: naming::netns_path(&netns),
+                netns,
+                ip: format!("{WORLD}.{}", 10 + j),
+            }
+        })
+        .collect();
+    let pods = spec.pods.iter().map(|p| plan_pod(name, p, cgroup_root.as_deref())).collect();
+    LabState {
+        name: name.to_owned(),
+        fabric_netns: naming::fabric_netns(name),
+        state_dir,
+        bpf_root,
+        cgroup_root,
+        nodes,
+        external,
+        pods,
+        spec,
+    }
+}
+
+pub(crate) fn plan_pod(lab: &str, p: &PodSpec, cgroup_root: Option<&Path>) -> PodInfo {
+    let netns = naming::pod_netns(lab, &p.namespace, &p.name);
+    PodInfo {
+        namespace: p.namespace.clone(),
+        name: p.name.clone(),
+        node: p.node.clone(),
+        netns_path: naming::netns_path(&netns),
+        netns,
+        container_id: naming::container_id(lab, &p.namespace, &p.name),
+        cgroup_dir: cgroup_root.map(|r| r.join(format!("{}_{}", p.namespace, p.name))),
+        labels: p.labels.clone(),
+        ports: p.ports.clone(),
+        ip: None,
+        endpoint_id: None,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_assigns_addresses_cidrs_and_paths() {
+        let spec = LabSpec::demo();
+        let s = plan("t1", spec, PathBuf::from("/run/myelin/lab/t1"), Some(PathBuf::from("/cg/myelin/t1")));
+        assert_eq!(s.fabric_netns, "myl-t1-fab");
+        assert_eq!(s.nodes[0].netns, "myl-t1-node1");
+        assert_eq!(s.nodes[0].address, "172.30.0.10");
+        assert_eq!(s.nodes[0].pod_cidr, "10.244.1.0/24");
+        assert_eq!(s.nodes[0].bpf_dir, PathBuf::from("/sys/fs/bpf/myelin/lab/t1/node1"));
+        assert_eq!(s.nodes[0].agent_socket, PathBuf::from("/run/myelin/lab/t1/node1/agent.sock"));
+        assert_eq!(s.external[0].ip, "198.51.100.10");
+        assert_eq!(s.external[0].netns, "myl-t1-x-world1");
+        let db = s.pods.iter().find(|p| p.name == "db").unwrap();
+        assert_eq!(db.netns, "myl-t1-p-prod-db");
+        assert_eq!(db.cgroup_dir, Some(PathBuf::from("/cg/myelin/t1/prod_db")));
+        assert_eq!(db.container_id, "myl-t1-prod-db");
+    }
+}

@@ -1,0 +1,77 @@
+//! The lab's network: the fabric namespace with its two bridges, one namespace
+//! per node and per external host, the veths between them, addresses and routes.
+
+use crate::error::Result;
+use crate::lab::Lab;
+use crate::naming;
+use crate::plan::{UNDERLAY, WORLD};
+use crate::sys;
+
+impl Lab {
+    /// Create the fabric, node and external namespaces and wire them.
+    pub(crate) fn build_topology(&mut self) -> Result<()> {
+        let s = self.state.clone();
+        self.say(&format!(
+            "creating {} network namespaces (fabric, {} node(s), {} external host(s))",
+            1 + s.nodes.len() + s.external.len(),
+            s.nodes.len(),
+            s.external.len()
+        ));
+        let mut adds = vec![format!("netns add {}", s.fabric_netns)];
+        adds.extend(s.nodes.iter().map(|n| format!("netns add {}", n.netns)));
+        adds.extend(s.external.iter().map(|x| format!("netns add {}", x.netns)));
+        self.ip_batch_root("creating network namespaces", &adds)?;
+
+        self.say("wiring the fabric: bridges underlay 172.30.0.0/24 and world 198.51.100.0/24");
+        let mut fab = vec![
+            "link set lo up".to_owned(),
+            "link add underlay type bridge".to_owned(),
+            "link add world type bridge".to_owned(),
+            format!("addr add {UNDERLAY}.254/24 dev underlay"),
+            format!("addr add {WORLD}.254/24 dev world"),
+            "link set underlay up".to_owned(),
+            "link set world up".to_owned(),
+        ];
+        for (i, n) in s.nodes.iter().enumerate() {
+            fab.push(format!("link add u{i} type veth peer name eth0 netns {}", n.netns));
+            fab.push(format!("link set u{i} master underlay up"));
+        }
+        for (j, x) in s.external.iter().enumerate() {
+            fab.push(format!("link add w{j} type veth peer name eth0 netns {}", x.netns));
+            fab.push(format!("link set w{j} master world up"));
+        }
+        // Native routing: the fabric knows each node's pod CIDR (as a BGP-speaking
+        // router would), so external hosts reach pods with their own addresses.
+        for n in &s.nodes {
+            fab.push(format!("route add {} via {}", n.pod_cidr, n.address));
+        }
+        sys::ip_batch("wiring the fabric", Some(&s.fabric_netns), &fab)?;
+        sys::sysctl_in(&naming::netns_path(&s.fabric_netns), "net/ipv4/ip_forward", "1")?;
+
+        for (i, n) in s.nodes.iter().enumerate() {
+            let mut lines = vec![
+                "link set lo up".to_owned(),
+                format!("addr add {}/24 dev eth0", n.address),
+                "link set eth0 up".to_owned(),
+                format!("route add default via {UNDERLAY}.254"),
+            ];
+            // Native routing between nodes: other nodes' pod CIDRs via their underlay address.
+            for (j, m) in s.nodes.iter().enumerate() {
+                if i != j {
+                    lines.push(format!("route add {} via {}", m.pod_cidr, m.address));
+                }
+            }
+            sys::ip_batch(&format!("configuring node {}", n.name), Some(&n.netns), &lines)?;
+        }
+        for x in &s.external {
+            let lines = vec![
+                "link set lo up".to_owned(),
+                format!("addr add {}/24 dev eth0", x.ip),
+                "link set eth0 up".to_owned(),
+                format!("route add default via {WORLD}.254"),
+            ];
+            sys::ip_batch(&format!("configuring external host {}", x.name), Some(&x.netns), &lines)?;
+        }
+        Ok(())
+    }
+}
