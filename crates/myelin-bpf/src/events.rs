@@ -194,7 +194,10 @@ impl EventReader {
                 std::io::Error::from_raw_os_error(-n)
             )));
         }
-        Ok(usize::try_from(n).unwrap_or(0))
+        // The datapath wakes the reader only once a batch is queued
+        // (`wakeup_bytes`): whatever arrived without a wakeup is drained
+        // here, so a short timeout bounds how stale a quiet ring gets.
+        Ok(usize::try_from(n).unwrap_or(0) + self.drain()?)
     }
 
     /// Hand every record available now to the callback, without waiting.

@@ -33,6 +33,8 @@ mod prefilter;
 mod probe;
 mod services;
 mod sys;
+#[doc(hidden)]
+pub mod testing;
 
 macro_rules! skeleton {
     ($module:ident, $file:literal) => {

@@ -207,6 +207,68 @@ def tcp_session(addr, port, timeout):
         except OSError as e:
             print("error", e.errno, flush=True)
 
+def tcp_sink(addr, port):
+    """Accept one connection; report the bytes received so far every 20 ms
+    ("t <ms> <total>"), then "done <total>" at EOF."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((addr, port))
+    s.listen(1)
+    s.settimeout(20)
+    print("ready", flush=True)
+    c, _ = s.accept()
+    c.settimeout(0.02)
+    total = 0
+    while True:
+        try:
+            b = c.recv(1 << 20)
+            if not b:
+                break
+            total += len(b)
+        except socket.timeout:
+            pass
+        except OSError as e:
+            print("error", e.errno, flush=True)
+            return
+        print("t %d %d" % (int(time.monotonic() * 1000), total), flush=True)
+    print("done %d" % total, flush=True)
+
+def tcp_stream(addr, port, seconds):
+    """Send as fast as possible for `seconds`, then close; print "sent <total>"."""
+    s = socket.create_connection((addr, port), timeout=10)
+    buf = b"x" * 65536
+    total = 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        total += s.send(buf)
+    s.shutdown(socket.SHUT_WR)
+    s.settimeout(10)
+    while s.recv(100):
+        pass
+    print("sent %d" % total, flush=True)
+
+def tcp_connect_peer(addr, port, timeout):
+    """Like tcp-connect, and print what getpeername() says: "ok <ip>:<port>"."""
+    s = socket.socket()
+    s.settimeout(timeout)
+    try:
+        s.connect((addr, port))
+        peer = s.getpeername()
+        s.sendall(b"hello")
+        got = b""
+        while len(got) < 5:
+            b = s.recv(100)
+            if not b:
+                break
+            got += b
+        print(("ok" if got == b"hello" else "short") + " %s:%d" % peer, flush=True)
+    except socket.timeout:
+        print("timeout", flush=True)
+    except ConnectionRefusedError:
+        print("refused", flush=True)
+    except OSError as e:
+        print("error", e.errno, flush=True)
+
 cmd, args = sys.argv[1], sys.argv[2:]
 if cmd == "ping":
     ping(args[0], int(args[1]), float(args[2]), args[3] if len(args) > 3 else None)
@@ -226,6 +288,12 @@ elif cmd == "tcp-connect":
     tcp_connect(args[0], int(args[1]), float(args[2]))
 elif cmd == "udp-probe":
     udp_probe(args[0], int(args[1]), float(args[2]), int(args[3]) if len(args) > 3 else 5)
+elif cmd == "tcp-sink":
+    tcp_sink(args[0], int(args[1]))
+elif cmd == "tcp-stream":
+    tcp_stream(args[0], int(args[1]), float(args[2]))
+elif cmd == "tcp-connect-peer":
+    tcp_connect_peer(args[0], int(args[1]), float(args[2]))
 elif cmd == "tcp-session":
     tcp_session(args[0], int(args[1]), float(args[2]))
 else:

@@ -45,27 +45,6 @@ fn lab(n: usize) -> Lab {
 }
 
 /// A server process that lives until dropped (its stdin is held open).
-struct Server {
-    _stdin: ChildStdin,
-    _guard: ChildGuard,
-}
-
-fn serve(ns: &str, args: &[&str]) -> Server {
-    let mut child = netprobe(ns, args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn server");
-    let stdin = child.stdin.take().expect("server stdin");
-    let stdout = child.stdout.take().expect("server stdout");
-    let guard = ChildGuard(child);
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("server banner");
-    assert_eq!(line.trim(), "ready", "server {args:?} in {ns} did not start");
-    Server { _stdin: stdin, _guard: guard }
-}
-
 fn tcp_servers(ns: &str, ip: Ipv4Addr, ports: &[u16]) -> Server {
     let ip = ip.to_string();
     let ports: Vec<String> = ports.iter().map(u16::to_string).collect();

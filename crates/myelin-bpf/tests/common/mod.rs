@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use myelin_bpf::{ensure_bpffs, remove_pin_dir, Datapath, EndpointEntry, MetricRow, NodeConfig};
+use myelin_bpf::{ensure_bpffs, remove_pin_dir, Datapath, EndpointEntry, LoadOptions, MetricRow, NodeConfig};
 use nix::sched::{setns, CloneFlags};
 
 pub const NETPROBE: &str = include_str!("../netprobe.py");
@@ -156,6 +156,7 @@ pub struct Pod {
 pub struct Lab {
     // Drop order: datapath fds, pin dir, pods, node.
     pub dp: Option<Datapath>,
+    pub opts: LoadOptions,
     pub pin: PinDir,
     pub pods: Vec<Pod>,
     pub node: Netns,
@@ -170,6 +171,18 @@ impl Lab {
     /// One pod per identity: pod i (1-based) is 10.200.0.(1+i), endpoint
     /// id 100+i, host veth lxc<i>.
     pub fn with_identities(identities: &[u32]) -> Self {
+        Self::with_options(identities, LoadOptions::default())
+    }
+
+    /// Like [`Lab::with_identities`], loading with `opts` (objects, attach mode).
+    pub fn with_options(identities: &[u32], opts: LoadOptions) -> Self {
+        let mut lab = Self::unloaded(identities, opts);
+        lab.load_and_plumb();
+        lab
+    }
+
+    /// Namespaces, pods and veths, nothing loaded.
+    pub fn unloaded(identities: &[u32], opts: LoadOptions) -> Self {
         require_root();
         ensure_bpffs(Path::new("/sys/fs/bpf")).expect("bpffs");
         let pin = PinDir(PathBuf::from(format!("/sys/fs/bpf/{}", unique("pins"))));
@@ -181,13 +194,12 @@ impl Lab {
         let fwd = run(&["ip", "netns", "exec", &n, "cat", "/proc/sys/net/ipv4/ip_forward"]);
         assert_eq!(fwd.trim(), "0", "node netns must not forward: only eBPF may");
 
-        let mut lab = Self { dp: None, pin, pods: Vec::new(), node };
+        let mut lab = Self { dp: None, opts, pin, pods: Vec::new(), node };
         for (i, id) in (1u8..).zip(identities) {
             let mut pod = lab.add_pod(i);
             pod.identity = *id;
             lab.pods.push(pod);
         }
-        lab.load_and_plumb();
         lab
     }
 
@@ -269,8 +281,9 @@ impl Lab {
                 (p.ip, p.host_if.clone(), ep)
             })
             .collect();
+        let opts = self.opts.clone();
         let (dp, attached) = in_netns(&self.node.0, move || {
-            let dp = Datapath::load(&pin).expect("load datapath");
+            let dp = Datapath::load_with(&pin, &opts).expect("load datapath");
             dp.set_node_config(&NodeConfig {
                 node_ip: NODE_IP,
                 gateway: GATEWAY,
@@ -285,6 +298,7 @@ impl Lab {
                 attached.push(dp.attach_endpoint(&ifname, ep.ifindex).expect("attach endpoint"));
                 assert!(dp.endpoint_attached(&ifname), "{ifname} attached");
             }
+            dp.activate().expect("activate");
             (dp, attached)
         });
         self.dp = Some(dp);
@@ -322,4 +336,27 @@ pub fn start_server(ns: &str, args: &[&str]) -> (ChildGuard, BufReader<std::proc
     out.read_line(&mut line).expect("read server banner");
     assert_eq!(line.trim(), "ready", "server {args:?} did not start");
     (guard, out)
+}
+
+/// A long-running netprobe server (echo servers run until their stdin closes).
+pub struct Server {
+    _stdin: std::process::ChildStdin,
+    _guard: ChildGuard,
+}
+
+/// Start a netprobe server in `ns` that runs until dropped.
+pub fn serve(ns: &str, args: &[&str]) -> Server {
+    let mut child = netprobe(ns, args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn server");
+    let stdin = child.stdin.take().expect("server stdin");
+    let stdout = child.stdout.take().expect("server stdout");
+    let guard = ChildGuard(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).expect("server banner");
+    assert_eq!(line.trim(), "ready", "server {args:?} in {ns} did not start");
+    Server { _stdin: stdin, _guard: guard }
 }

@@ -1,0 +1,235 @@
+//! In-kernel tests of the loader's many objects and hook kinds: the uplink's
+//! tc programs and XDP prefilter and the cgroup socket load balancer loaded
+//! side by side with the pod programs in one pin directory, the clsact
+//! fallback for kernels without TCX, and flow events through the ring buffer.
+//!
+//! Topology (as in datapath.rs, plus an "outside" host on the uplink):
+//! ```text
+//!  outside netns                 node netns                              pods A, B
+//!  eth0 172.31.0.2/24 ---veth--- up0 172.31.0.1/24 (uplink)   lxc1, lxc2 ---veth--- 10.200.0.2, .3
+//!  route 10.200.0.0/24 via 172.31.0.1
+//! ```
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::cell::RefCell;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Duration;
+
+use common::*;
+use myelin_bpf::{
+    AttachMode, Backend, EventSettings, Frontend, LoadOptions, MonitorAggregation, RawEvent, DIR_INGRESS, DROP_POLICY,
+    DROP_POLICY_DENY, EVENT_DROP, EVENT_POLICY_VERDICT, EVENT_TRACE, REASON_FORWARDED, REASON_FROM_STACK, TRACE_TO_LXC,
+};
+
+const OUTSIDE: Ipv4Addr = Ipv4Addr::new(172, 31, 0, 2);
+const UPLINK_IP: Ipv4Addr = Ipv4Addr::new(172, 31, 0, 1);
+
+/// An outside host on a veth whose node side is the uplink `up0`.
+fn add_outside(lab: &Lab) -> Netns {
+    let out = Netns::new("out");
+    let (n, o) = (&lab.node.0, &out.0);
+    run(&["ip", "-n", n, "link", "add", "up0", "type", "veth", "peer", "name", "eth0", "netns", o]);
+    run(&["ip", "-n", n, "addr", "add", &format!("{UPLINK_IP}/24"), "dev", "up0"]);
+    run(&["ip", "-n", n, "link", "set", "up0", "up"]);
+    run(&["ip", "-n", o, "addr", "add", &format!("{OUTSIDE}/24"), "dev", "eth0"]);
+    run(&["ip", "-n", o, "link", "set", "eth0", "up"]);
+    run(&["ip", "-n", o, "route", "add", "10.200.0.0/24", "via", &UPLINK_IP.to_string()]);
+    out
+}
+
+#[test]
+fn uplink_xdp_and_cgroup_programs_load_beside_the_pod_programs() {
+    let lab = Lab::new();
+    let out = add_outside(&lab);
+    let dp = lab.dp();
+    assert!(
+        ["lxc", "netdev", "xdp", "sock"].iter().all(|o| dp.objects().contains(o)),
+        "every object loads on this kernel: {:?}, missing {:?}",
+        dp.objects(),
+        dp.unavailable()
+    );
+    let node = lab.node.0.clone();
+    let pin = lab.pin.0.clone();
+    in_netns(&node, || dp.attach_uplink("up0", ifindex("up0")).expect("attach uplink"));
+    for leaf in ["uplink_in", "uplink_out", "xdp"] {
+        assert!(pin.join("links/up0").join(leaf).exists(), "{leaf} link pinned");
+    }
+    assert!(dp.pinned_endpoints().expect("pinned").iter().all(|n| n != "up0"), "the uplink is not an endpoint");
+
+    // Outside -> pod A arrives on the uplink: from_netdev runs A's ingress
+    // policy and delivers straight into A (redirect_peer). The node forwards
+    // nothing (ip_forward=0): had the stack routed it, to_container would
+    // have counted FROM_STACK and the ping could not have reached A at all.
+    let a = lab.a();
+    let fwd0 = lab.metric(a.ep_id, DIR_INGRESS, REASON_FORWARDED);
+    let stack0 = lab.metric(a.ep_id, DIR_INGRESS, REASON_FROM_STACK);
+    run(&["ip", "netns", "exec", &node, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]);
+    assert_eq!(ping(&out.0, a.ip, 3, None), 3, "outside -> pod A through the uplink programs");
+    assert!(lab.metric(a.ep_id, DIR_INGRESS, REASON_FORWARDED) >= fwd0 + 3, "delivered by from_netdev");
+    assert_eq!(lab.metric(a.ep_id, DIR_INGRESS, REASON_FROM_STACK), stack0, "not through the node's routing");
+
+    // ... and its ingress policy applies there: default deny drops at the uplink.
+    dp.set_endpoint_policy(a.ep_id, true, false, &[]).expect("deny all ingress");
+    assert_eq!(ping(&out.0, a.ip, 2, None), 0, "policy enforced on the uplink path");
+    assert!(lab.metric(a.ep_id, DIR_INGRESS, DROP_POLICY) >= 2);
+    dp.set_endpoint_policies(&[(a.ep_id, None)]).expect("clear");
+    assert_eq!(ping(&out.0, a.ip, 2, None), 2);
+
+    // XDP prefilter: the outside host is denied before any skb exists.
+    dp.prefilter_deny(OUTSIDE, 32).expect("deny");
+    assert_eq!(ping(&out.0, a.ip, 2, None), 0, "dropped by XDP");
+    assert_eq!(ping(&out.0, UPLINK_IP, 2, None), 0, "even towards the node");
+    let rows = dp.prefilter().expect("prefilter");
+    assert!(rows.iter().any(|r| r.network == OUTSIDE && r.prefix_len == 32 && r.packets >= 4), "{rows:?}");
+    assert!(dp.prefilter_allow(OUTSIDE, 32).expect("allow"));
+    assert_eq!(ping(&out.0, UPLINK_IP, 2, None), 2, "allowed again");
+
+    // Socket load balancing: a process of the pods' cgroup connects to a
+    // service frontend and reaches a backend; getpeername() shows the frontend.
+    let cg = Cgroup::new();
+    dp.attach_cgroup(&cg.0).expect("attach cgroup");
+    let b = lab.b();
+    let b_ip = b.ip.to_string();
+    let _srv = serve(&b.ns.0, &["tcp-echo-server", &b_ip, "8080"]);
+    let vip = Ipv4Addr::new(10, 96, 0, 10);
+    dp.upsert_service(Frontend { address: vip, port: 80, protocol: 6 }, &[Backend { address: b.ip, port: 8080 }])
+        .expect("service");
+    let svc = dp.services().expect("services");
+    assert_eq!(svc.len(), 1);
+    assert_eq!(svc[0].backends, vec![Backend { address: b.ip, port: 8080 }]);
+    let reply = in_cgroup(&cg, &a.ns.0, &["tcp-connect-peer", &vip.to_string(), "80", "3"]);
+    assert_eq!(reply, format!("ok {vip}:80"), "VIP reached a backend, peer shows the VIP");
+    let outside_cgroup = netprobe_out(&a.ns.0, &["tcp-connect-peer", &vip.to_string(), "80", "1"]);
+    assert_ne!(outside_cgroup.split(' ').next(), Some("ok"), "not translated outside the cgroup: {outside_cgroup}");
+    assert!(dp.delete_service(Frontend { address: vip, port: 80, protocol: 6 }).expect("delete"));
+    assert!(dp.services().expect("services").is_empty());
+    dp.detach_cgroup().expect("detach cgroup");
+    in_netns(&node, || dp.detach_uplink("up0").expect("detach uplink"));
+    assert!(!pin.join("links/up0").exists(), "uplink links gone");
+}
+
+#[test]
+fn clsact_fallback_forwards_and_adopts_like_tcx() {
+    let mut lab = Lab::with_options(&[0, 0], LoadOptions { objects: None, attach_mode: Some(AttachMode::Tc) });
+    assert_eq!(lab.dp().attach_mode(), AttachMode::Tc);
+    let (a, b) = (lab.a(), lab.b());
+    let filters = run(&["tc", "-n", &lab.node.0, "filter", "show", "dev", "lxc1", "ingress"]);
+    assert!(filters.contains("from_container") && filters.contains("direct-action"), "clsact filter: {filters}");
+    assert!(!lab.pin.0.join("links/lxc1/ingress").exists(), "no TCX link in tc mode");
+    let fwd0 = lab.metric(a.ep_id, myelin_bpf::DIR_EGRESS, REASON_FORWARDED);
+    assert_eq!(ping(&a.ns.0, b.ip, 3, None), 3, "pod to pod over clsact (ip_forward=0)");
+    assert!(lab.metric(a.ep_id, myelin_bpf::DIR_EGRESS, REASON_FORWARDED) >= fwd0 + 3);
+    let node = lab.node.0.clone();
+    assert!(in_netns(&node, || lab.dp().endpoint_attached("lxc1")), "tc query finds the filters");
+
+    // A restarted agent finds the filters: nothing re-attached.
+    let (a_ns, b_ip) = (a.ns.0.clone(), b.ip);
+    lab.dp = None;
+    assert_eq!(ping(&a_ns, b_ip, 2, None), 2, "filters outlive the agent");
+    let attached = lab.load_and_plumb();
+    assert_eq!(attached, vec![true, true], "a new program replaces the old one on the same filter");
+    assert_eq!(ping(&a_ns, b_ip, 2, None), 2);
+    in_netns(&node, || lab.dp().detach_endpoint("lxc1").expect("detach"));
+    let filters = run(&["tc", "-n", &lab.node.0, "filter", "show", "dev", "lxc1", "ingress"]);
+    assert!(!filters.contains("from_container"), "filter removed: {filters}");
+    assert_eq!(ping(&a_ns, b_ip, 2, None), 0, "no eBPF, no forwarding");
+}
+
+#[test]
+fn verdicts_come_out_as_events_through_the_ring_buffer() {
+    let lab = Lab::new();
+    let dp = lab.dp();
+    dp.set_event_settings(&EventSettings {
+        aggregation: MonitorAggregation::Medium,
+        capture_len: 64,
+        ..EventSettings::default()
+    })
+    .expect("settings");
+    let seen: Rc<RefCell<Vec<(u8, u8, u32, u32, u8, usize)>>> = Rc::default();
+    let sink = seen.clone();
+    let reader = dp
+        .event_reader(move |rec| {
+            let e = RawEvent::parse(rec).expect("a whole record");
+            sink.borrow_mut().push((e.event_type, e.sub_type, e.endpoint_id, e.rule_id, e.direction, e.packet.len()));
+        })
+        .expect("reader");
+    reader.drain().expect("drain");
+    seen.borrow_mut().clear();
+    let (a, b) = (lab.a(), lab.b());
+    assert_eq!(ping(&a.ns.0, b.ip, 1, None), 1);
+    dp.set_endpoint_policy(b.ep_id, true, false, &[]).expect("default deny B ingress");
+    assert_eq!(ping(&a.ns.0, b.ip, 1, None), 0);
+    let got = wait_events(&reader, &seen, |ev| {
+        ev.iter().any(|e| e.0 == EVENT_TRACE && e.1 == TRACE_TO_LXC && e.2 == b.ep_id)
+            && ev.iter().any(|e| e.0 == EVENT_DROP && e.1 == DROP_POLICY && e.2 == b.ep_id && e.4 == DIR_INGRESS)
+            && ev.iter().any(|e| e.0 == EVENT_POLICY_VERDICT && e.2 == b.ep_id)
+    });
+    assert!(got.iter().all(|e| e.5 > 0 && e.5 <= 64), "packet bytes captured, at most 64: {got:?}");
+    assert!(got.iter().all(|e| e.1 != DROP_POLICY_DENY), "no explicit deny rule exists: {got:?}");
+    assert!(dp.events_lost().expect("lost").iter().all(|n| *n == 0), "nothing lost");
+}
+
+fn wait_events(
+    reader: &myelin_bpf::EventReader,
+    seen: &Rc<RefCell<Vec<(u8, u8, u32, u32, u8, usize)>>>,
+    done: impl Fn(&[(u8, u8, u32, u32, u8, usize)]) -> bool,
+) -> Vec<(u8, u8, u32, u32, u8, usize)> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        reader.poll(Duration::from_millis(50)).expect("poll");
+        if done(&seen.borrow()) {
+            return seen.borrow().clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "events never came: {:?}", seen.borrow());
+    }
+}
+
+/// A cgroup v2 directory for the test, removed on drop.
+struct Cgroup(PathBuf);
+
+impl Cgroup {
+    fn new() -> Self {
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        let root = mounts
+            .lines()
+            .find(|l| l.contains(" - cgroup2 "))
+            .and_then(|l| l.split(' ').nth(4))
+            .expect("a cgroup2 mount (this machine: /sys/fs/cgroup/unified)");
+        let dir = PathBuf::from(root).join(unique("cg"));
+        std::fs::create_dir(&dir).expect("create cgroup");
+        Self(dir)
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.0.join("cgroup.kill"), "1");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::fs::remove_dir(&self.0).is_err() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Run netprobe in pod netns `ns` from a process that joined cgroup `cg` first.
+fn in_cgroup(cg: &Cgroup, ns: &str, args: &[&str]) -> String {
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec ip netns exec {ns} {} -c \"$NETPROBE\" \"$@\"",
+        cg.0.display(),
+        python()
+    );
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .arg("sh")
+        .args(args)
+        .env("NETPROBE", NETPROBE)
+        .output()
+        .expect("run netprobe in the cgroup");
+    assert!(out.status.success(), "netprobe in cgroup failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
