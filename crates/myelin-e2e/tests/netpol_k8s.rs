@@ -214,3 +214,60 @@ spec:
     m.check_to_host("except carves out w2 for x/a", &w2, |from, _, _| !from.is("x/a"));
     m.check("x/a may reach no pod (egress only to the block)", |from, _, _, _| !from.is("x/a"));
 }
+
+/// A NetworkPolicy as the upstream suite builds it for its ipBlock cases:
+/// `GenNetworkPolicyWithNameAndPodMatchLabel(name, {pod: a}, SetSpecEgressRules(rule))` in
+/// namespace x, the rule's one peer being `ipBlock: <block>`.
+fn egress_ip_block(name: &str, block: &str) -> String {
+    format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: x}}\n\
+         spec:\n  podSelector: {{matchLabels: {{pod: a}}}}\n  policyTypes: [Egress]\n  egress:\n  \
+         - to:\n    - ipBlock: {block}\n"
+    )
+}
+
+/// The upstream suite's `makeLargeCIDRForIP`: the /4 that holds the address.
+fn large_cidr_for(ip: std::net::Ipv4Addr) -> String {
+    let net = u32::from(ip) & 0xf000_0000;
+    format!("{}/4", std::net::Ipv4Addr::from(net))
+}
+
+// The three upstream ipBlock cases with pod addresses (Cilium skips them, cilium#9209): a
+// NetworkPolicy ipBlock selects any address in the block, pods included.
+
+#[test]
+fn should_allow_egress_access_to_server_in_cidr_block() {
+    let m = Matrix::up("kipa", &[]);
+    let server = m.pod("y/b").ip;
+    m.apply(&egress_ip_block("allow-client-a-via-cidr-egress-rule", &format!("{{cidr: {server}/32}}")));
+    m.check("should allow egress access to server in CIDR block: x/a reaches y/b only", |from, to, _, _| {
+        !from.is("x/a") || to.is("y/b")
+    });
+}
+
+#[test]
+fn should_enforce_except_clause_while_egress_access_to_server_in_cidr_block() {
+    let m = Matrix::up("kipe", &[]);
+    let server = m.pod("x/b").ip;
+    m.apply(&egress_ip_block(
+        "allow-client-a-via-cidr-egress-rule",
+        &format!("{{cidr: {}, except: [{server}/32]}}", large_cidr_for(server)),
+    ));
+    m.check("should enforce except clause: x/a reaches every pod of the /4 but x/b", |from, to, _, _| {
+        !(from.is("x/a") && to.is("x/b"))
+    });
+}
+
+#[test]
+fn should_ensure_an_ip_overlapping_both_ipblock_cidr_and_ipblock_except_is_allowed() {
+    let m = Matrix::up("kipo", &[]);
+    let server = m.pod("x/b").ip;
+    let name = "allow-client-a-via-cidr-egress-rule";
+    m.apply(&egress_ip_block(name, &format!("{{cidr: {}, except: [{server}/32]}}", large_cidr_for(server))));
+    m.check("overlap, first policy: x/a reaches every pod of the /4 but x/b", |from, to, _, _| {
+        !(from.is("x/a") && to.is("x/b"))
+    });
+    // As upstream: the policy of the same name is updated to x/b's own /32.
+    m.apply(&egress_ip_block(name, &format!("{{cidr: {server}/32}}")));
+    m.check("overlap, updated to x/b's /32: x/a reaches x/b only", |from, to, _, _| !from.is("x/a") || to.is("x/b"));
+}

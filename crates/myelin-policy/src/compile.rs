@@ -19,13 +19,42 @@
 //!
 //! A packet's key is (peer identity, direction, protocol, dport) with prefixlen 64, where dport
 //! is the L4 destination port for TCP/UDP/SCTP, the ICMP type for ICMP/ICMPv6 and 0 otherwise.
-//! Lookup: first with the peer's identity; only if that finds NO entry, again with identity 0;
-//! if that finds nothing too, the direction's default applies: deny when the endpoint is
-//! enforced in that direction, allow otherwise. The value is the entry's verdict (and rule id
-//! for drop attribution). The compiler guarantees that this two-step lookup yields exactly the
-//! policy semantics (deny beats allow; a rule of the peer's identity never hides a wildcard rule
-//! that should apply) by folding wildcard rules into each specific identity's entries.
+//! The lookup has at most three steps:
+//!
+//! 1. with the peer's identity;
+//! 2. only if step 1 finds NO entry, again with identity 0 ("any peer");
+//! 3. only if steps 1-2 give no decision — no entry, or an entry whose rule id is 0 (the compiler
+//!    emits those only to restore the direction's default under a wider entry: `rule` None) —
+//!    and only when the peer is a pod (its identity is a workload identity,
+//!    [`crate::identity::is_workload`]): again with the pseudo-identity
+//!    [`pod_in_cidr`]`(c)`, where c is the CIDR identity of the longest policy CIDR prefix
+//!    containing the peer pod's address (`world` when none does). That prefix -> pseudo-identity
+//!    LPM is [`crate::identity::IdentityTable::pod_cidr_prefixes`].
+//!
+//! If the steps find nothing, the direction's default applies: deny when the endpoint is
+//! enforced in that direction, allow otherwise (a rule-less entry carries that default too). The
+//! value is the entry's verdict (and rule id for drop attribution). Non-pod peers never take
+//! step 3.
+//!
+//! The compiler guarantees that this lookup yields exactly the policy semantics:
+//!
+//! - deny beats allow, and a rule of the peer's identity never hides a wildcard rule that should
+//!   apply: wildcard rules are folded into each specific identity's entries;
+//! - Kubernetes NetworkPolicy `ipBlock` selects any address in the block, pod addresses
+//!   included, exactly per address (two pods sharing an identity are told apart by address):
+//!   its rules also cover the pseudo-identities [`pod_in_cidr`]`(c)` whose prefix lies in the
+//!   block and in none of its excepts, and only those rules do (selectors, entities and
+//!   CiliumNetworkPolicy CIDR rules never cover them: a CNP CIDR selects no cluster endpoint,
+//!   as in Cilium). Step 3 entries are allows only (NetworkPolicy has no deny) and are reached
+//!   only where no rule of the peer's identity or of the wildcard applies, so deny precedence
+//!   holds. When both an identity rule and an `ipBlock` rule allow a pod, the identity rule is
+//!   the one reported. Named ports of an egress `ipBlock` rule resolve against no pod reached by
+//!   address (they match nothing there). Exact by address as long as every prefix the policies
+//!   name ([`crate::cidr_prefixes`]) has a CIDR identity in the table, as the agent ensures.
+//!
 //! [`evaluate`] implements this lookup literally and is what the tests check.
+//!
+//! [`pod_in_cidr`]: crate::identity::pod_in_cidr
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;
@@ -34,10 +63,11 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::identity::Identity;
+use crate::identity::{is_pod_in_cidr, is_workload, Identity};
 use crate::labels::Labels;
 use crate::matching::{
-    flatten, is_wildcard_peer, peer_matches, resolve_named, Endpoint, EndpointId, FlatRule, PolicyInput,
+    flatten, is_wildcard_peer, peer_matches, resolve_named, selects_pod_addresses, Endpoint, EndpointId, FlatRule,
+    PolicyInput,
 };
 use crate::model::{Direction, PeerKind, PortSpec, RuleRef, Verdict};
 
@@ -68,6 +98,13 @@ impl PolicyEntry {
         } else {
             48 + u32::from(self.port_prefix_len)
         }
+    }
+
+    /// Whether the entry only restores the direction's default under a wider entry (no rule):
+    /// for the datapath's step 3 it is "no decision" (the agent writes it with rule id 0).
+    #[must_use]
+    pub fn restores_default(&self) -> bool {
+        self.rule.is_none()
     }
 
     /// Whether the entry's key covers (protocol, port).
@@ -128,15 +165,27 @@ pub struct Evaluation {
     pub enforced: bool,
 }
 
-/// Looks up (peer, protocol, port) exactly as the datapath does: longest prefix match among the
-/// peer identity's entries, then among identity 0's entries, then the default. An endpoint the
-/// compiled policy does not know is not enforced (allow).
+/// Looks up (peer, protocol, port) exactly as the datapath does (see the module docs):
+///
+/// 1. longest prefix match among the entries of the peer's identity;
+/// 2. only if step 1 found no entry, among identity 0's entries;
+/// 3. only if steps 1-2 gave no decision (no entry, or an entry without a rule, which only
+///    restores the default), the peer is a pod (a workload identity) and `peer_pod_cidr` is
+///    Some: among the entries of `peer_pod_cidr`, the [`pod_in_cidr`] pseudo-identity of the
+///    peer's address ([`crate::identity::IdentityTable::pod_cidr_lookup`]);
+/// 4. else the entry of steps 1-2 if there was one (it carries the default verdict), else the
+///    direction's default: deny when enforced, allow otherwise.
+///
+/// An endpoint the compiled policy does not know is not enforced (allow).
+///
+/// [`pod_in_cidr`]: crate::identity::pod_in_cidr
 #[must_use]
 pub fn evaluate(
     compiled: &CompiledPolicy,
     endpoint: EndpointId,
     direction: Direction,
     peer: Identity,
+    peer_pod_cidr: Option<Identity>,
     protocol: u8,
     port: u16,
 ) -> Evaluation {
@@ -150,7 +199,12 @@ pub fn evaluate(
             .filter(|e| e.identity == id && e.direction == direction && e.covers(protocol, port))
             .max_by_key(|e| e.lpm_prefix_len())
     };
-    let hit = lpm(peer).or_else(|| lpm(0));
+    let mut hit = lpm(peer).or_else(|| lpm(0));
+    if hit.is_none_or(PolicyEntry::restores_default) && is_workload(peer) {
+        if let Some(e) = peer_pod_cidr.and_then(lpm) {
+            hit = Some(e);
+        }
+    }
     match hit {
         Some(e) => Evaluation {
             verdict: e.verdict,
@@ -399,11 +453,14 @@ pub fn compile_for(input: &PolicyInput<'_>, subjects: &BTreeSet<EndpointId>) -> 
 }
 
 /// The identities each rule's peers cover (None: any identity), computed on first use: only
-/// rules of specs that select a compiled endpoint are ever resolved.
+/// rules of specs that select a compiled endpoint are ever resolved. For Kubernetes
+/// NetworkPolicy `ipBlock` peers this includes the [`pod_in_cidr`] pseudo-identities.
+///
+/// [`pod_in_cidr`]: crate::identity::pod_in_cidr
 struct PeerIds<'i, 'a> {
     input: &'i PolicyInput<'a>,
-    universe: Option<Vec<(Identity, Labels)>>,
-    by_peer: HashMap<&'a PeerKind, Rc<Vec<Identity>>>,
+    universe: Option<Vec<(Identity, Option<Labels>)>>,
+    by_peer: HashMap<(&'a PeerKind, bool), Rc<Vec<Identity>>>,
     by_rule: Vec<Option<Option<Rc<Vec<Identity>>>>>,
 }
 
@@ -421,15 +478,19 @@ impl<'i, 'a> PeerIds<'i, 'a> {
         } else {
             let table = self.input.identities;
             let universe = self.universe.get_or_insert_with(|| {
-                table.all_ids().into_iter().filter_map(|id| table.labels(id).map(|l| (id, l))).collect()
+                let mut u: Vec<(Identity, Option<Labels>)> =
+                    table.all_ids().into_iter().filter_map(|id| table.labels(id).map(|l| (id, Some(l)))).collect();
+                u.extend(table.pod_cidr_ids().into_iter().map(|id| (id, None)));
+                u
             });
+            let pods = selects_pod_addresses(fr.policy.kind, fr.rule);
             let mut ids = BTreeSet::new();
             for peer in fr.rule.peers.iter().flatten() {
-                let set = self.by_peer.entry(&peer.kind).or_insert_with(|| {
+                let set = self.by_peer.entry((&peer.kind, pods)).or_insert_with(|| {
                     Rc::new(
                         universe
                             .iter()
-                            .filter(|(id, l)| peer_matches(&peer.kind, *id, Some(l), table))
+                            .filter(|(id, l)| peer_matches(&peer.kind, pods, *id, l.as_ref(), table))
                             .map(|(id, _)| *id)
                             .collect(),
                     )
@@ -584,11 +645,15 @@ fn compile_direction<'a>(
         }
     }
 
+    // A pod-in-CIDR class is looked up in step 3 only, which the datapath reaches only where the
+    // peer's own class (which includes every wildcard rule) has no rule: the wildcard rules
+    // match nothing there, so the class is its own rules alone.
     let class_fn = |id: Option<Identity>, own_rules: &[usize]| -> ClassFn {
         let mut l3_deny = None;
         let mut l3_allow = None;
         let mut items = Vec::new();
-        for &i in wildcard.iter().chain(own_rules.iter()) {
+        let inherited: &[usize] = if id.is_some_and(is_pod_in_cidr) { &[] } else { &wildcard };
+        for &i in inherited.iter().chain(own_rules.iter()) {
             let p = &prepared[i];
             if p.l3 {
                 let slot = if p.deny { &mut l3_deny } else { &mut l3_allow };
@@ -615,7 +680,9 @@ fn compile_direction<'a>(
     Emitter { identity: 0, direction: dir, default, refs, out: &mut entries }.class(&f0, &miss);
     for (id, rules) in &own {
         let f = class_fn(Some(*id), rules);
-        Emitter { identity: *id, direction: dir, default, refs, out: &mut entries }.class(&f, &f0);
+        // Step 3 has no fallback lookup: a pod-in-CIDR class falls back to "no rule".
+        let fallback = if is_pod_in_cidr(*id) { &miss } else { &f0 };
+        Emitter { identity: *id, direction: dir, default, refs, out: &mut entries }.class(&f, fallback);
     }
     DirectionPolicy { enforced, entries }
 }

@@ -3,9 +3,10 @@
 use std::fmt;
 use std::net::Ipv4Addr;
 
+use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::identity::{Identity, IpCache};
+use crate::identity::{is_workload, Identity, IpCache};
 use crate::matching::{EndpointId, PolicyInput};
 use crate::model::{proto_name, Direction, Verdict};
 use crate::reference::{reference_verdict, ReferenceResult};
@@ -27,8 +28,24 @@ pub struct DirectionExplanation {
     /// The endpoint whose policy applies.
     pub endpoint: EndpointId,
     pub peer_identity: Identity,
+    /// The peer's address, when known (a pod's decides NetworkPolicy `ipBlock` peers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_ip: Option<Ipv4Addr>,
+    /// Set when the verdict came from lookup step 3: a NetworkPolicy `ipBlock` rule matched the
+    /// peer pod by its address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr: Option<PodCidrStep>,
     #[serde(flatten)]
     pub result: ReferenceResult,
+}
+
+/// Lookup step 3 of a pod peer (see [`crate::compile`](mod@crate::compile)): the longest policy prefix holding the
+/// pod's address and the pseudo-identity the datapath looks up for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodCidrStep {
+    pub prefix: Ipv4Net,
+    /// [`crate::identity::pod_in_cidr`] of the prefix's CIDR identity.
+    pub identity: Identity,
 }
 
 /// Why a flow is allowed or denied.
@@ -47,20 +64,50 @@ pub struct Explanation {
     pub final_verdict: Verdict,
 }
 
-fn resolve(input: &PolicyInput<'_>, ipcache: &IpCache, p: FlowPeer) -> (Option<EndpointId>, Identity) {
+/// (local endpoint, identity, address) of a flow side.
+fn resolve(
+    input: &PolicyInput<'_>,
+    ipcache: &IpCache,
+    p: FlowPeer,
+) -> (Option<EndpointId>, Identity, Option<Ipv4Addr>) {
     match p {
-        FlowPeer::Endpoint(id) => (Some(id), input.endpoints.iter().find(|e| e.id == id).map_or(0, |e| e.identity)),
+        FlowPeer::Endpoint(id) => {
+            let ep = input.endpoints.iter().find(|e| e.id == id);
+            (Some(id), ep.map_or(0, |e| e.identity), ep.and_then(|e| e.ipv4))
+        }
         FlowPeer::Ip(ip) => {
             let identity = ipcache.lookup(ip);
-            // An address is a local endpoint when it has a /32 with that endpoint's identity.
+            // An address is a local endpoint when it has a /32 with that endpoint's identity
+            // (the endpoint with that very address, when the endpoints carry addresses).
             let ep = ipcache
                 .lookup_prefix(ip)
                 .filter(|(n, _)| n.prefix_len() == 32)
-                .and_then(|(_, id)| input.endpoints.iter().find(|e| e.identity == id))
+                .and_then(|(_, id)| {
+                    let same = || input.endpoints.iter().filter(move |e| e.identity == id);
+                    same().find(|e| e.ipv4 == Some(ip)).or_else(|| same().next())
+                })
                 .map(|e| e.id);
-            (ep, identity)
+            (ep, identity, Some(ip))
         }
     }
+}
+
+/// One direction's explanation, with step 3 when it decided.
+fn direction(
+    input: &PolicyInput<'_>,
+    endpoint: EndpointId,
+    dir: Direction,
+    peer: (Identity, Option<Ipv4Addr>),
+    protocol: u8,
+    port: u16,
+) -> DirectionExplanation {
+    let (peer_identity, peer_ip) = peer;
+    let result = reference_verdict(input, endpoint, dir, peer_identity, peer_ip, protocol, port);
+    let pod_cidr = peer_ip.filter(|_| is_workload(peer_identity) && result.decided_by_address()).map(|ip| {
+        let (prefix, identity) = input.identities.pod_cidr_lookup(ip);
+        PodCidrStep { prefix, identity }
+    });
+    DirectionExplanation { endpoint, peer_identity, peer_ip, pod_cidr, result }
 }
 
 /// Explains a flow from `from` to `to` with (protocol, destination port or ICMP type).
@@ -73,18 +120,10 @@ pub fn explain(
     protocol: u8,
     port: u16,
 ) -> Explanation {
-    let (src_ep, src_id) = resolve(input, ipcache, from);
-    let (dst_ep, dst_id) = resolve(input, ipcache, to);
-    let egress = src_ep.map(|ep| DirectionExplanation {
-        endpoint: ep,
-        peer_identity: dst_id,
-        result: reference_verdict(input, ep, Direction::Egress, dst_id, protocol, port),
-    });
-    let ingress = dst_ep.map(|ep| DirectionExplanation {
-        endpoint: ep,
-        peer_identity: src_id,
-        result: reference_verdict(input, ep, Direction::Ingress, src_id, protocol, port),
-    });
+    let (src_ep, src_id, src_ip) = resolve(input, ipcache, from);
+    let (dst_ep, dst_id, dst_ip) = resolve(input, ipcache, to);
+    let egress = src_ep.map(|ep| direction(input, ep, Direction::Egress, (dst_id, dst_ip), protocol, port));
+    let ingress = dst_ep.map(|ep| direction(input, ep, Direction::Ingress, (src_id, src_ip), protocol, port));
     let v = |d: &Option<DirectionExplanation>| d.as_ref().map_or(Verdict::Allow, |d| d.result.verdict);
     let egress_verdict = v(&egress);
     let ingress_verdict = v(&ingress);
@@ -116,6 +155,14 @@ fn write_dir(f: &mut fmt::Formatter<'_>, name: &str, d: Option<&DirectionExplana
         (None, true) => writeln!(f, " (default deny: no rule allows it)")?,
         (None, false) => writeln!(f, " (not enforced: no policy enables default deny)")?,
     }
+    if let (Some(step), Some(ip)) = (&d.pod_cidr, d.peer_ip) {
+        writeln!(
+            f,
+            "  decided in lookup step 3 (by pod address): {ip} is in policy prefix {}, looked up as pod-in-CIDR \
+             identity {}",
+            step.prefix, step.identity
+        )?;
+    }
     if r.selected_by.is_empty() {
         writeln!(f, "  selected by no policy")?;
     }
@@ -123,7 +170,8 @@ fn write_dir(f: &mut fmt::Formatter<'_>, name: &str, d: Option<&DirectionExplana
         writeln!(f, "  selected by {s}")?;
     }
     for m in &r.matched {
-        writeln!(f, "  {} {}: {}", m.verdict, m.rule, m.reason)?;
+        let how = if m.by_address { " (by pod address)" } else { "" };
+        writeln!(f, "  {} {}{how}: {}", m.verdict, m.rule, m.reason)?;
     }
     Ok(())
 }

@@ -104,7 +104,42 @@ pub fn is_workload(id: Identity) -> bool {
 /// Whether `id` is in the local scope (CIDR identities).
 #[must_use]
 pub fn is_local_scope(id: Identity) -> bool {
-    id & LOCAL_SCOPE_FLAG != 0
+    (LOCAL_SCOPE_FLAG..=MAX_LOCAL_IDENTITY).contains(&id)
+}
+
+/// Bit marking the "pod inside CIDR" pseudo-identities (see [`pod_in_cidr`]).
+pub const POD_IN_CIDR_FLAG: Identity = 1 << 30;
+
+/// The pseudo-identity "a pod whose address lies in the prefix of CIDR identity `cidr_id`"
+/// (`cidr_id | POD_IN_CIDR_FLAG`). `pod_in_cidr(world)` stands for a pod whose address lies in
+/// no policy prefix.
+///
+/// No packet carries it and the ipcache never resolves to it: it exists only as a key of policy
+/// entries. Only Kubernetes NetworkPolicy `ipBlock` peers cover it, with exactly the CIDR
+/// semantics `cidr_id` itself has (its prefix inside the block's cidr and inside none of the
+/// excepts); selectors, entities and CiliumNetworkPolicy CIDR peers never do. The datapath looks
+/// it up in step 3 for a pod peer (see [`crate::compile`](mod@crate::compile)); [`IdentityTable::pod_cidr_prefixes`]
+/// is the LPM that finds it for an address.
+#[must_use]
+pub const fn pod_in_cidr(cidr_id: Identity) -> Identity {
+    cidr_id | POD_IN_CIDR_FLAG
+}
+
+/// Whether `id` is a [`pod_in_cidr`] pseudo-identity.
+#[must_use]
+pub const fn is_pod_in_cidr(id: Identity) -> bool {
+    id & POD_IN_CIDR_FLAG != 0
+}
+
+/// The CIDR identity (or `world`) a [`pod_in_cidr`] pseudo-identity stands for; None for any
+/// other identity.
+#[must_use]
+pub const fn pod_in_cidr_base(id: Identity) -> Option<Identity> {
+    if is_pod_in_cidr(id) {
+        Some(id & !POD_IN_CIDR_FLAG)
+    } else {
+        None
+    }
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -342,9 +377,16 @@ impl IdentityTable {
     }
 
     /// Labels of any identity: reserved (`reserved:<name>`), CIDR (`cidr:<prefix>` and
-    /// `reserved:world`) or workload. None for an unknown id.
+    /// `reserved:world`), workload, or — for display only — a [`pod_in_cidr`] pseudo-identity
+    /// (`pod-in-cidr:<prefix>`; no selector ever matches it). None for an unknown id.
     #[must_use]
     pub fn labels(&self, id: Identity) -> Option<Labels> {
+        if let Some(base) = pod_in_cidr_base(id) {
+            let prefix = self.pod_cidr_prefix(base)?;
+            let mut l = Labels::new();
+            l.insert(format!("pod-in-cidr:{prefix}"), "");
+            return Some(l);
+        }
         if let Some(r) = ReservedIdentity::from_id(id) {
             return Some(r.labels());
         }
@@ -366,6 +408,51 @@ impl IdentityTable {
         v.extend(self.workloads.keys().copied());
         v.extend(self.cidrs.keys().copied());
         v
+    }
+
+    /// The prefix a [`pod_in_cidr`] base stands for: a CIDR identity's prefix, or 0.0.0.0/0 for
+    /// `world` (a pod address inside no policy prefix).
+    fn pod_cidr_prefix(&self, base: Identity) -> Option<Ipv4Net> {
+        if base == ReservedIdentity::World.id() {
+            return Some(Ipv4Net::default());
+        }
+        self.cidrs.get(&base).copied()
+    }
+
+    /// Every [`pod_in_cidr`] pseudo-identity of this table: one per CIDR identity, plus
+    /// `pod_in_cidr(world)`.
+    #[must_use]
+    pub fn pod_cidr_ids(&self) -> Vec<Identity> {
+        std::iter::once(ReservedIdentity::World.id()).chain(self.cidrs.keys().copied()).map(pod_in_cidr).collect()
+    }
+
+    /// The contents of the datapath's step-3 LPM map: every CIDR identity's prefix ->
+    /// `pod_in_cidr(that identity)`, plus `0.0.0.0/0 -> pod_in_cidr(world)` (unless a CIDR
+    /// identity has the /0 itself). Looking a pod's address up here by longest prefix match gives
+    /// the pseudo-identity to look up in step 3 (see [`crate::compile`](mod@crate::compile)).
+    ///
+    /// It depends on the CIDR identities only, not on pods: it changes when the policies' prefixes
+    /// do. The same answer per address: [`IdentityTable::pod_cidr_lookup`].
+    #[must_use]
+    pub fn pod_cidr_prefixes(&self) -> BTreeMap<Ipv4Net, Identity> {
+        let mut out: BTreeMap<Ipv4Net, Identity> =
+            self.cidrs.iter().map(|(id, p)| (p.trunc(), pod_in_cidr(*id))).collect();
+        out.entry(Ipv4Net::default()).or_insert(pod_in_cidr(ReservedIdentity::World.id()));
+        out
+    }
+
+    /// Longest prefix match of `ip` over [`IdentityTable::pod_cidr_prefixes`]: the matching
+    /// prefix and the step-3 pseudo-identity of a pod with this address. Always an answer (the
+    /// /0 catches everything). Linear in the number of CIDR identities.
+    #[must_use]
+    pub fn pod_cidr_lookup(&self, ip: Ipv4Addr) -> (Ipv4Net, Identity) {
+        self.cidrs
+            .iter()
+            .filter(|(_, p)| p.contains(&ip))
+            .max_by_key(|(_, p)| p.prefix_len())
+            .map_or((Ipv4Net::default(), pod_in_cidr(ReservedIdentity::World.id())), |(id, p)| {
+                (p.trunc(), pod_in_cidr(*id))
+            })
     }
 }
 

@@ -23,9 +23,10 @@ pub use compile::{
     PolicyEntry,
 };
 pub use error::{Issue, PolicyError};
-pub use explain::{explain, Explanation, FlowPeer};
+pub use explain::{explain, DirectionExplanation, Explanation, FlowPeer, PodCidrStep};
 pub use identity::{
-    CidrIdentityAllocator, Identity, IdentityAllocator, IdentityError, IdentityTable, IpCache, ReservedIdentity,
+    is_pod_in_cidr, is_workload, pod_in_cidr, pod_in_cidr_base, CidrIdentityAllocator, Identity, IdentityAllocator,
+    IdentityError, IdentityTable, IpCache, ReservedIdentity, POD_IN_CIDR_FLAG,
 };
 pub use labels::{security_labels, LabelSelector, Labels, Operator, Requirement};
 pub use matching::{Endpoint, EndpointId, NamedPort, PolicyInput};

@@ -1,11 +1,14 @@
 //! Definitions shared by the compiler and the reference evaluator: which identities a peer
 //! covers, which endpoints a spec selects, and how named ports resolve.
 
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::identity::{is_local_scope, is_workload, Identity, IdentityTable, ReservedIdentity};
+use crate::identity::{is_local_scope, is_workload, pod_in_cidr_base, Identity, IdentityTable, ReservedIdentity};
 use crate::labels::Labels;
-use crate::model::{Entity, PeerKind, Policy, PolicyRule, Protocol, RuleRef};
+use crate::model::{Entity, PeerKind, Policy, PolicyKind, PolicyRule, Protocol, RuleRef, Verdict};
 
 /// Numeric id of a local endpoint.
 pub type EndpointId = u64;
@@ -28,6 +31,11 @@ pub struct Endpoint {
     pub identity: Identity,
     #[serde(default)]
     pub named_ports: Vec<NamedPort>,
+    /// The pod's IPv4 address, when known. The compiler does not read it (compiled entries do
+    /// not depend on pod addresses); `explain` uses it to decide Kubernetes NetworkPolicy
+    /// `ipBlock` peers for this pod by address.
+    #[serde(default)]
+    pub ipv4: Option<Ipv4Addr>,
 }
 
 /// Everything the compiler and the evaluators need.
@@ -111,18 +119,53 @@ pub fn entity_matches(entity: Entity, id: Identity, table: &IdentityTable) -> bo
     }
 }
 
-/// Whether a peer covers an identity with the given labels.
-pub(crate) fn peer_matches(kind: &PeerKind, id: Identity, labels: Option<&Labels>, table: &IdentityTable) -> bool {
+/// Whether a CIDR peer covers an identity by its CIDR semantics: a CIDR identity whose prefix
+/// lies inside `cidr` and inside none of `except`; `world` (and `world-ipv4`) for a /0.
+fn cidr_matches(cidr: &Ipv4Net, except: &[Ipv4Net], id: Identity, table: &IdentityTable) -> bool {
+    if let Some(p) = table.cidrs.get(&id) {
+        cidr.contains(p) && !except.iter().any(|e| e.contains(p))
+    } else {
+        cidr.prefix_len() == 0 && (id == ReservedIdentity::World.id() || id == ReservedIdentity::WorldIpv4.id())
+    }
+}
+
+/// Whether a rule's CIDR peers select pod addresses too: Kubernetes NetworkPolicy `ipBlock`
+/// (allow rules: NetworkPolicy has no others). CiliumNetworkPolicy CIDR rules select no cluster
+/// endpoint, as in Cilium.
+pub(crate) fn selects_pod_addresses(kind: PolicyKind, rule: &PolicyRule) -> bool {
+    kind == PolicyKind::NetworkPolicy && rule.verdict == Verdict::Allow
+}
+
+/// Whether a peer covers an identity with the given labels. `pods_by_address` is
+/// [`selects_pod_addresses`] of the peer's rule: only then do CIDR peers cover the
+/// [`crate::identity::pod_in_cidr`] pseudo-identities; nothing else ever covers them.
+pub(crate) fn peer_matches(
+    kind: &PeerKind,
+    pods_by_address: bool,
+    id: Identity,
+    labels: Option<&Labels>,
+    table: &IdentityTable,
+) -> bool {
+    if let Some(base) = pod_in_cidr_base(id) {
+        return match kind {
+            PeerKind::Cidr { cidr, except } => pods_by_address && cidr_matches(cidr, except, base, table),
+            PeerKind::Selector(_) | PeerKind::Entity(_) => false,
+        };
+    }
     match kind {
         PeerKind::Entity(e) => entity_matches(*e, id, table),
         PeerKind::Selector(sel) => known(id, table) && labels.is_some_and(|l| sel.matches(l)),
-        PeerKind::Cidr { cidr, except } => {
-            if let Some(p) = table.cidrs.get(&id) {
-                cidr.contains(p) && !except.iter().any(|e| e.contains(p))
-            } else {
-                cidr.prefix_len() == 0 && (id == ReservedIdentity::World.id() || id == ReservedIdentity::WorldIpv4.id())
-            }
-        }
+        PeerKind::Cidr { cidr, except } => cidr_matches(cidr, except, id, table),
+    }
+}
+
+/// Whether a CIDR peer covers a pod address: inside `cidr` and inside none of `except`. Only
+/// for [`selects_pod_addresses`] rules (the reference evaluator's direct answer; the compiler
+/// gets the same through the [`crate::identity::pod_in_cidr`] pseudo-identities).
+pub(crate) fn peer_covers_pod_address(kind: &PeerKind, ip: Ipv4Addr) -> bool {
+    match kind {
+        PeerKind::Cidr { cidr, except } => cidr.contains(&ip) && !except.iter().any(|e| e.contains(&ip)),
+        PeerKind::Selector(_) | PeerKind::Entity(_) => false,
     }
 }
 

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use ipnet::Ipv4Net;
 
 use crate::error::{Issue, PolicyError};
-use crate::model::{PeerKind, Policy, PortMatch, PortSpec, Protocol};
+use crate::model::{PeerKind, Policy, PolicyKind, PortMatch, PortSpec, Protocol, Verdict};
 
 /// Parses `a.b.c.d/n` or a bare `a.b.c.d` (a /32). Host bits are cleared.
 ///
@@ -188,6 +188,13 @@ pub fn policy_issues(policy: &Policy) -> Vec<(String, String)> {
             }
         }
         for rule in &spec.rules {
+            if policy.kind == PolicyKind::NetworkPolicy && rule.verdict == Verdict::Deny {
+                out.push((
+                    rule.section.clone(),
+                    "a Kubernetes NetworkPolicy has allow rules only: express denies as a CiliumNetworkPolicy"
+                        .to_owned(),
+                ));
+            }
             for peer in rule.peers.iter().flatten() {
                 match &peer.kind {
                     PeerKind::Selector(sel) => {

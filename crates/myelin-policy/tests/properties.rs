@@ -1,5 +1,6 @@
 //! Property tests: the compiled map, looked up the datapath's way, equals the reference
-//! evaluator for random policies, peers and ports; port range expansion is exact and minimal.
+//! evaluator for random policies, peers (pods with addresses among them) and ports; port range
+//! expansion is exact and minimal.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
 
@@ -48,20 +49,42 @@ fn selector(r: &mut Rng) -> LabelSelector {
     s
 }
 
+/// Pod addresses of the generated clusters: inside and outside the generated blocks and excepts.
+const POD_IPS: [&str; 8] =
+    ["10.1.2.3", "10.1.2.4", "10.1.3.9", "10.2.0.5", "192.168.0.7", "172.16.0.1", "10.1.2.200", "8.8.4.4"];
+
+fn cidr_peer(r: &mut Rng) -> PeerKind {
+    let (cidr, except): (&str, &[&str]) = *r.pick(&[
+        ("10.0.0.0/8", &["10.1.0.0/16"][..]),
+        ("10.0.0.0/8", &[][..]),
+        ("10.1.0.0/16", &[][..]),
+        ("0.0.0.0/0", &["10.0.0.0/8"][..]),
+        ("192.168.0.0/24", &[][..]),
+        // Blocks around the pods' addresses.
+        ("10.1.2.3/32", &[][..]),
+        ("10.1.2.0/24", &["10.1.2.4/32"][..]),
+        ("10.0.0.0/8", &["10.1.2.0/24", "10.2.0.5/32"][..]),
+        ("0.0.0.0/0", &["10.1.2.3/32"][..]),
+        ("0.0.0.0/0", &[][..]),
+        ("10.1.2.0/25", &["10.1.2.3/32"][..]),
+    ]);
+    PeerKind::Cidr { cidr: cidr.parse().unwrap(), except: except.iter().map(|e| e.parse().unwrap()).collect() }
+}
+
 fn peer(r: &mut Rng) -> PeerKind {
     match r.below(3) {
         0 => PeerKind::Selector(selector(r)),
-        1 => {
-            let (cidr, except): (&str, &[&str]) = *r.pick(&[
-                ("10.0.0.0/8", &["10.1.0.0/16"][..]),
-                ("10.0.0.0/8", &[][..]),
-                ("10.1.0.0/16", &[][..]),
-                ("0.0.0.0/0", &["10.0.0.0/8"][..]),
-                ("192.168.0.0/24", &[][..]),
-            ]);
-            PeerKind::Cidr { cidr: cidr.parse().unwrap(), except: except.iter().map(|e| e.parse().unwrap()).collect() }
-        }
+        1 => cidr_peer(r),
         _ => PeerKind::Entity(*r.pick(&Entity::ALL)),
+    }
+}
+
+/// A NetworkPolicy peer: a selector or an ipBlock (which selects pods by address too).
+fn knp_peer(r: &mut Rng) -> PeerKind {
+    if r.chance(35) {
+        PeerKind::Selector(selector(r))
+    } else {
+        cidr_peer(r)
     }
 }
 
@@ -83,11 +106,14 @@ fn port_match(r: &mut Rng) -> PortMatch {
     PortMatch { path: "p".into(), protocol, port, end_port }
 }
 
+/// Clusterwide Cilium policies (deny rules, entities, CIDRs selecting no pod) mixed with
+/// Kubernetes NetworkPolicies (allow rules, selectors and ipBlocks selecting pods by address).
 fn random_policies(r: &mut Rng) -> Vec<Policy> {
     let n = 1 + r.below(4);
     (0..n)
         .map(|i| {
-            let specs = (0..1 + r.below(2))
+            let knp = r.chance(40);
+            let specs = (0..if knp { 1 } else { 1 + r.below(2) })
                 .map(|si| PolicySpec {
                     path: format!("specs[{si}]"),
                     subject: selector(r),
@@ -96,12 +122,19 @@ fn random_policies(r: &mut Rng) -> Vec<Policy> {
                     rules: (0..r.below(6))
                         .map(|ri| PolicyRule {
                             direction: if r.chance(50) { Direction::Ingress } else { Direction::Egress },
-                            verdict: if r.chance(30) { Verdict::Deny } else { Verdict::Allow },
+                            verdict: if !knp && r.chance(30) { Verdict::Deny } else { Verdict::Allow },
                             section: format!("rule[{ri}]"),
                             peers: if r.chance(25) {
                                 None
                             } else {
-                                Some((0..r.below(3)).map(|_| Peer { path: "peer".into(), kind: peer(r) }).collect())
+                                Some(
+                                    (0..r.below(3))
+                                        .map(|_| Peer {
+                                            path: "peer".into(),
+                                            kind: if knp { knp_peer(r) } else { peer(r) },
+                                        })
+                                        .collect(),
+                                )
                             },
                             ports: if r.chance(30) {
                                 None
@@ -114,9 +147,9 @@ fn random_policies(r: &mut Rng) -> Vec<Policy> {
                 })
                 .collect();
             Policy {
-                kind: PolicyKind::CiliumClusterwideNetworkPolicy,
+                kind: if knp { PolicyKind::NetworkPolicy } else { PolicyKind::CiliumClusterwideNetworkPolicy },
                 name: format!("p{i}"),
-                namespace: None,
+                namespace: knp.then(|| "ns1".to_owned()),
                 file: "gen".into(),
                 document: i as usize + 1,
                 specs,
@@ -126,8 +159,11 @@ fn random_policies(r: &mut Rng) -> Vec<Policy> {
         .collect()
 }
 
+/// Six pods over a few label sets (so pods often share an identity), most with distinct
+/// addresses from [`POD_IPS`].
 fn cluster(r: &mut Rng) -> Cluster {
     let mut c = Cluster::new();
+    let mut ips: Vec<&str> = POD_IPS.to_vec();
     for i in 0..6u64 {
         let ns = *r.pick(&["ns1", "ns2"]);
         let mut labels = vec![("app", *r.pick(&["a", "b", "c"]))];
@@ -142,6 +178,10 @@ fn cluster(r: &mut Rng) -> Cluster {
             ports.push(("dns", Protocol::Udp, 53u16));
         }
         c.pod(i + 1, ns, &labels, &ports);
+        if r.chance(90) {
+            let ip = ips.remove(r.below(ips.len() as u64) as usize);
+            c.endpoints.last_mut().unwrap().ipv4 = Some(ip.parse().unwrap());
+        }
     }
     for p in ["10.0.0.0/8", "10.1.0.0/16", "192.168.0.0/24", "10.1.2.0/24"] {
         c.cidr(p);
@@ -149,23 +189,48 @@ fn cluster(r: &mut Rng) -> Cluster {
     c
 }
 
+/// Every peer to check: each identity the table knows (no address), each pod (identity and
+/// address), and pods of other nodes (a known workload identity at an address no local pod has).
+fn peers(c: &Cluster, table: &IdentityTable) -> Vec<(Identity, Option<std::net::Ipv4Addr>)> {
+    let mut out: Vec<(Identity, Option<std::net::Ipv4Addr>)> =
+        table.all_ids().into_iter().map(|id| (id, None)).collect();
+    out.push((99_999, None));
+    out.push((0, None));
+    for e in &c.endpoints {
+        out.push((e.identity, e.ipv4));
+    }
+    let local: Vec<_> = c.endpoints.iter().filter_map(|e| e.ipv4).collect();
+    let workloads: Vec<Identity> = table.workloads.keys().copied().collect();
+    for (i, ip) in POD_IPS.iter().chain(["10.1.2.77", "10.200.0.1"].iter()).enumerate() {
+        let ip: std::net::Ipv4Addr = ip.parse().unwrap();
+        if !local.contains(&ip) {
+            out.push((workloads[i % workloads.len()], Some(ip)));
+        }
+    }
+    // An address given with a non-pod identity changes nothing.
+    out.push((ReservedIdentity::Host.id(), Some("10.1.2.3".parse().unwrap())));
+    out
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
     #[test]
-    fn compiled_two_lookup_equals_reference(seed in 1u64..u64::MAX) {
+    /// The three-step lookup of the compiled map (the third with the pod-in-CIDR identity of a
+    /// pod peer's address, found by LPM over the CIDR prefixes) equals the reference, which
+    /// decides NetworkPolicy ipBlocks for pods by address — with pods sharing identities.
+    fn compiled_lookup_equals_reference(seed in 1u64..u64::MAX) {
         let mut r = Rng(seed);
-        let c = cluster(&mut r);
+        let mut c = cluster(&mut r);
         let policies = random_policies(&mut r);
         for p in &policies {
             prop_assert!(p.validate().is_ok(), "{:?}", p.validate());
         }
+        c.cidrs_for(&policies);
         let table = c.table();
         let input = PolicyInput { policies: &policies, endpoints: &c.endpoints, identities: &table };
         let compiled = compile(&input);
-        let mut peers = table.all_ids();
-        peers.push(99_999);
-        peers.push(0);
+        let peers = peers(&c, &table);
         let mut ports: Vec<u16> = vec![0, 8, 53, 78, 83, 300, 444, 1023, 1025, 1100, 8079, 8081, 65534, 65535];
         ports.extend(PORTS.iter().map(|p| *p as u16));
         for ep in &c.endpoints {
@@ -173,7 +238,7 @@ proptest! {
                 for &peer in &peers {
                     for proto in [1u8, 6, 17, 132, 47] {
                         for &port in &ports {
-                            check(&input, &compiled, ep.id, dir, peer, proto, port);
+                            check_ip(&input, &compiled, ep.id, dir, peer, proto, port);
                         }
                     }
                 }

@@ -2,6 +2,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 
 use myelin_policy::*;
 
@@ -39,8 +40,22 @@ impl Cluster {
                 .iter()
                 .map(|(n, p, port)| NamedPort { name: (*n).to_owned(), protocol: *p, port: *port })
                 .collect(),
+            ipv4: None,
         });
         identity
+    }
+
+    /// A pod with an address.
+    pub fn pod_at(&mut self, id: u64, ns: &str, labels: &[(&str, &str)], ip: &str) -> Identity {
+        let identity = self.pod(id, ns, labels, &[]);
+        self.endpoints.last_mut().unwrap().ipv4 = Some(ip.parse().unwrap());
+        identity
+    }
+
+    /// (identity, address) of endpoint `id`.
+    pub fn peer(&self, id: u64) -> (Identity, Option<Ipv4Addr>) {
+        let e = self.endpoints.iter().find(|e| e.id == id).unwrap_or_else(|| panic!("no endpoint {id}"));
+        (e.identity, e.ipv4)
     }
 
     /// Allocates CIDR identities for every prefix the policies use.
@@ -74,7 +89,8 @@ pub const TCP: u8 = 6;
 pub const UDP: u8 = 17;
 pub const ICMP: u8 = 1;
 
-/// Compiled and reference verdicts must agree; returns the verdict.
+/// Compiled and reference verdicts must agree; returns the verdict. For a peer whose address
+/// does not matter (not a pod, or no NetworkPolicy ipBlock involved).
 pub fn check(
     input: &PolicyInput<'_>,
     compiled: &CompiledPolicy,
@@ -84,12 +100,29 @@ pub fn check(
     proto: u8,
     port: u16,
 ) -> Verdict {
-    let c = evaluate(compiled, ep, dir, peer, proto, port);
-    let r = reference_verdict(input, ep, dir, peer, proto, port);
+    check_ip(input, compiled, ep, dir, (peer, None), proto, port)
+}
+
+/// Compiled and reference verdicts must agree for a peer (identity, address); returns the
+/// verdict. The compiled side gets the datapath's step-3 identity from an LPM of the address
+/// over the table's CIDR prefixes; the reference decides ipBlock by the address directly.
+pub fn check_ip(
+    input: &PolicyInput<'_>,
+    compiled: &CompiledPolicy,
+    ep: EndpointId,
+    dir: Direction,
+    peer: (Identity, Option<Ipv4Addr>),
+    proto: u8,
+    port: u16,
+) -> Verdict {
+    let (id, ip) = peer;
+    let step3 = ip.map(|ip| input.identities.pod_cidr_lookup(ip).1);
+    let c = evaluate(compiled, ep, dir, id, step3, proto, port);
+    let r = reference_verdict(input, ep, dir, id, ip, proto, port);
     assert_eq!(
         (c.verdict, c.rule.as_ref().map(|r| r.index)),
         (r.verdict, r.rule.as_ref().map(|r| r.index)),
-        "ep {ep} {dir} peer {peer} proto {proto} port {port}: compiled {c:?} vs reference {r:?}"
+        "ep {ep} {dir} peer {id} ({ip:?}) proto {proto} port {port}: compiled {c:?} vs reference {r:?}"
     );
     c.verdict
 }
