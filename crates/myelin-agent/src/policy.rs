@@ -421,6 +421,7 @@ impl PolicyEngine {
             namespace: e.namespace.clone().unwrap_or_else(|| "default".into()),
             labels: self.security_labels(e),
             identity: e.identity,
+            ipv4: e.ipv4.parse().ok(),
             named_ports: e
                 .ports
                 .iter()
@@ -537,6 +538,14 @@ impl PolicyEngine {
             report.ipcache_changes += 1;
         }
         self.ipcache = want;
+        // The pod-in-CIDR step of policy lookups (Kubernetes ipBlock selects pods by address).
+        let cidrs: Vec<(Ipv4Addr, u8, u32)> = self
+            .table()
+            .pod_cidr_prefixes()
+            .into_iter()
+            .map(|(net, id)| (net.network(), net.prefix_len(), id))
+            .collect();
+        report.ipcache_changes += dp.set_policy_cidrs(&cidrs)?;
 
         // Rule ids by rule ordinal, interned once per rule (not once per entry).
         let mut rule_ids: HashMap<u32, u32> = HashMap::new();
