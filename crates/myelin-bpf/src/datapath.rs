@@ -63,18 +63,12 @@ impl AttachMode {
 }
 
 /// What to load.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct LoadOptions {
     /// Objects to load; None = every object whose feature probe passes.
     pub objects: Option<Vec<&'static ObjectSpec>>,
     /// None = TCX when the kernel has it, else clsact.
     pub attach_mode: Option<AttachMode>,
-}
-
-impl Default for LoadOptions {
-    fn default() -> Self {
-        Self { objects: None, attach_mode: None }
-    }
 }
 
 /// An object that was not loaded, and why.

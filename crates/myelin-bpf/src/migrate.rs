@@ -39,6 +39,9 @@ pub struct MapMigration {
     pub how: String,
 }
 
+/// Converts one old value (given its key) to the new layout; None skips it.
+type Converter = fn(&[u8], &[u8], &Context<'_>) -> Option<Vec<u8>>;
+
 /// Look-ups a converter may need (identities of addresses, from the new maps).
 pub(crate) struct Context<'a> {
     pub identity_of: &'a dyn Fn(u32) -> u32,
@@ -69,17 +72,16 @@ pub(crate) fn migrate(
         m.how = "nothing to carry (ring buffer)".into();
         return Ok(m);
     }
-    let convert: Option<fn(&[u8], &[u8], &Context<'_>) -> Option<Vec<u8>>> =
-        match (name, from.value_size, to.value_size) {
-            (_, a, b) if a == b && from.key_size == to.key_size => None,
-            ("ct4", 64, 80) => Some(ct4_v1_to_v2),
-            ("node_config", 40, 56) => Some(node_config_v1_to_v2),
-            _ => {
-                m.how = format!("not carried over: no converter from {from} to {to}");
-                m.skipped = old.keys().count();
-                return Ok(m);
-            }
-        };
+    let convert: Option<Converter> = match (name, from.value_size, to.value_size) {
+        (_, a, b) if a == b && from.key_size == to.key_size => None,
+        ("ct4", 64, 80) => Some(ct4_v1_to_v2),
+        ("node_config", 40, 56) => Some(node_config_v1_to_v2),
+        _ => {
+            m.how = format!("not carried over: no converter from {from} to {to}");
+            m.skipped = old.keys().count();
+            return Ok(m);
+        }
+    };
     let keys: Vec<Vec<u8>> = old.keys().collect();
     let percpu = PERCPU_TYPES.contains(&from.map_type);
     for k in keys {
