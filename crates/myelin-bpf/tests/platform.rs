@@ -139,6 +139,10 @@ fn clsact_fallback_forwards_and_adopts_like_tcx() {
     assert_eq!(ping(&a_ns, b_ip, 2, None), 0, "no eBPF, no forwarding");
 }
 
+/// (type, sub type, endpoint, rule, direction, captured bytes) of an event.
+type Ev = (u8, u8, u32, u32, u8, usize);
+type Seen = Rc<RefCell<Vec<Ev>>>;
+
 #[test]
 fn verdicts_come_out_as_events_through_the_ring_buffer() {
     let lab = Lab::new();
@@ -149,7 +153,7 @@ fn verdicts_come_out_as_events_through_the_ring_buffer() {
         ..EventSettings::default()
     })
     .expect("settings");
-    let seen: Rc<RefCell<Vec<(u8, u8, u32, u32, u8, usize)>>> = Rc::default();
+    let seen: Seen = Rc::default();
     let sink = seen.clone();
     let reader = dp
         .event_reader(move |rec| {
@@ -173,11 +177,7 @@ fn verdicts_come_out_as_events_through_the_ring_buffer() {
     assert!(dp.events_lost().expect("lost").iter().all(|n| *n == 0), "nothing lost");
 }
 
-fn wait_events(
-    reader: &myelin_bpf::EventReader,
-    seen: &Rc<RefCell<Vec<(u8, u8, u32, u32, u8, usize)>>>,
-    done: impl Fn(&[(u8, u8, u32, u32, u8, usize)]) -> bool,
-) -> Vec<(u8, u8, u32, u32, u8, usize)> {
+fn wait_events(reader: &myelin_bpf::EventReader, seen: &Seen, done: impl Fn(&[Ev]) -> bool) -> Vec<Ev> {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         reader.poll(Duration::from_millis(50)).expect("poll");
