@@ -3,13 +3,15 @@
  * Programs on the node's uplink (the interface towards other nodes and the
  * world), attached at tc ingress and egress of that device.
  *
- *   from_netdev  ingress  IPv4 for a local pod from outside the node (other
- *                         nodes' pods in a natively routed cluster, anything
- *                         not masqueraded): the pod's ingress policy and
+ *   from_netdev  ingress  IPv4 for a local pod from another node's pod (a
+ *                         workload identity in the ipcache: natively routed,
+ *                         never masqueraded): the pod's ingress policy and
  *                         conntrack run here and the packet goes straight
  *                         into the pod (bpf_redirect_peer), skipping the
  *                         node's routing. Everything else goes on to the
- *                         stack (observed as from-network).
+ *                         stack (observed as from-network): the world's
+ *                         traffic must meet the node's conntrack, or the
+ *                         masquerade would rewrite the pod's replies.
  *   to_netdev    egress   observes what leaves the node (to-network); pod
  *                         traffic that leaves unmasqueraded is attributed to
  *                         its endpoint.
@@ -50,14 +52,11 @@ int from_netdev(struct __sk_buff *skb)
 		return ctx_pass(&c, TRACE_FROM_NETWORK); /* the stack counts its own errors */
 
 	dst = endpoint_lookup4(ip4->daddr);
-	if (!dst || (dst->flags & EP_F_HOST) || endpoint_lookup4(ip4->saddr)) {
-		c.src_id = identity_of4(NULL, ip4->saddr, c.cfg);
-		c.dst_id = identity_of4(dst, ip4->daddr, c.cfg);
-		return ctx_pass(&c, TRACE_FROM_NETWORK);
-	}
-	c.ep_id = dst->endpoint_id;
-	c.dst_id = endpoint_identity(dst);
 	c.src_id = identity_of4(NULL, ip4->saddr, c.cfg);
+	c.dst_id = identity_of4(dst, ip4->daddr, c.cfg);
+	if (!dst || (dst->flags & EP_F_HOST) || !identity_is_workload(c.src_id) || endpoint_lookup4(ip4->saddr))
+		return ctx_pass(&c, TRACE_FROM_NETWORK);
+	c.ep_id = dst->endpoint_id;
 	if (flow4_parse(skb, ip4, &c.f))
 		return ctx_drop(&c, DROP_INVALID);
 

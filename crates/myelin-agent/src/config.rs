@@ -30,6 +30,19 @@ pub struct Config {
     pub ip_forward: bool,
     /// "text" or "json".
     pub log_format: String,
+    /// How tc programs attach: "auto" (TCX when the kernel has it, else clsact), "tcx" or "tc".
+    pub attach_mode: String,
+    /// Cgroup (v2) directory holding the node's pods: the socket load balancer attaches there.
+    /// None: socket load balancing is off.
+    pub cgroup_root: Option<PathBuf>,
+    /// Attach the XDP prefilter (deny list) on the uplink.
+    pub xdp_prefilter: bool,
+    /// Seconds between conntrack garbage collections.
+    pub gc_interval_s: u64,
+    /// Hours a retired rule id stays resolvable (flow history's horizon).
+    pub rule_retention_hours: u64,
+    /// Serve `POST /v1/debug/stall` (tests only).
+    pub debug_api: bool,
 }
 
 impl Default for Config {
@@ -46,6 +59,12 @@ impl Default for Config {
             native_routing_cidrs: Vec::new(),
             ip_forward: true,
             log_format: "text".into(),
+            attach_mode: "auto".into(),
+            cgroup_root: None,
+            xdp_prefilter: false,
+            gc_interval_s: 30,
+            rule_retention_hours: 24 * 7,
+            debug_api: false,
         }
     }
 }
@@ -96,6 +115,15 @@ impl Config {
                 "pod_cidr {cidr}: host bits are set; did you mean {}?",
                 cidr.trunc()
             )));
+        }
+        if !matches!(self.attach_mode.as_str(), "auto" | "tcx" | "tc") {
+            return Err(ConfigError::Invalid(format!(
+                "attach_mode {:?}: must be \"auto\", \"tcx\" or \"tc\"",
+                self.attach_mode
+            )));
+        }
+        if self.gc_interval_s == 0 {
+            return Err(ConfigError::Invalid("gc_interval_s must be at least 1".into()));
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err(ConfigError::Invalid(format!(

@@ -9,7 +9,7 @@ use ipnet::Ipv4Net;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum IpamError {
     #[error(
         "address pool {0} is exhausted ({1} addresses in use); delete unused pods or give the node a larger pod_cidr"

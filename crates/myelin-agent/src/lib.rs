@@ -1,18 +1,15 @@
-//! The Myelin node agent: owns the node's datapath, endpoints and IPAM, and
-//! serves the local API.
-//!
-//! ```text
-//!  CNI plugin / CLI --unix socket--> server (axum) --lock--> Endpoints
-//!                                                            |  |  |
-//!                               store (redb) <---------------+  |  +--> netlink (veth, routes)
-//!                                                               +-----> Datapath (pinned maps, TCX links)
-//! ```
+//! The Myelin node agent: owns the node's datapath, endpoints, IPAM and
+//! policy, and serves the local API. The components and the channels between
+//! them are drawn at the top of [`daemon`].
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod daemon;
 pub mod endpoints;
+pub mod gc;
 pub mod ipam;
 pub mod masq;
 pub mod policy;
 pub mod server;
+pub mod snapshot;
 pub mod store;

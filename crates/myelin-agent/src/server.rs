@@ -1,7 +1,11 @@
-//! The local API: axum on a root-only unix socket. Handlers are thin: they
-//! take the endpoint lock and call into [`crate::endpoints`].
+//! The local API: axum on a root-only unix socket. Reads come from the
+//! published snapshots (no lock, never waiting for a component); writes are
+//! commands to the component that owns the state, answered when done.
 
-use crate::endpoints::{EndpointError, Endpoints};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -9,16 +13,28 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use myelin_api::{
     ApiError, AppliedPolicy, DatapathMetric, Deleted, Endpoint, EndpointAddRequest, EndpointPolicy, ErrorCode,
-    ExplainRequest, ExplainResponse, Feature, IdentityInfo, LabelsUpdate, NamespaceLabels, PolicyApply, PolicyChange,
-    PolicyDelete, PolicyEntryInfo, PolicyStat, Status,
+    ExplainRequest, ExplainResponse, IdentityInfo, LabelsUpdate, NamespaceLabels, PolicyApply, PolicyChange,
+    PolicyDelete, PolicyEntryInfo, PolicyStat, RuleInfo, Stall, Status,
 };
-use std::sync::Arc;
-use tokio::sync::Mutex;
+use myelin_bpf::Datapath;
 
+use crate::endpoints::plumb::Plumber;
+use crate::endpoints::{EndpointError, EndpointsHandle};
+use crate::gc::GcStats;
+use crate::policy::{EngineError, Gone, PolicyHandle};
+use crate::snapshot::Snapshots;
+
+/// What the handlers share.
 pub struct AgentState {
-    pub endpoints: Mutex<Endpoints>,
+    pub snapshots: Arc<Snapshots>,
+    pub endpoints: EndpointsHandle,
+    pub policy: PolicyHandle,
+    pub plumber: Plumber,
+    pub datapath: Arc<Datapath>,
+    pub gc: Arc<GcStats>,
+    /// Everything of the status that does not change after start.
     pub status: Status,
-    pub features: Vec<Feature>,
+    pub debug_api: bool,
 }
 
 pub type Shared = Arc<AgentState>;
@@ -31,21 +47,59 @@ impl IntoResponse for Failure {
     }
 }
 
+fn fail(code: ErrorCode, message: impl Into<String>) -> Failure {
+    let status = match code {
+        ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
+        ErrorCode::NotFound | ErrorCode::NetnsNotFound => StatusCode::NOT_FOUND,
+        ErrorCode::AlreadyExists => StatusCode::CONFLICT,
+        ErrorCode::PoolExhausted => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    Failure(status, ApiError { code, message: message.into() })
+}
+
 impl From<EndpointError> for Failure {
     fn from(e: EndpointError) -> Self {
-        let code = e.code();
-        let status = match code {
-            ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
-            ErrorCode::NotFound | ErrorCode::NetnsNotFound => StatusCode::NOT_FOUND,
-            ErrorCode::AlreadyExists => StatusCode::CONFLICT,
-            ErrorCode::PoolExhausted => StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        fail(e.code(), e.to_string())
+    }
+}
+
+impl From<EngineError> for Failure {
+    fn from(e: EngineError) -> Self {
+        let code = match &e {
+            EngineError::Policy(_) => ErrorCode::BadRequest,
+            EngineError::NotFound(_) => ErrorCode::NotFound,
+            _ => ErrorCode::Internal,
         };
-        Failure(status, ApiError { code, message: e.to_string() })
+        fail(code, e.to_string())
+    }
+}
+
+impl From<Gone> for Failure {
+    fn from(e: Gone) -> Self {
+        fail(ErrorCode::Internal, e.to_string())
+    }
+}
+
+impl From<myelin_bpf::BpfError> for Failure {
+    fn from(e: myelin_bpf::BpfError) -> Self {
+        fail(ErrorCode::Internal, e.to_string())
     }
 }
 
 type Reply<T> = Result<Json<T>, Failure>;
+type Body<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
+
+fn body<T>(b: Body<T>) -> Result<T, Failure> {
+    b.map(|Json(v)| v).map_err(|e| fail(ErrorCode::BadRequest, e.body_text()))
+}
+
+/// Run a blocking datapath read off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, myelin_bpf::BpfError> + Send + 'static,
+) -> Result<T, Failure> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| fail(ErrorCode::Internal, e.to_string()))?.map_err(Failure::from)
+}
 
 pub fn router(state: Shared) -> Router {
     Router::new()
@@ -62,60 +116,48 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/policies/explain", post(explain))
         .route("/v1/identities", get(identities))
         .route("/v1/identities/{id}", get(identity))
+        .route("/v1/rules", get(rules))
+        .route("/v1/rules/{id}", get(rule))
         .route("/v1/namespaces/{name}", put(namespace))
         .route("/v1/endpoints/{id}/policy", get(endpoint_policy))
         .route("/v1/metrics/policy", get(policy_metrics))
-        .fallback(|| async {
-            Failure(StatusCode::NOT_FOUND, ApiError { code: ErrorCode::NotFound, message: "no such API route".into() })
-        })
+        .route("/v1/debug/stall", post(stall))
+        .fallback(|| async { fail(ErrorCode::NotFound, "no such API route") })
         .with_state(state)
 }
 
 async fn status(State(s): State<Shared>) -> Json<Status> {
-    let eps = s.endpoints.lock().await;
+    let eps = s.snapshots.endpoints.load();
     let mut st = s.status.clone();
-    st.endpoints = eps.len();
-    st.adopted_endpoints = eps.adopted();
-    st.features = s.features.clone();
+    st.endpoints = eps.by_id.len();
+    st.adopted_endpoints = eps.adopted;
+    st.datapath.gc_runs = s.gc.runs.load(Ordering::Relaxed);
+    st.datapath.gc_removed = s.gc.removed.load(Ordering::Relaxed);
     Json(st)
 }
 
 async fn list(State(s): State<Shared>) -> Json<Vec<Endpoint>> {
-    Json(s.endpoints.lock().await.list())
+    Json(s.snapshots.endpoint_list())
 }
 
-async fn add(
-    State(s): State<Shared>,
-    body: Result<Json<EndpointAddRequest>, axum::extract::rejection::JsonRejection>,
-) -> Reply<Endpoint> {
-    let Json(req) = body.map_err(|e| {
-        Failure(StatusCode::BAD_REQUEST, ApiError { code: ErrorCode::BadRequest, message: e.body_text() })
-    })?;
-    Ok(Json(s.endpoints.lock().await.add(req).await?))
+async fn add(State(s): State<Shared>, b: Body<EndpointAddRequest>) -> Reply<Endpoint> {
+    let req = body(b)?;
+    Ok(Json(s.endpoints.add(req).await?))
 }
 
 async fn get_one(State(s): State<Shared>, Path(id): Path<u32>) -> Reply<Endpoint> {
-    s.endpoints
-        .lock()
-        .await
-        .get(id)
-        .cloned()
-        .map(Json)
-        .ok_or_else(|| EndpointError::NotFound(format!("no endpoint {id}")).into())
+    s.snapshots.endpoint(id).map(Json).ok_or_else(|| fail(ErrorCode::NotFound, format!("no endpoint {id}")))
 }
 
 async fn by_container(State(s): State<Shared>, Path((cid, ifname)): Path<(String, String)>) -> Reply<Endpoint> {
-    s.endpoints
-        .lock()
-        .await
+    s.snapshots
         .find(&cid, &ifname)
-        .cloned()
         .map(Json)
-        .ok_or_else(|| EndpointError::NotFound(format!("no endpoint for container {cid} interface {ifname}")).into())
+        .ok_or_else(|| fail(ErrorCode::NotFound, format!("no endpoint for container {cid} interface {ifname}")))
 }
 
 async fn delete(State(s): State<Shared>, Path((cid, ifname)): Path<(String, String)>) -> Reply<Deleted> {
-    let existed = s.endpoints.lock().await.delete(&cid, &ifname).await?;
+    let existed = s.endpoints.delete(cid, ifname).await?;
     Ok(Json(Deleted { existed }))
 }
 
@@ -125,101 +167,99 @@ async fn check(
     Path((cid, ifname)): Path<(String, String)>,
     _body: axum::body::Bytes,
 ) -> Reply<Endpoint> {
-    Ok(Json(s.endpoints.lock().await.check(&cid, &ifname).await?))
+    let ep = s
+        .snapshots
+        .find(&cid, &ifname)
+        .ok_or_else(|| fail(ErrorCode::NotFound, format!("no endpoint for container {cid} interface {ifname}")))?;
+    s.plumber.check(&ep).await?;
+    Ok(Json(ep))
 }
 
-async fn labels(
-    State(s): State<Shared>,
-    Path(id): Path<u32>,
-    body: Result<Json<LabelsUpdate>, axum::extract::rejection::JsonRejection>,
-) -> Reply<Endpoint> {
-    let Json(update) = body.map_err(|e| {
-        Failure(StatusCode::BAD_REQUEST, ApiError { code: ErrorCode::BadRequest, message: e.body_text() })
-    })?;
-    Ok(Json(s.endpoints.lock().await.update_labels(id, update)?))
+async fn labels(State(s): State<Shared>, Path(id): Path<u32>, b: Body<LabelsUpdate>) -> Reply<Endpoint> {
+    let update = body(b)?;
+    let mut ep = s.endpoints.labels(id, update).await?;
+    let ids = s.policy.endpoints(vec![ep.clone()], vec![]).await.map_err(|e| fail(ErrorCode::Internal, e))?;
+    ep.identity = ids.get(&id).copied().unwrap_or(ep.identity);
+    Ok(Json(ep))
 }
-
-fn bad_json(e: &axum::extract::rejection::JsonRejection) -> Failure {
-    Failure(StatusCode::BAD_REQUEST, ApiError { code: ErrorCode::BadRequest, message: e.body_text() })
-}
-
-type Body<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
 
 async fn policies(State(s): State<Shared>) -> Json<Vec<AppliedPolicy>> {
-    let eps = s.endpoints.lock().await;
-    Json(
-        eps.policy()
-            .policies()
-            .map(|p| AppliedPolicy {
-                kind: p.policy.kind.to_string(),
-                namespace: p.policy.namespace.clone(),
-                name: p.policy.name.clone(),
-                yaml: p.yaml.clone(),
-                warnings: p.policy.warnings.clone(),
-            })
-            .collect(),
-    )
+    Json(s.snapshots.policy.load().policies.as_ref().clone())
 }
 
-async fn apply(State(s): State<Shared>, body: Body<PolicyApply>) -> Reply<PolicyChange> {
-    let Json(req) = body.map_err(|e| bad_json(&e))?;
+async fn apply(State(s): State<Shared>, b: Body<PolicyApply>) -> Reply<PolicyChange> {
+    let req = body(b)?;
     let files: Vec<(String, String)> = req.files.into_iter().map(|f| (f.name, f.content)).collect();
-    Ok(Json(s.endpoints.lock().await.apply_policies(&files)?))
+    Ok(Json(s.policy.apply(files).await??))
 }
 
-async fn delete_policies(State(s): State<Shared>, body: Body<PolicyDelete>) -> Reply<PolicyChange> {
-    let Json(req) = body.map_err(|e| bad_json(&e))?;
-    Ok(Json(s.endpoints.lock().await.delete_policies(&req.ids)?))
+async fn delete_policies(State(s): State<Shared>, b: Body<PolicyDelete>) -> Reply<PolicyChange> {
+    let req = body(b)?;
+    Ok(Json(s.policy.delete(req.ids).await??))
 }
 
 async fn namespace(
     State(s): State<Shared>,
     Path(name): Path<String>,
-    body: Body<NamespaceLabels>,
+    b: Body<NamespaceLabels>,
 ) -> Reply<NamespaceLabels> {
-    let Json(req) = body.map_err(|e| bad_json(&e))?;
-    Ok(Json(s.endpoints.lock().await.set_namespace_labels(&name, req.labels)?))
+    let req = body(b)?;
+    for (k, v) in &req.labels {
+        crate::endpoints::validate_label(k, v)?;
+    }
+    Ok(Json(s.policy.namespace(name, req.labels).await??))
 }
 
-fn identity_info(eps: &Endpoints, id: u32) -> Option<IdentityInfo> {
-    let table = eps.policy().table();
-    let labels = table.labels(id)?;
+fn identity_info(s: &Snapshots, id: u32) -> Option<IdentityInfo> {
+    let pol = s.policy.load();
+    let labels = pol.table.labels(id)?;
     let scope = if myelin_policy::ReservedIdentity::from_id(id).is_some() {
         "reserved"
-    } else if table.cidrs.contains_key(&id) {
+    } else if pol.table.cidrs.contains_key(&id) {
         "cidr"
     } else {
         "workload"
     };
+    let mut endpoints: Vec<u32> = pol.identity_of.iter().filter(|(_, i)| **i == id).map(|(e, _)| *e).collect();
+    endpoints.sort_unstable();
     Some(IdentityInfo {
         id,
         labels: labels.as_map().clone(),
         scope: scope.into(),
-        endpoints: eps.list().iter().filter(|e| e.identity == id).map(|e| e.id).collect(),
-        refcount: eps.policy().identities().refcount(id),
+        endpoints,
+        refcount: pol.refcounts.get(&id).copied().unwrap_or(0),
     })
 }
 
 async fn identities(State(s): State<Shared>) -> Json<Vec<IdentityInfo>> {
-    let eps = s.endpoints.lock().await;
-    let ids = eps.policy().table().all_ids();
-    Json(ids.into_iter().filter_map(|id| identity_info(&eps, id)).collect())
+    let ids = s.snapshots.policy.load().table.all_ids();
+    Json(ids.into_iter().filter_map(|id| identity_info(&s.snapshots, id)).collect())
 }
 
 async fn identity(State(s): State<Shared>, Path(id): Path<u32>) -> Reply<IdentityInfo> {
-    let eps = s.endpoints.lock().await;
-    identity_info(&eps, id).map(Json).ok_or_else(|| EndpointError::NotFound(format!("no identity {id}")).into())
+    identity_info(&s.snapshots, id).map(Json).ok_or_else(|| fail(ErrorCode::NotFound, format!("no identity {id}")))
 }
 
-fn verdict_word(deny: bool) -> String {
-    if deny { "deny" } else { "allow" }.into()
+async fn rules(State(s): State<Shared>) -> Json<Vec<RuleInfo>> {
+    Json(s.snapshots.policy.load().rules.all().into_values().collect())
+}
+
+async fn rule(State(s): State<Shared>, Path(id): Path<u32>) -> Reply<RuleInfo> {
+    s.snapshots.policy.load().rules.get(id).cloned().map(Json).ok_or_else(|| {
+        fail(ErrorCode::NotFound, format!("no rule {id} (never handed out, or retired longer than the retention)"))
+    })
+}
+
+fn direction_word(d: u8) -> String {
+    if d == 0 { "ingress" } else { "egress" }.into()
 }
 
 async fn endpoint_policy(State(s): State<Shared>, Path(id): Path<u32>) -> Reply<EndpointPolicy> {
-    let eps = s.endpoints.lock().await;
-    let ep = eps.get(id).cloned().ok_or_else(|| EndpointError::NotFound(format!("no endpoint {id}")))?;
-    let installed = eps.datapath().endpoint_policy(id).map_err(EndpointError::from)?;
+    let ep = s.snapshots.endpoint(id).ok_or_else(|| fail(ErrorCode::NotFound, format!("no endpoint {id}")))?;
+    let dp = s.datapath.clone();
+    let installed = blocking(move || dp.endpoint_policy(id)).await?;
     let (ingress_enforced, egress_enforced, entries) = installed.unwrap_or((false, false, Vec::new()));
+    let rules = s.snapshots.policy.load().rules.clone();
     Ok(Json(EndpointPolicy {
         endpoint_id: id,
         identity: ep.identity,
@@ -228,30 +268,38 @@ async fn endpoint_policy(State(s): State<Shared>, Path(id): Path<u32>) -> Reply<
         entries: entries
             .into_iter()
             .map(|e| PolicyEntryInfo {
-                direction: if e.direction == 0 { "ingress" } else { "egress" }.into(),
+                direction: direction_word(e.direction),
                 identity: e.identity,
                 protocol: e.protocol,
                 port: e.port,
                 port_prefix_len: e.port_prefix_len,
-                verdict: verdict_word(e.deny),
+                verdict: if e.default {
+                    "default"
+                } else if e.deny {
+                    "deny"
+                } else {
+                    "allow"
+                }
+                .into(),
                 rule_id: e.rule_id,
-                rule: eps.policy().rules().describe(e.rule_id),
+                rule: rules.describe(e.rule_id),
             })
             .collect(),
     }))
 }
 
 async fn policy_metrics(State(s): State<Shared>) -> Reply<Vec<PolicyStat>> {
-    let eps = s.endpoints.lock().await;
-    let rows = eps.datapath().policy_stats().map_err(EndpointError::from)?;
+    let dp = s.datapath.clone();
+    let rows = blocking(move || dp.policy_stats()).await?;
+    let rules = s.snapshots.policy.load().rules.clone();
     Ok(Json(
         rows.into_iter()
             .map(|r| PolicyStat {
                 endpoint_id: r.endpoint_id,
-                direction: if r.direction == 0 { "ingress" } else { "egress" }.into(),
+                direction: direction_word(r.direction),
                 verdict: myelin_bpf::verdict_name(r.verdict).into(),
                 rule_id: r.rule_id,
-                rule: eps.policy().rules().describe(r.rule_id),
+                rule: rules.describe(r.rule_id),
                 packets: r.packets,
                 bytes: r.bytes,
             })
@@ -259,42 +307,41 @@ async fn policy_metrics(State(s): State<Shared>) -> Reply<Vec<PolicyStat>> {
     ))
 }
 
-fn parse_peer(eps: &Endpoints, s: &str) -> Result<myelin_policy::FlowPeer, EndpointError> {
-    if let Some((ns, pod)) = s.split_once('/') {
-        if let Ok(net) = s.parse::<ipnet::Ipv4Net>() {
+fn parse_peer(s: &Snapshots, p: &str) -> Result<myelin_policy::FlowPeer, Failure> {
+    if let Some((ns, pod)) = p.split_once('/') {
+        if let Ok(net) = p.parse::<ipnet::Ipv4Net>() {
             return Ok(myelin_policy::FlowPeer::Ip(net.network()));
         }
-        let ep = eps
-            .list()
+        let ep = s
+            .endpoint_list()
             .into_iter()
             .find(|e| e.namespace.as_deref().unwrap_or("default") == ns && e.pod_name.as_deref() == Some(pod))
-            .ok_or_else(|| EndpointError::NotFound(format!("no local endpoint for pod {ns}/{pod}")))?;
+            .ok_or_else(|| fail(ErrorCode::NotFound, format!("no local endpoint for pod {ns}/{pod}")))?;
         return Ok(myelin_policy::FlowPeer::Endpoint(u64::from(ep.id)));
     }
-    s.parse::<std::net::Ipv4Addr>()
+    p.parse::<std::net::Ipv4Addr>()
         .map(myelin_policy::FlowPeer::Ip)
-        .map_err(|_| EndpointError::BadRequest(format!("peer {s:?} is not NAMESPACE/POD, an IPv4 address or a CIDR")))
+        .map_err(|_| fail(ErrorCode::BadRequest, format!("peer {p:?} is not NAMESPACE/POD, an IPv4 address or a CIDR")))
 }
 
-fn parse_protocol(p: &str) -> Result<u8, EndpointError> {
+fn parse_protocol(p: &str) -> Result<u8, Failure> {
     match p.to_ascii_uppercase().as_str() {
         "TCP" => Ok(6),
         "UDP" => Ok(17),
         "SCTP" => Ok(132),
         "ICMP" => Ok(1),
-        n => n
-            .parse()
-            .map_err(|_| EndpointError::BadRequest(format!("protocol {p:?} is not TCP, UDP, SCTP, ICMP or a number"))),
+        n => n.parse().map_err(|_| {
+            fail(ErrorCode::BadRequest, format!("protocol {p:?} is not TCP, UDP, SCTP, ICMP or a number"))
+        }),
     }
 }
 
-async fn explain(State(s): State<Shared>, body: Body<ExplainRequest>) -> Reply<ExplainResponse> {
-    let Json(req) = body.map_err(|e| bad_json(&e))?;
-    let mut eps = s.endpoints.lock().await;
-    let from = parse_peer(&eps, &req.from)?;
-    let to = parse_peer(&eps, &req.to)?;
+async fn explain(State(s): State<Shared>, b: Body<ExplainRequest>) -> Reply<ExplainResponse> {
+    let req = body(b)?;
+    let from = parse_peer(&s.snapshots, &req.from)?;
+    let to = parse_peer(&s.snapshots, &req.to)?;
     let proto = parse_protocol(&req.protocol)?;
-    let x = eps.explain(from, to, proto, req.port)?;
+    let x = s.policy.explain(from, to, proto, req.port).await??;
     Ok(Json(ExplainResponse {
         verdict: x.final_verdict.to_string(),
         text: x.to_string(),
@@ -303,17 +350,17 @@ async fn explain(State(s): State<Shared>, body: Body<ExplainRequest>) -> Reply<E
 }
 
 async fn ipam(State(s): State<Shared>) -> Json<myelin_api::IpamState> {
-    Json(s.endpoints.lock().await.ipam_state())
+    Json(s.snapshots.endpoints.load().ipam.clone())
 }
 
 async fn metrics(State(s): State<Shared>) -> Reply<Vec<DatapathMetric>> {
-    let eps = s.endpoints.lock().await;
-    let rows = eps.datapath().metrics().map_err(EndpointError::from)?;
+    let dp = s.datapath.clone();
+    let rows = blocking(move || dp.metrics()).await?;
     Ok(Json(
         rows.into_iter()
             .map(|r| DatapathMetric {
                 endpoint_id: r.endpoint_id,
-                direction: if r.direction == 0 { "ingress" } else { "egress" }.into(),
+                direction: direction_word(r.direction),
                 reason: r.reason,
                 reason_name: myelin_bpf::reason_name(r.reason).into(),
                 packets: r.packets,
@@ -321,4 +368,20 @@ async fn metrics(State(s): State<Shared>) -> Reply<Vec<DatapathMetric>> {
             })
             .collect(),
     ))
+}
+
+async fn stall(State(s): State<Shared>, b: Body<Stall>) -> Reply<Stall> {
+    if !s.debug_api {
+        return Err(fail(ErrorCode::NotFound, "the debug API is off (debug_api = true in the agent config)"));
+    }
+    let req = body(b)?;
+    let d = Duration::from_millis(req.millis.min(60_000));
+    match req.component.as_str() {
+        "policy" => s.policy.stall(d).await?,
+        "endpoints" => s.endpoints.stall(d).await?,
+        other => {
+            return Err(fail(ErrorCode::BadRequest, format!("component {other:?}: use \"policy\" or \"endpoints\"")))
+        }
+    }
+    Ok(Json(req))
 }

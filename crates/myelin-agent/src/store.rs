@@ -15,6 +15,7 @@ const IPAM: TableDefinition<u32, &str> = TableDefinition::new("ipam");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const POLICIES: TableDefinition<&str, &str> = TableDefinition::new("policies");
 const KV: TableDefinition<&str, &str> = TableDefinition::new("kv");
+const RULES: TableDefinition<u32, &str> = TableDefinition::new("rules");
 
 const NEXT_ENDPOINT_ID: &str = "next_endpoint_id";
 const IPAM_CURSOR: &str = "ipam_cursor";
@@ -53,6 +54,7 @@ impl Store {
             tx.open_table(META)?;
             tx.open_table(POLICIES)?;
             tx.open_table(KV)?;
+            tx.open_table(RULES)?;
             Ok(())
         })?;
         Ok(store)
@@ -136,6 +138,39 @@ impl Store {
         })
     }
 
+    /// Every stored rule record (see `policy::rules`); unreadable ones are skipped.
+    pub fn rules(&self) -> Result<Vec<crate::policy::rules::RuleInfo>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = tx.open_table(RULES).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(|e| self.err(e))? {
+            let (_, v) = row.map_err(|e| self.err(e))?;
+            if let Ok(r) = serde_json::from_str(v.value()) {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Write changed rule records and forget pruned ones, in one transaction.
+    pub fn put_rules(&self, changed: &[crate::policy::rules::RuleInfo], pruned: &[u32]) -> Result<(), StoreError> {
+        if changed.is_empty() && pruned.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<(u32, String)> =
+            changed.iter().filter_map(|r| serde_json::to_string(r).ok().map(|j| (r.id, j))).collect();
+        self.write(|tx| {
+            let mut t = tx.open_table(RULES)?;
+            for (id, json) in &rows {
+                t.insert(*id, json.as_str())?;
+            }
+            for id in pruned {
+                t.remove(*id)?;
+            }
+            Ok(())
+        })
+    }
+
     pub fn get_kv(&self, key: &str) -> Result<Option<String>, StoreError> {
         let tx = self.db.begin_read().map_err(|e| self.err(e))?;
         let t = tx.open_table(KV).map_err(|e| self.err(e))?;
@@ -199,6 +234,7 @@ mod tests {
             ports: vec![],
             identity: 0,
             created: 0,
+            labels_pending: false,
         }
     }
 

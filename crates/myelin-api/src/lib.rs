@@ -70,6 +70,11 @@ pub struct EndpointAddRequest {
     pub labels: Labels,
     #[serde(default)]
     pub ports: Vec<NamedPort>,
+    /// The pod's labels are not known yet (an orchestrator will set them with
+    /// `PUT /v1/endpoints/{id}/labels`): until then the endpoint has the `init`
+    /// identity and the built-in init policy (DNS out, nothing in).
+    #[serde(default)]
+    pub labels_pending: bool,
 }
 
 /// Body of `PUT /v1/endpoints/{id}/labels`.
@@ -109,6 +114,9 @@ pub struct Endpoint {
     pub identity: u32,
     /// Unix seconds of creation.
     pub created: u64,
+    /// Its labels are not known yet: identity `init` until they are set.
+    #[serde(default)]
+    pub labels_pending: bool,
 }
 
 /// Body of a successful DELETE.
@@ -143,6 +151,76 @@ pub struct Status {
     pub started: u64,
     /// Endpoints found in the store and adopted at start (not re-plumbed).
     pub adopted_endpoints: usize,
+    #[serde(default)]
+    pub datapath: DatapathStatus,
+}
+
+/// What the datapath loader found and did (part of [`Status`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatapathStatus {
+    /// eBPF objects loaded (lxc, netdev, xdp, sock).
+    pub objects: Vec<String>,
+    /// Objects this kernel could not take, with the reason.
+    #[serde(default)]
+    pub unavailable: Vec<Feature>,
+    /// "tcx" or "tc" (clsact).
+    pub attach_mode: String,
+    /// The ABI of this build, and of the maps found pinned at start (None: fresh).
+    pub abi: u32,
+    #[serde(default)]
+    pub previous_abi: Option<u32>,
+    /// Maps migrated at start: "name: how (copied N, skipped M)".
+    #[serde(default)]
+    pub migrated: Vec<String>,
+    /// Live links switched to this build's programs at start.
+    pub links_updated: usize,
+    /// Conntrack garbage collection: runs and entries removed since start.
+    pub gc_runs: u64,
+    pub gc_removed: u64,
+}
+
+/// A rule id and what it stands for (`GET /v1/rules/{id}`): rule ids are
+/// stable for the rule's content and resolvable after the rule was edited or
+/// deleted (`retired`), for as long as flow history may name them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleInfo {
+    pub id: u32,
+    /// Policy kind (CiliumNetworkPolicy, NetworkPolicy, ...).
+    pub kind: String,
+    pub namespace: Option<String>,
+    pub name: String,
+    /// The policy's uid (assigned at its first apply, kept across edits).
+    pub policy_uid: String,
+    /// The policy's revision when the rule first appeared in this form.
+    pub revision: u64,
+    /// Field path of the rule, e.g. `spec.ingress[0]`.
+    pub path: String,
+    /// Unix seconds the id was created.
+    pub created: u64,
+    /// Unix seconds it stopped being enforced (None: in force).
+    pub retired: Option<u64>,
+}
+
+impl RuleInfo {
+    /// `Kind namespace/name path` (the form flows and counters show).
+    #[must_use]
+    pub fn describe(&self) -> String {
+        let policy = match &self.namespace {
+            Some(ns) => format!("{ns}/{}", self.name),
+            None => self.name.clone(),
+        };
+        format!("{} {policy} {}", self.kind, self.path)
+    }
+}
+
+/// Body of `POST /v1/debug/stall` (only with `debug_api = true`): keep a
+/// component busy, to show that nothing else waits for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stall {
+    /// "policy" or "endpoints".
+    pub component: String,
+    pub millis: u64,
 }
 
 /// One row of the datapath's per-endpoint counters, summed over CPUs.
@@ -166,7 +244,7 @@ pub struct Allocation {
 }
 
 /// `GET /v1/ipam`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IpamState {
     pub cidr: String,
     pub gateway: String,

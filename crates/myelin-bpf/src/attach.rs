@@ -339,6 +339,12 @@ impl Datapath {
         Ok(new)
     }
 
+    /// Detach the uplink's XDP prefilter only (the tc programs stay). Ok if absent.
+    pub fn detach_uplink_xdp(&self, ifname: &str) -> Result<(), BpfError> {
+        check_ifname(ifname)?;
+        remove_pin(&self.link_dir(ifname).join(leaf(Hook::UplinkXdp)))
+    }
+
     /// Detach everything [`Datapath::attach_uplink`] attached. Ok if absent.
     pub fn detach_uplink(&self, ifname: &str) -> Result<(), BpfError> {
         check_ifname(ifname)?;

@@ -60,11 +60,13 @@ fn uplink_xdp_and_cgroup_programs_load_beside_the_pod_programs() {
     }
     assert!(dp.pinned_endpoints().expect("pinned").iter().all(|n| n != "up0"), "the uplink is not an endpoint");
 
-    // Outside -> pod A arrives on the uplink: from_netdev runs A's ingress
+    // A pod of another node (a workload identity in the ipcache) -> pod A
+    // arrives on the uplink: from_netdev runs A's ingress
     // policy and delivers straight into A (redirect_peer). The node forwards
     // nothing (ip_forward=0): had the stack routed it, to_container would
     // have counted FROM_STACK and the ping could not have reached A at all.
     let a = lab.a();
+    dp.upsert_ipcache(OUTSIDE, 32, 300).expect("the outside host is a remote pod");
     let fwd0 = lab.metric(a.ep_id, DIR_INGRESS, REASON_FORWARDED);
     let stack0 = lab.metric(a.ep_id, DIR_INGRESS, REASON_FROM_STACK);
     run(&["ip", "netns", "exec", &node, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]);
@@ -78,6 +80,15 @@ fn uplink_xdp_and_cgroup_programs_load_beside_the_pod_programs() {
     assert!(lab.metric(a.ep_id, DIR_INGRESS, DROP_POLICY) >= 2);
     dp.set_endpoint_policies(&[(a.ep_id, None)]).expect("clear");
     assert_eq!(ping(&out.0, a.ip, 2, None), 2);
+
+    // The world (no workload identity) goes through the node's stack, whose
+    // conntrack must see it (the masquerade would rewrite replies otherwise).
+    dp.delete_ipcache(OUTSIDE, 32).expect("back to world");
+    let (fwd1, stack1) =
+        (lab.metric(a.ep_id, DIR_INGRESS, REASON_FORWARDED), lab.metric(a.ep_id, DIR_INGRESS, REASON_FROM_STACK));
+    assert_eq!(ping(&out.0, a.ip, 2, None), 2, "the world reaches pod A through the stack");
+    assert_eq!(lab.metric(a.ep_id, DIR_INGRESS, REASON_FORWARDED), fwd1, "not redirected at the uplink");
+    assert!(lab.metric(a.ep_id, DIR_INGRESS, REASON_FROM_STACK) >= stack1 + 2);
 
     // XDP prefilter: the outside host is denied before any skb exists.
     dp.prefilter_deny(OUTSIDE, 32).expect("deny");

@@ -156,10 +156,10 @@ pub fn parse_args(s: &str) -> Result<HashMap<String, String>, CniError> {
 }
 
 /// Labels from the CNI conventions' `args.cni.labels`: a list of `{"key": .., "value": ..}`,
-/// both strings, each key once. Absent means no labels.
-pub fn labels_from_args(args: Option<&Value>) -> Result<Labels, CniError> {
+/// both strings, each key once. None when the runtime sent no list.
+pub fn labels_from_args(args: Option<&Value>) -> Result<Option<Labels>, CniError> {
     let Some(list) = args.and_then(|a| a.get("cni")).and_then(|c| c.get("labels")) else {
-        return Ok(Labels::new());
+        return Ok(None);
     };
     let shape = "each entry is {\"key\": string, \"value\": string}";
     let Some(entries) = list.as_array() else {
@@ -187,7 +187,7 @@ pub fn labels_from_args(args: Option<&Value>) -> Result<Labels, CniError> {
             ));
         }
     }
-    Ok(labels)
+    Ok(Some(labels))
 }
 
 fn agent_error(e: ClientError) -> CniError {
@@ -222,14 +222,21 @@ fn add(env: &HashMap<String, String>, conf: &NetConf, client: &myelin_api::Clien
     }
     let args = parse_args(env.get("CNI_ARGS").map(String::as_str).unwrap_or(""))?;
     let labels = labels_from_args(conf.args.as_ref())?;
+    let pod_name = args.get("K8S_POD_NAME").cloned();
+    // A Kubernetes pod (the kubelet passes K8S_POD_UID) whose labels the
+    // runtime did not pass: the orchestrator sets them later, and until then
+    // the endpoint is `init` (no unenforced window). A plain container (podman
+    // passes a K8S_POD_NAME but no uid) has the labels it was given.
+    let labels_pending = labels.is_none() && args.contains_key("K8S_POD_UID");
     let req = EndpointAddRequest {
         container_id: container_id.to_owned(),
         netns: netns.to_owned(),
         ifname: ifname.to_owned(),
         namespace: args.get("K8S_POD_NAMESPACE").cloned(),
-        pod_name: args.get("K8S_POD_NAME").cloned(),
-        labels,
+        pod_name,
+        labels: labels.unwrap_or_default(),
         ports: Vec::new(),
+        labels_pending,
     };
     let ep: Endpoint = client.post("/v1/endpoints", &req).map_err(agent_error)?;
     Ok(result_json(&conf.cni_version, &ep))
@@ -371,7 +378,7 @@ mod tests {
     }
 
     fn conf_labels(conf: &Value) -> Result<Labels, CniError> {
-        labels_from_args(conf.get("args"))
+        labels_from_args(conf.get("args")).map(Option::unwrap_or_default)
     }
 
     fn err_of(out: &str) -> Value {
@@ -551,6 +558,7 @@ mod tests {
             ports: vec![],
             identity: 0,
             created: 0,
+            labels_pending: false,
         };
         let v = result_json("1.0.0", &ep);
         assert_eq!(v["ips"][0]["address"], "10.0.0.2/32");

@@ -239,6 +239,7 @@ fn run(args: &Args) -> Result<Report> {
     let t = Instant::now();
     for i in 0..bulk {
         let req = EndpointAddRequest {
+            labels_pending: false,
             container_id: format!("{name}-bulk-{i}"),
             netns: nets.path(i / per_ns).display().to_string(),
             ifname: format!("eth{}", i % per_ns),

@@ -1,6 +1,8 @@
 //! The node's policy engine: identities from labels, the applied policies,
-//! and the reconciliation that turns them into per-endpoint policy maps and
-//! ipcache entries in the datapath.
+//! and the reconciliation that turns them into the datapath's policy state:
+//! per-endpoint policy maps, the endpoint entries' identities, the ipcache
+//! and the pod-in-CIDR prefixes. It is the only writer of those maps; the
+//! policy component (`policy/mod.rs`) drives it from one thread.
 //!
 //! ```text
 //!  apply/delete (API) --> policies --+
@@ -12,7 +14,7 @@
 //! Bad input never reaches this far: `parse_files` rejects a whole apply.
 
 use myelin_api::Endpoint as ApiEndpoint;
-use myelin_bpf::{Datapath, PolicyMapEntry};
+use myelin_bpf::{Datapath, EndpointEntry, PolicyMapEntry};
 use myelin_policy as pol;
 use pol::{CidrIdentityAllocator, Identity, IdentityAllocator, IdentityTable, IpCache, Labels, Policy};
 use serde::{Deserialize, Serialize};
@@ -21,6 +23,8 @@ use std::hash::{Hash, Hasher};
 use std::net::Ipv4Addr;
 use tracing::{info, warn};
 
+use super::rules::{PolicyMeta, RuleIndex, RuleInfo};
+
 /// A policy as applied: the parsed model and the document it came from.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StoredPolicy {
@@ -28,46 +32,60 @@ pub struct StoredPolicy {
     pub yaml: String,
 }
 
-/// Numeric ids of rules, stable for as long as the agent's store lives: the
-/// datapath and flow events name a rule by this number.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct RuleTable {
-    ids: BTreeMap<String, u32>,
-    next: u32,
+/// A policy's identity across edits: its uid and how many times it was applied.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyRevision {
+    pub uid: String,
+    pub revision: u64,
 }
 
-impl RuleTable {
-    fn key(r: &pol::RuleRef) -> String {
-        format!("{}|{}|{}", r.kind, r.policy, r.section)
-    }
-
-    pub fn intern(&mut self, r: &pol::RuleRef) -> u32 {
-        let key = Self::key(r);
-        if let Some(id) = self.ids.get(&key) {
-            return *id;
-        }
-        self.next = self.next.max(1);
-        let id = self.next;
-        self.next += 1;
-        self.ids.insert(key, id);
-        id
-    }
-
-    /// `(kind, policy, section)` of a rule id.
-    #[must_use]
-    pub fn describe(&self, id: u32) -> Option<String> {
-        self.ids.iter().find(|(_, v)| **v == id).map(|(k, _)| k.replace('|', " "))
-    }
-}
-
-/// What the engine persists (besides the policies themselves).
+/// What the engine persists (besides the policies themselves and the rule records).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct EngineState {
     pub identities: Option<IdentityAllocator>,
     pub cidrs: Option<CidrIdentityAllocator>,
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
-    pub rules: RuleTable,
+    /// Per policy key.
+    #[serde(default)]
+    pub revisions: BTreeMap<String, PolicyRevision>,
+    /// Rule ids: the next to hand out, and the rules in force by (policy key, path, content).
+    #[serde(default)]
+    pub next_rule_id: u32,
+    #[serde(default)]
+    pub live_rules: Vec<((String, String, u64), u32)>,
+    /// Uids handed out so far (to make new ones unique).
+    #[serde(default)]
+    pub uid_counter: u64,
 }
+
+/// Labels of an endpoint whose labels are not known yet (reserved:init).
+#[must_use]
+pub fn init_labels() -> Labels {
+    pol::ReservedIdentity::Init.labels()
+}
+
+/// Key prefix of the built-in policies (sorted after every user policy key).
+const BUILTIN: &str = "~builtin/";
+
+/// The built-in policy of endpoints whose labels are not known yet (identity
+/// init): enforced both ways, DNS out, nothing in (the node reaches every pod
+/// anyway, allow-localhost). A policy selecting `reserved:init` adds to it.
+const INIT_POLICY: &str = "apiVersion: cilium.io/v2
+kind: CiliumClusterwideNetworkPolicy
+metadata:
+  name: myelin-init-default
+spec:
+  endpointSelector:
+    matchLabels:
+      \"reserved:init\": \"\"
+  ingress:
+    - fromEntities: [host]
+  egress:
+    - toPorts:
+        - ports:
+            - {port: \"53\", protocol: UDP}
+            - {port: \"53\", protocol: TCP}
+";
 
 /// A 128-bit fingerprint (two independent SipHashes): enough to tell "changed" from "same"
 /// without keeping a copy of what it summarizes.
@@ -103,7 +121,7 @@ struct StoredRef<'a> {
 
 /// How to undo an `insert` or a `remove`: the previous value of every key touched, newest last.
 #[derive(Debug, Default)]
-pub struct Rollback(Vec<(String, Option<StoredPolicy>)>);
+pub struct Rollback(Vec<(String, Option<StoredPolicy>, Option<PolicyRevision>)>);
 
 pub struct PolicyEngine {
     /// Applied policies, sorted by key; `models[i]` and `yamls[i]` belong to `keys[i]`. Kept
@@ -120,7 +138,13 @@ pub struct PolicyEngine {
     identities: IdentityAllocator,
     cidrs: CidrIdentityAllocator,
     namespaces: BTreeMap<String, BTreeMap<String, String>>,
-    rules: RuleTable,
+    revisions: BTreeMap<String, PolicyRevision>,
+    uid_counter: u64,
+    rules: RuleIndex,
+    /// The endpoints of this node, as the compiler and the datapath entries need them.
+    endpoints: BTreeMap<u32, ApiEndpoint>,
+    /// The endpoint entry last written per endpoint (identity included).
+    entries: HashMap<u32, (Ipv4Addr, EndpointEntry)>,
     /// Fingerprint of what was last pushed to the datapath, per endpoint (None: no policy).
     installed: HashMap<u32, Option<Digest>>,
     /// Per endpoint, the fingerprint of its compile inputs at the last successful sync, and
@@ -140,6 +164,7 @@ pub struct PolicyEngine {
 pub struct SyncReport {
     pub endpoints_updated: usize,
     pub ipcache_changes: usize,
+    pub entries_written: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -155,14 +180,33 @@ pub enum EngineError {
 }
 
 impl PolicyEngine {
-    pub fn new(state: EngineState, policies: Vec<StoredPolicy>, node_ips: Vec<Ipv4Addr>) -> Self {
-        let policies: BTreeMap<String, StoredPolicy> = policies.into_iter().map(|p| (key_of(&p.policy), p)).collect();
+    /// An engine with the stored state, policies and rule records; `endpoints`
+    /// are the node's endpoints as the store knows them (their identities as
+    /// the stored allocator counts them: nothing is acquired again).
+    pub fn new(
+        state: EngineState,
+        policies: Vec<StoredPolicy>,
+        rules: Vec<RuleInfo>,
+        endpoints: Vec<ApiEndpoint>,
+        node_ips: Vec<Ipv4Addr>,
+    ) -> Self {
+        let mut policies: BTreeMap<String, StoredPolicy> =
+            policies.into_iter().map(|p| (key_of(&p.policy), p)).collect();
+        match PolicyEngine::prepare(&[("built-in init policy".to_owned(), INIT_POLICY.to_owned())]) {
+            Ok(builtin) => {
+                for p in builtin {
+                    policies.insert(format!("{BUILTIN}{}", key_of(&p.policy)), p);
+                }
+            }
+            Err(e) => warn!(error = %e, "the built-in init policy does not parse"),
+        }
         let (mut keys, mut models, mut yamls) = (Vec::new(), Vec::new(), Vec::new());
         for (k, p) in policies {
             keys.push(k);
             models.push(p.policy);
             yamls.push(p.yaml);
         }
+        let rules = RuleIndex::from_records(rules, state.next_rule_id, state.live_rules);
         let mut this = Self {
             keys,
             models,
@@ -173,7 +217,11 @@ impl PolicyEngine {
             identities: state.identities.unwrap_or_default(),
             cidrs: state.cidrs.unwrap_or_default(),
             namespaces: state.namespaces,
-            rules: state.rules,
+            revisions: state.revisions,
+            uid_counter: state.uid_counter,
+            rules,
+            endpoints: endpoints.into_iter().map(|e| (e.id, e)).collect(),
+            entries: HashMap::new(),
             installed: HashMap::new(),
             compiled_inputs: HashMap::new(),
             compiled_global: None,
@@ -218,17 +266,37 @@ impl PolicyEngine {
             identities: Some(self.identities.clone()),
             cidrs: Some(self.cidrs.clone()),
             namespaces: self.namespaces.clone(),
-            rules: self.rules.clone(),
+            revisions: self.revisions.clone(),
+            next_rule_id: self.rules.next_id(),
+            live_rules: self.rules.live_keys(),
+            uid_counter: self.uid_counter,
         }
     }
 
+    /// The applied policies (not the built-in ones).
     pub fn policies(&self) -> impl Iterator<Item = AppliedRef<'_>> {
-        self.models.iter().zip(&self.yamls).map(|(policy, yaml)| AppliedRef { policy, yaml })
+        self.keys
+            .iter()
+            .zip(self.models.iter().zip(&self.yamls))
+            .filter(|(k, _)| !k.starts_with(BUILTIN))
+            .map(|(_, (policy, yaml))| AppliedRef { policy, yaml })
     }
 
     #[must_use]
     pub fn warnings(&self) -> Vec<String> {
         self.warnings.values().flatten().cloned().collect()
+    }
+
+    /// Bumped by every change of the policies or namespace labels.
+    #[must_use]
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Every namespace's labels.
+    #[must_use]
+    pub fn namespaces(&self) -> &BTreeMap<String, BTreeMap<String, String>> {
+        &self.namespaces
     }
 
     pub fn namespace_labels(&self, ns: &str) -> BTreeMap<String, String> {
@@ -240,10 +308,63 @@ impl PolicyEngine {
         self.namespaces.insert(ns.to_owned(), labels);
     }
 
-    /// The security labels of an endpoint: pod labels, its namespace, and the namespace's labels.
+    /// The security labels of an endpoint: pod labels, its namespace, and the namespace's labels;
+    /// `reserved:init` while its labels are not known.
     #[must_use]
     pub fn security_labels(&self, ep: &ApiEndpoint) -> Labels {
+        if ep.labels_pending {
+            return init_labels();
+        }
         self.security_labels_of(ep.namespace.as_deref(), &ep.labels)
+    }
+
+    /// Add or update an endpoint (its labels, ports, address); returns its identity. The
+    /// datapath follows at the next [`PolicyEngine::sync`].
+    pub fn upsert_endpoint(&mut self, mut ep: ApiEndpoint) -> Result<Identity, EngineError> {
+        let labels = self.security_labels(&ep);
+        let id = if ep.labels_pending { pol::ReservedIdentity::Init.id() } else { self.acquire(&labels)? };
+        let old = self.endpoints.get(&ep.id).map(|e| e.identity);
+        match old {
+            Some(o) if o == id => self.release(id), // the reference it holds already
+            Some(o) => self.release(o),
+            None => {}
+        }
+        ep.identity = id;
+        self.endpoints.insert(ep.id, ep);
+        Ok(id)
+    }
+
+    /// Remove an endpoint; the datapath follows at the next sync.
+    pub fn remove_endpoint(&mut self, endpoint_id: u32) -> Option<ApiEndpoint> {
+        let ep = self.endpoints.remove(&endpoint_id)?;
+        self.release(ep.identity);
+        Some(ep)
+    }
+
+    /// Recompute the identities of a namespace's endpoints (after its labels changed).
+    /// Returns the endpoints whose identity changed.
+    pub fn refresh_namespace(&mut self, ns: &str) -> Result<Vec<(u32, Identity)>, EngineError> {
+        let ids: Vec<u32> = self
+            .endpoints
+            .values()
+            .filter(|e| e.namespace.as_deref().unwrap_or("default") == ns)
+            .map(|e| e.id)
+            .collect();
+        let mut changed = Vec::new();
+        for id in ids {
+            let Some(ep) = self.endpoints.get(&id).cloned() else { continue };
+            let before = ep.identity;
+            let after = self.upsert_endpoint(ep)?;
+            if after != before {
+                changed.push((id, after));
+            }
+        }
+        Ok(changed)
+    }
+
+    /// The node's endpoints as the engine holds them (identities included).
+    pub fn endpoints(&self) -> impl Iterator<Item = &ApiEndpoint> {
+        self.endpoints.values()
     }
 
     #[must_use]
@@ -256,20 +377,24 @@ impl PolicyEngine {
 
     /// Start from what the datapath already enforces (after an agent restart),
     /// so that the first sync rewrites nothing that is already right.
-    pub fn seed_from_datapath(&mut self, endpoints: &[ApiEndpoint], dp: &Datapath) {
-        for e in endpoints {
+    pub fn seed_from_datapath(&mut self, dp: &Datapath) {
+        for e in self.endpoints.values() {
             if let Ok(current) = dp.endpoint_policy(e.id) {
                 self.installed.insert(e.id, current.as_ref().map(policy_digest));
+            }
+        }
+        if let Ok(rows) = dp.endpoints() {
+            let by_ip: HashMap<Ipv4Addr, u32> =
+                self.endpoints.values().filter_map(|e| e.ipv4.parse().ok().map(|ip| (ip, e.id))).collect();
+            for (ip, entry) in rows {
+                if let Some(id) = by_ip.get(&ip) {
+                    self.entries.insert(*id, (ip, entry));
+                }
             }
         }
         if let Ok(rows) = dp.ipcache() {
             self.ipcache = rows.into_iter().map(|(ip, len, id)| ((ip, len), id)).collect();
         }
-    }
-
-    /// Forget what was installed for an endpoint that is gone.
-    pub fn forget(&mut self, endpoint_id: u32) {
-        self.installed.remove(&endpoint_id);
     }
 
     /// The policy epoch to persist, if the policies changed since they were last persisted.
@@ -289,6 +414,7 @@ impl PolicyEngine {
         self.keys
             .iter()
             .zip(self.models.iter().zip(&self.yamls))
+            .filter(|(k, _)| !k.starts_with(BUILTIN))
             .filter_map(|(k, (policy, yaml))| {
                 serde_json::to_string(&StoredRef { policy, yaml }).ok().map(|j| (k.clone(), j))
             })
@@ -302,7 +428,7 @@ impl PolicyEngine {
 
     /// Drop a reference; unknown and reserved ids are ignored.
     pub fn release(&mut self, id: Identity) {
-        if id != 0 {
+        if pol::is_workload(id) {
             if let Err(e) = self.identities.release(id) {
                 warn!(identity = id, error = %e, "releasing identity");
             }
@@ -320,8 +446,32 @@ impl PolicyEngine {
     }
 
     #[must_use]
-    pub fn rules(&self) -> &RuleTable {
+    pub fn rules(&self) -> &RuleIndex {
         &self.rules
+    }
+
+    /// Rule records changed (and ids pruned) since the last call, for the store.
+    pub fn take_rule_changes(&mut self) -> (Vec<RuleInfo>, Vec<u32>) {
+        self.rules.take_dirty()
+    }
+
+    /// Forget rule ids retired before `cutoff` (unix seconds).
+    pub fn prune_rules(&mut self, cutoff: u64) -> usize {
+        self.rules.prune(cutoff)
+    }
+
+    /// The revision record of a policy key (a new uid at its first apply).
+    fn bump_revision(&mut self, key: &str) -> Option<PolicyRevision> {
+        let old = self.revisions.get(key).cloned();
+        let next = match &old {
+            Some(r) => PolicyRevision { uid: r.uid.clone(), revision: r.revision + 1 },
+            None => {
+                self.uid_counter += 1;
+                PolicyRevision { uid: new_uid(self.uid_counter), revision: 1 }
+            }
+        };
+        self.revisions.insert(key.to_owned(), next);
+        old
     }
 
     /// Parse and validate a whole apply; nothing changes unless every document is valid.
@@ -352,8 +502,9 @@ impl PolicyEngine {
                 self.warnings.insert(p.policy.id(), p.policy.warnings.clone());
             }
             let key = key_of(&p.policy);
+            let rev = self.bump_revision(&key);
             let old = self.put(&key, Some(p));
-            undo.0.push((key, old));
+            undo.0.push((key, old, rev));
         }
         undo
     }
@@ -366,6 +517,7 @@ impl PolicyEngine {
                 .keys
                 .iter()
                 .zip(&self.models)
+                .filter(|(k, _)| !k.starts_with(BUILTIN))
                 .filter(|(k, p)| *k == id || p.id() == *id)
                 .map(|(k, _)| k.clone())
                 .collect();
@@ -386,7 +538,8 @@ impl PolicyEngine {
         for k in &keys {
             if let Some(p) = self.put(k, None) {
                 self.warnings.remove(&p.policy.id());
-                undo.0.push((k.clone(), Some(p)));
+                let rev = self.revisions.remove(k);
+                undo.0.push((k.clone(), Some(p), rev));
             }
         }
         Ok((undo, keys))
@@ -394,8 +547,12 @@ impl PolicyEngine {
 
     /// Undo an `insert` or a `remove`.
     pub fn restore(&mut self, undo: Rollback) {
-        for (key, old) in undo.0.into_iter().rev() {
+        for (key, old, rev) in undo.0.into_iter().rev() {
             self.put(&key, old);
+            match rev {
+                Some(r) => self.revisions.insert(key, r),
+                None => self.revisions.remove(&key),
+            };
         }
         self.rebuild_warnings();
     }
@@ -452,7 +609,7 @@ impl PolicyEngine {
     }
 
     /// The ipcache as the policies and endpoints need it.
-    fn desired_ipcache(&self, endpoints: &[ApiEndpoint]) -> BTreeMap<(Ipv4Addr, u8), u32> {
+    fn desired_ipcache(&self) -> BTreeMap<(Ipv4Addr, u8), u32> {
         let mut want = BTreeMap::new();
         for (p, id) in self.cidrs.prefixes() {
             want.insert((p.network(), p.prefix_len()), *id);
@@ -460,7 +617,7 @@ impl PolicyEngine {
         for ip in &self.node_ips {
             want.insert((*ip, 32), pol::ReservedIdentity::Host as u32);
         }
-        for e in endpoints {
+        for e in self.endpoints.values() {
             if let Ok(ip) = e.ipv4.parse::<Ipv4Addr>() {
                 want.insert((ip, 32), e.identity);
             }
@@ -469,10 +626,59 @@ impl PolicyEngine {
     }
 
     /// The ipcache model for explain (pods, node addresses, CIDR identities).
-    fn ipcache_model(&self, endpoints: &[ApiEndpoint]) -> IpCache {
+    fn ipcache_model(&self) -> IpCache {
         let pods: Vec<(Ipv4Addr, Identity)> =
-            endpoints.iter().filter_map(|e| e.ipv4.parse().ok().map(|ip| (ip, e.identity))).collect();
+            self.endpoints.values().filter_map(|e| e.ipv4.parse().ok().map(|ip| (ip, e.identity))).collect();
         IpCache::build(&pods, &self.node_ips, &[], &self.cidrs)
+    }
+
+    /// The datapath entry of an endpoint (None: its record is incomplete).
+    fn endpoint_entry(e: &ApiEndpoint) -> Option<(Ipv4Addr, EndpointEntry)> {
+        let ip = e.ipv4.parse().ok()?;
+        let mac = myelin_netlink::parse_mac(&e.mac).ok()?;
+        let host_mac = myelin_netlink::parse_mac(&e.host_mac).ok()?;
+        Some((
+            ip,
+            EndpointEntry { ifindex: e.host_ifindex, endpoint_id: e.id, identity: e.identity, flags: 0, mac, host_mac },
+        ))
+    }
+
+    /// Rule ids of every rule of every policy, by (kind, policy id, section); the ids of rules
+    /// no longer applied are retired. Rules get ids whether or not they select a local endpoint
+    /// now, so an id does not depend on which pods happen to run here.
+    fn rule_ids(&mut self) -> HashMap<(pol::PolicyKind, String, String), u32> {
+        let now = now_secs();
+        let mut out = HashMap::new();
+        let mut in_force = std::collections::HashSet::new();
+        for (i, p) in self.models.iter().enumerate() {
+            let key = &self.keys[i];
+            let rev = self
+                .revisions
+                .get(key)
+                .cloned()
+                .unwrap_or_else(|| PolicyRevision { uid: format!("builtin-{}", p.name), revision: 1 });
+            let kind = p.kind.to_string();
+            let meta = PolicyMeta {
+                key,
+                kind: &kind,
+                namespace: p.namespace.as_deref(),
+                name: &p.name,
+                uid: &rev.uid,
+                revision: rev.revision,
+            };
+            let id = p.id();
+            for spec in &p.specs {
+                for rule in &spec.rules {
+                    let content = digest(&serde_json::to_string(rule).unwrap_or_default());
+                    #[allow(clippy::cast_possible_truncation)]
+                    let rid = self.rules.resolve(&meta, &rule.section, content as u64, now);
+                    in_force.insert(rid);
+                    out.insert((p.kind, id.clone(), rule.section.clone()), rid);
+                }
+            }
+        }
+        self.rules.retire_others(&in_force, now);
+        out
     }
 
     /// Compile and push what changed to the datapath.
@@ -484,10 +690,16 @@ impl PolicyEngine {
     /// has named ports, only the endpoints that came or changed are compiled (the identity of an
     /// existing set gained or lost a member: nobody else's entries can change). Otherwise, for
     /// example when an endpoint brings a new identity that selectors may match, all are.
-    pub fn sync(&mut self, endpoints: &[ApiEndpoint], dp: &Datapath) -> Result<SyncReport, EngineError> {
+    ///
+    /// Order of the writes: ipcache and pod-in-CIDR prefixes (new identities resolve), the
+    /// policies of every changed endpoint (one batch), then the endpoint entries (a new
+    /// endpoint's entry only once its policy is in place), then what removed endpoints leave.
+    pub fn sync(&mut self, dp: &Datapath) -> Result<SyncReport, EngineError> {
         self.refresh_cidrs()?;
+        let rule_ids = self.rule_ids();
         let table = self.table();
         let global = (self.epoch, Self::table_digest(&table));
+        let endpoints: Vec<&ApiEndpoint> = self.endpoints.values().collect();
         let inputs: Vec<(Digest, bool)> =
             endpoints.iter().map(|e| (Self::endpoint_digest(e), !e.ports.is_empty())).collect();
         let live: BTreeSet<u32> = endpoints.iter().map(|e| e.id).collect();
@@ -526,7 +738,7 @@ impl PolicyEngine {
         let mut report = SyncReport::default();
 
         // ipcache first: new identities must resolve before entries naming them apply.
-        let want = self.desired_ipcache(endpoints);
+        let want = self.desired_ipcache();
         for (k, id) in &want {
             if self.ipcache.get(k) != Some(id) {
                 dp.upsert_ipcache(k.0, k.1, *id)?;
@@ -539,19 +751,13 @@ impl PolicyEngine {
         }
         self.ipcache = want;
         // The pod-in-CIDR step of policy lookups (Kubernetes ipBlock selects pods by address).
-        let cidrs: Vec<(Ipv4Addr, u8, u32)> = self
-            .table()
-            .pod_cidr_prefixes()
-            .into_iter()
-            .map(|(net, id)| (net.network(), net.prefix_len(), id))
-            .collect();
+        let cidrs: Vec<(Ipv4Addr, u8, u32)> =
+            table.pod_cidr_prefixes().into_iter().map(|(net, id)| (net.network(), net.prefix_len(), id)).collect();
         report.ipcache_changes += dp.set_policy_cidrs(&cidrs)?;
 
-        // Rule ids by rule ordinal, interned once per rule (not once per entry).
-        let mut rule_ids: HashMap<u32, u32> = HashMap::new();
         let mut changes: Vec<myelin_bpf::EndpointPolicyUpdate> = Vec::new();
         let mut digests: Vec<(u32, Option<Digest>)> = Vec::new();
-        for e in endpoints {
+        for e in &endpoints {
             if subset.as_ref().is_some_and(|s| !s.contains(&e.id)) {
                 continue;
             }
@@ -569,10 +775,9 @@ impl PolicyEngine {
                         port_prefix_len: x.port_prefix_len,
                         deny: x.verdict == pol::Verdict::Deny,
                         default: x.rule.is_none(),
-                        rule_id: x
-                            .rule
-                            .as_ref()
-                            .map_or(0, |r| *rule_ids.entry(r.index).or_insert_with(|| self.rules.intern(r))),
+                        rule_id: x.rule.as_ref().map_or(0, |r| {
+                            rule_ids.get(&(r.kind, r.policy.clone(), r.section.clone())).copied().unwrap_or(0)
+                        }),
                     })
                     .collect();
                 entries.sort();
@@ -600,6 +805,43 @@ impl PolicyEngine {
             report.endpoints_updated = changes.len();
             self.installed.extend(digests);
         }
+
+        // Endpoint entries (identity included), after their policies.
+        for e in &endpoints {
+            let Some(want) = Self::endpoint_entry(e) else { continue };
+            if self.entries.get(&e.id) != Some(&want) {
+                if let Some((old_ip, _)) = self.entries.get(&e.id) {
+                    if *old_ip != want.0 {
+                        dp.delete_endpoint(*old_ip)?;
+                    }
+                }
+                dp.upsert_endpoint(want.0, &want.1)?;
+                self.entries.insert(e.id, want);
+                report.entries_written += 1;
+            }
+        }
+        // What removed endpoints leave behind: entry first (no packet is attributed to
+        // them any more), then policy and counters.
+        let gone: Vec<u32> = self.entries.keys().filter(|id| !live.contains(id)).copied().collect();
+        let mut clears = Vec::new();
+        for id in gone {
+            if let Some((ip, _)) = self.entries.remove(&id) {
+                dp.delete_endpoint(ip)?;
+            }
+            clears.push((id, None));
+        }
+        for id in self.installed.keys().filter(|id| !live.contains(id)) {
+            if !clears.iter().any(|(c, _)| c == id) {
+                clears.push((*id, None));
+            }
+        }
+        if !clears.is_empty() {
+            dp.set_endpoint_policies(&clears)?;
+            for (id, _) in &clears {
+                dp.delete_metrics(*id)?;
+                dp.delete_policy_stats(*id)?;
+            }
+        }
         self.installed.retain(|id, _| live.contains(id));
         self.compiled_inputs = endpoints.iter().map(|e| e.id).zip(inputs).collect();
         self.compiled_global = Some(global);
@@ -617,16 +859,15 @@ impl PolicyEngine {
     /// Offline evaluation of one flow against the applied policies.
     pub fn explain(
         &mut self,
-        endpoints: &[ApiEndpoint],
         from: pol::FlowPeer,
         to: pol::FlowPeer,
         protocol: u8,
         port: u16,
     ) -> Result<pol::Explanation, EngineError> {
         self.refresh_cidrs()?;
-        let eps: Vec<pol::Endpoint> = endpoints.iter().map(|e| self.policy_endpoint(e)).collect();
+        let eps: Vec<pol::Endpoint> = self.endpoints.values().map(|e| self.policy_endpoint(e)).collect();
         let table = self.table();
-        let ipcache = self.ipcache_model(endpoints);
+        let ipcache = self.ipcache_model();
         Ok(pol::explain(
             &pol::PolicyInput { policies: &self.models, endpoints: &eps, identities: &table },
             &ipcache,
@@ -636,6 +877,20 @@ impl PolicyEngine {
             port,
         ))
     }
+}
+
+/// Unix seconds now.
+#[must_use]
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// A policy uid: unique per agent store (a counter) and across agents (time and pid).
+fn new_uid(counter: u64) -> String {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let d = digest(&(t, counter, std::process::id()));
+    let hex = format!("{d:032x}");
+    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
 }
 
 fn key_of(p: &Policy) -> String {
@@ -671,22 +926,5 @@ mod tests {
         assert_eq!(d.len(), 2);
         assert!(d[1].contains("b: 2"));
         assert_eq!(split_documents("x: 1").len(), 1);
-    }
-
-    #[test]
-    fn rule_ids_are_stable_and_distinct() {
-        let mut t = RuleTable::default();
-        let r = |s: &str| pol::RuleRef {
-            policy: "default/p".into(),
-            kind: pol::PolicyKind::CiliumNetworkPolicy,
-            section: s.into(),
-            index: 9,
-        };
-        let a = t.intern(&r("spec.ingress[0]"));
-        let b = t.intern(&r("spec.ingress[1]"));
-        assert_ne!(a, b);
-        assert_eq!(t.intern(&r("spec.ingress[0]")), a);
-        assert!(t.describe(b).unwrap().contains("spec.ingress[1]"));
-        assert!(a >= 1);
     }
 }

@@ -1,0 +1,271 @@
+//! Starting the agent: what runs, and how the pieces talk.
+//!
+//! ```text
+//!   CNI plugin / CLI / lab --HTTP on the unix socket--> server (axum, tokio workers)
+//!        |  reads: Snapshots (ArcSwap: endpoints view, policy view) -- no lock, never waits
+//!        |  writes: a command + a oneshot for the answer
+//!        v                                   v
+//!  [endpoints thread]  EndpointCmd      [policy thread]  PolicyCmd (batched)
+//!   records, IPAM, store(endpoints)      policies, identities, namespaces, rule ids,
+//!   books an ADD, then spawns ---+       compiler; the ONLY writer of policy maps,
+//!   a plumbing task per ADD      |       endpoint entries, ipcache, policy_cidrs
+//!   (tokio), answered on Plumbed |              ^
+//!                                v              | PolicyCmd::Endpoints (identity + policy
+//!   plumbing task: veth (netlink) -> policy ----+  installed, then the entry)
+//!     -> attach on the blocking pool (TCX waits an RCU grace period: concurrent ADDs overlap)
+//!     -> routes -> EndpointCmd::Plumbed
+//!  [ct-gc thread]  timer -> Datapath::ct_gc (its own handle; blocking syscalls)
+//!  Datapath (Arc, Send + Sync): owned fds; every call is one syscall-level operation
+//! ```
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use myelin_api::{DatapathStatus, Feature, Status};
+use myelin_bpf::{AttachMode, Datapath, LoadOptions};
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::endpoints::plumb::Plumber;
+use crate::policy::{EngineState, PolicyEngine, PolicySettings, StoredPolicy};
+use crate::server::{router, AgentState};
+use crate::snapshot::Snapshots;
+use crate::store::Store;
+use crate::{endpoints, gc, masq, policy};
+
+fn write_sysctl(path: &str, value: &str) -> Result<()> {
+    std::fs::write(Path::new("/proc/sys").join(path), value).with_context(|| format!("setting sysctl {path}={value}"))
+}
+
+/// Run the agent until SIGTERM/SIGINT; the datapath keeps forwarding after.
+pub async fn run(cfg: Config) -> Result<()> {
+    let started = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let pod_cidr = cfg.pod_cidr.context("pod_cidr")?;
+    let gateway = cfg.gateway().context("pod_cidr has no host addresses")?;
+    info!(node = %cfg.node_name, %pod_cidr, %gateway, "starting");
+
+    // Kernel features: say plainly what is there and what is not.
+    myelin_bpf::ensure_bpffs(Path::new("/sys/fs/bpf")).context("mounting bpffs at /sys/fs/bpf")?;
+    let mut features: Vec<Feature> = myelin_bpf::probe_features()
+        .into_iter()
+        .map(|p| Feature { name: p.name, available: p.available, detail: p.detail })
+        .collect();
+    for f in &features {
+        if f.available {
+            info!(feature = %f.name, detail = %f.detail, "kernel feature available");
+        } else {
+            warn!(feature = %f.name, detail = %f.detail, "kernel feature NOT available");
+        }
+    }
+
+    let node_ip = match cfg.node_ip {
+        Some(ip) => ip,
+        None => match myelin_netlink::link_ipv4(&cfg.uplink).await? {
+            Some((ip, _)) => ip,
+            None => bail!("uplink {} has no IPv4 address; set node_ip in the config or fix uplink", cfg.uplink),
+        },
+    };
+    if cfg.ip_forward {
+        write_sysctl("net/ipv4/ip_forward", "1")?;
+    }
+    myelin_netlink::ensure_dummy_with_addr("myelin_host", gateway, 32)
+        .await
+        .context("creating the gateway device myelin_host")?;
+
+    let bpf_dir = cfg.bpf_dir();
+    let attach_mode = match cfg.attach_mode.as_str() {
+        "tcx" => Some(AttachMode::Tcx),
+        "tc" => Some(AttachMode::Tc),
+        _ => None,
+    };
+    let load = LoadOptions { objects: None, attach_mode };
+    let dir = bpf_dir.clone();
+    let datapath = tokio::task::spawn_blocking(move || Datapath::load_with(&dir, &load))
+        .await?
+        .with_context(|| format!("loading the datapath into {}", bpf_dir.display()))?;
+    for u in datapath.unavailable() {
+        warn!(object = u.object, reason = %u.reason, "datapath object NOT loaded");
+    }
+    datapath.set_node_config(&myelin_bpf::NodeConfig {
+        node_ip,
+        gateway,
+        pod_cidr: pod_cidr.network(),
+        pod_cidr_prefix: pod_cidr.prefix_len(),
+    })?;
+    let datapath = Arc::new(datapath);
+
+    if cfg.masquerade {
+        match masq::install(pod_cidr, &cfg.uplink, &cfg.native_routing_cidrs) {
+            Ok(()) => features.push(Feature {
+                name: "masquerade".into(),
+                available: true,
+                detail: format!("nftables, via {}", cfg.uplink),
+            }),
+            Err(e) => {
+                warn!(error = %e, "pod-to-world masquerade is NOT enabled");
+                features.push(Feature { name: "masquerade".into(), available: false, detail: e });
+            }
+        }
+    }
+
+    // State: the store, then the policy engine with the stored endpoints (it writes the
+    // datapath's policy state), then the endpoints (adopted: nothing that forwards is touched).
+    let store = Arc::new(Store::open(&cfg.state_dir)?);
+    let snapshots = Snapshots::new();
+    let state: EngineState = match store.get_kv("policy_engine")? {
+        Some(j) => serde_json::from_str(&j).context("the stored policy engine state is corrupt")?,
+        None => EngineState::default(),
+    };
+    let mut policies = Vec::new();
+    for (key, json) in store.policies()? {
+        match serde_json::from_str::<StoredPolicy>(&json) {
+            Ok(p) => policies.push(p),
+            Err(e) => warn!(policy = %key, error = %e, "stored policy is unreadable; dropped"),
+        }
+    }
+    let stored = store.snapshot()?;
+    let engine = PolicyEngine::new(state, policies, store.rules()?, stored.endpoints, vec![node_ip, gateway]);
+    let settings = PolicySettings { rule_retention: Duration::from_secs(cfg.rule_retention_hours * 3600) };
+    let (dp, st, sn) = (datapath.clone(), store.clone(), snapshots.clone());
+    let policy = tokio::task::spawn_blocking(move || policy::spawn(engine, dp, st, sn, settings))
+        .await?
+        .context("starting the policy component")?;
+
+    let plumber = Plumber { datapath: datapath.clone(), policy: policy.clone(), gateway };
+    let restored = endpoints::restore(&store, pod_cidr, &plumber).await?;
+    info!(endpoints = restored.records.len(), adopted = restored.adopted, "state restored");
+
+    // Endpoints and policy are in the (possibly new) maps: from now on this build's programs
+    // decide every packet.
+    let dp = datapath.clone();
+    let upgrade = tokio::task::spawn_blocking(move || dp.activate()).await??;
+    info!(
+        previous_abi = ?upgrade.previous_abi,
+        abi = upgrade.abi,
+        migrated = upgrade.migrated.len(),
+        links_updated = upgrade.links_updated,
+        links_current = upgrade.links_current,
+        "datapath active"
+    );
+    for m in &upgrade.migrated {
+        info!(map = %m.map, how = %m.how, copied = m.copied, skipped = m.skipped, "map migrated");
+    }
+
+    // The node's own hooks: the uplink (tc, and XDP when asked) and the pods' cgroup.
+    let uplink = myelin_netlink::link_by_name(&cfg.uplink).await?;
+    match uplink {
+        Some(link) => {
+            let dp = datapath.clone();
+            let name = cfg.uplink.clone();
+            let xdp = cfg.xdp_prefilter;
+            let r = tokio::task::spawn_blocking(move || {
+                dp.attach_uplink(&name, link.index)?;
+                if !xdp {
+                    dp.detach_uplink_xdp(&name)?;
+                }
+                Ok::<(), myelin_bpf::BpfError>(())
+            })
+            .await?;
+            match r {
+                Ok(()) => features.push(Feature { name: "uplink".into(), available: true, detail: cfg.uplink.clone() }),
+                Err(e) => {
+                    warn!(error = %e, uplink = %cfg.uplink, "uplink programs NOT attached");
+                    features.push(Feature { name: "uplink".into(), available: false, detail: e.to_string() });
+                }
+            }
+        }
+        None => warn!(uplink = %cfg.uplink, "no such uplink: its programs are not attached"),
+    }
+    if let Some(cg) = &cfg.cgroup_root {
+        let dp = datapath.clone();
+        let cg2 = cg.clone();
+        match tokio::task::spawn_blocking(move || dp.attach_cgroup(&cg2)).await? {
+            Ok(_) => features.push(Feature {
+                name: "socket_lb".into(),
+                available: true,
+                detail: format!("cgroup {}", cg.display()),
+            }),
+            Err(e) => {
+                warn!(error = %e, "socket load balancing NOT attached");
+                features.push(Feature { name: "socket_lb".into(), available: false, detail: e.to_string() });
+            }
+        }
+    }
+
+    let endpoints = endpoints::spawn(
+        restored,
+        store.clone(),
+        plumber.clone(),
+        snapshots.clone(),
+        tokio::runtime::Handle::current(),
+    )?;
+    let gc = gc::spawn(datapath.clone(), Duration::from_secs(cfg.gc_interval_s))?;
+
+    let status = Status {
+        node: cfg.node_name.clone(),
+        healthy: true,
+        version: env!("CARGO_PKG_VERSION").into(),
+        pod_cidr: pod_cidr.to_string(),
+        gateway: gateway.to_string(),
+        node_ip: node_ip.to_string(),
+        bpf_dir: bpf_dir.display().to_string(),
+        endpoints: 0,
+        features,
+        started,
+        adopted_endpoints: 0,
+        datapath: DatapathStatus {
+            objects: datapath.objects().iter().map(|s| (*s).to_owned()).collect(),
+            unavailable: datapath
+                .unavailable()
+                .iter()
+                .map(|u| Feature { name: u.object.into(), available: false, detail: u.reason.clone() })
+                .collect(),
+            attach_mode: datapath.attach_mode().as_str().into(),
+            abi: upgrade.abi,
+            previous_abi: upgrade.previous_abi,
+            migrated: upgrade
+                .migrated
+                .iter()
+                .map(|m| format!("{}: {} (copied {}, skipped {})", m.map, m.how, m.copied, m.skipped))
+                .collect(),
+            links_updated: upgrade.links_updated,
+            gc_runs: 0,
+            gc_removed: 0,
+        },
+    };
+    let state =
+        Arc::new(AgentState { snapshots, endpoints, policy, plumber, datapath, gc, status, debug_api: cfg.debug_api });
+
+    if let Some(dir) = cfg.socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    match std::fs::remove_file(&cfg.socket) {
+        Ok(()) => info!(socket = %cfg.socket.display(), "removed a stale socket"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing stale socket {}", cfg.socket.display())),
+    }
+    let listener =
+        tokio::net::UnixListener::bind(&cfg.socket).with_context(|| format!("binding {}", cfg.socket.display()))?;
+    std::fs::set_permissions(&cfg.socket, std::fs::Permissions::from_mode(0o600))?;
+    info!(socket = %cfg.socket.display(), "serving the local API");
+
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown_signal()).await?;
+    let _ = std::fs::remove_file(&cfg.socket);
+    info!("stopped; the datapath keeps forwarding");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM"),
+        _ = int.recv() => info!("SIGINT"),
+    }
+}
