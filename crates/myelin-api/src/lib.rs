@@ -214,7 +214,8 @@ impl RuleInfo {
 }
 
 /// Body of `POST /v1/debug/stall` (only with `debug_api = true`): keep a
-/// component busy, to show that nothing else waits for it.
+/// component busy, to show that nothing else waits for it. Answered as soon
+/// as the component is busy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Stall {

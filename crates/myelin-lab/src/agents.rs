@@ -61,8 +61,17 @@ impl Lab {
                 .collect(),
             ip_forward: true,
         };
-        let text = toml::to_string(&cfg)
-            .map_err(|e| LabError::State { path: n.agent_config.clone(), message: e.to_string() })?;
+        let bad = |message: String| LabError::State { path: n.agent_config.clone(), message };
+        let mut table = toml::Table::try_from(&cfg).map_err(|e| bad(e.to_string()))?;
+        for (k, v) in &self.state.spec.agent {
+            if table.contains_key(k) {
+                return Err(bad(format!("lab.yaml agent.{k}: the lab sets {k} itself; remove it from agent:")));
+            }
+            let v = toml::Value::try_from(v)
+                .map_err(|e| bad(format!("lab.yaml agent.{k}: {e} (use a string, number, boolean or list)")))?;
+            table.insert(k.clone(), v);
+        }
+        let text = toml::to_string(&table).map_err(|e| bad(e.to_string()))?;
         std::fs::write(&n.agent_config, text).map_err(io("writing", &n.agent_config))
     }
 

@@ -36,6 +36,11 @@ pub struct LabSpec {
     pub pods: Vec<PodSpec>,
     #[serde(default)]
     pub external: Vec<ExternalSpec>,
+    /// Extra settings for every node's agent, as in its TOML config (e.g.
+    /// `{monitor_aggregation: none, debug_api: true}`); the agent rejects
+    /// unknown keys. Keys the lab sets itself cannot be overridden.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub agent: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 /// One node: a netns running its own agent.
@@ -126,6 +131,7 @@ impl LabSpec {
             ],
             pods: vec![frontend, backend, db],
             external: vec![ExternalSpec { name: "world1".into() }],
+            agent: std::collections::BTreeMap::new(),
         }
     }
 

@@ -109,6 +109,7 @@ fn two_pod_spec() -> LabSpec {
             PodSpec::new("default", "b", "node1", &[("app", "b")]),
         ],
         external: vec![myelin_lab::ExternalSpec { name: "world1".into() }],
+        agent: Default::default(),
     }
 }
 

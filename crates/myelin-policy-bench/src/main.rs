@@ -183,6 +183,7 @@ fn run(args: &Args) -> Result<Report> {
             PodSpec::new(policies::NAMESPACE, "server", "n1", &[("role", "server"), ("app", "bulk")]),
         ],
         external: vec![],
+        agent: Default::default(),
     };
     let opts = LabOptions { bin_dir: args.bin_dir.clone(), ..LabOptions::default() };
     let agent_bin = myelin_lab::find_binary("myelin-agent", args.bin_dir.as_deref())?;

@@ -95,7 +95,7 @@ pub enum EndpointCmd {
         owner: String,
         id: u32,
     },
-    /// Debug: keep the component busy for a while.
+    /// Debug: keep the component busy for a while; answered as the stall begins.
     Stall {
         duration: Duration,
         reply: oneshot::Sender<()>,
@@ -248,8 +248,9 @@ impl Component {
             EndpointCmd::Plumbed { owner, id, ip, result } => self.plumbed(&owner, id, ip, result),
             EndpointCmd::Unplumbed { owner, id } => self.unplumbed(&owner, id),
             EndpointCmd::Stall { duration, reply } => {
-                std::thread::sleep(duration);
+                // Answer first: the caller learns the component is busy from now on.
                 let _ = reply.send(());
+                std::thread::sleep(duration);
             }
         }
     }

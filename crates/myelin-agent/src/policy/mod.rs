@@ -49,7 +49,8 @@ pub enum PolicyCmd {
         port: u16,
         reply: oneshot::Sender<Result<pol::Explanation, EngineError>>,
     },
-    /// Debug: keep the component busy for a while (to prove nobody else waits for it).
+    /// Debug: keep the component busy for a while (to prove nobody else waits for it);
+    /// answered as the stall begins.
     Stall { duration: Duration, reply: oneshot::Sender<()> },
 }
 
@@ -235,8 +236,9 @@ impl Component {
                 let _ = reply.send(self.engine.explain(from, to, protocol, port));
             }
             PolicyCmd::Stall { duration, reply } => {
-                std::thread::sleep(duration);
+                // Answer first: the caller learns the component is busy from now on.
                 let _ = reply.send(());
+                std::thread::sleep(duration);
             }
         }
     }

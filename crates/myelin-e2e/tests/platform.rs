@@ -1,0 +1,205 @@
+//! The agent's platform: components that do not wait for each other, stable
+//! rule ids that resolve after an edit and a restart, and the init identity
+//! of endpoints whose labels are not known yet. Real agents in a lab.
+
+use myelin_api::{
+    Endpoint, EndpointAddRequest, IdentityInfo, LabelsUpdate, PolicyApply, PolicyChange, PolicyFile, PolicyStat,
+    RuleInfo, Stall, Status,
+};
+use myelin_e2e::*;
+use nix::sys::signal::Signal;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+const LAB: &str = "
+nodes: [{name: node1}]
+namespaces: [{name: x}]
+pods:
+  - {name: a, namespace: x, node: node1, labels: {app: a}}
+  - {name: b, namespace: x, node: node1, labels: {app: b}}
+agent: {debug_api: true, gc_interval_s: 1}
+";
+
+fn apply(c: &myelin_api::Client, yaml: &str) -> PolicyChange {
+    let body = PolicyApply { files: vec![PolicyFile { name: "test.yaml".into(), content: yaml.into() }] };
+    c.post("/v1/policies", &body).unwrap_or_else(|e| panic!("apply: {e}\n{yaml}"))
+}
+
+fn stall(c: &myelin_api::Client, component: &str, millis: u64) {
+    let _: Stall = c.post("/v1/debug/stall", &Stall { component: component.into(), millis }).expect("stall");
+}
+
+fn gc_runs(c: &myelin_api::Client) -> u64 {
+    c.get::<Status>("/v1/status").expect("status").datapath.gc_runs
+}
+
+#[test]
+fn components_do_not_wait_for_each_other() {
+    let lab = LabGuard::up(LAB, "plat");
+    let c = client(lab.lab(), "node1");
+    let ns = NetnsGuard::new("pladd");
+
+    // The policy component is busy: an ADD (which needs it) waits, while reads,
+    // the IPAM booking and conntrack GC go on.
+    stall(&c, "policy", 5000);
+    let add_req = EndpointAddRequest {
+        container_id: "stall-add".into(),
+        netns: ns.path().display().to_string(),
+        ifname: "eth0".into(),
+        namespace: Some("x".into()),
+        pod_name: Some("c".into()),
+        labels: [("app".to_string(), "c".to_string())].into(),
+        ports: vec![],
+        labels_pending: false,
+    };
+    let c2 = c.clone();
+    let add = std::thread::spawn(move || c2.post::<_, Endpoint>("/v1/endpoints", &add_req));
+    let gc0 = gc_runs(&c);
+    for path in ["/v1/endpoints", "/v1/identities", "/v1/policies", "/v1/rules", "/v1/ipam", "/v1/status"] {
+        let r: serde_json::Value = c.get(path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        assert!(!r.is_null());
+        assert!(!add.is_finished(), "GET {path} answered while the ADD still waits for the busy policy component");
+    }
+    let eps: Vec<Endpoint> = c.get("/v1/endpoints").expect("endpoints");
+    assert_eq!(eps.len(), 2, "the new endpoint is not committed before its policy is in place");
+    wait_for("conntrack GC to run while the policy component is busy", Duration::from_secs(4), || {
+        (gc_runs(&c) >= gc0 + 2).then_some(())
+    });
+    assert!(!add.is_finished(), "GC ran while the ADD was still waiting");
+    let ep = add.join().expect("add thread").expect("the ADD completes once the policy component is free");
+    assert!(ep.identity >= 256, "{ep:?}");
+
+    // The endpoints component is busy: a DEL waits, a policy apply does not.
+    stall(&c, "endpoints", 5000);
+    let c3 = c.clone();
+    let del = std::thread::spawn(move || c3.delete::<myelin_api::Deleted>("/v1/endpoints/by-container/stall-add/eth0"));
+    let change = apply(
+        &c,
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p, namespace: x}\n\
+         spec: {endpointSelector: {matchLabels: {app: b}}, ingress: [{fromEndpoints: [{matchLabels: {app: a}}]}]}\n",
+    );
+    assert_eq!(change.policies.len(), 1);
+    assert!(!del.is_finished(), "the policy apply finished while the DEL waits for the busy endpoints component");
+    assert!(del.join().expect("del thread").expect("DEL").existed);
+}
+
+#[test]
+fn rule_ids_resolve_after_an_edit_and_an_agent_restart() {
+    let mut lab = LabGuard::up(LAB, "rule");
+    let c = client(lab.lab(), "node1");
+    let (a_ns, b_ns, b_ip) = (pod_ns(lab.lab(), "x", "a"), pod_ns(lab.lab(), "x", "b"), pod_ip(lab.lab(), "x", "b"));
+    let policy = |port: u16| {
+        format!(
+            "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: web, namespace: x}}\n\
+             spec:\n  endpointSelector: {{matchLabels: {{app: b}}}}\n  ingress:\n  \
+             - fromEndpoints: [{{matchLabels: {{app: a}}}}]\n    toPorts: [{{ports: [{{port: '{port}', protocol: TCP}}]}}]\n"
+        )
+    };
+    let b_id = endpoint_id(lab.lab(), "x", "b");
+    // A connection allowed by the rule names it in the policy counters.
+    let serve = |port: u16| {
+        let l = in_ns(&b_ns, move || std::net::TcpListener::bind((b_ip, port)).expect("bind"));
+        echo_once(l)
+    };
+    apply(&c, &policy(8080));
+    let h = serve(8080);
+    let s = tcp_connect(&a_ns, SocketAddr::new(b_ip.into(), 8080)).expect("allowed by the rule");
+    echo_roundtrip(s, 16);
+    h.join().expect("server");
+    let allowed_by = |c: &myelin_api::Client| -> Vec<u32> {
+        let stats: Vec<PolicyStat> = c.get("/v1/metrics/policy").expect("stats");
+        let mut ids: Vec<u32> = stats
+            .iter()
+            .filter(|s| s.endpoint_id == b_id && s.verdict == "allow" && s.rule_id != 0 && s.direction == "ingress")
+            .map(|s| s.rule_id)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    };
+    let first = allowed_by(&c);
+    assert_eq!(first.len(), 1, "one rule allowed it: {first:?}");
+    let r1 = first[0];
+    let info: RuleInfo = c.get(&format!("/v1/rules/{r1}")).expect("rule");
+    assert_eq!(
+        (info.kind.as_str(), info.namespace.as_deref(), info.name.as_str()),
+        ("CiliumNetworkPolicy", Some("x"), "web")
+    );
+    assert_eq!((info.revision, info.path.as_str(), info.retired), (1, "spec.ingress[0]", None));
+
+    // Re-applying the same policy keeps the id; editing the rule gives a new one.
+    apply(&c, &policy(8080));
+    let again: RuleInfo = c.get(&format!("/v1/rules/{r1}")).expect("rule");
+    assert_eq!(again.retired, None, "an unchanged rule keeps its id: {again:?}");
+    apply(&c, &policy(8081));
+    let h = serve(8081);
+    let s = tcp_connect(&a_ns, SocketAddr::new(b_ip.into(), 8081)).expect("allowed by the edited rule");
+    echo_roundtrip(s, 16);
+    h.join().expect("server");
+    let ids = allowed_by(&c);
+    let r2 = *ids.iter().find(|i| **i != r1).unwrap_or_else(|| panic!("a new id for the edited rule: {ids:?}"));
+    let old: RuleInfo = c.get(&format!("/v1/rules/{r1}")).expect("the old id still resolves");
+    assert!(old.retired.is_some(), "{old:?}");
+    assert_eq!((old.revision, old.path.as_str(), old.name.as_str()), (1, "spec.ingress[0]", "web"));
+    let new: RuleInfo = c.get(&format!("/v1/rules/{r2}")).expect("new rule");
+    assert_eq!((new.revision, new.retired, new.policy_uid.as_str()), (3, None, old.policy_uid.as_str()));
+
+    // ... and both survive the agent's restart.
+    lab.lab_mut().restart_agent("node1", Signal::SIGKILL).expect("restart");
+    let c = client(lab.lab(), "node1");
+    let old2: RuleInfo = c.get(&format!("/v1/rules/{r1}")).expect("old id after restart");
+    assert_eq!(old2, old);
+    let new2: RuleInfo = c.get(&format!("/v1/rules/{r2}")).expect("new id after restart");
+    assert_eq!(new2, new);
+    let stats: Vec<PolicyStat> = c.get("/v1/metrics/policy").expect("stats");
+    assert!(stats
+        .iter()
+        .any(|s| s.rule_id == r2 && s.rule.as_deref().is_some_and(|d| d.contains("x/web spec.ingress[0]"))));
+}
+
+#[test]
+fn an_endpoint_whose_labels_are_unknown_is_init_until_they_are_set() {
+    let lab = LabGuard::up(LAB, "init");
+    let c = client(lab.lab(), "node1");
+    let ns = NetnsGuard::new("plini");
+    let req = EndpointAddRequest {
+        container_id: "init-pod".into(),
+        netns: ns.path().display().to_string(),
+        ifname: "eth0".into(),
+        namespace: Some("x".into()),
+        pod_name: Some("later".into()),
+        labels: Default::default(),
+        ports: vec![],
+        labels_pending: true,
+    };
+    let ep: Endpoint = c.post("/v1/endpoints", &req).expect("ADD");
+    assert_eq!(ep.identity, 5, "reserved:init until the labels are known: {ep:?}");
+    let init: IdentityInfo = c.get("/v1/identities/5").expect("init identity");
+    assert!(init.endpoints.contains(&ep.id));
+    let ip: std::net::Ipv4Addr = ep.ipv4.parse().expect("ip");
+
+    // Nothing reaches it and it reaches nothing but DNS, though no policy selects x.
+    let (a_ns, a_ip) = (pod_ns(lab.lab(), "x", "a"), pod_ip(lab.lab(), "x", "a"));
+    let l = tcp_listen(&ns.path(), ip);
+    let port = l.local_addr().expect("addr").port();
+    assert!(tcp_connect(&a_ns, SocketAddr::new(ip.into(), port)).is_err(), "x/a -> init pod is denied");
+    let l2 = tcp_listen(&a_ns, a_ip);
+    let port2 = l2.local_addr().expect("addr").port();
+    assert!(tcp_connect(&ns.path(), SocketAddr::new(a_ip.into(), port2)).is_err(), "init pod -> x/a is denied");
+    let stats: Vec<PolicyStat> = c.get("/v1/metrics/policy").expect("stats");
+    assert!(stats.iter().any(|s| s.endpoint_id == ep.id && s.verdict == "default-deny"), "{stats:?}");
+
+    // The orchestrator sets its labels: a workload identity, no policy, traffic flows.
+    let upd: Endpoint = c
+        .put(
+            &format!("/v1/endpoints/{}/labels", ep.id),
+            &LabelsUpdate { labels: [("app".into(), "c".into())].into(), ports: None },
+        )
+        .expect("labels");
+    assert!(upd.identity >= 256 && !upd.labels_pending, "{upd:?}");
+    let h = echo_once(l);
+    let s = tcp_connect(&a_ns, SocketAddr::new(ip.into(), port)).expect("x/a -> the pod once it has its labels");
+    echo_roundtrip(s, 16);
+    h.join().expect("server");
+    let _: myelin_api::Deleted = c.delete("/v1/endpoints/by-container/init-pod/eth0").expect("DEL");
+}
