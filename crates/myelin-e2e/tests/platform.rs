@@ -1,6 +1,7 @@
 //! The agent's platform: components that do not wait for each other, stable
 //! rule ids that resolve after an edit and a restart, and the init identity
 //! of endpoints whose labels are not known yet. Real agents in a lab.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use myelin_api::{
     Endpoint, EndpointAddRequest, IdentityInfo, LabelsUpdate, PolicyApply, PolicyChange, PolicyFile, PolicyStat,
