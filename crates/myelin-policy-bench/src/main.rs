@@ -11,11 +11,13 @@
 //!      interleaved rounds (A B B A ...); UDP request/response client -> server; ns per
 //!      run of from_container / to_container from bpf_prog_info run_time_ns / run_cnt
 //!      (kernel.bpf_stats_enabled=1 while running, restored after)
+//!  (c) plumbing: N CNI ADDs one at a time vs all at once, interleaved rounds (pods/s)
 //! ```
 //! Everything (lab, namespaces, sysctl) is undone by RAII guards, also on failure.
 #![forbid(unsafe_code)]
 
 mod netns;
+mod plumb;
 mod policies;
 mod stats;
 mod traffic;
@@ -58,6 +60,12 @@ struct Args {
     /// UDP round trips per round (default 20000, quick 3000).
     #[arg(long)]
     round_trips: Option<u32>,
+    /// Pods ADDed per batch of the plumbing benchmark.
+    #[arg(long, default_value_t = 100)]
+    plumb_pods: usize,
+    /// Interleaved serial/concurrent rounds of the plumbing benchmark (default 3, quick 1).
+    #[arg(long)]
+    plumb_rounds: Option<usize>,
     /// Directory of myelin-agent, myelin-cni and myelin (default: next to this binary).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
@@ -115,6 +123,8 @@ struct Report {
     rss_kib_endpoints: u64,
     rss_kib_endpoints_and_rules: u64,
     rss_goal_kib: u64,
+    plumbing: plumb::Plumbing,
+    plumbing_tc: plumb::Plumbing,
 }
 
 fn main() {
@@ -137,7 +147,7 @@ fn main() {
     }
 }
 
-fn say(msg: &str) {
+pub(crate) fn say(msg: &str) {
     eprintln!("[policy-bench] {msg}");
 }
 
@@ -174,7 +184,7 @@ fn run(args: &Args) -> Result<Report> {
 
     // ---- the lab: one node, a client and a server pod ----
     say(&format!("lab {name}: one node, pods bench/client and bench/server"));
-    let pod_cidr_bits = 32 - (usize::BITS - (args.endpoints + 16).leading_zeros()).max(8);
+    let pod_cidr_bits = 32 - (usize::BITS - (args.endpoints.max(args.plumb_pods) + 16).leading_zeros()).max(8);
     let spec = LabSpec {
         nodes: vec![NodeSpec { name: "n1".into(), pod_cidr: Some(format!("10.96.0.0/{pod_cidr_bits}")) }],
         namespaces: vec![NamespaceSpec { name: policies::NAMESPACE.into(), labels: Default::default() }],
@@ -231,6 +241,28 @@ fn run(args: &Args) -> Result<Report> {
         }
     }
     let _stop_servers = StopServers(stop, &sw, policies::BULK_PORTS.to_vec());
+
+    // ---- (c) plumbing throughput, before the bulk endpoints fill the node ----
+    let plumb_rounds = args.plumb_rounds.unwrap_or(if args.quick { 1 } else { 3 });
+    say(&format!("plumbing: {} ADDs one at a time vs concurrently, {plumb_rounds} rounds", args.plumb_pods));
+    let plumbing = plumb::run(&client, &name, args.plumb_pods, plumb_rounds)?;
+    // The same on a node whose agent attaches with clsact (attach_mode = "tc"): TCX attaches
+    // are serialized by the kernel (rtnl held across an RCU grace period), clsact's are not.
+    let plumbing_tc = {
+        let tc_name = format!("{name}t");
+        say(&format!("lab {tc_name}: one node, attach_mode tc"));
+        let spec = LabSpec {
+            nodes: vec![NodeSpec { name: "n1".into(), pod_cidr: Some(format!("10.97.0.0/{pod_cidr_bits}")) }],
+            namespaces: vec![NamespaceSpec { name: policies::NAMESPACE.into(), labels: Default::default() }],
+            pods: vec![],
+            external: vec![],
+            agent: [("attach_mode".to_owned(), serde_json::Value::String("tc".into()))].into_iter().collect(),
+        };
+        let opts = LabOptions { bin_dir: args.bin_dir.clone(), ..LabOptions::default() };
+        let tc_lab = LabGuard(Some(Lab::up(spec, &tc_name, opts).context("building the tc lab")?));
+        let tc_client = tc_lab.lab().client("n1")?.with_timeout(Duration::from_secs(300));
+        plumb::run(&tc_client, &tc_name, args.plumb_pods, plumb_rounds)?
+    };
 
     // ---- N-1 bulk endpoints through the agent API ----
     let bulk = args.endpoints - 1;
@@ -382,6 +414,8 @@ fn run(args: &Args) -> Result<Report> {
         rss_kib_endpoints: rss_eps,
         rss_kib_endpoints_and_rules: rss_rules,
         rss_goal_kib: 64 * 1024,
+        plumbing,
+        plumbing_tc,
     })
 }
 
@@ -408,6 +442,22 @@ fn print_table(r: &Report) {
         "goal: p99 <= 100 ms".to_owned(),
         if a.meets_goal { "met".to_owned() } else { "NOT met".to_owned() },
     ]);
+    println!("{t}");
+    let mut t = Table::new();
+    t.set_header(vec!["plumbing: CNI ADDs through the agent, pods/s", "one at a time", "concurrently", "ratio"]);
+    let spread = |v: &[f64]| {
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(0.0, f64::max);
+        format!("[{lo:.1}-{hi:.1}]")
+    };
+    for (mode, pl) in [("tcx", &r.plumbing), ("tc (clsact)", &r.plumbing_tc)] {
+        t.add_row(vec![
+            format!("{} pods, attach {mode}, median of {}", pl.pods, pl.rounds),
+            format!("{:.1} {}", pl.serial_median, spread(&pl.serial_pods_per_s)),
+            format!("{:.1} {}", pl.concurrent_median, spread(&pl.concurrent_pods_per_s)),
+            format!("{:.2}", pl.speedup),
+        ]);
+    }
     println!("{t}");
     let p = &r.per_packet;
     let mut t = Table::new();
