@@ -43,6 +43,25 @@ pub struct Config {
     pub rule_retention_hours: u64,
     /// Serve `POST /v1/debug/stall` (tests only).
     pub debug_api: bool,
+    /// Unix socket of the Hubble-compatible Observer gRPC API (root only).
+    pub observer_socket: PathBuf,
+    /// Also serve the Observer API on TCP at this address (e.g. "127.0.0.1:4245"); None: off.
+    pub observer_listen: Option<String>,
+    /// Prometheus metrics at http://<this>/metrics (e.g. "0.0.0.0:9965"); None: off.
+    pub metrics_listen: Option<String>,
+    /// Metrics and their context options, Hubble's syntax (e.g. "drop:sourceContext=namespace").
+    pub metrics: Vec<String>,
+    /// Which packets make flow events: none, low, medium, maximum (Cilium's monitor aggregation).
+    pub monitor_aggregation: String,
+    /// Packet bytes captured per event (0..=256).
+    pub capture_len: u16,
+    /// Flows kept in memory.
+    pub flow_ring_capacity: usize,
+    /// Directory of the durable flow history (None: in memory only).
+    pub flow_history_dir: Option<PathBuf>,
+    /// Keep history at most this many hours and this many megabytes.
+    pub flow_history_max_age_hours: u64,
+    pub flow_history_max_mb: u64,
 }
 
 impl Default for Config {
@@ -65,6 +84,24 @@ impl Default for Config {
             gc_interval_s: 30,
             rule_retention_hours: 24 * 7,
             debug_api: false,
+            observer_socket: PathBuf::from("/run/myelin/observer.sock"),
+            observer_listen: None,
+            metrics_listen: None,
+            metrics: vec![
+                "flow".into(),
+                "drop".into(),
+                "policy".into(),
+                "tcp".into(),
+                "port-distribution".into(),
+                "icmp".into(),
+                "handshake".into(),
+            ],
+            monitor_aggregation: "medium".into(),
+            capture_len: 128,
+            flow_ring_capacity: 65_536,
+            flow_history_dir: Some(PathBuf::from("/var/lib/myelin/flows")),
+            flow_history_max_age_hours: 24 * 7,
+            flow_history_max_mb: 1024,
         }
     }
 }
@@ -121,6 +158,18 @@ impl Config {
                 "attach_mode {:?}: must be \"auto\", \"tcx\" or \"tc\"",
                 self.attach_mode
             )));
+        }
+        if !matches!(self.monitor_aggregation.as_str(), "none" | "low" | "medium" | "maximum") {
+            return Err(ConfigError::Invalid(format!(
+                "monitor_aggregation {:?}: use none, low, medium or maximum",
+                self.monitor_aggregation
+            )));
+        }
+        if self.capture_len > 256 {
+            return Err(ConfigError::Invalid(format!("capture_len {}: at most 256 bytes", self.capture_len)));
+        }
+        if self.flow_ring_capacity == 0 {
+            return Err(ConfigError::Invalid("flow_ring_capacity must be at least 1".into()));
         }
         if self.gc_interval_s == 0 {
             return Err(ConfigError::Invalid("gc_interval_s must be at least 1".into()));
