@@ -12,7 +12,7 @@
  *   ctx_pass()            let a packet not ours go on (uplink observation)
  *
  * and ctx_policy(), the one place policy decisions are made and reported
- * (EVENT_POLICY_VERDICT: every denial, allows as monitor aggregation says).
+ * (EVENT_POLICY_VERDICT: every denial, allows of new connections).
  */
 #ifndef MYELIN_LIB_VERDICT_H
 #define MYELIN_LIB_VERDICT_H
@@ -67,7 +67,9 @@ static __always_inline int ctx_policy(struct pkt_ctx *c, __u32 ep, __u32 peer, _
 {
 	int reason = policy_check(c, ep, peer, peer_ip4, dir);
 
-	if (c->policy_verdict && (reason || c->agg == MONITOR_AGG_NONE || c->report))
+	/* Every denial; allows when a connection starts (as Cilium: policy is
+	 * re-run on later packets here, but they are not new decisions). */
+	if (c->policy_verdict && (reason || c->agg == MONITOR_AGG_NONE || c->ct_status == 0 /* CT_NEW */))
 		event_emit(c, EVENT_POLICY_VERDICT, 0, ep, dir);
 	return reason;
 }

@@ -43,8 +43,9 @@ pub struct Config {
     pub rule_retention_hours: u64,
     /// Serve `POST /v1/debug/stall` (tests only).
     pub debug_api: bool,
-    /// Unix socket of the Hubble-compatible Observer gRPC API (root only).
-    pub observer_socket: PathBuf,
+    /// Unix socket of the Hubble-compatible Observer gRPC API (root only); default:
+    /// `observer.sock` next to the API socket.
+    pub observer_socket: Option<PathBuf>,
     /// Also serve the Observer API on TCP at this address (e.g. "127.0.0.1:4245"); None: off.
     pub observer_listen: Option<String>,
     /// Prometheus metrics at http://<this>/metrics (e.g. "0.0.0.0:9965"); None: off.
@@ -84,7 +85,7 @@ impl Default for Config {
             gc_interval_s: 30,
             rule_retention_hours: 24 * 7,
             debug_api: false,
-            observer_socket: PathBuf::from("/run/myelin/observer.sock"),
+            observer_socket: None,
             observer_listen: None,
             metrics_listen: None,
             metrics: vec![
@@ -185,6 +186,12 @@ impl Config {
 
     pub fn bpf_dir(&self) -> PathBuf {
         self.bpf_dir.clone().unwrap_or_else(|| PathBuf::from("/sys/fs/bpf/myelin").join(&self.node_name))
+    }
+
+    /// The Observer API's socket.
+    #[must_use]
+    pub fn observer_socket(&self) -> PathBuf {
+        self.observer_socket.clone().unwrap_or_else(|| self.socket.with_file_name("observer.sock"))
     }
 
     /// The pods' default gateway: the first host address of the pod CIDR.

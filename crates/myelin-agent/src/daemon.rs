@@ -202,6 +202,10 @@ pub async fn run(cfg: Config) -> Result<()> {
         snapshots.clone(),
         tokio::runtime::Handle::current(),
     )?;
+    let dict = myelin_observe::dict::Dictionary::new();
+    let observability = crate::observe::start(&cfg, &datapath, snapshots.clone(), Vec::new(), None, dict, 1)
+        .await
+        .context("starting flow observability")?;
     let gc = gc::spawn(datapath.clone(), Duration::from_secs(cfg.gc_interval_s))?;
 
     let status = Status {
@@ -254,6 +258,8 @@ pub async fn run(cfg: Config) -> Result<()> {
 
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown_signal()).await?;
     let _ = std::fs::remove_file(&cfg.socket);
+    let _ = std::fs::remove_file(cfg.observer_socket());
+    drop(observability);
     info!("stopped; the datapath keeps forwarding");
     Ok(())
 }

@@ -22,6 +22,8 @@ pub struct EndpointsView {
     pub adopted: usize,
     /// The address allocations.
     pub ipam: IpamState,
+    /// Endpoint id by address.
+    pub by_ip: HashMap<Ipv4Addr, u32>,
 }
 
 /// What the policy component publishes. The heavy parts are shared between
@@ -49,12 +51,26 @@ pub struct PolicyView {
 pub struct Snapshots {
     pub endpoints: ArcSwap<EndpointsView>,
     pub policy: ArcSwap<PolicyView>,
+    /// Bumped after every publish (caches derived from the snapshots compare it).
+    pub generation: std::sync::atomic::AtomicU64,
 }
 
 impl Snapshots {
     #[must_use]
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    /// Publish a new endpoints view.
+    pub fn publish_endpoints(&self, view: EndpointsView) {
+        self.endpoints.store(Arc::new(view));
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Publish a new policy view.
+    pub fn publish_policy(&self, view: PolicyView) {
+        self.policy.store(Arc::new(view));
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::Release);
     }
 
     /// One endpoint with its current identity.
@@ -101,8 +117,7 @@ impl Snapshots {
     /// The local endpoint holding an address.
     #[must_use]
     pub fn endpoint_by_ip(&self, ip: Ipv4Addr) -> Option<Endpoint> {
-        let s = ip.to_string();
-        let id = self.endpoints.load().by_id.values().find(|e| e.ipv4 == s).map(|e| e.id)?;
+        let id = *self.endpoints.load().by_ip.get(&ip)?;
         self.endpoint(id)
     }
 }

@@ -401,3 +401,97 @@ mod tests {
         }
     }
 }
+
+/// Clients of an agent's Observer API (Hubble's gRPC service) over its unix socket.
+pub mod observer {
+    use myelin_observe::proto::flow::{Flow, FlowFilter};
+    use myelin_observe::proto::observer::observer_client::ObserverClient;
+    use myelin_observe::proto::observer::{
+        get_flows_response::ResponseTypes, GetFlowsRequest, GetFlowsResponse, ServerStatusRequest, ServerStatusResponse,
+    };
+    use std::path::{Path, PathBuf};
+    use std::time::Duration;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime")
+    }
+
+    async fn connect(socket: &Path) -> Result<ObserverClient<tonic::transport::Channel>, String> {
+        let path = socket.to_path_buf();
+        let channel = tonic::transport::Endpoint::try_from("http://observer.invalid")
+            .map_err(|e| e.to_string())?
+            .connect_with_connector(tower::service_fn(move |_| {
+                let path: PathBuf = path.clone();
+                async move {
+                    let s = tokio::net::UnixStream::connect(path).await?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
+                }
+            }))
+            .await
+            .map_err(|e| format!("connecting to {}: {e}", socket.display()))?;
+        Ok(ObserverClient::new(channel))
+    }
+
+    /// GetFlows without follow: every response until the server ends the stream.
+    pub fn get_flows(socket: &Path, req: GetFlowsRequest) -> Result<Vec<GetFlowsResponse>, String> {
+        runtime().block_on(async {
+            let mut c = connect(socket).await?;
+            let mut stream = c.get_flows(req).await.map_err(|s| format!("GetFlows: {s}"))?.into_inner();
+            let mut out = Vec::new();
+            while let Some(r) = stream.message().await.map_err(|s| format!("GetFlows stream: {s}"))? {
+                out.push(r);
+            }
+            Ok(out)
+        })
+    }
+
+    /// GetFlows with follow: responses until `done` says enough, or the deadline.
+    pub fn follow(
+        socket: &Path,
+        req: GetFlowsRequest,
+        deadline: Duration,
+        mut done: impl FnMut(&[GetFlowsResponse]) -> bool,
+    ) -> Result<Vec<GetFlowsResponse>, String> {
+        runtime().block_on(async {
+            let mut c = connect(socket).await?;
+            let mut stream = c.get_flows(req).await.map_err(|s| format!("GetFlows: {s}"))?.into_inner();
+            let mut out = Vec::new();
+            let end = tokio::time::Instant::now() + deadline;
+            loop {
+                if done(&out) {
+                    return Ok(out);
+                }
+                match tokio::time::timeout_at(end, stream.message()).await {
+                    Ok(Ok(Some(r))) => out.push(r),
+                    Ok(Ok(None)) => return Ok(out),
+                    Ok(Err(s)) => return Err(format!("GetFlows stream: {s}")),
+                    Err(_) => return Ok(out),
+                }
+            }
+        })
+    }
+
+    pub fn server_status(socket: &Path) -> Result<ServerStatusResponse, String> {
+        runtime().block_on(async {
+            let mut c = connect(socket).await?;
+            Ok(c.server_status(ServerStatusRequest {}).await.map_err(|s| format!("ServerStatus: {s}"))?.into_inner())
+        })
+    }
+
+    /// The flows of responses.
+    #[must_use]
+    pub fn flows(rs: &[GetFlowsResponse]) -> Vec<Flow> {
+        rs.iter()
+            .filter_map(|r| match &r.response_types {
+                Some(ResponseTypes::Flow(f)) => Some(f.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A request for everything in the buffer matching `whitelist`.
+    #[must_use]
+    pub fn all(whitelist: Vec<FlowFilter>) -> GetFlowsRequest {
+        GetFlowsRequest { whitelist, ..GetFlowsRequest::default() }
+    }
+}

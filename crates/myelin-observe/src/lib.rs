@@ -14,6 +14,8 @@ pub mod dict;
 pub mod directory;
 pub mod flowpb;
 pub mod ingest;
+pub mod pipeline;
 pub mod proto;
 pub mod record;
 pub mod ring;
+pub mod server;

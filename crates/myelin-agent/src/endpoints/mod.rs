@@ -431,7 +431,8 @@ impl Component {
     }
 
     fn publish(&self) {
-        self.snapshots.endpoints.store(Arc::new(EndpointsView {
+        self.snapshots.publish_endpoints(EndpointsView {
+            by_ip: self.records.values().filter_map(|e| e.ipv4.parse().ok().map(|ip| (ip, e.id))).collect(),
             by_id: self.records.clone(),
             adopted: self.adopted,
             ipam: myelin_api::IpamState {
@@ -444,7 +445,7 @@ impl Component {
                     .map(|(ip, owner)| myelin_api::Allocation { ip: ip.to_string(), owner: owner.to_owned() })
                     .collect(),
             },
-        }));
+        });
     }
 }
 

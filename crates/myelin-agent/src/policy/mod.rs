@@ -327,7 +327,7 @@ impl Component {
             table.workloads.keys().map(|id| (*id, self.engine.identities().refcount(*id))).collect();
         let rules = if policies_changed { Arc::new(self.engine.rules().clone()) } else { old.rules.clone() };
         self.published_epoch = Some(self.engine.epoch());
-        self.snapshots.policy.store(Arc::new(PolicyView {
+        self.snapshots.publish_policy(PolicyView {
             policies,
             warnings: Arc::new(self.engine.warnings()),
             table,
@@ -335,6 +335,6 @@ impl Component {
             rules,
             identity_of: Arc::new(self.engine.endpoints().map(|e| (e.id, e.identity)).collect()),
             namespaces: Arc::new(self.engine.namespaces().clone()),
-        }));
+        });
     }
 }
