@@ -138,6 +138,10 @@ static __always_inline int ct4_report(const struct ct4_entry *e, const struct fl
 
 	if (agg <= MONITOR_AGG_LOW)
 		return 1;
+	/* The first reply of a connection is news (the first packet of the
+	 * original direction was, as a new connection). */
+	if (reply && !(e->flags & CT_F_REPLY_SEEN))
+		return 1;
 	if (f->tuple.protocol == IPPROTO_TCP && (f->tcp_flags & mask & ~seen))
 		return 1;
 	return now_s - e->last_report_s >= cfg_monitor_interval_s(cfg);
@@ -160,6 +164,7 @@ static __always_inline struct ct_update ct4_update(struct ct4_entry *e, const st
 	__u32 now_s = (__u32)(now / NSEC_PER_SEC);
 	__u64 expires;
 	__u8 seen;
+	int report = ct4_report(e, f, reply, cfg, agg);
 
 	if (f->tuple.protocol == IPPROTO_TCP) {
 		nf = ct_tcp_flags(flags, f->tcp_flags, reply);
@@ -200,8 +205,8 @@ static __always_inline struct ct_update ct4_update(struct ct4_entry *e, const st
 		u.handshake = 1;
 	}
 
-	/* Monitor aggregation. */
-	u.report = ct4_report(e, f, reply, cfg, agg) || u.handshake;
+	/* Monitor aggregation (decided on the state before this packet). */
+	u.report = report || u.handshake;
 	seen = reply ? e->rev_tcp_seen : e->fwd_tcp_seen;
 	if (f->tuple.protocol == IPPROTO_TCP && (f->tcp_flags & ~seen & CT_REPORT_FLAGS_MEDIUM)) {
 		if (reply)

@@ -45,3 +45,211 @@ fn ping_between_pods_is_a_forwarded_flow_named_by_pod_and_identity() {
     assert!(ids.0 >= 256 && ids.1 >= 256 && ids.0 != ids.1, "{ids:?}");
     assert!(f.source.as_ref().unwrap().labels.iter().any(|l| l == "k8s:app=a"), "{f:?}");
 }
+
+fn now_ns() -> u64 {
+    u64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()).unwrap()
+}
+
+fn ns_of(f: &Flow) -> u64 {
+    let t = f.time.as_ref().unwrap();
+    u64::try_from(t.seconds).unwrap() * 1_000_000_000 + u64::try_from(t.nanos).unwrap()
+}
+
+/// What distinguishes flows in these checks.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Kind {
+    event: i32,
+    point: i32,
+    verdict: i32,
+    drop: i32,
+    src: String,
+    dst: String,
+    proto: &'static str,
+    dport: u32,
+    reply: Option<bool>,
+    policy: String,
+}
+
+fn kind(f: &Flow) -> Kind {
+    use flow::layer4::Protocol as P;
+    let (proto, dport) = match f.l4.as_ref().and_then(|l| l.protocol.as_ref()) {
+        Some(P::Tcp(t)) => ("TCP", t.destination_port),
+        Some(P::Udp(u)) => ("UDP", u.destination_port),
+        Some(P::IcmPv4(i)) => ("ICMP", i.r#type),
+        _ => ("-", 0),
+    };
+    let pol: Vec<String> = [
+        ("ingress-allowed", &f.ingress_allowed_by),
+        ("egress-allowed", &f.egress_allowed_by),
+        ("ingress-denied", &f.ingress_denied_by),
+        ("egress-denied", &f.egress_denied_by),
+    ]
+    .iter()
+    .flat_map(|(what, ps)| ps.iter().map(move |p| format!("{what}:{}/{}/{}", p.kind, p.namespace, p.name)))
+    .collect();
+    let name = |e: Option<&flow::Endpoint>, ip: &str| {
+        e.filter(|e| !e.pod_name.is_empty()).map_or_else(
+            || format!("{ip}#{}", e.map_or(0, |e| e.identity)),
+            |e| format!("{}/{}", e.namespace, e.pod_name),
+        )
+    };
+    let ip = f.ip.clone().unwrap_or_default();
+    Kind {
+        event: f.event_type.as_ref().map_or(0, |e| e.r#type),
+        point: f.trace_observation_point,
+        verdict: f.verdict,
+        drop: f.drop_reason_desc,
+        src: name(f.source.as_ref(), &ip.source),
+        dst: name(f.destination.as_ref(), &ip.destination),
+        proto,
+        dport,
+        reply: f.is_reply,
+        policy: pol.join(","),
+    }
+}
+
+/// Flows from `since` (unix ns) that involve both names, as sorted distinct kinds, once
+/// `want` are all among them (waiting for the observer to catch up, with a deadline).
+fn kinds_between(sock: &std::path::Path, since: u64, a: &str, b: &str, want: &[Kind]) -> Vec<Kind> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let fs = flows(&observer::get_flows(sock, observer::all(vec![])).unwrap());
+        let mut ks: Vec<Kind> = fs
+            .iter()
+            .filter(|f| ns_of(f) >= since)
+            .map(kind)
+            .filter(|k| (k.src == a && k.dst == b) || (k.src == b && k.dst == a))
+            .collect();
+        ks.sort();
+        ks.dedup();
+        if want.iter().all(|w| ks.contains(w)) || std::time::Instant::now() > deadline {
+            return ks;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+const TRACE: i32 = 4;
+const DROP: i32 = 1;
+const VERDICT: i32 = 9;
+const FWD: i32 = flow::Verdict::Forwarded as i32;
+const DROPPED: i32 = flow::Verdict::Dropped as i32;
+const TO_EP: i32 = flow::TraceObservationPoint::ToEndpoint as i32;
+const TO_STACK: i32 = flow::TraceObservationPoint::ToStack as i32;
+const TO_HOST: i32 = flow::TraceObservationPoint::ToHost as i32;
+const DENIED: i32 = flow::DropReason::PolicyDenied as i32;
+
+#[allow(clippy::too_many_arguments)]
+fn k(
+    event: i32,
+    point: i32,
+    verdict: i32,
+    drop: i32,
+    src: &str,
+    dst: &str,
+    proto: &'static str,
+    dport: u32,
+    reply: Option<bool>,
+    policy: &str,
+) -> Kind {
+    Kind { event, point, verdict, drop, src: src.into(), dst: dst.into(), proto, dport, reply, policy: policy.into() }
+}
+
+#[test]
+fn known_traffic_yields_exactly_the_expected_flows() {
+    let lab = LabGuard::up(LAB, "kflo");
+    let l = lab.lab();
+    let sock = observer_socket(l);
+    let c = client(l, "node1");
+    let (a_ns, b_ns, c_ns) = (pod_ns(l, "x", "a"), pod_ns(l, "x", "b"), pod_ns(l, "y", "c"));
+    let (a_ip, b_ip, c_ip) = (pod_ip(l, "x", "a"), pod_ip(l, "x", "b"), pod_ip(l, "y", "c"));
+    let body = myelin_api::PolicyApply {
+        files: vec![myelin_api::PolicyFile {
+            name: "p.yaml".into(),
+            content: "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: web, namespace: x}\n\
+                      spec:\n  endpointSelector: {matchLabels: {app: b}}\n  ingress:\n  \
+                      - fromEndpoints: [{matchLabels: {app: a}}]\n    toPorts: [{ports: [{port: '8080', protocol: TCP}]}]\n"
+                .into(),
+        }],
+    };
+    let _: myelin_api::PolicyChange = c.post("/v1/policies", &body).unwrap();
+
+    // (1) Allowed TCP a -> b:8080: the ingress verdict names the policy; the SYN and the
+    // reply are delivered to their endpoints; nothing is dropped.
+    let t = now_ns();
+    let srv = in_ns(&b_ns, move || std::net::TcpListener::bind((b_ip, 8080)).unwrap());
+    let h = echo_once(srv);
+    echo_roundtrip(tcp_connect(&a_ns, std::net::SocketAddr::new(b_ip.into(), 8080)).unwrap(), 64);
+    h.join().unwrap();
+    let allowed =
+        k(VERDICT, 0, FWD, 0, "x/a", "x/b", "TCP", 8080, Some(false), "ingress-allowed:CiliumNetworkPolicy/x/web");
+    let syn =
+        k(TRACE, TO_EP, FWD, 0, "x/a", "x/b", "TCP", 8080, Some(false), "ingress-allowed:CiliumNetworkPolicy/x/web");
+    let got = kinds_between(&sock, t, "x/a", "x/b", &[allowed.clone(), syn.clone()]);
+    assert!(got.contains(&allowed) && got.contains(&syn), "{got:#?}");
+    assert!(
+        got.iter().any(|k| k.src == "x/b" && k.reply == Some(true) && k.point == TO_EP),
+        "the reply is a flow: {got:#?}"
+    );
+    assert!(got.iter().all(|k| k.verdict == FWD), "nothing dropped: {got:#?}");
+    assert!(got.iter().filter(|k| k.event == VERDICT).count() == 1, "one verdict for one new connection: {got:#?}");
+
+    // (2) Denied TCP c -> b:8080 (not app=a): every attempt is a drop with reason
+    // POLICY_DENIED and a DENIED verdict; the default deny names no policy.
+    let t = now_ns();
+    let srv = in_ns(&b_ns, move || std::net::TcpListener::bind((b_ip, 8080)).unwrap());
+    assert!(tcp_connect(&c_ns, std::net::SocketAddr::new(b_ip.into(), 8080)).is_err());
+    drop(srv);
+    let drop_k = k(DROP, 0, DROPPED, DENIED, "y/c", "x/b", "TCP", 8080, Some(false), "");
+    let denied = k(VERDICT, 0, DROPPED, DENIED, "y/c", "x/b", "TCP", 8080, Some(false), "");
+    let got = kinds_between(&sock, t, "y/c", "x/b", &[drop_k.clone(), denied.clone()]);
+    assert_eq!(got, vec![drop_k, denied], "exactly drops and denied verdicts");
+
+    // (3) UDP and ICMP a -> c (no policy on either): forwarded both ways, no verdicts.
+    let t = now_ns();
+    assert!(udp_roundtrip(&a_ns, &c_ns, c_ip));
+    assert!(ping(l, "x/a", &c_ip.to_string()));
+    let got = kinds_between(
+        &sock,
+        t,
+        "x/a",
+        "y/c",
+        &[
+            k(TRACE, TO_EP, FWD, 0, "x/a", "y/c", "ICMP", 8, Some(false), ""),
+            k(TRACE, TO_EP, FWD, 0, "y/c", "x/a", "ICMP", 0, Some(true), ""),
+        ],
+    );
+    assert!(
+        got.iter().any(|k| k.proto == "UDP" && k.src == "x/a" && k.reply == Some(false) && k.point == TO_EP),
+        "{got:#?}"
+    );
+    assert!(got.iter().any(|k| k.proto == "UDP" && k.src == "y/c" && k.reply == Some(true)), "{got:#?}");
+    assert!(got.contains(&k(TRACE, TO_EP, FWD, 0, "x/a", "y/c", "ICMP", 8, Some(false), "")), "{got:#?}");
+    assert!(got.contains(&k(TRACE, TO_EP, FWD, 0, "y/c", "x/a", "ICMP", 0, Some(true), "")), "{got:#?}");
+    assert!(got.iter().all(|k| k.event == TRACE && k.verdict == FWD), "{got:#?}");
+
+    // (4) Pod to world and back: to-stack with the world's identity; the reply reaches a.
+    let t = now_ns();
+    let w1 = l.external("w1").unwrap().ip;
+    assert!(ping(l, "x/a", &w1));
+    let world = format!("{w1}#2");
+    let got = kinds_between(
+        &sock,
+        t,
+        "x/a",
+        &world,
+        &[k(TRACE, TO_STACK, FWD, 0, "x/a", &world, "ICMP", 8, Some(false), "")],
+    );
+    assert!(got.contains(&k(TRACE, TO_STACK, FWD, 0, "x/a", &world, "ICMP", 8, Some(false), "")), "{got:#?}");
+    assert!(got.contains(&k(TRACE, TO_EP, FWD, 0, &world, "x/a", "ICMP", 0, Some(true), "")), "{got:#?}");
+
+    // (5) Pod to its node: to-host, the host identity.
+    let t = now_ns();
+    let node_ip = l.node("node1").unwrap().address;
+    assert!(ping(l, "x/a", &node_ip));
+    let host = format!("{node_ip}#1");
+    let got =
+        kinds_between(&sock, t, "x/a", &host, &[k(TRACE, TO_HOST, FWD, 0, "x/a", &host, "ICMP", 8, Some(false), "")]);
+    assert!(got.contains(&k(TRACE, TO_HOST, FWD, 0, "x/a", &host, "ICMP", 8, Some(false), "")), "{got:#?}");
+    let _ = a_ip;
+}

@@ -149,7 +149,44 @@ pub fn to_flow(r: &FlowRecord, dict: &DictView, rule: &dyn Fn(u32) -> Option<Pol
         });
     }
     f.summary = summary(r);
+    f.extensions = extensions(r);
     f
+}
+
+/// Myelin's additions to a flow, as a `google.protobuf.Struct` in `extensions`
+/// (any protobuf/JSON consumer can read a Struct): the TCP handshake latency
+/// measured in the datapath (SYN to SYN-ACK at the endpoint), on the flow of
+/// the SYN-ACK.
+#[must_use]
+pub fn extensions(r: &FlowRecord) -> Option<prost_types::Any> {
+    use prost::Message;
+    use prost_types::value::Kind;
+    if r.flags & flags::HANDSHAKE == 0 {
+        return None;
+    }
+    let mut fields = std::collections::BTreeMap::new();
+    fields.insert(
+        "tcp_handshake_us".to_owned(),
+        prost_types::Value { kind: Some(Kind::NumberValue(f64::from(r.handshake_us))) },
+    );
+    let s = prost_types::Struct { fields };
+    Some(prost_types::Any { type_url: "type.googleapis.com/google.protobuf.Struct".into(), value: s.encode_to_vec() })
+}
+
+/// The TCP handshake latency a flow carries in its extensions (microseconds).
+#[must_use]
+pub fn handshake_us(f: &flow::Flow) -> Option<u32> {
+    use prost::Message;
+    let any = f.extensions.as_ref()?;
+    if !any.type_url.ends_with("google.protobuf.Struct") {
+        return None;
+    }
+    let s = prost_types::Struct::decode(any.value.as_slice()).ok()?;
+    match s.fields.get("tcp_handshake_us")?.kind.as_ref()? {
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        prost_types::value::Kind::NumberValue(n) => Some(*n as u32),
+        _ => None,
+    }
 }
 
 /// Hubble's one-line summary of the L4 part.
