@@ -82,6 +82,7 @@ enum monitor_aggregation {
 				    * sees a new TCP flag, or every monitor interval */
 	MONITOR_AGG_MAXIMUM = 3,   /* drops; traces and verdicts when a connection starts
 				    * or closes, or every monitor interval */
+	MONITOR_AGG_OFF     = 4,   /* no events at all (observability off) */
 };
 
 #define MYELIN_CAPTURE_DEFAULT 128

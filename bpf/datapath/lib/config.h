@@ -34,7 +34,7 @@ static __always_inline const struct node_config *node_config_get(void)
 static __always_inline __u8 cfg_aggregation(const struct node_config *cfg)
 {
 	/* Stored +1 so that an all-zero node_config means the default. */
-	if (!cfg || cfg->monitor_aggregation == 0 || cfg->monitor_aggregation > MONITOR_AGG_MAXIMUM + 1)
+	if (!cfg || cfg->monitor_aggregation == 0 || cfg->monitor_aggregation > MONITOR_AGG_OFF + 1)
 		return MONITOR_AGG_MEDIUM;
 	return cfg->monitor_aggregation - 1;
 }

@@ -134,6 +134,9 @@ static __always_inline void event_emit(const struct pkt_ctx *c, __u8 type, __u8 
 {
 	struct event hdr = {};
 
+	if (c->agg == MONITOR_AGG_OFF)
+		return;
+
 	event_header(&hdr, c, type, sub_type, ep, dir);
 	myelin_event_output(c->skb, &hdr);
 }

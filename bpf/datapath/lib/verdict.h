@@ -32,6 +32,8 @@ static __always_inline int trace_is_from(__u8 point)
 /* Monitor aggregation: is a trace at `point` reported? Drops always are. */
 static __always_inline int trace_wanted(const struct pkt_ctx *c, __u8 point)
 {
+	if (c->agg == MONITOR_AGG_OFF)
+		return 0;
 	if (c->agg == MONITOR_AGG_NONE)
 		return 1;
 	if (trace_is_from(point))

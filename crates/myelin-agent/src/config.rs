@@ -52,7 +52,8 @@ pub struct Config {
     pub metrics_listen: Option<String>,
     /// Metrics and their context options, Hubble's syntax (e.g. "drop:sourceContext=namespace").
     pub metrics: Vec<String>,
-    /// Which packets make flow events: none, low, medium, maximum (Cilium's monitor aggregation).
+    /// Which packets make flow events: none, low, medium, maximum (Cilium's monitor
+    /// aggregation), or off (no events).
     pub monitor_aggregation: String,
     /// Packet bytes captured per event (0..=256).
     pub capture_len: u16,
@@ -160,9 +161,9 @@ impl Config {
                 self.attach_mode
             )));
         }
-        if !matches!(self.monitor_aggregation.as_str(), "none" | "low" | "medium" | "maximum") {
+        if !matches!(self.monitor_aggregation.as_str(), "none" | "low" | "medium" | "maximum" | "off") {
             return Err(ConfigError::Invalid(format!(
-                "monitor_aggregation {:?}: use none, low, medium or maximum",
+                "monitor_aggregation {:?}: use none, low, medium, maximum or off",
                 self.monitor_aggregation
             )));
         }

@@ -26,6 +26,8 @@ pub enum MonitorAggregation {
     /// Drops; traces and verdicts when a connection starts or closes, or
     /// every monitor interval.
     Maximum,
+    /// No events at all (observability off).
+    Off,
 }
 
 impl MonitorAggregation {
@@ -46,6 +48,7 @@ impl MonitorAggregation {
             Self::Low => 1,
             Self::Medium => 2,
             Self::Maximum => 3,
+            Self::Off => 4,
         }
     }
 
@@ -57,6 +60,7 @@ impl MonitorAggregation {
             Self::Low => "low",
             Self::Medium => "medium",
             Self::Maximum => "maximum",
+            Self::Off => "off",
         }
     }
 }
@@ -264,6 +268,7 @@ impl Datapath {
             1 => MonitorAggregation::None,
             2 => MonitorAggregation::Low,
             4 => MonitorAggregation::Maximum,
+            5 => MonitorAggregation::Off,
             _ => MonitorAggregation::Medium,
         };
         Ok(EventSettings {

@@ -41,9 +41,33 @@ pub struct Args {
     /// Directory of myelin-agent, myelin-cni and myelin (default: $MYELIN_BIN_DIR, else next to this binary).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// Do not measure: render the report of an earlier run (`myelin perf -o json > FILE`).
+    #[arg(long, value_name = "FILE")]
+    from_json: Option<PathBuf>,
+    /// Print the goals as a Markdown table (for BENCHMARKS.md, generated from a run's JSON).
+    #[arg(long)]
+    goals_markdown: bool,
+}
+
+fn show(report: &myelin_perf::Report, a: &Args) -> Result<()> {
+    if a.goals_markdown {
+        outln!("{}", myelin_perf::goals_markdown(report));
+    } else if a.output == Format::Json {
+        output::json(report)?;
+    } else {
+        outln!("{}", myelin_perf::render(report));
+    }
+    Ok(())
 }
 
 pub fn run(a: &Args) -> Result<i32> {
+    if let Some(path) = &a.from_json {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let report: myelin_perf::Report = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not the JSON of a `myelin perf -o json` run", path.display()))?;
+        show(&report, a)?;
+        return Ok(0);
+    }
     // Ctrl-C: block SIGINT in every thread (before any is spawned) and turn it into a
     // cancel flag, so the run stops between steps and tears its namespaces and labs down.
     let cancel = Arc::new(AtomicBool::new(false));
@@ -85,11 +109,7 @@ pub fn run(a: &Args) -> Result<i32> {
     opts.cancel = cancel;
     opts.progress = Some(Arc::new(|line: &str| eprintln!("{line}")));
     let report = myelin_perf::run(&opts)?;
-    if a.output == Format::Json {
-        output::json(&report)?;
-    } else {
-        outln!("{}", myelin_perf::render(&report));
-    }
+    show(&report, a)?;
     // A configuration that did not take its claimed path makes the figures meaningless.
     Ok(i32::from(report.configs.iter().any(|c| c.verified == Some(false))))
 }

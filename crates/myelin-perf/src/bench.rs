@@ -218,6 +218,7 @@ pub fn run(opts: &Options) -> Result<Report> {
     let mut kinds = vec![Kind::Physical, Kind::KernelRouting];
     kinds.extend(rules.iter().map(|&r| Kind::Iptables { rules: r }));
     kinds.push(Kind::Myelin { rules: None });
+    kinds.push(Kind::MyelinNoFlows);
     kinds.extend(rules.iter().map(|&r| Kind::Myelin { rules: Some(r) }));
 
     // Build everything first: measurements are interleaved across all of them.
@@ -241,8 +242,8 @@ pub fn run(opts: &Options) -> Result<Report> {
         }
         say(opts, &format!("building {}: {}", kind.id(), kind.describe()));
         let t = match kind {
-            Kind::Myelin { rules } => {
-                Target::build_myelin(index, *rules, opts.bin_dir.clone(), policy.as_deref().ok())?
+            Kind::Myelin { .. } | Kind::MyelinNoFlows => {
+                Target::build_myelin(index, *kind, opts.bin_dir.clone(), policy.as_deref().ok())?
             }
             k => Target::build_netns(*k)?,
         };

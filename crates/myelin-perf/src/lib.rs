@@ -22,4 +22,4 @@ pub mod topo;
 
 pub use bench::{run, Options, ProgressFn, Workload};
 pub use error::{PerfError, Result};
-pub use report::{render, GoalStatus, Report};
+pub use report::{goals_markdown, render, GoalStatus, Report};

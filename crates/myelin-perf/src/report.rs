@@ -7,14 +7,14 @@ use crate::stats::{ratio, Better, Summary};
 use crate::topo::Check;
 use comfy_table::presets::UTF8_BORDERS_ONLY;
 use comfy_table::{ContentArrangement, Table};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 
 pub const KERNEL_ROUTING: &str = "kernel-routing";
 pub const PHYSICAL: &str = "physical";
 
 /// Everything one `myelin perf` run found.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub machine: Machine,
     pub settings: Settings,
@@ -25,7 +25,7 @@ pub struct Report {
     pub notes: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Machine {
     pub kernel: String,
     pub cpu_model: String,
@@ -35,7 +35,7 @@ pub struct Machine {
     pub iptables: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Settings {
     pub quick: bool,
     pub rounds: u32,
@@ -50,7 +50,7 @@ pub struct Settings {
 }
 
 /// One configuration: whether it ran and how it was shown to take its path.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ConfigReport {
     pub id: String,
     pub description: String,
@@ -66,7 +66,7 @@ pub struct ConfigReport {
 }
 
 /// One figure of one workload on one configuration, over rounds.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Figure {
     pub config: String,
     pub workload: String,
@@ -80,10 +80,14 @@ pub struct Figure {
     pub vs_physical: Option<f64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum GoalStatus {
+    /// The medians meet the goal and the spreads do not overlap: every round of the
+    /// subject beats every round of the baseline by the goal's factor.
     Met,
+    /// The medians meet the goal but the spreads overlap: not shown, within noise.
+    WithinNoise,
     NotMet,
     NotMeasurableYet,
 }
@@ -92,13 +96,14 @@ impl std::fmt::Display for GoalStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             GoalStatus::Met => "met",
+            GoalStatus::WithinNoise => "within noise (medians meet it, spreads overlap)",
             GoalStatus::NotMet => "NOT met",
             GoalStatus::NotMeasurableYet => "not measurable yet",
         })
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Goal {
     pub id: String,
     pub goal: String,
@@ -130,8 +135,48 @@ fn x(v: Option<f64>) -> String {
     v.map_or_else(|| "n/a".into(), |v| format!("{v:.2}×"))
 }
 
-/// The goals, judged from the medians; a goal whose configurations did not
-/// run is "not measurable yet", never guessed.
+/// `subject / baseline >= factor` (higher is better) or `<= factor` (lower is better),
+/// judged on medians AND spreads: met only when even the subject's worst round beats the
+/// baseline's best round scaled by the factor.
+fn judge_pair(subject: Option<&Figure>, baseline: Option<&Figure>, factor: f64) -> (GoalStatus, String) {
+    let (Some(a), Some(b)) = (subject, baseline) else {
+        return (GoalStatus::NotMeasurableYet, "n/a".into());
+    };
+    let (sa, sb) = (&a.summary, &b.summary);
+    let Some(r) = ratio(sa.median, sb.median) else { return (GoalStatus::NotMeasurableYet, "n/a".into()) };
+    let higher = a.better == Better::Higher;
+    let (median_ok, separated) =
+        if higher { (r >= factor, sa.min >= factor * sb.max) } else { (r <= factor, sa.max <= factor * sb.min) };
+    let status = match (median_ok, separated) {
+        (true, true) => GoalStatus::Met,
+        (true, false) => GoalStatus::WithinNoise,
+        _ => GoalStatus::NotMet,
+    };
+    let detail = format!(
+        "{r:.2}× ({} [{}–{}] vs {} [{}–{}])",
+        num(sa.median),
+        num(sa.min),
+        num(sa.max),
+        num(sb.median),
+        num(sb.min),
+        num(sb.max)
+    );
+    (status, detail)
+}
+
+/// The worst of several judgements (NotMet < NotMeasurableYet < WithinNoise < Met).
+fn worst(statuses: &[GoalStatus]) -> GoalStatus {
+    let rank = |s: &GoalStatus| match s {
+        GoalStatus::NotMet => 0,
+        GoalStatus::NotMeasurableYet => 1,
+        GoalStatus::WithinNoise => 2,
+        GoalStatus::Met => 3,
+    };
+    statuses.iter().copied().min_by_key(rank).unwrap_or(GoalStatus::NotMeasurableYet)
+}
+
+/// The goals, judged on medians and spreads (see [`GoalStatus`]); a goal whose
+/// configurations did not run is "not measurable yet", never guessed.
 #[must_use]
 pub fn goals(
     figs: &[Figure],
@@ -142,56 +187,51 @@ pub fn goals(
 ) -> Vec<Goal> {
     let mut out = Vec::new();
     let ran = |id: &str| configs.iter().any(|c| c.id == id && c.available);
-    let judge = |v: Option<f64>, ok: &dyn Fn(f64) -> bool| match v {
-        None => GoalStatus::NotMeasurableYet,
-        Some(v) if ok(v) => GoalStatus::Met,
-        Some(_) => GoalStatus::NotMet,
-    };
-    let s1 = figure(figs, "myelin", "tcp_stream_1", "throughput");
-    let sn = figure(figs, "myelin", stream_n, "throughput");
-    let v = s1.and_then(|f| f.vs_kernel_routing);
+    let f = |c: &str, w: &str, m: &str| figure(figs, c, w, m);
+
+    let (st, d1) =
+        judge_pair(f("myelin", "tcp_stream_1", "throughput"), f(KERNEL_ROUTING, "tcp_stream_1", "throughput"), 1.10);
+    let (_, dn) = judge_pair(f("myelin", stream_n, "throughput"), f(KERNEL_ROUTING, stream_n, "throughput"), 1.10);
     out.push(Goal {
         id: "stream-vs-kernel-routing".into(),
         goal: "Myelin pod-to-pod TCP_STREAM >= 1.10× kernel routing".into(),
-        status: judge(v, &|v| v >= 1.10),
-        detail: format!("1 stream {}, {stream_n} {}", x(v), x(sn.and_then(|f| f.vs_kernel_routing))),
+        status: st,
+        detail: format!("1 stream {d1}; {stream_n} {dn} (judged on 1 stream)"),
     });
-    let v = s1.and_then(|f| f.vs_physical);
+    let (st, d1) =
+        judge_pair(f("myelin", "tcp_stream_1", "throughput"), f(PHYSICAL, "tcp_stream_1", "throughput"), 0.90);
+    let (_, dn) = judge_pair(f("myelin", stream_n, "throughput"), f(PHYSICAL, stream_n, "throughput"), 0.90);
     out.push(Goal {
         id: "stream-vs-physical".into(),
         goal: "Myelin pod-to-pod TCP_STREAM >= 0.90× the physical limit".into(),
-        status: judge(v, &|v| v >= 0.90),
-        detail: format!("1 stream {}, {stream_n} {}", x(v), x(sn.and_then(|f| f.vs_physical))),
+        status: st,
+        detail: format!("1 stream {d1}; {stream_n} {dn} (judged on 1 stream)"),
     });
-    let p50 = figure(figs, "myelin", "tcp_rr", "p50").and_then(|f| f.vs_kernel_routing);
-    let p99 = figure(figs, "myelin", "tcp_rr", "p99").and_then(|f| f.vs_kernel_routing);
+    let (st, d50) = judge_pair(f("myelin", "tcp_rr", "p50"), f(KERNEL_ROUTING, "tcp_rr", "p50"), 1.00);
+    let (_, d99) = judge_pair(f("myelin", "tcp_rr", "p99"), f(KERNEL_ROUTING, "tcp_rr", "p99"), 1.00);
     out.push(Goal {
         id: "rr-latency-vs-kernel-routing".into(),
         goal: "Myelin TCP_RR latency <= 1.00× kernel routing".into(),
-        status: judge(p50, &|v| v <= 1.00),
-        detail: format!("p50 {}, p99 {} (judged on p50)", x(p50), x(p99)),
+        status: st,
+        detail: format!("p50 {d50}; p99 {d99} (judged on p50)"),
     });
-    let curve = |prefix: &str| -> (Option<f64>, String) {
-        let mut worst: Option<f64> = None;
+    let curve = |prefix: &str| -> (GoalStatus, String) {
+        let mut statuses = Vec::new();
         let mut parts = Vec::new();
         for (w, m) in [("tcp_stream_1", "throughput"), ("tcp_rr", "tps"), ("tcp_crr", "tps")] {
-            let a = figure(figs, &format!("{prefix}-1"), w, m).map(|f| f.summary.median);
-            let b = figure(figs, &format!("{prefix}-{rules_max}"), w, m).map(|f| f.summary.median);
-            let r = a.zip(b).and_then(|(a, b)| ratio(b, a));
-            parts.push(format!("{w} {}", x(r)));
-            if let Some(r) = r {
-                worst = Some(worst.map_or(r, |w: f64| w.min(r)));
-            }
+            let (s, d) = judge_pair(f(&format!("{prefix}-{rules_max}"), w, m), f(&format!("{prefix}-1"), w, m), 0.97);
+            statuses.push(s);
+            parts.push(format!("{w} {d}"));
         }
-        (worst, parts.join(", "))
+        (worst(&statuses), parts.join("; "))
     };
-    let (myelin_worst, myelin_curve) = curve("myelin");
+    let (myelin_status, myelin_curve) = curve("myelin");
     let (_, ipt_curve) = curve("iptables");
     let measurable = ran(&format!("myelin-{rules_max}")) && ran("myelin-1") && rules_max >= 10_000;
     out.push(Goal {
         id: "rules-scaling".into(),
         goal: "Myelin with 10,000 rules >= 0.97× Myelin with 1 rule (iptables' curve on the same axes)".into(),
-        status: if measurable { judge(myelin_worst, &|v| v >= 0.97) } else { GoalStatus::NotMeasurableYet },
+        status: if measurable { myelin_status } else { GoalStatus::NotMeasurableYet },
         detail: if measurable {
             format!("myelin {rules_max}/1: {myelin_curve} (judged on the worst); iptables {rules_max}/1: {ipt_curve}")
         } else {
@@ -200,6 +240,15 @@ pub fn goals(
                 if rules_max < 10_000 { " and --rules up to 10000" } else { "" }
             )
         },
+    });
+    let (s_stream, d_stream) =
+        judge_pair(f("myelin", "tcp_stream_1", "throughput"), f("myelin-noflows", "tcp_stream_1", "throughput"), 0.97);
+    let (s_crr, d_crr) = judge_pair(f("myelin", "tcp_crr", "tps"), f("myelin-noflows", "tcp_crr", "tps"), 0.97);
+    out.push(Goal {
+        id: "observability-cost".into(),
+        goal: "Flow events at the default aggregation cost at most 3% (TCP_STREAM and TCP_CRR, myelin / myelin-noflows >= 0.97×)".into(),
+        status: worst(&[s_stream, s_crr]),
+        detail: format!("tcp_stream_1 {d_stream}; tcp_crr {d_crr} (judged on the worst)"),
     });
     out.push(Goal {
         id: "agent-memory".into(),
@@ -211,6 +260,17 @@ pub fn goals(
         ),
     });
     out
+}
+
+/// The goals as a Markdown table (for BENCHMARKS.md: generated from a run's JSON, so the
+/// document and the measurements cannot drift).
+#[must_use]
+pub fn goals_markdown(r: &Report) -> String {
+    let mut s = String::from("| goal | status | where we stand |\n|---|---|---|\n");
+    for g in &r.goals {
+        let _ = writeln!(s, "| {} | {} | {} |", g.goal, g.status, g.detail.replace('|', "/"));
+    }
+    s
 }
 
 fn num(v: f64) -> String {
@@ -328,7 +388,7 @@ mod tests {
             workload: workload.into(),
             metric: metric.into(),
             unit: "u".into(),
-            better: Better::Higher,
+            better: if metric.starts_with('p') { Better::Lower } else { Better::Higher },
             summary: Summary::of(samples).unwrap(),
             vs_kernel_routing: None,
             vs_physical: None,
@@ -382,11 +442,27 @@ mod tests {
         assert_eq!(g[2].status, GoalStatus::Met); // 0.95
         assert_eq!(g[3].status, GoalStatus::NotMeasurableYet);
         assert!(g[3].detail.contains("tcp_crr 0.50×"), "{}", g[3].detail);
-        assert_eq!(g[4].status, GoalStatus::NotMeasurableYet);
-        assert!(g[4].detail.contains("30.0 MiB"));
+        assert_eq!(g[4].id, "observability-cost");
+        assert_eq!(g[4].status, GoalStatus::NotMeasurableYet, "no myelin-noflows figures");
+        assert_eq!(g[5].status, GoalStatus::NotMeasurableYet);
+        assert!(g[5].detail.contains("30.0 MiB"));
 
         let g = goals(&[], &configs, "tcp_stream_4", 10_000, None);
         assert!(g.iter().all(|g| g.status == GoalStatus::NotMeasurableYet), "no figures, nothing judged");
+
+        // Medians meet a goal, spreads overlap: within noise, not met.
+        let mut f3 = vec![
+            fig("kernel-routing", "tcp_stream_1", "throughput", &[80.0, 85.0, 100.0]),
+            fig("myelin", "tcp_stream_1", "throughput", &[90.0, 96.0, 110.0]),
+            fig("myelin", "tcp_crr", "tps", &[990.0, 1000.0, 1010.0]),
+            fig("myelin-noflows", "tcp_crr", "tps", &[1000.0, 1030.0, 1050.0]),
+            fig("myelin-noflows", "tcp_stream_1", "throughput", &[50.0, 51.0, 52.0]),
+        ];
+        fill_ratios(&mut f3);
+        let g = goals(&f3, &configs, "tcp_stream_4", 10_000, None);
+        assert_eq!(g[0].status, GoalStatus::WithinNoise, "96/85 = 1.13 but 90 < 1.10 x 100: {:?}", g[0]);
+        assert!(g[0].detail.contains("[90.0–110]"), "{}", g[0].detail);
+        assert_eq!(g[4].status, GoalStatus::WithinNoise, "CRR 1000/1030 = 0.971, but 990 < 0.97 x 1050: {:?}", g[4]);
 
         let mut f2 = vec![
             fig("kernel-routing", "tcp_stream_1", "throughput", &[100.0]),

@@ -113,7 +113,7 @@ impl Histogram {
 }
 
 /// Which way is better for a figure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Better {
     Higher,
@@ -121,7 +121,7 @@ pub enum Better {
 }
 
 /// A figure over rounds.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Summary {
     pub median: f64,
     pub min: f64,

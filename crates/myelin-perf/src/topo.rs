@@ -52,6 +52,9 @@ pub enum Kind {
     Iptables { rules: u32 },
     /// The Myelin lab; with `rules`, a CNP of that many rules.
     Myelin { rules: Option<u32> },
+    /// The Myelin lab with flow events off (monitor aggregation "off"): the cost of
+    /// observability is `myelin` against this.
+    MyelinNoFlows,
 }
 
 impl Kind {
@@ -64,6 +67,7 @@ impl Kind {
             Kind::Iptables { rules } => format!("iptables-{rules}"),
             Kind::Myelin { rules: None } => "myelin".into(),
             Kind::Myelin { rules: Some(n) } => format!("myelin-{n}"),
+            Kind::MyelinNoFlows => "myelin-noflows".into(),
         }
     }
 
@@ -78,7 +82,10 @@ impl Kind {
             Kind::Iptables { rules } => {
                 format!("kernel routing + iptables FORWARD policy, {rules} rule(s), match last")
             }
-            Kind::Myelin { rules: None } => "Myelin lab: real agent + CNI, eBPF datapath, no policy".into(),
+            Kind::Myelin { rules: None } => {
+                "Myelin lab: real agent + CNI, eBPF datapath, no policy, flow events at the default aggregation".into()
+            }
+            Kind::MyelinNoFlows => "Myelin lab as `myelin`, flow events off".into(),
             Kind::Myelin { rules: Some(n) } => {
                 format!("Myelin lab with a CiliumNetworkPolicy of {n} rule(s), match last")
             }
@@ -87,7 +94,7 @@ impl Kind {
 }
 
 /// A claim about the path a configuration takes and the evidence for it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Check {
     pub claim: String,
     pub evidence: String,
@@ -178,6 +185,7 @@ fn short_tag(kind: &Kind) -> String {
         Kind::KernelRouting => "kr".into(),
         Kind::Iptables { rules } => format!("ipt{rules}"),
         Kind::Myelin { rules } => format!("my{}", rules.map(|r| r.to_string()).unwrap_or_default()),
+        Kind::MyelinNoFlows => "mynf".into(),
     }
 }
 
@@ -346,17 +354,21 @@ impl Target {
     /// `index` tells the labs of one run apart (lab names are short).
     pub fn build_myelin(
         index: usize,
-        rules: Option<u32>,
+        kind: Kind,
         bin_dir: Option<PathBuf>,
         policy_cli: Option<&Path>,
     ) -> Result<Target> {
-        let kind = Kind::Myelin { rules };
+        let rules = match kind {
+            Kind::Myelin { rules } => rules,
+            _ => None,
+        };
         let mut t = Target::empty(kind);
         let name = format!("pf{}m{}", std::process::id() % 100_000, index % 100);
+        let agent = if kind == Kind::MyelinNoFlows { "agent: {monitor_aggregation: \"off\"}\n" } else { "" };
         let yaml = format!(
             "nodes: [{{name: n1}}]\nnamespaces: [{{name: default}}]\npods:\n  \
              - {{name: client, namespace: default, node: n1, labels: {{app: {CLIENT_APP}}}}}\n  \
-             - {{name: server, namespace: default, node: n1, labels: {{app: {SERVER_APP}}}}}\n"
+             - {{name: server, namespace: default, node: n1, labels: {{app: {SERVER_APP}}}}}\n{agent}"
         );
         let spec = LabSpec::from_yaml(&yaml, "benchmark lab")?;
         let lab = Lab::up(spec, &name, LabOptions { bin_dir: bin_dir.clone(), ..LabOptions::default() })?;
@@ -485,7 +497,7 @@ impl Target {
                     });
                 }
             }
-            Kind::Myelin { .. } => {
+            Kind::Myelin { .. } | Kind::MyelinNoFlows => {
                 checks.push(Check {
                     claim: "the eBPF datapath forwarded the benchmark traffic".into(),
                     evidence: format!(
