@@ -7,7 +7,7 @@
 #                that, cached by date in /var/cache/myelin-fresh; --no-cache skips it).
 #                debootstrap itself is installed on the HOST if missing (apt-get): it is a tool
 #                of this check, not something the fresh machine needs, so it is not in setup.sh.
-#   2. mounts    /proc, /sys (rbind, rslave: the cgroup mounts come along), /dev (rbind, rslave,
+#   2. mounts    the root onto itself (so / is a mount point), /proc, /sys (rbind, rslave: the cgroup mounts come along), /dev (rbind, rslave,
 #                /dev/pts with it), /run (a new tmpfs), a NEW bpffs at /sys/fs/bpf (not the
 #                host's), the host's /etc/resolv.conf (copied), the Rust toolchain read-only:
 #                RUSTUP_HOME at /opt/rustup and CARGO_HOME/bin at /opt/cargo/bin. CARGO_HOME
@@ -196,7 +196,7 @@ lab_leftovers() {
   [ -e "$ROOT/sys/fs/bpf/myelin/lab/$LAB" ] && echo "bpffs pins $ROOT/sys/fs/bpf/myelin/lab/$LAB"
   [ -e "/sys/fs/bpf/myelin/lab/$LAB" ] && echo "host bpffs pins /sys/fs/bpf/myelin/lab/$LAB"
   [ -e "$ROOT/run/myelin/lab/$LAB" ] && echo "lab state $ROOT/run/myelin/lab/$LAB"
-  ip -o link show 2>/dev/null | awk -v l="myl-$LAB" 'index($2, l) { print "host link " $2 }'
+  find /sys/class/net -mindepth 1 -maxdepth 1 -name "myl-$LAB*" -printf 'host link %f\n'
   true
 }
 
@@ -482,6 +482,11 @@ bind_ro() {
 
 mount_root() {
   set -e
+  # The root directory is a mount point, as / is on a machine: `ip -n NS` and `ip netns exec`
+  # make / rslave in their own mount namespace, which fails on a plain directory. Private, so
+  # nothing mounted below it propagates anywhere else (or back).
+  mount --bind "$ROOT" "$ROOT"
+  mount --make-private "$ROOT"
   mount -t proc proc "$ROOT/proc"
   mount --rbind /sys "$ROOT/sys"
   mount --make-rslave "$ROOT/sys"
