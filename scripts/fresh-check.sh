@@ -227,7 +227,7 @@ teardown() {
     kill_root_procs || rc=1
     if root_mounted && [ -x "$ROOT$SRC/target/debug/myelin" ] && [ -e "$ROOT/run/myelin/lab/$LAB" ]; then
       say "removing lab $LAB left in the root (lab down)"
-      in_root "timeout 120 target/debug/myelin lab down --name $LAB" >>"$LOGS/cleanup-lab-down.log" 2>&1 ||
+      in_root "timeout 120 target/debug/myelin lab down --name $LAB" >>"$LOGS/cleanup-lab-down.log" 2>&1 && say "lab down: ok" ||
         { say "lab down in cleanup failed (see below)"; tail -n 20 "$LOGS/cleanup-lab-down.log"; }
       kill_root_procs || rc=1
     fi
@@ -258,6 +258,8 @@ STEP_TIMES=()
 STEP_RESULTS=()
 FAILED=
 CURRENT_PID=
+CURRENT_STEP=
+CURRENT_T0=
 T_START=$(now)
 
 record() { STEP_NAMES+=("$1"); STEP_TIMES+=("$2"); STEP_RESULTS+=("$3"); }
@@ -280,11 +282,14 @@ run_step() {
   shift 2
   echo "==> $name: $desc"
   t0=$(now)
+  CURRENT_STEP=$name
+  CURRENT_T0=$t0
   "$@" >"$log" 2>&1 </dev/null &
   CURRENT_PID=$!
   wait "$CURRENT_PID"
   rc=$?
   CURRENT_PID=
+  CURRENT_STEP=
   local t
   t=$(secs "$t0" "$(now)")
   if [ $rc -eq 0 ]; then
@@ -318,22 +323,27 @@ summary() {
 DISK_NOTE=
 CLEANED=0
 on_exit() {
-  local rc=$? t0 t
+  local rc=$? t0 t1 t2 t
   trap - EXIT INT TERM
   set +e
   if [ -n "$CURRENT_PID" ]; then
+    # Interrupted in the middle of a step: it counts as failed.
     kill -TERM "$CURRENT_PID" 2>/dev/null
     wait "$CURRENT_PID" 2>/dev/null
+    record "$CURRENT_STEP" "$(secs "$CURRENT_T0" "$(now)")" INTERRUPTED
+    FAILED=${FAILED:-$CURRENT_STEP}
   fi
   if [ "$CLEANED" -eq 0 ]; then
     echo "==> cleanup: processes, lab, mounts, work dir"
     t0=$(now)
     mkdir -p "$LOGS" 2>/dev/null
     if teardown; then
+      t1=$(now)
       if [ -d "$WORK" ]; then
         DISK_NOTE="work dir $(du -sh --one-file-system "$WORK" 2>/dev/null | cut -f1) at the end"
         [ -d "$ROOT$SRC/target" ] && DISK_NOTE+=" (target/ $(du -sh "$ROOT$SRC/target" | cut -f1))"
       fi
+      t2=$(now)
       if [ "$KEEP" -eq 1 ]; then
         say "kept $WORK (--keep); logs in $LOGS"
       else
@@ -341,7 +351,7 @@ on_exit() {
       fi
       t=$(secs "$t0" "$(now)")
       record cleanup "$t" PASS
-      echo "    cleanup: ok in $t s"
+      echo "    cleanup: ok in $t s (processes, lab and mounts $(secs "$t0" "$t1") s, measuring disk $(secs "$t1" "$t2") s, removing $WORK $(secs "$t2" "$(now)") s)"
     else
       t=$(secs "$t0" "$(now)")
       record cleanup "$t" FAIL
