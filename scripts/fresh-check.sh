@@ -38,7 +38,7 @@
 # the end of that step's output.
 #
 # Usage: scripts/fresh-check.sh [--work DIR] [--keep] [--no-cache] [--rev REV] [--skip-lab]
-#                               [--mirror URL]
+#                               [--no-registry-cache] [--mirror URL]
 set -uo pipefail
 
 LAB=fresh
@@ -47,6 +47,7 @@ KEEP=0
 USE_CACHE=1
 REV=HEAD
 SKIP_LAB=0
+REGISTRY=1
 MIRROR=
 CACHE_DIR=/var/cache/myelin-fresh
 SUITE=bookworm
@@ -60,6 +61,9 @@ Options:
   --no-cache     neither use nor write the cached pristine root tarball
   --rev REV      commit to check (default HEAD of the repository containing this script)
   --skip-lab     stop after the build (no lab up, ping, lab down)
+  --no-registry-cache
+                 start with an empty cargo registry (cargo downloads every crate, as on a
+                 machine that never built Rust code)
   --mirror URL   Debian mirror for debootstrap (default: from this machine's apt sources)
 EOF
 }
@@ -71,6 +75,7 @@ while [ $# -gt 0 ]; do
     --no-cache) USE_CACHE=0; shift ;;
     --rev) REV=${2:?--rev needs a commit}; shift 2 ;;
     --skip-lab) SKIP_LAB=1; shift ;;
+    --no-registry-cache) REGISTRY=0; shift ;;
     --mirror) MIRROR=${2:?--mirror needs a URL}; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "fresh-check: unknown argument '$1' (see --help)" >&2; exit 2 ;;
@@ -512,7 +517,7 @@ mount_root() {
     if [ -f "$CARGO_DIR/$f" ]; then cp "$CARGO_DIR/$f" "$ROOT/opt/cargo/$f"; fi
   done
   mkdir -p "$ROOT/opt/cargo/registry"
-  if [ -d "$CARGO_DIR/registry" ]; then
+  if [ "$REGISTRY" -eq 1 ] && [ -d "$CARGO_DIR/registry" ]; then
     mkdir -p "$WORK/cargo-registry/upper" "$WORK/cargo-registry/work"
     mount -t overlay overlay \
       -o "lowerdir=$CARGO_DIR/registry,upperdir=$WORK/cargo-registry/upper,workdir=$WORK/cargo-registry/work" \
