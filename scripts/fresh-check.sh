@@ -9,7 +9,8 @@
 #                of this check, not something the fresh machine needs, so it is not in setup.sh.
 #   2. mounts    the root onto itself (so / is a mount point), /proc, /sys (rbind, rslave: the cgroup mounts come along), /dev (rbind, rslave,
 #                /dev/pts with it), /run (a new tmpfs), a NEW bpffs at /sys/fs/bpf (not the
-#                host's), the host's /etc/resolv.conf (copied), the Rust toolchain read-only:
+#                host's), the host's /etc/resolv.conf and site-local CA certificates (copied:
+#                how this machine reaches the network), the Rust toolchain read-only:
 #                RUSTUP_HOME at /opt/rustup and CARGO_HOME/bin at /opt/cargo/bin. CARGO_HOME
 #                inside is /opt/cargo, a writable directory of the root; its registry/ is an
 #                overlay whose lower layer is the host's cargo registry (read-only) and whose
@@ -471,6 +472,13 @@ make_root() {
   # this host). The check kills anything left in the root anyway.
   printf '#!/bin/sh\nexit 101\n' >"$ROOT/usr/sbin/policy-rc.d" && chmod 755 "$ROOT/usr/sbin/policy-rc.d"
   cp -L /etc/resolv.conf "$ROOT/etc/resolv.conf"
+  # Like resolv.conf, how this machine reaches the network: its site-local CA certificates (a
+  # TLS-inspecting egress proxy's, say), where Debian keeps them. They only count once
+  # ca-certificates is installed (by setup.sh); minbase has no CA store at all.
+  if compgen -G '/usr/local/share/ca-certificates/*.crt' >/dev/null; then
+    mkdir -p "$ROOT/usr/local/share/ca-certificates"
+    cp /usr/local/share/ca-certificates/*.crt "$ROOT/usr/local/share/ca-certificates/"
+  fi
   echo "sources in the root:"; sed 's/^/  /' "$ROOT/etc/apt/sources.list"
 }
 
