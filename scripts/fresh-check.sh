@@ -614,7 +614,7 @@ mkdir -p "$LOGS"
 say "mirror $MIRROR; toolchain RUSTUP_HOME=$RUSTUP_DIR CARGO_HOME=$CARGO_DIR (read-only); work dir $WORK"
 
 run_step root "minimal Debian $SUITE root ($([ "$USE_CACHE" -eq 1 ] && echo 'cached pristine tarball if today'\''s exists, else ' )debootstrap)" make_root || exit 1
-run_step mounts "proc, sys, dev, run, a new bpffs, toolchain (ro), cargo registry (overlay), apt cache" mount_root || exit 1
+run_step mounts "proc, sys, dev, run, a new bpffs, toolchain (ro), cargo registry, apt cache" mount_root || exit 1
 run_step clone "git clone of $COMMIT_SHORT into <root>$SRC" clone_repo || exit 1
 run_step setup "bash scripts/setup.sh (the install step)" in_root "bash scripts/setup.sh" || exit 1
 run_step build "cargo build --workspace --bins" in_root "cargo build --workspace --bins" || exit 1
