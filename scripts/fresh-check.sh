@@ -281,6 +281,15 @@ tail_of() {
   fi
 }
 
+# The lines of a passed step's output worth seeing in a CI log.
+ok_note() {
+  case "$1" in
+    setup) grep -E '^setup: installing' "$2" | fold -s -w 100 ;;
+    ping) grep -E ' -> |packets transmitted|min/avg/max' "$2" ;;
+  esac
+  true
+}
+
 # run_step NAME DESCRIPTION FUNCTION-OR-COMMAND...: runs it in the background (so INT and TERM
 # are handled at once), its output in $LOGS/NAME.log; records time and result.
 run_step() {
@@ -301,6 +310,7 @@ run_step() {
   if [ $rc -eq 0 ]; then
     record "$name" "$t" PASS
     echo "    $name: ok in $t s"
+    ok_note "$name" "$log" | sed 's/^/    | /'
     return 0
   fi
   record "$name" "$t" FAIL
