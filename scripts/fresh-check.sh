@@ -110,7 +110,8 @@ secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
 
 # ---------------------------------------------------------------- mounts and processes
 
-# Mount points at or below $1 in this mount namespace, deepest/latest first.
+# Mount points below $1 (not $1 itself: a --work that is a mount point stays) in this mount
+# namespace, latest first.
 mounts_below() {
   local prefix=$1
   awk -v p="$prefix" '{
@@ -120,7 +121,7 @@ mounts_below() {
         c = sprintf("%c", (substr(m, RSTART + 1, 1) * 64) + (substr(m, RSTART + 2, 1) * 8) + substr(m, RSTART + 3, 1))
         m = substr(m, 1, RSTART - 1) c substr(m, RSTART + 4)
       }
-      if (m == p || index(m, p "/") == 1) print m
+      if (index(m, p "/") == 1) print m
     }' /proc/self/mountinfo | tac
 }
 
