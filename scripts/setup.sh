@@ -16,8 +16,9 @@ need_root
 # libbpf that libbpf-sys vendors and builds; protoc and the well-known .proto files it
 # imports, from libprotobuf-dev),
 # kernel tools (bpftool, iproute2, nftables), tests and lab (iputils-ping, python3,
-# podman + runc + CNI plugins + busybox-static for the real-client test, iperf3).
-PKGS=(clang llvm libelf-dev zlib1g-dev pkg-config make gcc libc6-dev
+# podman + runc + CNI plugins + busybox-static for the real-client test, iperf3), and
+# ca-certificates: cargo fetches crates over https (a minimal Debian has no CA store).
+PKGS=(ca-certificates clang llvm libelf-dev zlib1g-dev pkg-config make gcc libc6-dev
       bpftool iproute2 nftables iptables iputils-ping procps python3
       protobuf-compiler libprotobuf-dev podman runc containernetworking-plugins busybox-static
       iperf3 uidmap)
