@@ -9,7 +9,10 @@ fn main() {
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
     }
-    let result = tonic_build::configure().build_server(true).build_client(true).compile_protos(&files, std::slice::from_ref(&root));
+    let result = tonic_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_protos(&files, std::slice::from_ref(&root));
     if let Err(e) = result {
         // A build script reports failure by panicking; say what to do.
         #[allow(clippy::panic)]

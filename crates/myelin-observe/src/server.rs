@@ -68,6 +68,7 @@ impl ObserverService {
     }
 }
 
+#[allow(clippy::result_large_err)] // tonic::Status is what the handlers return
 fn ts_ns(t: &prost_types::Timestamp) -> Result<u64, Status> {
     let s = u64::try_from(t.seconds).map_err(|_| Status::invalid_argument("since/until: before 1970"))?;
     let n = u64::try_from(t.nanos).map_err(|_| Status::invalid_argument("since/until: negative nanos"))?;
@@ -99,6 +100,7 @@ struct Plan {
     follow: bool,
 }
 
+#[allow(clippy::result_large_err)] // tonic::Status is what the handlers return
 fn plan(r: &GetFlowsRequest) -> Result<Plan, Status> {
     let since = r.since.as_ref().map(ts_ns).transpose()?;
     let until = r.until.as_ref().map(ts_ns).transpose()?;
@@ -143,6 +145,7 @@ impl ObserverService {
     }
 
     /// The backlog part of a GetFlows: matching records from history and ring, in time order.
+    #[allow(clippy::result_large_err)] // tonic::Status is what the handlers return
     fn backlog(&self, p: &Plan, m: &mut Matcher) -> Result<(Vec<FlowRecord>, u64), Status> {
         let ring = self.observer.ring.view();
         let dict = self.observer.dict.view();
