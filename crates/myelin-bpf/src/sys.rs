@@ -401,3 +401,27 @@ pub(crate) fn from_bytes<T: Pod>(b: &[u8]) -> Option<T> {
     // unaligned-safe.
     Some(unsafe { std::ptr::read_unaligned(b.as_ptr().cast::<T>()) })
 }
+
+/// Run `prog` on `data` `repeat` times in the kernel (BPF_PROG_TEST_RUN, no
+/// context). Returns the program's return value and the kernel's average
+/// run time in ns.
+pub(crate) fn prog_test_run(prog: BorrowedFd<'_>, data: &[u8], repeat: u32) -> io::Result<(u32, u32)> {
+    let mut out = vec![0u8; data.len() + 256];
+    let mut opts = libbpf_sys::bpf_test_run_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_test_run_opts>() as libbpf_sys::size_t,
+        data_in: data.as_ptr().cast(),
+        data_size_in: u32::try_from(data.len()).map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?,
+        data_out: out.as_mut_ptr().cast(),
+        data_size_out: u32::try_from(out.len()).map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?,
+        repeat: i32::try_from(repeat).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?,
+        ..Default::default()
+    };
+    // SAFETY: `opts` points at `data` and `out`, both alive and of the sizes
+    // given, for the duration of the call; the kernel writes at most
+    // `data_size_out` bytes into `out`.
+    let ret = unsafe { libbpf_sys::bpf_prog_test_run_opts(prog.as_raw_fd(), &mut opts) };
+    if ret < 0 {
+        return Err(neg_errno(ret));
+    }
+    Ok((opts.retval, opts.duration))
+}
