@@ -508,6 +508,39 @@ struct prefilter_value {
 	__u64 bytes;
 };
 
+/* ------------------------------------------------------------------------
+ * Process events (process.bpf.c): the start of runtime visibility.
+ *
+ * `process_exec` (tp_btf/sched_process_exec) and `process_exit`
+ * (tracepoint/sched/sched_process_exit, thread-group leaders only) report
+ * through their own ring buffer, `process_events` (RINGBUF, pinned), one
+ * struct process_event per record. cgroup_id is the task's cgroup v2 id:
+ * user space maps it to a pod (each pod has its own cgroup). Reservations
+ * that fail are counted per CPU in `process_events_lost`.
+ * ------------------------------------------------------------------------ */
+
+#define MYELIN_PROCESS_FILENAME_LEN 256
+
+enum process_event_type {
+	PROCESS_EVENT_EXEC = 1,
+	PROCESS_EVENT_EXIT = 2,
+};
+
+struct process_event {
+	__u64 ktime_ns;            /* bpf_ktime_get_ns() */
+	__u64 cgroup_id;           /* bpf_get_current_cgroup_id() */
+	__u32 type;                /* enum process_event_type */
+	__u32 pid;                 /* thread-group id (what user space calls the pid) */
+	__u32 tid;
+	__u32 ppid;                /* the parent's thread-group id */
+	__u32 uid;
+	__u32 gid;
+	__u32 exit_code;           /* EXIT: the task's exit_code (status << 8 | signal) */
+	__u32 _pad;
+	char  comm[16];
+	char  filename[MYELIN_PROCESS_FILENAME_LEN]; /* EXEC: the path executed */
+};
+
 /* Key 0 of the single-entry array `abi_meta`: the ABI of the pinned maps. */
 struct abi_meta {
 	__u32 version;             /* MYELIN_ABI_VERSION of the datapath that created the maps */

@@ -7,12 +7,15 @@
 //! | uplink in/out       | TCX link pinned links/<if>/uplink_in|out  | clsact + bpf filter (netlink)    |
 //! | uplink XDP          | XDP link pinned links/<if>/xdp            | (same)                           |
 //! | cgroup sock_addr    | cgroup link pinned links/cgroup/<prog>    | (same)                           |
+//! | tp_btf, tracepoint  | tracing/perf link pinned links/tracing/<prog> | (same)                       |
 //!
 //! Pinned links and tc filters outlive the agent: traffic keeps flowing
 //! while it restarts. [`Datapath::activate`] swaps every pinned link to this
 //! build's program with `BPF_LINK_UPDATE` (atomic: the hook is never empty);
 //! tc filters are swapped by re-attaching with replace when an endpoint is
-//! adopted.
+//! adopted. Tracing links cannot be updated: they are replaced by a new link
+//! pinned over the old one (for an instant both run: an event may be
+//! reported twice, none is missed).
 
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
@@ -30,7 +33,12 @@ const TC_HANDLE: u32 = 1;
 const TC_PRIORITY: u32 = 1;
 
 pub(crate) fn check_ifname(ifname: &str) -> Result<(), BpfError> {
-    if ifname.is_empty() || ifname.len() > 15 || ifname.contains(['/', '.', '\0']) || ifname == "cgroup" {
+    if ifname.is_empty()
+        || ifname.len() > 15
+        || ifname.contains(['/', '.', '\0'])
+        || ifname == "cgroup"
+        || ifname == "tracing"
+    {
         return Err(BpfError::Invalid(format!(
             "{ifname:?} is not a usable interface name (1-15 bytes, no '/', no '.': bpffs refuses dots)"
         )));
@@ -63,6 +71,7 @@ fn leaf(hook: Hook) -> &'static str {
         Hook::Uplink(TcDir::Egress) => "uplink_out",
         Hook::UplinkXdp => "xdp",
         Hook::Cgroup(_) => "cgroup",
+        Hook::TpBtf(_) | Hook::Tracepoint(..) => "tracing",
     }
 }
 
@@ -407,6 +416,94 @@ impl Datapath {
         Ok(())
     }
 
+    /// Attach the host-wide tracing programs (tp_btf and tracepoints, e.g.
+    /// process events); links pinned at `links/tracing/<program>`. A pinned
+    /// link that runs this build's program is kept; an older one is
+    /// replaced. Returns how many links were created.
+    pub fn attach_tracing(&self) -> Result<usize, BpfError> {
+        let dir = self.pin_dir.join("links").join("tracing");
+        mkdir(&dir)?;
+        let mut created = 0;
+        for (name, hook, prog) in &self.progs {
+            if !hook.is_tracing() {
+                continue;
+            }
+            let path = dir.join(name);
+            if self.link_runs(&path, prog)? {
+                continue;
+            }
+            self.replace_tracing_link(name, *hook, prog, &path)?;
+            created += 1;
+        }
+        Ok(created)
+    }
+
+    /// Whether the link pinned at `path` runs `prog` (same code, same maps).
+    fn link_runs(&self, path: &Path, prog: &libbpf_rs::ProgramHandle) -> Result<bool, BpfError> {
+        let Ok(link) = Link::open(path) else { return Ok(false) };
+        let Ok(info) = link.info() else { return Ok(false) };
+        let ours = sys::prog_identity(prog.as_fd())
+            .map_err(|e| BpfError::Invalid(format!("reading the identity of a program: {e}")))?;
+        let theirs =
+            libbpf_rs::Program::fd_from_id(info.prog_id).ok().and_then(|fd| sys::prog_identity(fd.as_fd()).ok());
+        Ok(theirs.is_some_and(|t| t.tag == ours.tag && t.map_ids == ours.map_ids))
+    }
+
+    /// Create a tracing link for `prog` and pin it at `path`, atomically
+    /// replacing what was pinned there (bpffs rename).
+    fn replace_tracing_link(
+        &self,
+        name: &'static str,
+        hook: Hook,
+        prog: &libbpf_rs::ProgramHandle,
+        path: &Path,
+    ) -> Result<(), BpfError> {
+        let attach_err = |what: String, source: std::io::Error| BpfError::Attach {
+            prog: name,
+            hook: "tracing",
+            mode: "link",
+            ifname: what,
+            ifindex: 0,
+            source,
+        };
+        let link = match hook {
+            Hook::TpBtf(tp) => sys::link_create(prog.as_fd(), 0, libbpf_rs::libbpf_sys::BPF_TRACE_RAW_TP)
+                .map_err(|e| attach_err(format!("tp_btf/{tp}"), e))?,
+            Hook::Tracepoint(category, tp) => {
+                let id = crate::bpffs::tracepoint_id(category, tp)?;
+                let what = format!("tracepoint/{category}/{tp}");
+                let perf = sys::perf_event_open_tracepoint(id).map_err(|e| attach_err(what.clone(), e))?;
+                sys::link_create(prog.as_fd(), perf.as_raw_fd(), libbpf_rs::libbpf_sys::BPF_PERF_EVENT)
+                    .map_err(|e| attach_err(what, e))?
+            }
+            _ => return Err(BpfError::Invalid(format!("program {name} is not a tracing program"))),
+        };
+        let tmp = path.with_file_name(format!("{name}_replacing")); // bpffs refuses dots
+        remove_pin(&tmp)?;
+        sys::obj_pin(link.as_fd(), &tmp).map_err(|source| BpfError::PinLink {
+            ifname: "tracing".into(),
+            path: tmp.clone(),
+            source,
+        })?;
+        std::fs::rename(&tmp, path).map_err(|source| BpfError::PinDir {
+            action: "renaming a link pin over",
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Detach the tracing programs (remove their link pins). Ok if absent.
+    pub fn detach_tracing(&self) -> Result<(), BpfError> {
+        let dir = self.pin_dir.join("links").join("tracing");
+        for (name, hook, _) in &self.progs {
+            if hook.is_tracing() {
+                remove_pin(&dir.join(name))?;
+            }
+        }
+        let _ = std::fs::remove_dir(&dir);
+        Ok(())
+    }
+
     /// Bring every pinned link under this pin directory to this build's
     /// programs (`BPF_LINK_UPDATE`: atomic, the hook never empties), then
     /// finish a migration: entries the old programs added to the old maps
@@ -422,6 +519,9 @@ impl Datapath {
         let mut pins: Vec<(PathBuf, Hook)> = Vec::new();
         if let Ok(rd) = std::fs::read_dir(&links) {
             for dir in rd.filter_map(Result::ok) {
+                if dir.file_name() == "tracing" {
+                    continue; // replaced, not updated: attach_tracing
+                }
                 let is_cgroup = dir.file_name() == "cgroup";
                 let Ok(inner) = std::fs::read_dir(dir.path()) else { continue };
                 for e in inner.filter_map(Result::ok) {
@@ -458,6 +558,20 @@ impl Datapath {
                 source,
             })?;
             updated += 1;
+        }
+        // Tracing links cannot be updated: pinned ones are replaced.
+        let tracing = links.join("tracing");
+        for (name, hook, prog) in &self.progs {
+            let path = tracing.join(name);
+            if !hook.is_tracing() || !path.exists() {
+                continue;
+            }
+            if self.link_runs(&path, prog)? {
+                current += 1;
+            } else {
+                self.replace_tracing_link(name, *hook, prog, &path)?;
+                updated += 1;
+            }
         }
         // The old programs are gone from every hook: carry over what they
         // wrote since loading, then let the old maps go.

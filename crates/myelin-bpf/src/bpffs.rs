@@ -51,3 +51,30 @@ pub fn remove_pin_dir(pin_dir: &Path) -> Result<(), BpfError> {
         Err(source) => Err(BpfError::PinDir { action: "removing", path: pin_dir.to_path_buf(), source }),
     }
 }
+
+/// `TRACEFS_MAGIC` from linux/magic.h.
+const TRACEFS_MAGIC: i64 = 0x7472_6163;
+
+/// The id of tracepoint `category/name`, from tracefs. Mounts tracefs at
+/// `/sys/kernel/tracing` when no tracefs is mounted there or under debugfs.
+pub(crate) fn tracepoint_id(category: &str, name: &str) -> Result<u64, BpfError> {
+    let rel = format!("events/{category}/{name}/id");
+    let roots = [Path::new("/sys/kernel/tracing"), Path::new("/sys/kernel/debug/tracing")];
+    let read = |root: &Path| std::fs::read_to_string(root.join(&rel)).ok();
+    let text = match roots.iter().find_map(|r| read(r)) {
+        Some(t) => t,
+        None => {
+            let root = roots[0];
+            #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
+            let mounted = statfs(root).is_ok_and(|st| st.filesystem_type().0 as i64 == TRACEFS_MAGIC);
+            if !mounted {
+                mount(Some("tracefs"), root, Some("tracefs"), MsFlags::empty(), None::<&str>)
+                    .map_err(|e| BpfError::Invalid(format!("mounting tracefs at {}: {e}", root.display())))?;
+            }
+            read(root).ok_or_else(|| {
+                BpfError::Invalid(format!("tracepoint {category}/{name}: {} not found", root.join(&rel).display()))
+            })?
+        }
+    };
+    text.trim().parse().map_err(|e| BpfError::Invalid(format!("tracepoint {category}/{name}: id {text:?}: {e}")))
+}

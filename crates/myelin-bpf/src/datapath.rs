@@ -181,12 +181,14 @@ fn supported(features: &[crate::FeatureProbe]) -> (Vec<&'static ObjectSpec>, Vec
     let mut not = Vec::new();
     for spec in objects::ALL {
         let have = |n: &str| features.iter().any(|f| f.name == n && f.available);
-        if spec.requires_any.iter().any(|n| have(n)) {
+        if spec.requires_any.iter().any(|n| have(n)) && spec.requires_all.iter().all(|n| have(n)) {
             ok.push(spec);
         } else {
             let why: Vec<String> = spec
                 .requires_any
                 .iter()
+                .chain(spec.requires_all.iter())
+                .filter(|n| !have(n))
                 .map(|n| {
                     features
                         .iter()

@@ -15,7 +15,8 @@
 //! - Identity-based L3/L4 policy ([`Datapath::set_endpoint_policies`]), the
 //!   `ipcache`, connection tracking ([`Datapath::ct_entries`],
 //!   [`Datapath::ct_gc`]), per-rule counters, flow events ([`EventReader`]),
-//!   services ([`Datapath::upsert_service`]), the XDP prefilter.
+//!   services ([`Datapath::upsert_service`]), the XDP prefilter, process
+//!   exec/exit events ([`ProcessReader`], tp_btf and tracepoint programs).
 //!   Semantics: `bpf/include/myelin_abi.h`.
 //! - [`ensure_bpffs`], [`remove_pin_dir`], [`probe_features`].
 
@@ -31,6 +32,7 @@ pub mod objects;
 mod policy;
 mod prefilter;
 mod probe;
+mod process;
 mod services;
 mod sys;
 #[doc(hidden)]
@@ -58,6 +60,7 @@ macro_rules! skeleton {
 skeleton!(skel, "lxc.skel.rs");
 skeleton!(skel_lb, "sock.skel.rs");
 skeleton!(skel_xdp, "xdp.skel.rs");
+skeleton!(skel_process, "process.skel.rs");
 
 use std::net::Ipv4Addr;
 
@@ -73,6 +76,7 @@ pub use migrate::MapMigration;
 pub use policy::{DesiredPolicy, EndpointPolicyUpdate, PolicyMapEntry, PolicyStatRow};
 pub use prefilter::PrefilterRow;
 pub use probe::{probe_features, FeatureProbe};
+pub use process::{ProcessEvent, ProcessEventKind, ProcessReader};
 pub use services::{Backend, Frontend, ServiceRow};
 
 /// The default bpffs mount point.

@@ -13,6 +13,8 @@
 //! |          | to_netdev          | tc egress of the node's uplink        |                   |
 //! | xdp      | prefilter          | XDP on the node's uplink              | xdp               |
 //! | sock     | sock4_connect, ... | cgroup sock_addr hooks of the pods' cgroup | cgroup_sock_addr |
+//! | process  | process_exec       | tp_btf sched_process_exec             | tp_btf + tracepoint |
+//! |          | process_exit       | tracepoint sched/sched_process_exit   |                   |
 
 /// Direction of a tc hook.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -47,6 +49,19 @@ pub enum Hook {
     UplinkXdp,
     /// A cgroup hook on the cgroup holding the node's pods.
     Cgroup(CgroupHook),
+    /// A BTF-typed raw tracepoint (`tp_btf/<name>`), host-wide.
+    TpBtf(&'static str),
+    /// A classic tracepoint (`tracepoint/<category>/<name>`, through a perf
+    /// event), host-wide.
+    Tracepoint(&'static str, &'static str),
+}
+
+impl Hook {
+    /// Whether the hook is host-wide tracing (attached once per node, not per device).
+    #[must_use]
+    pub fn is_tracing(self) -> bool {
+        matches!(self, Self::TpBtf(_) | Self::Tracepoint(..))
+    }
 }
 
 /// One program of an object.
@@ -68,6 +83,8 @@ pub struct ObjectSpec {
     /// Feature probes (see [`crate::probe_features`]) of which at least one
     /// must be available for the object to load.
     pub requires_any: &'static [&'static str],
+    /// Feature probes that must all be available for the object to load.
+    pub requires_all: &'static [&'static str],
 }
 
 impl std::fmt::Debug for ObjectSpec {
@@ -97,6 +114,7 @@ pub static LXC: ObjectSpec = ObjectSpec {
         ProgramSpec { name: "to_container", hook: Hook::PodVeth(TcDir::Egress) },
     ],
     requires_any: &["tcx", "tc"],
+    requires_all: &[],
 };
 
 /// The uplink tc programs.
@@ -108,6 +126,7 @@ pub static NETDEV: ObjectSpec = ObjectSpec {
         ProgramSpec { name: "to_netdev", hook: Hook::Uplink(TcDir::Egress) },
     ],
     requires_any: &["tcx", "tc"],
+    requires_all: &[],
 };
 
 /// The uplink XDP prefilter.
@@ -116,6 +135,7 @@ pub static XDP: ObjectSpec = ObjectSpec {
     bytes: object_bytes!("xdp"),
     programs: &[ProgramSpec { name: "prefilter", hook: Hook::UplinkXdp }],
     requires_any: &["xdp"],
+    requires_all: &[],
 };
 
 /// Socket-level load balancing.
@@ -129,10 +149,23 @@ pub static SOCK: ObjectSpec = ObjectSpec {
         ProgramSpec { name: "sock4_getpeername", hook: Hook::Cgroup(CgroupHook::Getpeername4) },
     ],
     requires_any: &["cgroup_sock_addr"],
+    requires_all: &[],
+};
+
+/// Process exec and exit events (runtime visibility).
+pub static PROCESS: ObjectSpec = ObjectSpec {
+    name: "process",
+    bytes: object_bytes!("process"),
+    programs: &[
+        ProgramSpec { name: "process_exec", hook: Hook::TpBtf("sched_process_exec") },
+        ProgramSpec { name: "process_exit", hook: Hook::Tracepoint("sched", "sched_process_exit") },
+    ],
+    requires_any: &["tp_btf"],
+    requires_all: &["tp_btf", "tracepoint"],
 };
 
 /// Every object, in load order (lxc first: it creates the shared maps).
-pub static ALL: [&ObjectSpec; 4] = [&LXC, &NETDEV, &XDP, &SOCK];
+pub static ALL: [&ObjectSpec; 5] = [&LXC, &NETDEV, &XDP, &SOCK, &PROCESS];
 
 /// The program attached at `hook`, and the object that holds it.
 #[must_use]
@@ -155,5 +188,6 @@ pub mod testing {
             ProgramSpec { name: "to_container", hook: Hook::PodVeth(TcDir::Egress) },
         ],
         requires_any: &["tcx"],
+        requires_all: &[],
     };
 }

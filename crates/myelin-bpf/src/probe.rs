@@ -70,6 +70,11 @@ pub fn probe_features() -> Vec<FeatureProbe> {
         "BPF_PROG_TYPE_RAW_TRACEPOINT",
         sys::probe_prog_type(libbpf_sys::BPF_PROG_TYPE_RAW_TRACEPOINT),
     ));
+    out.push(from_load(
+        "tp_btf",
+        "tp_btf program on sched_process_exec",
+        sys::probe_btf_prog_load(libbpf_sys::BPF_PROG_TYPE_TRACING, libbpf_sys::BPF_TRACE_RAW_TP, "sched_process_exec"),
+    ));
     out.push(from_probe(
         "cgroup_sock_addr",
         "BPF_PROG_TYPE_CGROUP_SOCK_ADDR",

@@ -15,6 +15,7 @@ use libbpf_rs::libbpf_sys;
 
 use crate::skel::types;
 use crate::skel_lb::types as lb_types;
+use crate::skel_process::types as process_types;
 use crate::skel_xdp::types as xdp_types;
 
 /// TCX hook.
@@ -355,6 +356,8 @@ unsafe impl Pod for lb_types::lb4_reverse_nat {}
 unsafe impl Pod for xdp_types::prefilter_value {}
 // SAFETY: as above.
 unsafe impl Pod for xdp_types::ipcache_key {}
+// SAFETY: as above.
+unsafe impl Pod for process_types::process_event {}
 // SAFETY: a u32 is plain data.
 unsafe impl Pod for u32 {}
 // SAFETY: a u16 is plain data.
@@ -376,6 +379,7 @@ const _: () = {
     assert!(size_of::<types::ct4_entry>() == 6 * 8 + 7 * 4 + 1 + 1 + 2);
     assert!(size_of::<types::event>() == 8 + 8 + 4 + 9 * 4);
     assert!(size_of::<types::abi_meta>() == 8);
+    assert!(size_of::<process_types::process_event>() == 8 + 8 + 8 * 4 + 16 + 256);
     assert!(size_of::<lb_types::lb4_key>() == 4 + 2 + 2 + 1 + 3);
     assert!(size_of::<lb_types::lb4_service>() == 4 + 2 + 2 + 4);
     assert!(size_of::<lb_types::lb4_backend>() == 4 + 2 + 1 + 1);
@@ -424,4 +428,38 @@ pub(crate) fn prog_test_run(prog: BorrowedFd<'_>, data: &[u8], repeat: u32) -> i
         return Err(neg_errno(ret));
     }
     Ok((opts.retval, opts.duration))
+}
+
+/// Open a perf event for the tracepoint with id `id` (from tracefs
+/// `events/<category>/<name>/id`) on CPU 0 for all processes: what a
+/// BPF_PERF_EVENT link attaches a tracepoint program to (the program then
+/// runs on every CPU).
+pub(crate) fn perf_event_open_tracepoint(id: u64) -> io::Result<OwnedFd> {
+    let mut attr = libbpf_sys::perf_event_attr {
+        type_: libbpf_sys::PERF_TYPE_TRACEPOINT,
+        size: u32::try_from(std::mem::size_of::<libbpf_sys::perf_event_attr>())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?,
+        config: id,
+        ..Default::default()
+    };
+    attr.__bindgen_anon_1.sample_period = 1;
+    attr.__bindgen_anon_2.wakeup_events = 1;
+    // SAFETY: perf_event_open(2) reads `attr` (alive, of the size given in
+    // attr.size) and returns a new fd or -1.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_perf_event_open,
+            std::ptr::addr_of!(attr),
+            -1 as libc::pid_t,
+            0 as libc::c_int,
+            -1 as libc::c_int,
+            libc::c_ulong::from(libbpf_sys::PERF_FLAG_FD_CLOEXEC),
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = i32::try_from(ret).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: on success perf_event_open returns a new fd that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }

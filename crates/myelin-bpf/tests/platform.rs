@@ -1,7 +1,8 @@
 //! In-kernel tests of the loader's many objects and hook kinds: the uplink's
 //! tc programs and XDP prefilter and the cgroup socket load balancer loaded
 //! side by side with the pod programs in one pin directory, the clsact
-//! fallback for kernels without TCX, and flow events through the ring buffer.
+//! fallback for kernels without TCX, flow events through the ring buffer, and
+//! process events from tp_btf and tracepoint programs.
 //!
 //! Topology (as in datapath.rs, plus an "outside" host on the uplink):
 //! ```text
@@ -243,4 +244,68 @@ fn in_cgroup(cg: &Cgroup, ns: &str, args: &[&str]) -> String {
         .expect("run netprobe in the cgroup");
     assert!(out.status.success(), "netprobe in cgroup failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Run `sh -c SCRIPT` from a shell that first moved itself into `cg`; returns (pid, exit status).
+fn run_in_cgroup(cg: &Cgroup, script: &str) -> (u32, i32) {
+    let child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("echo $$ > {}/cgroup.procs && exec sh -c '{script}'", cg.0.display()))
+        .spawn()
+        .expect("spawn sh");
+    let pid = child.id();
+    let out = child.wait_with_output().expect("wait");
+    (pid, out.status.code().unwrap_or(-1))
+}
+
+#[test]
+fn process_exec_and_exit_come_from_tp_btf_and_tracepoint_programs() {
+    use myelin_bpf::{ProcessEvent, ProcessEventKind, ProcessReader};
+    use std::os::unix::fs::MetadataExt;
+
+    let lab = Lab::new();
+    let dp = lab.dp();
+    assert!(dp.objects().contains(&"process"), "process object loads: {:?}", dp.unavailable());
+    assert_eq!(dp.attach_tracing().expect("attach tracing"), 2, "both links created");
+    let tracing = lab.pin.0.join("links/tracing");
+    assert!(tracing.join("process_exec").exists() && tracing.join("process_exit").exists());
+    assert_eq!(dp.attach_tracing().expect("again"), 0, "links running this build's programs are kept");
+
+    let seen: Rc<RefCell<Vec<ProcessEvent>>> = Rc::default();
+    let sink = seen.clone();
+    let reader = ProcessReader::open(&lab.pin.0, move |e| sink.borrow_mut().push(e)).expect("reader");
+    let cg = Cgroup::new();
+    let cgroup_id = std::fs::metadata(&cg.0).unwrap().ino();
+    let (pid, status) = run_in_cgroup(&cg, "exit 3");
+    assert_eq!(status, 3);
+    // Both events were queued before the child was reaped: one poll sees them.
+    reader.poll(Duration::from_millis(0)).expect("poll");
+    let mine: Vec<ProcessEvent> = seen.borrow().iter().filter(|e| e.pid == pid).cloned().collect();
+    // Two execs: the shell we spawn, then (after it joined the cgroup) the one it becomes.
+    let execs: Vec<&ProcessEvent> = mine.iter().filter(|e| e.kind == ProcessEventKind::Exec).collect();
+    assert_eq!(execs.len(), 2, "{mine:#?}");
+    let exec = execs[1];
+    assert_eq!(exec.cgroup_id, cgroup_id, "{exec:?}");
+    assert_eq!(exec.ppid, std::process::id(), "{exec:?}");
+    assert!(exec.filename.ends_with("/sh"), "{exec:?}");
+    assert_eq!(exec.comm, "sh", "{exec:?}");
+    let exit = mine.iter().find(|e| e.kind == ProcessEventKind::Exit).unwrap_or_else(|| panic!("exit: {mine:#?}"));
+    assert_eq!((exit.cgroup_id, exit.exit_code), (cgroup_id, 3 << 8), "{exit:?}");
+    assert!(exec.ktime_ns < exit.ktime_ns);
+    assert_eq!(reader.lost().expect("lost"), 0);
+
+    // Detached, the programs stop running (the kernel releases an unpinned
+    // link from a work queue: wait for it, with a deadline).
+    dp.detach_tracing().expect("detach");
+    assert!(!tracing.exists(), "link pins removed");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        seen.borrow_mut().clear();
+        let (pid, _) = run_in_cgroup(&cg, "exit 0");
+        reader.poll(Duration::from_millis(0)).expect("poll");
+        if seen.borrow().iter().all(|e| e.pid != pid) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "events still come once detached: {:?}", seen.borrow());
+    }
 }
