@@ -12,6 +12,7 @@
 pub mod decode;
 pub mod dict;
 pub mod directory;
+pub mod filter;
 pub mod flowpb;
 pub mod ingest;
 pub mod pipeline;
