@@ -16,12 +16,13 @@ need_root
 # libbpf that libbpf-sys vendors and builds; protoc and the well-known .proto files it
 # imports, from libprotobuf-dev),
 # kernel tools (bpftool, iproute2, nftables), tests and lab (iputils-ping, python3,
-# podman + runc + CNI plugins + busybox-static for the real-client test, iperf3), and
+# podman + runc + CNI plugins + busybox-static for the real-client test, iperf3,
+# python3-grpcio + python3-protobuf for the test that reads flows with Python's gRPC), and
 # ca-certificates: cargo fetches crates over https (a minimal Debian has no CA store).
 PKGS=(ca-certificates clang llvm libelf-dev zlib1g-dev pkg-config make gcc libc6-dev
       bpftool iproute2 nftables iptables iputils-ping procps python3
       protobuf-compiler libprotobuf-dev podman runc containernetworking-plugins busybox-static
-      iperf3 uidmap)
+      iperf3 uidmap python3-grpcio python3-protobuf)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

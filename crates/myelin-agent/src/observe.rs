@@ -14,7 +14,7 @@ use myelin_bpf::{Datapath, EventSettings, MonitorAggregation};
 use myelin_observe::dict::{Dictionary, EndpointDesc};
 use myelin_observe::directory::{Directory, PolicyName};
 use myelin_observe::pipeline::{self, Observer, PipelineConfig, Sink};
-use myelin_observe::server::{FlowStore, Matcher, ObserverService};
+use myelin_observe::server::{FlowStore, ObserverService};
 use myelin_policy::Labels;
 use tracing::{info, warn};
 
@@ -101,17 +101,6 @@ impl Directory for AgentDirectory {
     }
 }
 
-/// Compile GetFlows filters.
-fn compile_filters(
-    whitelist: &[myelin_observe::proto::flow::FlowFilter],
-    blacklist: &[myelin_observe::proto::flow::FlowFilter],
-) -> std::result::Result<Matcher, String> {
-    if whitelist.is_empty() && blacklist.is_empty() {
-        return Ok(Box::new(|_, _, _| true));
-    }
-    Err("flow filters are not available in this build yet".into())
-}
-
 /// The running observer.
 pub struct Observability {
     pub observer: Arc<Observer>,
@@ -141,7 +130,7 @@ pub async fn start(
         first_seq,
     };
     let observer = pipeline::start(&pc, directory, dict, sinks).context("starting flow ingest")?;
-    let service = ObserverService::new(observer.clone(), history, compile_filters);
+    let service = ObserverService::new(observer.clone(), history);
 
     let path = cfg.observer_socket();
     if let Some(dir) = path.parent() {

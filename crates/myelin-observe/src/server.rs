@@ -43,22 +43,18 @@ pub trait FlowStore: Send + Sync {
 /// A compiled GetFlows filter: does this record (named by the dictionary, from `node`) pass?
 pub type Matcher = Box<dyn FnMut(&FlowRecord, &DictView, &str) -> bool + Send>;
 
-/// Compiles the whitelist and blacklist of a request.
-pub type FilterCompiler = fn(&[flow::FlowFilter], &[flow::FlowFilter]) -> Result<Matcher, String>;
-
 /// The service.
 #[derive(Clone)]
 pub struct ObserverService {
     observer: Arc<Observer>,
     history: Option<Arc<dyn FlowStore>>,
-    compile: FilterCompiler,
     version: String,
 }
 
 impl ObserverService {
     #[must_use]
-    pub fn new(observer: Arc<Observer>, history: Option<Arc<dyn FlowStore>>, compile: FilterCompiler) -> Self {
-        Self { observer, history, compile, version: format!("myelin {}", env!("CARGO_PKG_VERSION")) }
+    pub fn new(observer: Arc<Observer>, history: Option<Arc<dyn FlowStore>>) -> Self {
+        Self { observer, history, version: format!("myelin {}", env!("CARGO_PKG_VERSION")) }
     }
 
     /// The tonic server of this service.
@@ -197,7 +193,8 @@ impl observer_server::Observer for ObserverService {
     async fn get_flows(&self, request: Request<GetFlowsRequest>) -> Result<Response<Self::GetFlowsStream>, Status> {
         let req = request.into_inner();
         let p = plan(&req)?;
-        let mut matcher = (self.compile)(&req.whitelist, &req.blacklist).map_err(Status::invalid_argument)?;
+        let mut matcher =
+            crate::filter::compile_matcher(&req.whitelist, &req.blacklist).map_err(Status::invalid_argument)?;
         let (tx, rx) = mpsc::channel::<Result<GetFlowsResponse, Status>>(1024);
         let this = self.clone();
         tokio::spawn(async move {
