@@ -1958,7 +1958,7 @@ mod tests {
 
     #[test]
     fn compile_matcher_is_the_service_filter() {
-        let compiler: crate::server::FilterCompiler = compile_matcher;
+        let compiler = compile_matcher;
         let mut all = compiler(&[], &[]).unwrap();
         assert!(all(&rec(), &dict(), NODE));
         let mut dropped = compiler(&[flow::FlowFilter { verdict: vec![2], ..ff() }], &[]).unwrap();
