@@ -436,7 +436,8 @@ pub mod observer {
     pub fn get_flows(socket: &Path, req: GetFlowsRequest) -> Result<Vec<GetFlowsResponse>, String> {
         runtime().block_on(async {
             let mut c = connect(socket).await?;
-            let mut stream = c.get_flows(req).await.map_err(|s| format!("GetFlows: {s}"))?.into_inner();
+            let mut stream =
+                c.get_flows(req).await.map_err(|s| format!("GetFlows: {:?}: {}", s.code(), s.message()))?.into_inner();
             let mut out = Vec::new();
             while let Some(r) = stream.message().await.map_err(|s| format!("GetFlows stream: {s}"))? {
                 out.push(r);
@@ -454,7 +455,8 @@ pub mod observer {
     ) -> Result<Vec<GetFlowsResponse>, String> {
         runtime().block_on(async {
             let mut c = connect(socket).await?;
-            let mut stream = c.get_flows(req).await.map_err(|s| format!("GetFlows: {s}"))?.into_inner();
+            let mut stream =
+                c.get_flows(req).await.map_err(|s| format!("GetFlows: {:?}: {}", s.code(), s.message()))?.into_inner();
             let mut out = Vec::new();
             let end = tokio::time::Instant::now() + deadline;
             loop {

@@ -313,3 +313,93 @@ fn a_python_grpc_client_reads_filtered_flows_and_server_status() {
         assert_eq!(f["node_name"], "node1", "{v:#}");
     }
 }
+
+/// Malformed GetFlows requests are refused whole with InvalidArgument naming the field;
+/// the observer keeps answering good requests.
+#[test]
+fn malformed_filters_and_requests_get_precise_errors() {
+    use myelin_observe::proto::flow::FlowFilter;
+    use myelin_observe::proto::observer::GetFlowsRequest;
+    let lab = LabGuard::up(LAB, "mflt");
+    let sock = observer_socket(lab.lab());
+    let ts = |s: i64| Some(prost_types::Timestamp { seconds: s, nanos: 0 });
+    let cases: Vec<(GetFlowsRequest, &str)> = vec![
+        (
+            observer::all(vec![FlowFilter { source_ip: vec!["10.0.0.300".into()], ..FlowFilter::default() }]),
+            "whitelist[0].source_ip[0]: \"10.0.0.300\" is neither an IP address nor a CIDR",
+        ),
+        (
+            GetFlowsRequest {
+                blacklist: vec![
+                    FlowFilter::default(),
+                    FlowFilter { dns_query: vec!["x".into()], ..FlowFilter::default() },
+                ],
+                ..GetFlowsRequest::default()
+            },
+            "blacklist[1].dns_query: not supported by Myelin",
+        ),
+        (
+            observer::all(vec![FlowFilter { source_pod: vec!["a/b/c".into()], ..FlowFilter::default() }]),
+            "whitelist[0].source_pod[0]",
+        ),
+        (observer::all(vec![FlowFilter { verdict: vec![99], ..FlowFilter::default() }]), "whitelist[0].verdict[0]"),
+        (
+            GetFlowsRequest { since: ts(2_000_000_000), until: ts(1_000_000_000), ..GetFlowsRequest::default() },
+            "since is after until",
+        ),
+        (GetFlowsRequest { follow: true, until: ts(2_000_000_000), ..GetFlowsRequest::default() }, "follow and until"),
+    ];
+    for (req, want) in cases {
+        let e = observer::get_flows(&sock, req.clone()).expect_err(&format!("{req:?} must be refused"));
+        assert!(e.contains("InvalidArgument") || e.contains("invalid argument"), "{e}");
+        assert!(e.contains(want), "error {e:?} should name {want:?}");
+    }
+    assert!(ping(lab.lab(), "x/a", &pod_ip(lab.lab(), "x", "b").to_string()));
+    wait_for("flows after the refused requests", std::time::Duration::from_secs(10), || {
+        (!flows(&observer::get_flows(&sock, observer::all(vec![])).unwrap()).is_empty()).then_some(())
+    });
+}
+
+/// Follow streams flows as they happen; with since, it first replays the matching backlog.
+#[test]
+fn follow_streams_new_flows_as_they_happen() {
+    use myelin_observe::proto::flow::FlowFilter;
+    use myelin_observe::proto::observer::GetFlowsRequest;
+    let lab = LabGuard::up(LAB, "folw");
+    let l = lab.lab();
+    let sock = observer_socket(l);
+    let b_ip = pod_ip(l, "x", "b").to_string();
+    let c_ip = pod_ip(l, "y", "c").to_string();
+    // Backlog: a -> b.
+    let start = now_ns();
+    assert!(ping(l, "x/a", &b_ip));
+    wait_for("a -> b in the ring", std::time::Duration::from_secs(10), || {
+        let fs = flows(&observer::get_flows(&sock, observer::all(vec![])).unwrap());
+        fs.iter().any(|f| side(f, true) == "x/a" && side(f, false) == "x/b").then_some(())
+    });
+    let from_a = FlowFilter { source_pod: vec!["x/a".into()], ..FlowFilter::default() };
+    // A follower from `start` sees the backlog, then a -> c sent once it has the backlog.
+    let since = prost_types::Timestamp {
+        seconds: i64::try_from(start / 1_000_000_000).unwrap(),
+        nanos: i32::try_from(start % 1_000_000_000).unwrap(),
+    };
+    let req =
+        GetFlowsRequest { follow: true, since: Some(since), whitelist: vec![from_a], ..GetFlowsRequest::default() };
+    let mut sent = false;
+    let got = observer::follow(&sock, req, std::time::Duration::from_secs(20), |rs| {
+        let fs = flows(rs);
+        let has = |dst: &str| fs.iter().any(|f| side(f, false) == dst);
+        if has("x/b") && !sent {
+            sent = true;
+            assert!(ping(l, "x/a", &c_ip), "ping a -> c while following");
+        }
+        has("x/b") && has("y/c")
+    })
+    .unwrap();
+    let fs = flows(&got);
+    assert!(fs.iter().all(|f| side(f, true) == "x/a"), "the filter applies to followed flows: {fs:#?}");
+    let pos = |dst: &str| fs.iter().position(|f| side(f, false) == dst).unwrap();
+    assert!(pos("x/b") < pos("y/c"), "backlog first, then live flows");
+    let times: Vec<u64> = fs.iter().map(ns_of).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "time order: {times:?}");
+}
