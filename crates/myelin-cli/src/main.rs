@@ -11,12 +11,13 @@ macro_rules! outln {
 mod agent;
 mod endpoint;
 mod lab;
+mod observe;
 mod output;
 mod perf;
 mod policy;
 mod status;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(name = "myelin", version, about = "eBPF networking for containers: agent status, endpoints and a local lab")]
@@ -41,12 +42,16 @@ enum Command {
     /// Security identities derived from labels.
     #[command(subcommand, alias = "id")]
     Identity(policy::IdentityCommand),
+    /// Flows: every forwarded and dropped packet, named by pod, identity and policy (Hubble's filters).
+    Observe(Box<observe::Args>),
     /// Datapath benchmarks: Myelin against kernel routing, iptables and a bare veth.
     Perf(perf::Args),
 }
 
 fn main() {
-    let cli = Cli::parse();
+    // The matches are kept: `observe` needs the order of its filter flags (`--not`).
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // `lab enter` must run before anything could start a thread: it setns()es the
     // whole (single-threaded) process and execs.
     if let Command::Lab(lab::Command::Enter(args)) = &cli.command {
@@ -59,6 +64,10 @@ fn main() {
         Command::Perf(a) => perf::run(&a),
         Command::Policy(c) => policy::run(c),
         Command::Identity(c) => policy::run_identity(c),
+        Command::Observe(a) => match matches.subcommand_matches("observe") {
+            Some(m) => observe::run(*a, m),
+            None => Err(anyhow::anyhow!("internal: no arguments parsed for observe")),
+        },
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -7,7 +7,7 @@ use crate::sys;
 use myelin_api::{Client, Status};
 use nix::sys::signal::Signal;
 use serde::Serialize;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -40,6 +40,9 @@ impl Lab {
             masquerade: bool,
             native_routing_cidrs: Vec<&'a str>,
             ip_forward: bool,
+            observer_socket: PathBuf,
+            metrics_listen: String,
+            flow_history_dir: PathBuf,
         }
         let n = &self.state.nodes[i];
         std::fs::create_dir_all(&n.agent_state_dir).map_err(io("creating", &n.agent_state_dir))?;
@@ -60,6 +63,10 @@ impl Lab {
                 .map(|m| m.pod_cidr.as_str())
                 .collect(),
             ip_forward: true,
+            // Per node, in the node's directory: agents of one lab share the machine.
+            observer_socket: n.observer_socket(),
+            metrics_listen: n.metrics_listen(),
+            flow_history_dir: n.flow_history_dir(),
         };
         let bad = |message: String| LabError::State { path: n.agent_config.clone(), message };
         let mut table = toml::Table::try_from(&cfg).map_err(|e| bad(e.to_string()))?;
@@ -187,5 +194,48 @@ impl Lab {
         self.state.nodes[i].agent_pid = None;
         self.state.nodes[i].agent_start_time = None;
         self.save()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::plan::plan;
+    use crate::spec::LabSpec;
+    use std::collections::HashMap;
+
+    /// A temporary directory removed on drop, even when the test fails.
+    struct TempDir(std::path::PathBuf);
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn agent_config_gives_each_node_its_observer_socket_metrics_and_history() {
+        let dir = TempDir(std::env::temp_dir().join(format!("myelin-lab-cfg-{}", std::process::id())));
+        let mut spec = LabSpec::demo();
+        spec.nodes.push(spec.nodes[0].clone());
+        spec.nodes[1].name = "node2".into();
+        let lab = Lab {
+            state: plan("t3", spec, dir.0.clone(), None),
+            bin_dir: None,
+            agent_timeout: Duration::from_secs(1),
+            progress: None,
+            children: HashMap::new(),
+        };
+        for (i, n) in lab.state.nodes.iter().enumerate() {
+            lab.write_agent_config(i).unwrap();
+            let text = std::fs::read_to_string(&n.agent_config).unwrap();
+            let cfg: toml::Table = toml::from_str(&text).unwrap();
+            let node_dir = dir.0.join(&n.name);
+            assert_eq!(cfg["observer_socket"].as_str(), Some(node_dir.join("observer.sock").to_str().unwrap()));
+            assert_eq!(cfg["flow_history_dir"].as_str(), Some(node_dir.join("flows").to_str().unwrap()));
+            assert_eq!(cfg["metrics_listen"].as_str(), Some(format!("{}:9965", n.address).as_str()));
+        }
+        assert_ne!(lab.state.nodes[0].observer_socket(), lab.state.nodes[1].observer_socket());
+        assert_ne!(lab.state.nodes[0].metrics_listen(), lab.state.nodes[1].metrics_listen());
     }
 }

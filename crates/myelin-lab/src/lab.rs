@@ -219,6 +219,8 @@ impl Lab {
                     name: n.name.clone(),
                     addresses: vec![n.address.clone()],
                     agent_socket: n.agent_socket.display().to_string(),
+                    observer_socket: n.observer_socket().display().to_string(),
+                    metrics_url: n.metrics_url(),
                     pod_cidr: n.pod_cidr.clone(),
                     netns: n.netns.clone(),
                     agent_pid: n.agent_pid,
@@ -438,10 +440,12 @@ mod tests {
         let v = serde_json::to_value(lab.status()).unwrap();
         assert_eq!(v["name"], "t2");
         let node = &v["nodes"][0];
-        for key in ["name", "addresses", "agent_socket", "pod_cidr"] {
+        for key in ["name", "addresses", "agent_socket", "observer_socket", "metrics_url", "pod_cidr"] {
             assert!(node.get(key).is_some(), "nodes[0].{key} missing in {node}");
         }
         assert_eq!(node["addresses"][0], "172.30.0.10");
+        assert_eq!(node["observer_socket"], "/run/myelin/lab/t2/node1/observer.sock");
+        assert_eq!(node["metrics_url"], "http://172.30.0.10:9965/metrics");
         assert_eq!(node["pod_cidr"], "10.244.1.0/24");
         let pod = &v["pods"][0];
         for key in ["namespace", "name", "node", "ip", "endpoint_id", "labels"] {

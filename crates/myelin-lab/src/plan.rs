@@ -15,6 +15,8 @@ pub const BPF_ROOT: &str = "/sys/fs/bpf/myelin/lab";
 pub(crate) const UNDERLAY: &str = "172.30.0";
 pub(crate) const WORLD: &str = "198.51.100";
 pub(crate) const STATE_FILE: &str = "lab.json";
+/// Port of every lab agent's Prometheus endpoint, on the node's underlay address.
+pub const METRICS_PORT: u16 = 9965;
 
 /// A node of a running lab.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +35,38 @@ pub struct NodeInfo {
     pub agent_log: PathBuf,
     pub agent_state_dir: PathBuf,
     pub bpf_dir: PathBuf,
+}
+
+impl NodeInfo {
+    /// The node's own directory in the lab's state directory (agent socket, config, log, store).
+    #[must_use]
+    pub fn dir(&self) -> PathBuf {
+        self.agent_config.parent().map(Path::to_path_buf).unwrap_or_default()
+    }
+
+    /// Unix socket of the agent's Observer API (Hubble's gRPC).
+    #[must_use]
+    pub fn observer_socket(&self) -> PathBuf {
+        self.dir().join("observer.sock")
+    }
+
+    /// Directory of the agent's durable flow history.
+    #[must_use]
+    pub fn flow_history_dir(&self) -> PathBuf {
+        self.dir().join("flows")
+    }
+
+    /// Where the agent serves Prometheus metrics: the node's underlay address.
+    #[must_use]
+    pub fn metrics_listen(&self) -> String {
+        format!("{}:{METRICS_PORT}", self.address)
+    }
+
+    /// The full URL of the agent's Prometheus endpoint (reachable from the lab's fabric and nodes).
+    #[must_use]
+    pub fn metrics_url(&self) -> String {
+        format!("http://{}/metrics", self.metrics_listen())
+    }
 }
 
 /// A pod of a running lab.
@@ -166,6 +200,9 @@ mod tests {
         assert_eq!(s.nodes[0].pod_cidr, "10.244.1.0/24");
         assert_eq!(s.nodes[0].bpf_dir, PathBuf::from("/sys/fs/bpf/myelin/lab/t1/node1"));
         assert_eq!(s.nodes[0].agent_socket, PathBuf::from("/run/myelin/lab/t1/node1/agent.sock"));
+        assert_eq!(s.nodes[0].observer_socket(), PathBuf::from("/run/myelin/lab/t1/node1/observer.sock"));
+        assert_eq!(s.nodes[0].flow_history_dir(), PathBuf::from("/run/myelin/lab/t1/node1/flows"));
+        assert_eq!(s.nodes[0].metrics_url(), format!("http://{}:9965/metrics", s.nodes[0].address));
         assert_eq!(s.external[0].ip, "198.51.100.10");
         assert_eq!(s.external[0].netns, "myl-t1-x-world1");
         let db = s.pods.iter().find(|p| p.name == "db").unwrap();

@@ -20,6 +20,11 @@ pub struct NodeStatus {
     /// Underlay addresses of the node (no prefix length).
     pub addresses: Vec<String>,
     pub agent_socket: String,
+    /// Unix socket of the agent's Observer API (Hubble's gRPC `observer.Observer`).
+    pub observer_socket: String,
+    /// Full URL of the agent's Prometheus endpoint, e.g. `http://172.30.0.10:9965/metrics`
+    /// (the node's underlay address: reachable from the lab's fabric and nodes).
+    pub metrics_url: String,
     pub pod_cidr: String,
     pub netns: String,
     pub agent_pid: Option<i32>,

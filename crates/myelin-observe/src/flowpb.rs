@@ -45,8 +45,8 @@ fn policy(p: PolicyName) -> flow::Policy {
     }
 }
 
-fn timestamp(ns: u64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
+fn timestamp(ns: u64) -> crate::proto::Timestamp {
+    crate::proto::Timestamp {
         seconds: i64::try_from(ns / 1_000_000_000).unwrap_or(i64::MAX),
         nanos: i32::try_from(ns % 1_000_000_000).unwrap_or(0),
     }
@@ -158,7 +158,7 @@ pub fn to_flow(r: &FlowRecord, dict: &DictView, rule: &dyn Fn(u32) -> Option<Pol
 /// measured in the datapath (SYN to SYN-ACK at the endpoint), on the flow of
 /// the SYN-ACK.
 #[must_use]
-pub fn extensions(r: &FlowRecord) -> Option<prost_types::Any> {
+pub fn extensions(r: &FlowRecord) -> Option<crate::proto::wkt::Any> {
     use prost::Message;
     use prost_types::value::Kind;
     if r.flags & flags::HANDSHAKE == 0 {
@@ -170,7 +170,10 @@ pub fn extensions(r: &FlowRecord) -> Option<prost_types::Any> {
         prost_types::Value { kind: Some(Kind::NumberValue(f64::from(r.handshake_us))) },
     );
     let s = prost_types::Struct { fields };
-    Some(prost_types::Any { type_url: "type.googleapis.com/google.protobuf.Struct".into(), value: s.encode_to_vec() })
+    Some(crate::proto::wkt::Any {
+        type_url: "type.googleapis.com/google.protobuf.Struct".into(),
+        value: s.encode_to_vec(),
+    })
 }
 
 /// The TCP handshake latency a flow carries in its extensions (microseconds).

@@ -65,7 +65,7 @@ impl ObserverService {
 }
 
 #[allow(clippy::result_large_err)] // tonic::Status is what the handlers return
-fn ts_ns(t: &prost_types::Timestamp) -> Result<u64, Status> {
+fn ts_ns(t: &crate::proto::Timestamp) -> Result<u64, Status> {
     let s = u64::try_from(t.seconds).map_err(|_| Status::invalid_argument("since/until: before 1970"))?;
     let n = u64::try_from(t.nanos).map_err(|_| Status::invalid_argument("since/until: negative nanos"))?;
     Ok(s.saturating_mul(1_000_000_000).saturating_add(n))
@@ -77,8 +77,8 @@ fn now_ns() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-fn timestamp(ns: u64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
+fn timestamp(ns: u64) -> crate::proto::Timestamp {
+    crate::proto::Timestamp {
         seconds: i64::try_from(ns / 1_000_000_000).unwrap_or(i64::MAX),
         nanos: i32::try_from(ns % 1_000_000_000).unwrap_or(0),
     }
