@@ -381,7 +381,7 @@ struct ct4_entry {
 enum event_type {
 	EVENT_DROP           = 1,
 	EVENT_TRACE          = 4,
-	EVENT_POLICY_VERDICT = 9,
+	EVENT_POLICY_VERDICT = 5,
 };
 
 /* Cilium's trace observation points (the sub_type of EVENT_TRACE). */

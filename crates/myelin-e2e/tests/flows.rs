@@ -131,7 +131,7 @@ fn kinds_between(sock: &std::path::Path, since: u64, a: &str, b: &str, want: &[K
 
 const TRACE: i32 = 4;
 const DROP: i32 = 1;
-const VERDICT: i32 = 9;
+const VERDICT: i32 = 5;
 const FWD: i32 = flow::Verdict::Forwarded as i32;
 const DROPPED: i32 = flow::Verdict::Dropped as i32;
 const TO_EP: i32 = flow::TraceObservationPoint::ToEndpoint as i32;
@@ -322,7 +322,7 @@ fn malformed_filters_and_requests_get_precise_errors() {
     use myelin_observe::proto::observer::GetFlowsRequest;
     let lab = LabGuard::up(LAB, "mflt");
     let sock = observer_socket(lab.lab());
-    let ts = |s: i64| Some(prost_types::Timestamp { seconds: s, nanos: 0 });
+    let ts = |s: i64| Some(myelin_observe::proto::Timestamp { seconds: s, nanos: 0 });
     let cases: Vec<(GetFlowsRequest, &str)> = vec![
         (
             observer::all(vec![FlowFilter { source_ip: vec!["10.0.0.300".into()], ..FlowFilter::default() }]),
@@ -379,7 +379,7 @@ fn follow_streams_new_flows_as_they_happen() {
     });
     let from_a = FlowFilter { source_pod: vec!["x/a".into()], ..FlowFilter::default() };
     // A follower from `start` sees the backlog, then a -> c sent once it has the backlog.
-    let since = prost_types::Timestamp {
+    let since = myelin_observe::proto::Timestamp {
         seconds: i64::try_from(start / 1_000_000_000).unwrap(),
         nanos: i32::try_from(start % 1_000_000_000).unwrap(),
     };

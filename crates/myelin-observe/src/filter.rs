@@ -21,7 +21,7 @@
 //! | `source_workload`, `destination_workload` | a `Workload{name, kind}`; an empty name or kind matches any |
 //! | `source_cluster_name`, `destination_cluster_name` | the side's cluster name, exactly (empty names are rejected) |
 //! | `verdict`, `traffic_direction`, `drop_reason_desc`, `ip_version` | enum values; unknown numbers are rejected; `drop_reason_desc` matches dropped flows only |
-//! | `event_type` | Cilium monitor type (1 drop, 4 trace, 9 policy verdict; 0 any) and, with `match_sub_type`, the sub type |
+//! | `event_type` | Cilium monitor type (1 drop, 4 trace, 5 policy verdict; 0 any) and, with `match_sub_type`, the sub type |
 //! | `protocol` | `tcp`, `udp`, `sctp`, `icmp` (v4 or v6), `icmpv4`, `icmpv6`, `vrrp`, `igmp`; case-insensitive |
 //! | `source_port`, `destination_port` | a decimal port; TCP, UDP and SCTP flows only |
 //! | `tcp_flags` | every flag set in one entry must be set on the (TCP) flow |
@@ -2044,7 +2044,7 @@ mod tests {
             src_port: *rng.pick(&[0u16, 80, 443]),
             dst_port: *rng.pick(&[0u16, 80, 443]),
             tcp_flags: rng.next() as u8,
-            event_type: *rng.pick(&[1u8, 4, 9]),
+            event_type: *rng.pick(&[1u8, 4, 5]),
             sub_type: *rng.pick(&[0u8, 3, 133]),
             verdict,
             drop_reason: if verdict == verdict::DROPPED { *rng.pick(&[133u8, 181, 0]) } else { 0 },

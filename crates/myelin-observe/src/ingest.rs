@@ -53,10 +53,7 @@ pub struct Ingest {
     next_seq: u64,
 }
 
-/// Cilium monitor event types (myelin_abi.h).
-const EVENT_DROP: u8 = 1;
-const EVENT_TRACE: u8 = 4;
-const EVENT_POLICY_VERDICT: u8 = 9;
+use myelin_bpf::{EVENT_DROP, EVENT_POLICY_VERDICT, EVENT_TRACE};
 
 impl Ingest {
     #[must_use]

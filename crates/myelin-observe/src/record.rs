@@ -92,7 +92,7 @@ pub struct FlowRecord {
     /// ICMP type and code (ICMPv4 or ICMPv6 by `protocol`).
     pub icmp_type: u8,
     pub icmp_code: u8,
-    /// Cilium monitor event type (1 drop, 4 trace, 9 policy verdict) and sub type.
+    /// Cilium monitor event type (1 drop, 4 trace, 5 policy verdict) and sub type.
     pub event_type: u8,
     pub sub_type: u8,
     /// [`verdict`].
