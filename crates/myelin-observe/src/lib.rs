@@ -14,6 +14,7 @@ pub mod dict;
 pub mod directory;
 pub mod filter;
 pub mod flowpb;
+pub mod history;
 pub mod ingest;
 pub mod pipeline;
 pub mod proto;
