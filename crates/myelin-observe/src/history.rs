@@ -60,7 +60,7 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
@@ -881,54 +881,89 @@ impl History {
                 }
             }
         }
-        let mut block = Block::default();
-        let mut buf = Vec::new();
-        if q.newest_first {
+        let clauses: Vec<Clause> =
+            q.hint.as_ref().map(|h| h.any_of.iter().map(Clause::new).collect()).unwrap_or_default();
+        let dec = Decoder::new(run.since, run.until, &clauses, &self.seg_dir);
+        let stats = if q.newest_first {
+            let mut stats = QueryStats::default();
             if run.records(open.iter().rev(), pred) {
-                for (f, b) in todo.iter().rev() {
-                    if !self.read_block(f, b, &mut buf, &mut run, &mut block, pred)? {
-                        break;
-                    }
-                }
+                stats = self.scan(Box::new(todo.iter().rev()), todo.len(), dec, &mut run, pred)?.0;
             }
             run.out.reverse();
+            stats
         } else {
-            let mut more = true;
-            for (f, b) in &todo {
-                if !self.read_block(f, b, &mut buf, &mut run, &mut block, pred)? {
-                    more = false;
-                    break;
-                }
-            }
+            let (stats, more) = self.scan(Box::new(todo.iter()), todo.len(), dec, &mut run, pred)?;
             if more {
                 run.records(open.iter(), pred);
             }
-        }
+            stats
+        };
+        run.stats.blocks_decoded += stats.blocks_decoded;
+        run.stats.blocks_skipped_time += stats.blocks_skipped_time;
+        run.stats.blocks_skipped_hint += stats.blocks_skipped_hint;
+        run.stats.blocks_corrupt += stats.blocks_corrupt;
         if run.stats.blocks_corrupt > 0 {
             warn!(dir = %self.dir.display(), blocks = run.stats.blocks_corrupt, "flow history: blocks that do not decode were skipped");
         }
         Ok((run.out, run.stats))
     }
 
-    /// Read one block and run the query over it; false once the limit is reached.
-    fn read_block(
+    /// Run the query over `blocks` (in the order given): without a hint and with many
+    /// blocks, decoded on a helper thread (reading, checking and decompressing overlap
+    /// with making records and the predicate, which stay on the calling thread).
+    /// Returns the decoder's counts and false once the limit is reached.
+    fn scan<'a>(
         &self,
-        f: &File,
-        b: &BlockRef,
-        buf: &mut Vec<u8>,
+        blocks: Box<dyn Iterator<Item = &'a (Arc<File>, BlockRef)> + Send + 'a>,
+        count: usize,
+        mut dec: Decoder<'_>,
         run: &mut QueryRun,
-        block: &mut Block,
         pred: &mut dyn FnMut(&FlowRecord) -> bool,
-    ) -> Result<bool, HistoryError> {
-        buf.resize(b.len as usize, 0);
-        match f.read_exact_at(buf, b.offset) {
-            Ok(()) => Ok(run.block(buf, block, pred)),
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                run.stats.blocks_corrupt += 1;
-                Ok(true)
+    ) -> Result<(QueryStats, bool), HistoryError> {
+        // With a hint, the calling thread has little to do per block: the hand-over
+        // between threads would cost more than it saves.
+        let parallel = dec.clauses.is_empty()
+            && count >= PARALLEL_BLOCKS
+            && std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
+        if !parallel {
+            let mut d = Decoded::default();
+            for (f, r) in blocks {
+                if dec.decode(f, r, &mut d)? && !run.consume(&d, pred) {
+                    return Ok((dec.stats, false));
+                }
             }
-            Err(e) => Err(io_err(&self.seg_dir, "reading a block")(e)),
+            return Ok((dec.stats, true));
         }
+        std::thread::scope(|sc| {
+            // Two decoded blocks in flight; the consumer hands them back for reuse.
+            let (tx, rx) = mpsc::sync_channel::<Decoded>(2);
+            let (back, spare) = mpsc::channel::<Decoded>();
+            let producer = std::thread::Builder::new()
+                .name("flow-query".into())
+                .spawn_scoped(sc, move || -> Result<QueryStats, HistoryError> {
+                    for (f, r) in blocks {
+                        let mut d = spare.try_recv().unwrap_or_default();
+                        if dec.decode(f, r, &mut d)? && tx.send(d).is_err() {
+                            break; // the consumer has all it wants
+                        }
+                    }
+                    Ok(dec.stats)
+                })
+                .map_err(io_err(&self.dir, "starting a query thread"))?;
+            let mut more = true;
+            while let Ok(d) = rx.recv() {
+                if !run.consume(&d, pred) {
+                    more = false;
+                    break;
+                }
+                let _ = back.send(d);
+            }
+            drop(rx);
+            match producer.join() {
+                Ok(stats) => Ok((stats?, more)),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        })
     }
 }
 
@@ -1027,36 +1062,124 @@ impl ClauseMaps {
     }
 }
 
-/// The state of one query.
+/// Queries without a hint reading at least this many blocks decode them on a helper thread.
+const PARALLEL_BLOCKS: usize = 8;
+
+/// A block ready for the predicate.
+#[derive(Default)]
+struct Decoded {
+    block: Block,
+    /// With a hint: the records it lets through (`hinted`).
+    candidates: Vec<u32>,
+    hinted: bool,
+    /// Every record is within the query's time range.
+    whole: bool,
+}
+
+/// The part of a query that needs no predicate: read a block, check it, evaluate the hint.
+struct Decoder<'a> {
+    since: u64,
+    until: Option<u64>,
+    clauses: &'a [Clause],
+    maps: Vec<ClauseMaps>,
+    /// Indices into `maps` of clauses the current block can satisfy.
+    live: Vec<usize>,
+    buf: Vec<u8>,
+    seg_dir: &'a Path,
+    stats: QueryStats,
+}
+
+impl<'a> Decoder<'a> {
+    fn new(since: u64, until: Option<u64>, clauses: &'a [Clause], seg_dir: &'a Path) -> Self {
+        Self {
+            since,
+            until,
+            clauses,
+            maps: clauses.iter().map(|_| ClauseMaps::default()).collect(),
+            live: Vec::new(),
+            buf: Vec::new(),
+            seg_dir,
+            stats: QueryStats::default(),
+        }
+    }
+
+    /// Read and decode block `r` of `f` into `d`; false when nothing in it can match
+    /// (or it does not decode: counted, skipped).
+    fn decode(&mut self, f: &File, r: &BlockRef, d: &mut Decoded) -> Result<bool, HistoryError> {
+        self.buf.resize(r.len as usize, 0);
+        match f.read_exact_at(&mut self.buf, r.offset) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                self.stats.blocks_corrupt += 1;
+                return Ok(false);
+            }
+            Err(e) => return Err(io_err(self.seg_dir, "reading a block")(e)),
+        }
+        let v = &self.buf;
+        let b = &mut d.block;
+        let Ok(h) = codec::read_header(v) else {
+            self.stats.blocks_corrupt += 1;
+            return Ok(false);
+        };
+        if h.max_time < self.since || self.until.is_some_and(|u| h.min_time >= u) {
+            self.stats.blocks_skipped_time += 1;
+            return Ok(false);
+        }
+        if b.load_tables(v).is_err() {
+            self.stats.blocks_corrupt += 1;
+            return Ok(false);
+        }
+        self.live.clear();
+        for (i, (c, m)) in self.clauses.iter().zip(self.maps.iter_mut()).enumerate() {
+            if m.prepare(c, b) {
+                self.live.push(i);
+            }
+        }
+        d.hinted = !self.clauses.is_empty();
+        if d.hinted && self.live.is_empty() {
+            self.stats.blocks_skipped_hint += 1;
+            return Ok(false);
+        }
+        if b.load_columns(v).is_err() {
+            self.stats.blocks_corrupt += 1;
+            return Ok(false);
+        }
+        self.stats.blocks_decoded += 1;
+        d.whole = h.min_time >= self.since && self.until.is_none_or(|u| h.max_time < u);
+        // With a hint: the records it lets through, from the index columns alone.
+        d.candidates.clear();
+        if d.hinted {
+            for i in 0..h.count as usize {
+                let (c, s, dst) = b.class_src_dst(i);
+                if self.live.iter().any(|&k| self.maps[k].pass(c, s, dst)) {
+                    d.candidates.push(i as u32);
+                }
+            }
+            if d.candidates.is_empty() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// The predicate's side of one query.
 struct QueryRun {
     since: u64,
     until: Option<u64>,
     newest_first: bool,
     limit: Option<usize>,
-    clauses: Vec<Clause>,
-    maps: Vec<ClauseMaps>,
-    /// Indices into `maps` of clauses the current block can satisfy.
-    live: Vec<usize>,
-    /// Records of the current block the hint lets through.
-    candidates: Vec<u32>,
     out: Vec<FlowRecord>,
     stats: QueryStats,
 }
 
 impl QueryRun {
     fn new(q: &Query) -> Self {
-        let clauses: Vec<Clause> =
-            q.hint.as_ref().map(|h| h.any_of.iter().map(Clause::new).collect()).unwrap_or_default();
-        let maps = clauses.iter().map(|_| ClauseMaps::default()).collect();
         Self {
             since: q.since_ns.unwrap_or(0),
             until: q.until_ns,
             newest_first: q.newest_first,
             limit: q.limit,
-            clauses,
-            maps,
-            live: Vec::new(),
-            candidates: Vec::new(),
             out: Vec::new(),
             stats: QueryStats::default(),
         }
@@ -1092,59 +1215,11 @@ impl QueryRun {
         true
     }
 
-    /// One stored block; false once the limit is reached.
-    fn block(&mut self, v: &[u8], b: &mut Block, pred: &mut dyn FnMut(&FlowRecord) -> bool) -> bool {
-        let h = match codec::read_header(v) {
-            Ok(h) => h,
-            Err(_) => {
-                self.stats.blocks_corrupt += 1;
-                return true;
-            }
-        };
-        if h.max_time < self.since || self.until.is_some_and(|u| h.min_time >= u) {
-            self.stats.blocks_skipped_time += 1;
-            return true;
-        }
-        if b.load_tables(v).is_err() {
-            self.stats.blocks_corrupt += 1;
-            return true;
-        }
-        self.live.clear();
-        if !self.clauses.is_empty() {
-            for (i, (c, m)) in self.clauses.iter().zip(self.maps.iter_mut()).enumerate() {
-                if m.prepare(c, b) {
-                    self.live.push(i);
-                }
-            }
-            if self.live.is_empty() {
-                self.stats.blocks_skipped_hint += 1;
-                return true;
-            }
-        }
-        if b.load_columns(v).is_err() {
-            self.stats.blocks_corrupt += 1;
-            return true;
-        }
-        self.stats.blocks_decoded += 1;
-        let n = b.header.count as usize;
-        // With a hint: the records it lets through, from the index columns alone.
-        let hinted = !self.clauses.is_empty();
-        if hinted {
-            self.candidates.clear();
-            for i in 0..n {
-                let (c, s, d) = b.class_src_dst(i);
-                if self.live.iter().any(|&k| self.maps[k].pass(c, s, d)) {
-                    self.candidates.push(i as u32);
-                }
-            }
-            if self.candidates.is_empty() {
-                return true;
-            }
-        }
-        let whole = h.min_time >= self.since && self.until.is_none_or(|u| h.max_time < u);
-        let candidates = std::mem::take(&mut self.candidates);
+    /// The records of a decoded block through the predicate; false once the limit is reached.
+    fn consume(&mut self, d: &Decoded, pred: &mut dyn FnMut(&FlowRecord) -> bool) -> bool {
+        let b = &d.block;
         let mut visit = |this: &mut Self, i: usize| -> bool {
-            if !whole && !this.in_range(b.time(i)) {
+            if !d.whole && !this.in_range(b.time(i)) {
                 return true;
             }
             let r = b.record(i);
@@ -1157,14 +1232,13 @@ impl QueryRun {
             }
             true
         };
-        let more = match (hinted, self.newest_first) {
-            (true, false) => candidates.iter().all(|&i| visit(self, i as usize)),
-            (true, true) => candidates.iter().rev().all(|&i| visit(self, i as usize)),
+        let n = b.header.count as usize;
+        match (d.hinted, self.newest_first) {
+            (true, false) => d.candidates.iter().all(|&i| visit(self, i as usize)),
+            (true, true) => d.candidates.iter().rev().all(|&i| visit(self, i as usize)),
             (false, false) => (0..n).all(|i| visit(self, i)),
             (false, true) => (0..n).rev().all(|i| visit(self, i)),
-        };
-        self.candidates = candidates;
-        more
+        }
     }
 }
 
