@@ -281,7 +281,7 @@ impl Workload {
             r.flags |= flags::TUNNEL;
         }
         if pv {
-            r.event_type = 9;
+            r.event_type = 5; // policy verdict
             r.obs_point = 0;
             r.policy_verdict = if drop { 2 } else { 1 };
             r.match_type = 2;

@@ -289,7 +289,7 @@ fn cluster_records(n: u64, rng: &mut Rng, rare_pod_every: u64) -> Vec<FlowRecord
             r.dst_identity = 1000 + b / 4;
             r.verdict = if rng.below(20) == 0 { verdict::DROPPED } else { verdict::FORWARDED };
             r.protocol = [6, 17, 1][rng.below(3) as usize];
-            r.event_type = [1, 4, 9][rng.below(3) as usize];
+            r.event_type = [1, 4, 5][rng.below(3) as usize];
             r.traffic_direction = rng.below(3) as u8;
             r.drop_reason = if r.verdict == verdict::DROPPED { 133 } else { 0 };
             r
@@ -357,7 +357,7 @@ fn block_hints_skip_blocks_and_never_change_results() {
                 (rng.below(3) == 0).then(|| vals.iter().copied().filter(|_| rng.below(2) == 0).collect())
             };
             c.verdict = small(&[0, 1, 2]);
-            c.event_type = small(&[1, 4, 9]);
+            c.event_type = small(&[1, 4, 5]);
             c.protocol = small(&[1, 6, 17]);
             c.drop_reason = small(&[0, 133]);
             c.traffic_direction = small(&[0, 1, 2]);
