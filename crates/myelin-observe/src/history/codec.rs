@@ -18,15 +18,26 @@
 //!   reasons, ...) and the rule id together;
 //! - locals: (ifindex, endpoint id, tunnel remote, Ethernet source and destination).
 //!
-//! Entries are numbered by how often the block uses them, so the common ones
-//! take one byte. The columns: time (zigzag varint of the difference to the
-//! previous record), sequence (varint of the gap minus one: a run of zeros),
-//! the four table indices (varints), ports (low and high byte planes), packet
-//! length and handshake latency (varints).
+//! Entries are numbered by how often the block uses them, so that the high
+//! byte of an index into a large table is mostly zero (LZ4 then shrinks it).
+//!
+//! Columns are byte planes: a column is the number of bytes its largest value
+//! needs (0 to 8), then the lowest byte of every record, then the next byte
+//! of every record, and so on. Any field of any record is read directly
+//! (no varint to walk), and bytes that rarely change sit together for LZ4.
+//! The columns: time (offset from the block's earliest), sequence (gap from
+//! `first_seq + i`: no plane at all when consecutive), the four table
+//! indices, source and destination ports, packet length, handshake latency.
 //!
 //! The tables are compressed apart from the columns: a query reads them first
 //! and skips the block without decompressing its columns when no entry could
 //! match (see [`super::BlockHint`]).
+//!
+//! Measured (observe-bench's workload, 8,192 records per block): about 14
+//! bytes per flow. zstd at levels 1 to 6 made the columns only 10-12 %
+//! smaller and decoded them 3-4 times slower than LZ4: not worth a C
+//! dependency. 4,096 records per block cost 15 bytes per flow, 16,384 and
+//! 32,768 about 13.3.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
@@ -283,7 +294,7 @@ pub struct Encoder {
 }
 
 #[inline]
-pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -372,8 +383,8 @@ impl Encoder {
         let tables_len = compress_into(raw, out);
 
         // Columns: every value as byte planes, so that a query reads any field of any
-        // record directly. Time is the offset from the block's first instant; the
-        // sequence number the gap from `first_seq + i` (zero planes when consecutive).
+        // record directly. Time is the offset from the block's earliest; the sequence
+        // number the gap from `first_seq + i` (no plane when consecutive).
         let first_seq = records.first().map_or(0, |r| r.seq);
         let last_seq = records.last().map_or(0, |r| r.seq);
         raw.clear();
