@@ -123,6 +123,11 @@ pub enum HistoryError {
     Config { path: PathBuf, field: &'static str, message: String },
     #[error("flow history {path}: {what}: {source} (check free space and that the agent may write there)")]
     Io { path: PathBuf, what: String, source: std::io::Error },
+    #[error(
+        "flow history {path}: another process (an agent of the same node?) has it open; \
+         stop it or give this agent its own flow_history_dir"
+    )]
+    Locked { path: PathBuf },
 }
 
 fn io_err(path: &Path, what: impl Into<String>) -> impl FnOnce(std::io::Error) -> HistoryError {
@@ -293,6 +298,8 @@ pub struct History {
     writer: Mutex<Writer>,
     dict: Mutex<DictLog>,
     last_seq: AtomicU64,
+    /// Held while open (flock on `LOCK`).
+    _lock: nix::fcntl::Flock<File>,
 }
 
 impl std::fmt::Debug for History {
@@ -411,6 +418,16 @@ impl History {
             cfg.segment_max_span.unwrap_or((cfg.max_age / 24).clamp(Duration::from_secs(1), Duration::from_secs(3600)));
         let seg_dir = dir.join(SEGMENTS);
         std::fs::create_dir_all(&seg_dir).map_err(io_err(&seg_dir, "creating the directory"))?;
+        // One process at a time: two writers would interleave frames.
+        let lock_path = dir.join("LOCK");
+        let lock_file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path, "opening the lock file"))?;
+        let lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|_| HistoryError::Locked { path: path.clone() })?;
 
         // Segments, oldest first.
         let mut ids: Vec<u64> = Vec::new();
@@ -482,6 +499,7 @@ impl History {
         let dict_len = frames.iter().filter_map(|f| parse_dict_payload(f)).map(|(id, _)| id).max().unwrap_or(0);
 
         let h = Self {
+            _lock: lock,
             dir: path,
             seg_dir,
             segment_max_bytes,

@@ -4,7 +4,7 @@
 //! ```text
 //!  events ring (BPF) -> [ingest thread] decode + name (dictionary) -> FlowRecord
 //!                            |-> Ring (in memory, snapshots)  -> Observer gRPC (GetFlows, follow)
-//!                            |-> History (fjall, compressed blocks, retention) -> GetFlows since/until
+//!                            |-> History (append-only segments of LZ4 blocks, retention) -> GetFlows since/until
 //!                            '-> Metrics (Prometheus, Hubble's names)
 //! ```
 #![forbid(unsafe_code)]

@@ -649,3 +649,14 @@ fn serves_as_the_observer_flow_store() {
     let got = store.query(Some(T0 + 10_000), Some(T0 + 20_000), true, Some(3), &mut |_| true).unwrap();
     same(&got, &recs[17..20], "the last three of [10, 20)");
 }
+
+#[test]
+fn a_second_opener_is_refused_while_the_first_holds_the_history() {
+    let dir = TempDir::new("lock");
+    let h = History::open(dir.path(), cfg()).unwrap();
+    let e = History::open(dir.path(), cfg()).err().expect("a second open must fail");
+    assert!(matches!(e, HistoryError::Locked { .. }), "{e}");
+    assert!(e.to_string().contains("flow_history_dir"), "{e}");
+    drop(h);
+    History::open(dir.path(), cfg()).expect("free again once the first is closed");
+}
