@@ -202,10 +202,11 @@ pub async fn run(cfg: Config) -> Result<()> {
         snapshots.clone(),
         tokio::runtime::Handle::current(),
     )?;
-    let dict = myelin_observe::dict::Dictionary::new();
-    let observability = crate::observe::start(&cfg, &datapath, snapshots.clone(), Vec::new(), None, dict, 1)
-        .await
-        .context("starting flow observability")?;
+    let observability = Arc::new(
+        crate::observe::start(&cfg, &datapath, snapshots.clone(), Vec::new())
+            .await
+            .context("starting flow observability")?,
+    );
     let gc = gc::spawn(datapath.clone(), Duration::from_secs(cfg.gc_interval_s))?;
 
     let status = Status {
@@ -239,9 +240,19 @@ pub async fn run(cfg: Config) -> Result<()> {
             gc_runs: 0,
             gc_removed: 0,
         },
+        flows: None,
     };
-    let state =
-        Arc::new(AgentState { snapshots, endpoints, policy, plumber, datapath, gc, status, debug_api: cfg.debug_api });
+    let state = Arc::new(AgentState {
+        snapshots,
+        endpoints,
+        policy,
+        plumber,
+        datapath,
+        gc,
+        observability: Some(observability.clone()),
+        status,
+        debug_api: cfg.debug_api,
+    });
 
     if let Some(dir) = cfg.socket.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -259,7 +270,9 @@ pub async fn run(cfg: Config) -> Result<()> {
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown_signal()).await?;
     let _ = std::fs::remove_file(&cfg.socket);
     let _ = std::fs::remove_file(cfg.observer_socket());
-    drop(observability);
+    // Ingest stops; the history writer stores its open block.
+    let obs = observability.clone();
+    let _ = tokio::task::spawn_blocking(move || obs.observer.stop()).await;
     info!("stopped; the datapath keeps forwarding");
     Ok(())
 }

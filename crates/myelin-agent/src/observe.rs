@@ -13,6 +13,7 @@ use anyhow::{Context, Result};
 use myelin_bpf::{Datapath, EventSettings, MonitorAggregation};
 use myelin_observe::dict::{Dictionary, EndpointDesc};
 use myelin_observe::directory::{Directory, PolicyName};
+use myelin_observe::history::{History, HistoryConfig, HistoryWriter, WriterConfig};
 use myelin_observe::pipeline::{self, Observer, PipelineConfig, Sink};
 use myelin_observe::server::{FlowStore, ObserverService};
 use myelin_policy::Labels;
@@ -104,17 +105,80 @@ impl Directory for AgentDirectory {
 /// The running observer.
 pub struct Observability {
     pub observer: Arc<Observer>,
+    pub history: Option<Arc<History>>,
 }
 
-/// Apply the event settings, start ingest and serve the Observer API.
+impl Observability {
+    /// Buffers and counters, for the agent's status (reads the history's files: blocking).
+    #[must_use]
+    pub fn status(&self) -> myelin_api::FlowStatus {
+        let ring = self.observer.ring.view();
+        let history = self.history.as_ref().and_then(|h| {
+            let st = h.stats().ok()?;
+            Some(myelin_api::FlowHistoryStatus {
+                dir: h.dir().display().to_string(),
+                stored: st.records,
+                buffered: st.buffered as u64,
+                disk_bytes: st.disk_bytes,
+                oldest_ns: st.oldest_ns,
+                newest_ns: st.newest_ns,
+                last_seq: st.last_seq,
+            })
+        });
+        myelin_api::FlowStatus {
+            ring_flows: ring.len,
+            ring_capacity: self.observer.ring.capacity(),
+            seen: self.observer.stats.seen.load(Ordering::Relaxed),
+            lost: self.observer.stats.lost_kernel.load(Ordering::Relaxed),
+            history,
+        }
+    }
+}
+
+/// Open the durable flow history (when configured): the dictionary gets its stored
+/// entries back (ids keep their meaning) and sequence numbers go on from the last
+/// stored one.
+fn open_history(cfg: &Config, dict: &Arc<Dictionary>) -> Result<OpenedHistory> {
+    let Some(dir) = &cfg.flow_history_dir else {
+        info!("no flow_history_dir: flows are kept in memory only");
+        return Ok(OpenedHistory { history: None, first_seq: 1, writer: None });
+    };
+    let hc = HistoryConfig {
+        max_bytes: cfg.flow_history_max_mb.saturating_mul(1024 * 1024),
+        max_age: Duration::from_secs(cfg.flow_history_max_age_hours.saturating_mul(3600)),
+        ..HistoryConfig::default()
+    };
+    let history = Arc::new(History::open(dir, hc).with_context(|| {
+        format!(
+            "opening the flow history (flow_history_dir {}, flow_history_max_mb {}, flow_history_max_age_hours {})",
+            dir.display(),
+            cfg.flow_history_max_mb,
+            cfg.flow_history_max_age_hours
+        )
+    })?);
+    let entries = history.dict_entries().context("reading the flow history's dictionary")?;
+    let restored = entries.len();
+    dict.restore(entries);
+    let first_seq = history.last_seq() + 1;
+    let writer = HistoryWriter::spawn(history.clone(), dict.clone(), WriterConfig::default())
+        .context("starting the flow history writer")?;
+    info!(dir = %dir.display(), restored, first_seq, "flow history open");
+    Ok(OpenedHistory { history: Some(history), first_seq, writer: Some(Box::new(writer)) })
+}
+
+/// The history, the first sequence number of this run, and the history's writer sink.
+struct OpenedHistory {
+    history: Option<Arc<History>>,
+    first_seq: u64,
+    writer: Option<Box<dyn Sink>>,
+}
+
+/// Apply the event settings, open the history, start ingest and serve the Observer API.
 pub async fn start(
     cfg: &Config,
     datapath: &Arc<Datapath>,
     snapshots: Arc<Snapshots>,
-    sinks: Vec<Box<dyn Sink>>,
-    history: Option<Arc<dyn FlowStore>>,
-    dict: Arc<Dictionary>,
-    first_seq: u64,
+    mut sinks: Vec<Box<dyn Sink>>,
 ) -> Result<Observability> {
     let settings = EventSettings {
         aggregation: MonitorAggregation::parse(&cfg.monitor_aggregation)?,
@@ -122,6 +186,12 @@ pub async fn start(
         ..EventSettings::default()
     };
     datapath.set_event_settings(&settings)?;
+    let dict = Dictionary::new();
+    let OpenedHistory { history, first_seq, writer } = {
+        let (cfg, dict) = (cfg.clone(), dict.clone());
+        tokio::task::spawn_blocking(move || open_history(&cfg, &dict)).await??
+    };
+    sinks.extend(writer);
     let directory: Arc<dyn Directory> = Arc::new(AgentDirectory { snapshots, node: cfg.node_name.clone() });
     let pc = PipelineConfig {
         pin_dir: datapath.pin_dir().to_path_buf(),
@@ -130,7 +200,8 @@ pub async fn start(
         first_seq,
     };
     let observer = pipeline::start(&pc, directory, dict, sinks).context("starting flow ingest")?;
-    let service = ObserverService::new(observer.clone(), history);
+    let store: Option<Arc<dyn FlowStore>> = history.clone().map(|h| h as Arc<dyn FlowStore>);
+    let service = ObserverService::new(observer.clone(), store);
 
     let path = cfg.observer_socket();
     if let Some(dir) = path.parent() {
@@ -158,5 +229,5 @@ pub async fn start(
         });
         info!(%addr, "serving the Observer API on TCP");
     }
-    Ok(Observability { observer })
+    Ok(Observability { observer, history })
 }

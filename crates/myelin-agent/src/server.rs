@@ -32,6 +32,7 @@ pub struct AgentState {
     pub plumber: Plumber,
     pub datapath: Arc<Datapath>,
     pub gc: Arc<GcStats>,
+    pub observability: Option<Arc<crate::observe::Observability>>,
     /// Everything of the status that does not change after start.
     pub status: Status,
     pub debug_api: bool,
@@ -133,6 +134,10 @@ async fn status(State(s): State<Shared>) -> Json<Status> {
     st.adopted_endpoints = eps.adopted;
     st.datapath.gc_runs = s.gc.runs.load(Ordering::Relaxed);
     st.datapath.gc_removed = s.gc.removed.load(Ordering::Relaxed);
+    if let Some(o) = s.observability.clone() {
+        // The history's figures read its files: off the async workers.
+        st.flows = tokio::task::spawn_blocking(move || o.status()).await.ok();
+    }
     Json(st)
 }
 

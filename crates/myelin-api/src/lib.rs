@@ -153,6 +153,40 @@ pub struct Status {
     pub adopted_endpoints: usize,
     #[serde(default)]
     pub datapath: DatapathStatus,
+    /// Flow observability (None: not started).
+    #[serde(default)]
+    pub flows: Option<FlowStatus>,
+}
+
+/// The observer's buffers and counters (part of [`Status`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowStatus {
+    /// Flows the in-memory ring holds, and can hold.
+    pub ring_flows: usize,
+    pub ring_capacity: usize,
+    /// Flows seen since the agent started.
+    pub seen: u64,
+    /// Events the datapath could not queue (ring buffer full), since the maps were created.
+    pub lost: u64,
+    /// The durable history (None: flows are kept in memory only).
+    pub history: Option<FlowHistoryStatus>,
+}
+
+/// The durable flow history (part of [`FlowStatus`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowHistoryStatus {
+    pub dir: String,
+    /// Flows stored in blocks on disk.
+    pub stored: u64,
+    /// Flows appended but still in the open block (on disk within a second).
+    pub buffered: u64,
+    /// Bytes of the history's files.
+    pub disk_bytes: u64,
+    /// Time range stored (unix ns).
+    pub oldest_ns: Option<u64>,
+    pub newest_ns: Option<u64>,
+    /// The newest stored sequence number.
+    pub last_seq: u64,
 }
 
 /// What the datapath loader found and did (part of [`Status`]).

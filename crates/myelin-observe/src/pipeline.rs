@@ -55,11 +55,24 @@ pub struct Observer {
     pub started: Instant,
     pub node: String,
     stop: Arc<AtomicBool>,
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Observer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Observer").field("node", &self.node).finish_non_exhaustive()
+    }
+}
+
+impl Observer {
+    /// Stop ingest and wait for it: the sinks are dropped (the history writer flushes
+    /// its open block). Blocking; idempotent.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let handle = self.thread.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
     }
 }
 
@@ -100,15 +113,17 @@ pub fn start(
         started: Instant::now(),
         node: directory.node_name(),
         stop: stop.clone(),
+        thread: std::sync::Mutex::new(None),
     });
     let pin_dir = config.pin_dir.clone();
     let poll = config.poll_interval;
     let first_seq = config.first_seq;
-    std::thread::Builder::new().name("flow-ingest".into()).spawn(move || {
+    let handle = std::thread::Builder::new().name("flow-ingest".into()).spawn(move || {
         if let Err(e) = run(&pin_dir, poll, first_seq, &ring, &stats, &stop, directory, dict, &mut sinks) {
             warn!(error = %e, "flow ingest stopped: flows are NOT observed");
         }
     })?;
+    *observer.thread.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(handle);
     Ok(observer)
 }
 

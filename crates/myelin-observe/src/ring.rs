@@ -65,8 +65,7 @@ pub struct Ring {
 }
 
 impl Ring {
-    /// A ring holding at most `capacity` records (at least one chunk's worth
-    /// is always kept).
+    /// A ring holding the newest `capacity` records (at least 1).
     #[must_use]
     pub fn new(capacity: usize) -> Arc<Self> {
         let (newest, _) = watch::channel(0);
@@ -101,9 +100,16 @@ impl Ring {
         let mut chunks = old.chunks.clone();
         let mut len = old.len + chunk.records.len();
         chunks.push_back(chunk);
-        while len > self.capacity && chunks.len() > 1 {
-            if let Some(c) = chunks.pop_front() {
-                len -= c.records.len();
+        // Drop the oldest records beyond the capacity: whole chunks, then the
+        // oldest part of the front chunk (copied: readers may hold it).
+        while len > self.capacity {
+            let excess = len - self.capacity;
+            let Some(front) = chunks.pop_front() else { break };
+            if front.records.len() <= excess {
+                len -= front.records.len();
+            } else {
+                chunks.push_front(Arc::new(Chunk { records: front.records[excess..].to_vec() }));
+                len -= excess;
             }
         }
         self.view.store(Arc::new(RingView { chunks, len }));
@@ -129,12 +135,17 @@ mod tests {
         ring.publish(recs(5, 4));
         ring.publish(recs(9, 4));
         let v = ring.view();
-        assert_eq!(v.len, 8, "oldest chunk dropped to stay within 10");
-        assert_eq!((v.first_seq(), v.last_seq()), (Some(5), Some(12)));
+        assert_eq!(v.len, 10, "exactly the newest 10");
+        assert_eq!((v.first_seq(), v.last_seq()), (Some(3), Some(12)));
         assert_eq!(early.len, 4, "an old snapshot is unaffected");
         assert!(rx.has_changed().unwrap());
         assert_eq!(*rx.borrow_and_update(), 12);
         let seqs: Vec<u64> = v.iter().map(|r| r.seq).collect();
-        assert_eq!(seqs, (5..=12).collect::<Vec<_>>());
+        assert_eq!(seqs, (3..=12).collect::<Vec<_>>());
+        assert_eq!(early.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4], "its records too");
+        // A chunk larger than the ring: its newest records.
+        ring.publish(recs(13, 25));
+        let v = ring.view();
+        assert_eq!((v.len, v.first_seq(), v.last_seq()), (10, Some(28), Some(37)));
     }
 }

@@ -154,26 +154,32 @@ impl ObserverService {
         }
         let limit = (p.number > 0).then_some(p.number);
         let ring_first = ring.iter().next().map(|r| (r.time_ns, r.seq));
-        let mut out: Vec<FlowRecord> = Vec::new();
-        // Older than the ring: from history (only when the range reaches before the ring).
-        let wants_history = match (p.since, ring_first) {
-            (_, None) => true,
-            (Some(s), Some((t, _))) => s < t,
-            (None, Some(_)) => limit.is_some_and(|n| n > ring.len) || p.first || limit.is_none(),
+        let ring_matches: Vec<FlowRecord> = ring.iter().filter(|r| in_range(r) && m(r, &dict, node)).copied().collect();
+        // Older than the ring: from history, when the range reaches before the ring and
+        // the ring alone does not already give the newest `number` (--last N).
+        let history_limit = match limit {
+            Some(n) if !p.first => n.checked_sub(ring_matches.len()).filter(|k| *k > 0),
+            other => other,
         };
+        let wants_history = match ring_first {
+            None => true,
+            Some((t, _)) => p.since.is_none_or(|s| s <= t) && (p.first || limit.is_none() || history_limit.is_some()),
+        };
+        let mut out: Vec<FlowRecord> = Vec::new();
         if let (true, Some(h)) = (wants_history, &self.history) {
+            // Up to the ring's first record (inclusive of its time: records of the same
+            // nanosecond with older sequence numbers are only in history).
             let until = match (p.until, ring_first) {
-                (Some(u), Some((t, _))) => Some(u.min(t)),
+                (Some(u), Some((t, _))) => Some(u.min(t.saturating_add(1))),
                 (u, None) => u,
-                (None, Some((t, _))) => Some(t),
+                (None, Some((t, _))) => Some(t.saturating_add(1)),
             };
             let mut pred = |r: &FlowRecord| m(r, &dict, node);
             let older = h
-                .query(p.since, until, !p.first, limit, &mut pred)
+                .query(p.since, until, !p.first, history_limit, &mut pred)
                 .map_err(|e| Status::internal(format!("reading the flow history: {e}")))?;
             out.extend(older.into_iter().filter(|r| ring_first.is_none_or(|(_, s)| r.seq < s)));
         }
-        let ring_matches = ring.iter().filter(|r| in_range(r) && m(r, &dict, node)).copied();
         out.extend(ring_matches);
         if let Some(n) = limit {
             if p.first {

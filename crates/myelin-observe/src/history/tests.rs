@@ -654,7 +654,7 @@ fn serves_as_the_observer_flow_store() {
 fn a_second_opener_is_refused_while_the_first_holds_the_history() {
     let dir = TempDir::new("lock");
     let h = History::open(dir.path(), cfg()).unwrap();
-    let e = History::open(dir.path(), cfg()).err().expect("a second open must fail");
+    let e = History::open(dir.path(), cfg()).expect_err("a second open must fail");
     assert!(matches!(e, HistoryError::Locked { .. }), "{e}");
     assert!(e.to_string().contains("flow_history_dir"), "{e}");
     drop(h);
