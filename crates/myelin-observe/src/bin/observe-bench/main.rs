@@ -3,7 +3,10 @@
 //! ```text
 //! observe-bench [--records N] [--block-records N] [--dir PATH] [--repeat N] [--only QUERY-NAME-PART]
 //! observe-bench --write-until-killed DIR     (helper of the SIGKILL test: appends and reports flushed seqs)
+//! observe-bench pipeline [--rates 250000,500000,1000000,1500000] [--rounds 3] [--seconds 3]   (root)
 //! ```
+//!
+//! `pipeline` measures the whole ingest path with events from the kernel (see pipeline.rs).
 //!
 //! One run prints: append throughput (History::append on one thread, and
 //! through the writer thread paced at 1,000,000 flows/s), bytes per stored
@@ -20,6 +23,8 @@ use myelin_observe::dict::{Dictionary, EndpointDesc};
 use myelin_observe::history::{BlockHint, HintClause, History, HistoryConfig, HistoryWriter, Query, WriterConfig};
 use myelin_observe::pipeline::Sink;
 use myelin_observe::record::{flags, point, tcp, verdict, FlowRecord};
+
+mod pipeline;
 
 type Result<T> = std::result::Result<T, Box<dyn Error>>;
 
@@ -384,7 +389,28 @@ fn parse_args() -> Result<Option<Args>> {
         repeat: 3,
         only: None,
     };
-    let mut it = std::env::args().skip(1);
+    let mut it = std::env::args().skip(1).peekable();
+    if it.peek().map(String::as_str) == Some("pipeline") {
+        it.next();
+        let mut p =
+            pipeline::PipelineArgs { rates: vec![250_000, 500_000, 1_000_000, 1_500_000], rounds: 3, seconds: 3.0 };
+        while let Some(arg) = it.next() {
+            let mut val = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
+            match arg.as_str() {
+                "--rates" => {
+                    p.rates = val("--rates")?
+                        .split(',')
+                        .map(|r| r.trim().parse::<u64>().map_err(|e| format!("--rates {r:?}: {e}")))
+                        .collect::<std::result::Result<_, _>>()?;
+                }
+                "--rounds" => p.rounds = val("--rounds")?.parse().map_err(|e| format!("--rounds: {e}"))?,
+                "--seconds" => p.seconds = val("--seconds")?.parse().map_err(|e| format!("--seconds: {e}"))?,
+                other => return Err(format!("pipeline: unknown argument {other:?}").into()),
+            }
+        }
+        pipeline::run(&p)?;
+        return Ok(None);
+    }
     while let Some(arg) = it.next() {
         let mut val = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
         match arg.as_str() {
