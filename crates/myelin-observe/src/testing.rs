@@ -30,6 +30,12 @@
 //! // Dropping `prom` kills Prometheus and removes its directory (also on panic).
 //! ```
 //!
+//! In a lab, the agents' metrics addresses are only reachable from the lab's
+//! namespaces: start Prometheus in one with `command_prefix: vec!["nsenter".into(),
+//! "--net=/run/netns/NAME".into()]` and give a [`Connector`] that opens its TCP
+//! connections from a thread that entered the same namespace (`setns`), so the
+//! test can reach the API on that namespace's 127.0.0.1.
+//!
 //! `Prometheus::start` needs Debian's `prometheus` (`scripts/setup.sh` installs
 //! it) or `MYELIN_PROMETHEUS=/path/to/prometheus`; `promtool_check_metrics`
 //! needs its `promtool` (or `MYELIN_PROMTOOL`). Both fail with a message saying
@@ -202,10 +208,36 @@ pub fn sample_sum(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f6
 // HTTP (enough for Prometheus' API)
 // ---------------------------------------------------------------------------
 
+/// Opens TCP connections, e.g. from inside a network namespace: a socket keeps
+/// the namespace it was created in, so a function that creates it on a thread
+/// that entered the namespace returns a stream any thread can use.
+#[derive(Clone)]
+pub struct Connector(pub Arc<dyn Fn(SocketAddr, Duration) -> std::io::Result<TcpStream> + Send + Sync>);
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Connector")
+    }
+}
+
 /// `GET path` over HTTP/1.0 (the server closes the connection after the body).
 pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, String), TestingError> {
+    http_get_via(None, addr, path, timeout)
+}
+
+/// [`http_get`] over a connection `connect` opens (None: from this thread's namespace).
+pub fn http_get_via(
+    connect: Option<&Connector>,
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Result<(u16, String), TestingError> {
     let what = format!("GET http://{addr}{path}");
-    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(io(what.clone()))?;
+    let s = match connect {
+        Some(c) => (c.0)(addr, timeout),
+        None => TcpStream::connect_timeout(&addr, timeout),
+    };
+    let mut s = s.map_err(io(what.clone()))?;
     s.set_read_timeout(Some(timeout)).map_err(io(what.clone()))?;
     s.set_write_timeout(Some(timeout)).map_err(io(what.clone()))?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: application/json\r\n\r\n").map_err(io(what.clone()))?;
@@ -262,11 +294,23 @@ pub struct PrometheusOptions {
     pub scrape_interval: Duration,
     /// How long Prometheus may take to become ready.
     pub start_timeout: Duration,
+    /// Run Prometheus through this command, e.g. `["nsenter", "--net=/run/netns/NAME"]`
+    /// to scrape targets only reachable from a network namespace (a lab's). It must
+    /// exec Prometheus (not fork it), so that killing the child kills Prometheus.
+    pub command_prefix: Vec<String>,
+    /// How to reach Prometheus' API (on 127.0.0.1 of its namespace); None: directly.
+    pub connect: Option<Connector>,
 }
 
 impl Default for PrometheusOptions {
     fn default() -> Self {
-        Self { targets: Vec::new(), scrape_interval: Duration::from_secs(1), start_timeout: Duration::from_secs(30) }
+        Self {
+            targets: Vec::new(),
+            scrape_interval: Duration::from_secs(1),
+            start_timeout: Duration::from_secs(30),
+            command_prefix: Vec::new(),
+            connect: None,
+        }
     }
 }
 
@@ -285,6 +329,7 @@ pub struct Prometheus {
     dir: PathBuf,
     addr: SocketAddr,
     jobs: Vec<String>,
+    connect: Option<Connector>,
 }
 
 impl Drop for Prometheus {
@@ -322,6 +367,7 @@ impl Prometheus {
             dir,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             jobs: opts.targets.iter().map(|t| t.job.clone()).collect(),
+            connect: opts.connect.clone(),
         };
         std::fs::create_dir_all(me.dir.join("data")).map_err(io(format!("creating {}", me.dir.display())))?;
         let interval = duration_str(opts.scrape_interval);
@@ -345,7 +391,15 @@ impl Prometheus {
             let log_path = me.dir.join("prometheus.log");
             let log = std::fs::File::create(&log_path).map_err(io(format!("creating {}", log_path.display())))?;
             let log2 = log.try_clone().map_err(io("log file"))?;
-            let child = Command::new(&binary)
+            let mut cmd = match opts.command_prefix.split_first() {
+                Some((first, rest)) => {
+                    let mut c = Command::new(first);
+                    c.args(rest).arg(&binary);
+                    c
+                }
+                None => Command::new(&binary),
+            };
+            let child = cmd
                 .arg(format!("--config.file={}", config_path.display()))
                 .arg(format!("--storage.tsdb.path={}", me.dir.join("data").display()))
                 .arg(format!("--web.listen-address={}", me.addr))
@@ -371,7 +425,7 @@ impl Prometheus {
                         )));
                     }
                 }
-                if let Ok((200, _)) = http_get(me.addr, "/-/ready", Duration::from_secs(1)) {
+                if let Ok((200, _)) = http_get_via(me.connect.as_ref(), me.addr, "/-/ready", Duration::from_secs(1)) {
                     return Ok(me);
                 }
                 if Instant::now() > deadline {
@@ -400,6 +454,12 @@ impl Prometheus {
         &self.dir
     }
 
+    /// The process id of Prometheus (None once it exited).
+    #[must_use]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Its log so far.
     #[must_use]
     pub fn log(&self) -> String {
@@ -407,7 +467,7 @@ impl Prometheus {
     }
 
     fn api(&self, path: &str) -> Result<serde_json::Value, TestingError> {
-        let (status, body) = http_get(self.addr, path, Duration::from_secs(10))?;
+        let (status, body) = http_get_via(self.connect.as_ref(), self.addr, path, Duration::from_secs(10))?;
         let v: serde_json::Value = serde_json::from_str(&body)
             .map_err(|e| TestingError::Failed(format!("GET {path}: {status}: not JSON ({e}): {body}")))?;
         if v["status"] != "success" {
@@ -785,5 +845,37 @@ impl Synthetic {
             }),
             self.rec(host, w, (1, 1002), tcp_(80, tcp::SYN)),
         ]
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_is_killed_and_its_directory_removed_even_on_panic() {
+        let seen = std::sync::Mutex::new(None);
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let prom = Prometheus::start(&PrometheusOptions::default()).expect("start prometheus");
+            assert_eq!(prom.query("vector(42)").unwrap()[0].value, 42.0);
+            *seen.lock().unwrap() = Some((prom.pid().unwrap(), prom.dir().to_path_buf()));
+            panic!("a failing test");
+        }));
+        assert!(result.is_err());
+        let (pid, dir) = seen.lock().unwrap().clone().expect("prometheus ran");
+        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "prometheus {pid} still runs");
+        assert!(!dir.exists(), "{} still exists", dir.display());
+    }
+
+    #[test]
+    fn samples_parse_with_escapes() {
+        let s = parse_samples("# HELP x y z\na{b=\"c\\\"d\",e=\"\\n\"} 2.5\nf 1e3 123\ng +Inf\n").unwrap();
+        assert_eq!(s.len(), 3);
+        assert_eq!(s[0].labels["b"], "c\"d");
+        assert_eq!(s[0].labels["e"], "\n");
+        assert_eq!(sample_value(&s, "a", &[("b", "c\"d"), ("e", "\n")]), Some(2.5));
+        assert_eq!(sample_value(&s, "f", &[]), Some(1000.0));
+        assert_eq!(sample_value(&s, "g", &[]), Some(f64::INFINITY));
     }
 }

@@ -18,7 +18,7 @@ use myelin_observe::metrics::{
     AgentSource, AgentStats, LostSource, MapUse, Metrics, MetricsConfig, OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE,
 };
 use myelin_observe::testing::{
-    dashboard_queries, dashboards_dir, Prometheus, PrometheusOptions, ScrapeTarget, Synthetic,
+    dashboard_queries, dashboards_dir, Connector, Prometheus, PrometheusOptions, ScrapeTarget, Synthetic,
 };
 
 /// What the fake agent serves.
@@ -79,13 +79,17 @@ impl AgentSource for Agent {
 struct Server {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
+    /// The listening socket, to wake the accept loop (shutdown works whatever
+    /// namespace the socket is in; a connection would not reach it from here).
+    listener: TcpListener,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
         self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        let _ = nix::sys::socket::shutdown(self.listener.as_raw_fd(), nix::sys::socket::Shutdown::Both);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -125,10 +129,14 @@ fn handle(mut s: TcpStream, feed: &Mutex<Feed>) -> std::io::Result<()> {
 }
 
 fn serve(feed: Arc<Mutex<Feed>>) -> Server {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    serve_on(TcpListener::bind("127.0.0.1:0").unwrap(), feed)
+}
+
+fn serve_on(listener: TcpListener, feed: Arc<Mutex<Feed>>) -> Server {
     let addr = listener.local_addr().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
+    let waker = listener.try_clone().unwrap();
     let thread = std::thread::spawn(move || {
         for conn in listener.incoming() {
             if stop2.load(Ordering::SeqCst) {
@@ -139,7 +147,7 @@ fn serve(feed: Arc<Mutex<Feed>>) -> Server {
             }
         }
     });
-    Server { addr, stop, thread: Some(thread) }
+    Server { addr, stop, listener: waker, thread: Some(thread) }
 }
 
 fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
@@ -233,4 +241,92 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     drop(f);
     drop(prom);
     drop(server);
+}
+
+/// A network namespace of the test's own, deleted on drop.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new(name: &str) -> Self {
+        let run = |args: &[&str]| {
+            let st = std::process::Command::new("ip").args(args).status().expect("run ip");
+            assert!(st.success(), "ip {args:?}: {st} (the test needs root)");
+        };
+        let ns = Self { name: name.to_owned() };
+        run(&["netns", "add", name]);
+        run(&["-n", name, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn path(&self) -> std::path::PathBuf {
+        std::path::PathBuf::from(format!("/run/netns/{}", self.name))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// Run `f` on a thread of its own that entered the namespace at `path` (sockets it
+/// creates stay in that namespace; the thread, and its namespace change, end here).
+fn in_netns<T: Send>(path: &std::path::Path, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let ns = std::fs::File::open(path).expect("open netns");
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+        .join()
+        .expect("netns thread")
+    })
+}
+
+/// What a lab test does: the target is only reachable inside a namespace, so
+/// Prometheus runs there (`nsenter`) and the test reaches its API through a
+/// connector that opens sockets from inside.
+#[test]
+fn prometheus_scrapes_inside_a_network_namespace() {
+    let ns = Netns::new(&format!("myelin-prom-{}", std::process::id()));
+    let path = ns.path();
+    let listener = in_netns(&path, || TcpListener::bind("127.0.0.1:0").unwrap());
+    let mut syn = Synthetic::new();
+    let mut metrics = Metrics::new(&MetricsConfig::default()).unwrap();
+    for r in syn.batch() {
+        metrics.observe(&r);
+    }
+    metrics.flush(&syn.dict.view());
+    let feed = Arc::new(Mutex::new(Feed {
+        metrics,
+        syn,
+        batches: 1,
+        lost: 0,
+        frozen: true,
+        scrapes: 0,
+        content_types: Vec::new(),
+    }));
+    let server = serve_on(listener, feed);
+    let connect_path = path.clone();
+    let prom = Prometheus::start(&PrometheusOptions {
+        targets: vec![ScrapeTarget::new("lab", &server.addr.to_string(), "/metrics")],
+        command_prefix: vec!["nsenter".into(), format!("--net={}", path.display())],
+        connect: Some(Connector(Arc::new(move |addr, timeout| {
+            in_netns(&connect_path, || TcpStream::connect_timeout(&addr, timeout))
+        }))),
+        ..PrometheusOptions::default()
+    })
+    .expect("start prometheus in the namespace");
+    let fail = |e: &dyn std::fmt::Display| -> ! { panic!("{e}\n--- prometheus log ---\n{}", prom.log()) };
+    prom.wait_targets_up(Duration::from_secs(60)).unwrap_or_else(|e| fail(&e));
+    prom.wait_scraped_since(SystemTime::now(), Duration::from_secs(60)).unwrap_or_else(|e| fail(&e));
+    let v = prom.query("sum(hubble_flows_processed_total)").unwrap_or_else(|e| fail(&e));
+    #[allow(clippy::cast_precision_loss)]
+    let flows = Synthetic::counts().flows as f64;
+    assert_eq!(v[0].value, flows);
+    drop(prom);
+    drop(server);
+    drop(ns);
 }
