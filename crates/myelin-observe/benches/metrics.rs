@@ -34,8 +34,24 @@ impl Rng {
     }
 }
 
-fn stream(dict: &Dictionary) -> Vec<FlowRecord> {
-    let ids: Vec<u32> = (0..PODS)
+/// Flows between random pods: each pod talks to any pod (`peers` None) or to `peers` of them.
+fn stream(ids: &[u32], peers: Option<u64>) -> Vec<FlowRecord> {
+    let ports = [80u16, 443, 8080, 5432, 6379, 53, 9090, 3306, 11211, 27017];
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    (0..FLOWS)
+        .map(|i| {
+            let a = rng.below(u64::from(PODS)) as usize;
+            let b = match peers {
+                Some(p) => (a + 1 + 37 * rng.below(p) as usize) % PODS as usize,
+                None => rng.below(u64::from(PODS)) as usize,
+            };
+            record(&mut rng, i, a, b, ids, &ports)
+        })
+        .collect()
+}
+
+fn pods(dict: &Dictionary) -> Vec<u32> {
+    (0..PODS)
         .map(|i| {
             let app = format!("app{}", i % 40);
             dict.intern(EndpointDesc {
@@ -47,67 +63,63 @@ fn stream(dict: &Dictionary) -> Vec<FlowRecord> {
                 ..EndpointDesc::default()
             })
         })
-        .collect();
-    let ports = [80u16, 443, 8080, 5432, 6379, 53, 9090, 3306, 11211, 27017];
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    (0..FLOWS)
-        .map(|i| {
-            let (a, b) = (rng.below(u64::from(PODS)) as usize, rng.below(u64::from(PODS)) as usize);
-            let kind = rng.below(100);
-            let mut r = FlowRecord {
-                seq: i as u64,
-                ip_version: 4,
-                protocol: if kind < 90 {
-                    6
-                } else if kind < 98 {
-                    17
-                } else {
-                    1
-                },
-                src_ip: 0x0a00_0000 | a as u128,
-                dst_ip: 0x0a00_0000 | b as u128,
-                src_port: 30_000 + rng.below(30_000) as u16,
-                dst_port: ports[rng.below(ports.len() as u64) as usize],
-                tcp_flags: [tcp::SYN, tcp::ACK, tcp::ACK | tcp::PSH, tcp::FIN | tcp::ACK][rng.below(4) as usize],
-                event_type: 4,
-                verdict: verdict::FORWARDED,
-                traffic_direction: if rng.below(2) == 0 { direction::INGRESS } else { direction::EGRESS },
-                flags: flags::REPLY_KNOWN,
-                trace_reason: 1,
-                src_ep: ids[a],
-                dst_ep: ids[b],
-                src_identity: 1000 + a as u32 % 40,
-                dst_identity: 1000 + b as u32 % 40,
-                ..FlowRecord::default()
-            };
-            match kind {
-                0..=19 => {
-                    r.flags |= flags::REPLY;
-                    if kind < 2 {
-                        r.tcp_flags = tcp::SYN | tcp::ACK;
-                        r.flags |= flags::HANDSHAKE;
-                        r.handshake_us = 20 + rng.below(5_000) as u32;
-                    }
-                }
-                20..=24 => {
-                    r.event_type = 1;
-                    r.sub_type = 133;
-                    r.verdict = verdict::DROPPED;
-                    r.drop_reason = 133;
-                }
-                25..=29 => {
-                    r.event_type = 9;
-                    r.match_type = 2;
-                    r.policy_verdict = 1;
-                }
-                _ => {}
-            }
-            if r.protocol == 1 {
-                r.icmp_type = 8;
-            }
-            r
-        })
         .collect()
+}
+
+fn record(rng: &mut Rng, i: usize, a: usize, b: usize, ids: &[u32], ports: &[u16]) -> FlowRecord {
+    let kind = rng.below(100);
+    let mut r = FlowRecord {
+        seq: i as u64,
+        ip_version: 4,
+        protocol: if kind < 90 {
+            6
+        } else if kind < 98 {
+            17
+        } else {
+            1
+        },
+        src_ip: 0x0a00_0000 | a as u128,
+        dst_ip: 0x0a00_0000 | b as u128,
+        src_port: 30_000 + rng.below(30_000) as u16,
+        dst_port: ports[rng.below(ports.len() as u64) as usize],
+        tcp_flags: [tcp::SYN, tcp::ACK, tcp::ACK | tcp::PSH, tcp::FIN | tcp::ACK][rng.below(4) as usize],
+        event_type: 4,
+        verdict: verdict::FORWARDED,
+        traffic_direction: if rng.below(2) == 0 { direction::INGRESS } else { direction::EGRESS },
+        flags: flags::REPLY_KNOWN,
+        trace_reason: 1,
+        src_ep: ids[a],
+        dst_ep: ids[b],
+        src_identity: 1000 + a as u32 % 40,
+        dst_identity: 1000 + b as u32 % 40,
+        ..FlowRecord::default()
+    };
+    match kind {
+        0..=19 => {
+            r.flags |= flags::REPLY;
+            if kind < 2 {
+                r.tcp_flags = tcp::SYN | tcp::ACK;
+                r.flags |= flags::HANDSHAKE;
+                r.handshake_us = 20 + rng.below(5_000) as u32;
+            }
+        }
+        20..=24 => {
+            r.event_type = 1;
+            r.sub_type = 133;
+            r.verdict = verdict::DROPPED;
+            r.drop_reason = 133;
+        }
+        25..=29 => {
+            r.event_type = 9;
+            r.match_type = 2;
+            r.policy_verdict = 1;
+        }
+        _ => {}
+    }
+    if r.protocol == 1 {
+        r.icmp_type = 8;
+    }
+    r
 }
 
 /// Time this thread spent on a CPU (ns): the machine is shared, wall time alone
@@ -164,7 +176,8 @@ fn run(name: &str, specs: &[&str], records: &[FlowRecord], dict: &Dictionary) {
 
 fn main() {
     let dict = Dictionary::new();
-    let records = stream(&dict);
+    let ids = pods(&dict);
+    let records = stream(&ids, None);
     // The loop alone (reading each record), for reference.
     let (t, c) = (Instant::now(), cpu_ns());
     let mut acc = 0u64;
@@ -199,4 +212,8 @@ fn main() {
         &dict,
     );
     run("flow, ip contexts (worst case)", &["flow:sourceContext=ip;destinationContext=ip"], &records, &dict);
+    let records = stream(&ids, Some(3));
+    println!("the same, but each pod talks to 3 peers (600 pod pairs):");
+    run("agent default (no context)", DEFAULT_METRICS, &records, &dict);
+    run("dashboards (workload contexts)", DASHBOARD_METRICS, &records, &dict);
 }
