@@ -83,7 +83,7 @@ fn record(rng: &mut Rng, i: usize, a: usize, b: usize, ids: &[u32], ports: &[u16
         src_port: 30_000 + rng.below(30_000) as u16,
         dst_port: ports[rng.below(ports.len() as u64) as usize],
         tcp_flags: [tcp::SYN, tcp::ACK, tcp::ACK | tcp::PSH, tcp::FIN | tcp::ACK][rng.below(4) as usize],
-        event_type: 4,
+        event_type: myelin_bpf::EVENT_TRACE,
         verdict: verdict::FORWARDED,
         traffic_direction: if rng.below(2) == 0 { direction::INGRESS } else { direction::EGRESS },
         flags: flags::REPLY_KNOWN,
@@ -104,13 +104,13 @@ fn record(rng: &mut Rng, i: usize, a: usize, b: usize, ids: &[u32], ports: &[u16
             }
         }
         20..=24 => {
-            r.event_type = 1;
+            r.event_type = myelin_bpf::EVENT_DROP;
             r.sub_type = 133;
             r.verdict = verdict::DROPPED;
             r.drop_reason = 133;
         }
         25..=29 => {
-            r.event_type = 9;
+            r.event_type = myelin_bpf::EVENT_POLICY_VERDICT;
             r.match_type = 2;
             r.policy_verdict = 1;
         }

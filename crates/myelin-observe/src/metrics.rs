@@ -531,6 +531,13 @@ fn parse_options(spec: &str, options: &str) -> Result<ContextOptions, MetricsErr
 // Names of numbers (Hubble's label values)
 // ---------------------------------------------------------------------------
 
+/// Cilium's monitor event types (the datapath uses Cilium's numbers).
+const EV_DROP: u8 = myelin_bpf::EVENT_DROP;
+const EV_CAPTURE: u8 = 3;
+const EV_TRACE: u8 = myelin_bpf::EVENT_TRACE;
+const EV_POLICY_VERDICT: u8 = myelin_bpf::EVENT_POLICY_VERDICT;
+const EV_ACCESS_LOG: u8 = 129;
+
 fn verdict_name(v: u8) -> &'static str {
     flow::Verdict::try_from(i32::from(v)).map_or("VERDICT_UNKNOWN", |v| v.as_str_name())
 }
@@ -538,7 +545,7 @@ fn verdict_name(v: u8) -> &'static str {
 /// `v1.FlowProtocol`: the L4 protocol of drop, trace, policy-verdict and capture events.
 fn protocol_name(event_type: u8, protocol: u8) -> &'static str {
     match event_type {
-        1 | 3 | 4 | 9 => match protocol {
+        EV_DROP | EV_CAPTURE | EV_TRACE | EV_POLICY_VERDICT => match protocol {
             6 => "TCP",
             17 => "UDP",
             1 => "ICMPv4",
@@ -546,7 +553,7 @@ fn protocol_name(event_type: u8, protocol: u8) -> &'static str {
             132 => "SCTP",
             _ => "Unknown L4",
         },
-        129 => "Unknown L7",
+        EV_ACCESS_LOG => "Unknown L7",
         _ => "Unknown flow",
     }
 }
@@ -1049,12 +1056,12 @@ impl Sum {
         };
         Self {
             event_type: r.event_type,
-            sub_type: if r.event_type == 4 { r.sub_type } else { 0 },
+            sub_type: if r.event_type == EV_TRACE { r.sub_type } else { 0 },
             verdict: r.verdict,
             protocol: r.protocol,
             drop_reason: if r.verdict == verdict::DROPPED { r.drop_reason } else { 0 },
             dir: r.traffic_direction,
-            match_type: if r.event_type == 9 { r.match_type } else { 0 },
+            match_type: if r.event_type == EV_POLICY_VERDICT { r.match_type } else { 0 },
             ip_version: r.ip_version,
             tcp_flags,
             port: if port_counted && l4_port { r.dst_port } else { 0 },
@@ -1372,7 +1379,7 @@ impl CounterSpec {
         match self.kind {
             Kind::Flow => true,
             Kind::Drop => s.verdict == verdict::DROPPED,
-            Kind::Policy => s.event_type == 9 && !s.src_host,
+            Kind::Policy => s.event_type == EV_POLICY_VERDICT && !s.src_host,
             Kind::Tcp => s.tcp_flags & (tcp::FIN | tcp::SYN | tcp::RST) != 0 && s.forwarded() && s.ip_version != 0,
             Kind::PortDistribution => s.port_counted,
             Kind::Icmp => matches!(s.protocol, 1 | 58),
@@ -1405,11 +1412,11 @@ impl CounterSpec {
         match self.kind {
             Kind::Flow => {
                 let (typ, subtype) = match f.event_type {
-                    1 => ("Drop", String::new()),
-                    3 => ("Capture", String::new()),
-                    4 => ("Trace", s(obs_point_name(f.sub_type))),
-                    9 => ("PolicyVerdict", String::new()),
-                    129 => ("L7", String::new()),
+                    EV_DROP => ("Drop", String::new()),
+                    EV_CAPTURE => ("Capture", String::new()),
+                    EV_TRACE => ("Trace", s(obs_point_name(f.sub_type))),
+                    EV_POLICY_VERDICT => ("PolicyVerdict", String::new()),
+                    EV_ACCESS_LOG => ("L7", String::new()),
                     t => ("Unknown", t.to_string()),
                 };
                 vec![vec![

@@ -743,7 +743,7 @@ impl Synthetic {
             dst_ep: dst.0,
             src_identity: identities.0,
             dst_identity: identities.1,
-            event_type: 4,
+            event_type: myelin_bpf::EVENT_TRACE,
             verdict: verdict::FORWARDED,
             traffic_direction: direction::INGRESS,
             flags: flags::REPLY_KNOWN,
@@ -775,7 +775,7 @@ impl Synthetic {
             // client -> web:80, allowed: verdict, SYN, SYN-ACK (handshake 180 us), ACK, FIN.
             self.rec(c, w, (1001, 1002), |r| {
                 tcp_(80, tcp::SYN)(r);
-                r.event_type = 9;
+                r.event_type = myelin_bpf::EVENT_POLICY_VERDICT;
                 r.policy_verdict = 1;
                 r.match_type = 2;
                 r.sub_type = 0;
@@ -793,7 +793,7 @@ impl Synthetic {
             // client -> db:5432, denied by default: a policy verdict and a drop.
             self.rec(c, d, (1001, 1003), |r| {
                 tcp_(5432, tcp::SYN)(r);
-                r.event_type = 9;
+                r.event_type = myelin_bpf::EVENT_POLICY_VERDICT;
                 r.verdict = verdict::DROPPED;
                 r.drop_reason = 133;
                 r.policy_verdict = 3;
@@ -803,7 +803,7 @@ impl Synthetic {
             }),
             self.rec(c, d, (1001, 1003), |r| {
                 tcp_(5432, tcp::SYN)(r);
-                r.event_type = 1;
+                r.event_type = myelin_bpf::EVENT_DROP;
                 r.sub_type = 133;
                 r.verdict = verdict::DROPPED;
                 r.drop_reason = 133;
@@ -839,7 +839,7 @@ impl Synthetic {
             // host -> web:80: a policy verdict from the host (not counted by the policy metric) and the SYN.
             self.rec(host, w, (1, 1002), |r| {
                 tcp_(80, tcp::SYN)(r);
-                r.event_type = 9;
+                r.event_type = myelin_bpf::EVENT_POLICY_VERDICT;
                 r.policy_verdict = 1;
                 r.match_type = 4;
             }),
