@@ -17,12 +17,14 @@ need_root
 # imports, from libprotobuf-dev),
 # kernel tools (bpftool, iproute2, nftables), tests and lab (iputils-ping, python3,
 # podman + runc + CNI plugins + busybox-static for the real-client test, iperf3,
-# python3-grpcio + python3-protobuf for the test that reads flows with Python's gRPC), and
+# python3-grpcio + python3-protobuf for the test that reads flows with Python's gRPC,
+# prometheus for promtool and the real server the metrics and dashboard tests scrape with
+# (the tests start their own instance; the package's service is not needed), and
 # ca-certificates: cargo fetches crates over https (a minimal Debian has no CA store).
 PKGS=(ca-certificates clang llvm libelf-dev zlib1g-dev pkg-config make gcc libc6-dev
       bpftool iproute2 nftables iptables iputils-ping procps python3
       protobuf-compiler libprotobuf-dev podman runc containernetworking-plugins busybox-static
-      iperf3 uidmap python3-grpcio python3-protobuf)
+      iperf3 uidmap python3-grpcio python3-protobuf prometheus)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

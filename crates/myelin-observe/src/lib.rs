@@ -16,8 +16,11 @@ pub mod filter;
 pub mod flowpb;
 pub mod history;
 pub mod ingest;
+pub mod metrics;
 pub mod pipeline;
 pub mod proto;
 pub mod record;
 pub mod ring;
 pub mod server;
+#[doc(hidden)]
+pub mod testing;
