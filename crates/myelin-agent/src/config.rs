@@ -89,15 +89,8 @@ impl Default for Config {
             observer_socket: None,
             observer_listen: None,
             metrics_listen: None,
-            metrics: vec![
-                "flow".into(),
-                "drop".into(),
-                "policy".into(),
-                "tcp".into(),
-                "port-distribution".into(),
-                "icmp".into(),
-                "handshake".into(),
-            ],
+            // What the dashboards in dashboards/ need: flows, drops and verdicts per workload pair.
+            metrics: myelin_observe::metrics::DASHBOARD_METRICS.iter().map(|m| (*m).to_owned()).collect(),
             monitor_aggregation: "medium".into(),
             capture_len: 128,
             flow_ring_capacity: 65_536,

@@ -202,12 +202,12 @@ pub async fn run(cfg: Config) -> Result<()> {
         snapshots.clone(),
         tokio::runtime::Handle::current(),
     )?;
+    let gc = gc::spawn(datapath.clone(), Duration::from_secs(cfg.gc_interval_s))?;
     let observability = Arc::new(
-        crate::observe::start(&cfg, &datapath, snapshots.clone(), Vec::new())
+        crate::observe::start(&cfg, &datapath, snapshots.clone(), gc.clone(), Vec::new())
             .await
             .context("starting flow observability")?,
     );
-    let gc = gc::spawn(datapath.clone(), Duration::from_secs(cfg.gc_interval_s))?;
 
     let status = Status {
         node: cfg.node_name.clone(),

@@ -14,6 +14,8 @@ use tracing::{debug, warn};
 pub struct GcStats {
     pub runs: AtomicU64,
     pub removed: AtomicU64,
+    /// Connections tracked after the last run.
+    pub ct_entries: AtomicU64,
 }
 
 /// Start collecting expired connections every `interval`.
@@ -22,9 +24,10 @@ pub fn spawn(datapath: Arc<Datapath>, interval: Duration) -> std::io::Result<Arc
     let s = stats.clone();
     std::thread::Builder::new().name("ct-gc".into()).spawn(move || loop {
         std::thread::sleep(interval);
-        match datapath.ct_gc() {
-            Ok(n) => {
+        match datapath.ct_gc_report() {
+            Ok((n, remaining)) => {
                 s.removed.fetch_add(n as u64, Ordering::Relaxed);
+                s.ct_entries.store(remaining as u64, Ordering::Relaxed);
                 if n > 0 {
                     debug!(removed = n, "conntrack gc");
                 }

@@ -9,6 +9,7 @@ pub mod endpoints;
 pub mod gc;
 pub mod ipam;
 pub mod masq;
+pub mod metrics;
 pub mod observe;
 pub mod policy;
 pub mod server;

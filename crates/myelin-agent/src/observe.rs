@@ -14,6 +14,7 @@ use myelin_bpf::{Datapath, EventSettings, MonitorAggregation};
 use myelin_observe::dict::{Dictionary, EndpointDesc};
 use myelin_observe::directory::{Directory, PolicyName};
 use myelin_observe::history::{History, HistoryConfig, HistoryWriter, WriterConfig};
+use myelin_observe::metrics::{Metrics, MetricsConfig, MetricsSink};
 use myelin_observe::pipeline::{self, Observer, PipelineConfig, Sink};
 use myelin_observe::server::{FlowStore, ObserverService};
 use myelin_policy::Labels;
@@ -178,6 +179,7 @@ pub async fn start(
     cfg: &Config,
     datapath: &Arc<Datapath>,
     snapshots: Arc<Snapshots>,
+    gc: Arc<crate::gc::GcStats>,
     mut sinks: Vec<Box<dyn Sink>>,
 ) -> Result<Observability> {
     let settings = EventSettings {
@@ -192,7 +194,19 @@ pub async fn start(
         tokio::task::spawn_blocking(move || open_history(&cfg, &dict)).await??
     };
     sinks.extend(writer);
-    let directory: Arc<dyn Directory> = Arc::new(AgentDirectory { snapshots, node: cfg.node_name.clone() });
+    // Metrics (when served): checked before anything starts, folded on the ingest thread.
+    let metrics = match &cfg.metrics_listen {
+        Some(_) => {
+            let m = Metrics::new(&MetricsConfig { metrics: cfg.metrics.clone() })
+                .with_context(|| format!("the agent config's `metrics` list {:?}", cfg.metrics))?;
+            let handle = m.handle();
+            sinks.push(Box::new(MetricsSink::new(m, dict.clone())));
+            Some(handle)
+        }
+        None => None,
+    };
+    let directory: Arc<dyn Directory> =
+        Arc::new(AgentDirectory { snapshots: snapshots.clone(), node: cfg.node_name.clone() });
     let pc = PipelineConfig {
         pin_dir: datapath.pin_dir().to_path_buf(),
         ring_capacity: cfg.flow_ring_capacity,
@@ -200,6 +214,15 @@ pub async fn start(
         first_seq,
     };
     let observer = pipeline::start(&pc, directory, dict, sinks).context("starting flow ingest")?;
+    if let (Some(handle), Some(addr)) = (&metrics, &cfg.metrics_listen) {
+        handle.set_agent_source(Arc::new(crate::metrics::AgentMetricsSource {
+            snapshots,
+            datapath: datapath.clone(),
+            gc,
+            ring: observer.ring.clone(),
+        }));
+        crate::metrics::serve(addr, handle.clone()).await?;
+    }
     let store: Option<Arc<dyn FlowStore>> = history.clone().map(|h| h as Arc<dyn FlowStore>);
     let service = ObserverService::new(observer.clone(), store);
 

@@ -44,6 +44,8 @@ pub struct PolicyView {
     pub identity_of: Arc<HashMap<u32, u32>>,
     /// Namespace labels.
     pub namespaces: Arc<BTreeMap<String, BTreeMap<String, String>>>,
+    /// Policy map entries installed (all endpoints, both directions).
+    pub policy_entries: u64,
 }
 
 /// The published snapshots.

@@ -225,14 +225,25 @@ impl Datapath {
 
     /// [`Datapath::ct_gc`] as if the monotonic clock read `now_ns`.
     pub fn ct_gc_at(&self, now_ns: u64) -> Result<usize, BpfError> {
-        let mut removed = 0;
+        Ok(self.ct_gc_report_at(now_ns)?.0)
+    }
+
+    /// [`Datapath::ct_gc`], also saying how many connections stay tracked:
+    /// (removed, remaining).
+    pub fn ct_gc_report(&self) -> Result<(usize, usize), BpfError> {
+        self.ct_gc_report_at(sys::monotonic_ns())
+    }
+
+    fn ct_gc_report_at(&self, now_ns: u64) -> Result<(usize, usize), BpfError> {
+        let (mut removed, mut remaining) = (0, 0);
         for (kb, k, v) in self.ct_raw()? {
             if v.expires_ns > now_ns {
+                remaining += 1;
                 continue;
             }
             removed += usize::from(self.ct_delete_raw(&kb, &k)?);
         }
-        Ok(removed)
+        Ok((removed, remaining))
     }
 
     /// Delete every tracked connection; returns how many.

@@ -362,6 +362,30 @@ impl Datapath {
         self.progs.iter().find(|(_, h, _)| *h == hook).map(|(n, _, p)| (*n, p))
     }
 
+    /// Entries and capacity of the maps whose filling matters to operators
+    /// (endpoints, ipcache, policy CIDRs, conntrack capacity): for map
+    /// pressure metrics. Counts keys (one syscall per entry): call it off the
+    /// async workers. The conntrack map's entries are not counted here (GC
+    /// knows them, see [`Datapath::ct_gc_report`]); its entries are reported as 0.
+    pub fn map_usage(&self) -> Result<Vec<(&'static str, u64, u64)>, BpfError> {
+        let mut out = Vec::new();
+        for (name, map, count) in [
+            ("endpoints", &self.maps.endpoints, true),
+            ("ipcache", &self.maps.ipcache, true),
+            ("policy_cidrs", &self.maps.policy_cidrs, true),
+            ("ct4", &self.maps.ct4, false),
+        ] {
+            let (_, _, _, max, _, _) = sys::map_shape(map.as_fd()).map_err(|e| BpfError::Map {
+                map: name,
+                op: "reading its info".into(),
+                source: libbpf_rs::Error::from(e),
+            })?;
+            let entries = if count { map.keys().count() as u64 } else { 0 };
+            out.push((name, entries, u64::from(max)));
+        }
+        Ok(out)
+    }
+
     /// Size and verifier cost of each loaded program (for `myelin status`,
     /// and to keep an eye on the datapath's complexity).
     pub fn program_stats(&self) -> Result<Vec<crate::ProgramStat>, BpfError> {

@@ -147,6 +147,8 @@ pub struct PolicyEngine {
     entries: HashMap<u32, (Ipv4Addr, EndpointEntry)>,
     /// Fingerprint of what was last pushed to the datapath, per endpoint (None: no policy).
     installed: HashMap<u32, Option<Digest>>,
+    /// Policy map entries installed, per endpoint (for the metrics).
+    installed_entries: HashMap<u32, usize>,
     /// Per endpoint, the fingerprint of its compile inputs at the last successful sync, and
     /// whether it has named ports (they feed other endpoints' egress rules).
     compiled_inputs: HashMap<u32, (Digest, bool)>,
@@ -223,6 +225,7 @@ impl PolicyEngine {
             endpoints: endpoints.into_iter().map(|e| (e.id, e)).collect(),
             entries: HashMap::new(),
             installed: HashMap::new(),
+            installed_entries: HashMap::new(),
             compiled_inputs: HashMap::new(),
             compiled_global: None,
             ipcache: BTreeMap::new(),
@@ -375,12 +378,19 @@ impl PolicyEngine {
         pol::security_labels(&pod, ns, &nsl)
     }
 
+    /// Policy map entries installed in the datapath, all endpoints and directions.
+    #[must_use]
+    pub fn policy_entries(&self) -> u64 {
+        self.installed_entries.values().map(|n| *n as u64).sum()
+    }
+
     /// Start from what the datapath already enforces (after an agent restart),
     /// so that the first sync rewrites nothing that is already right.
     pub fn seed_from_datapath(&mut self, dp: &Datapath) {
         for e in self.endpoints.values() {
             if let Ok(current) = dp.endpoint_policy(e.id) {
                 self.installed.insert(e.id, current.as_ref().map(policy_digest));
+                self.installed_entries.insert(e.id, current.as_ref().map_or(0, |p| p.2.len()));
             }
         }
         if let Ok(rows) = dp.endpoints() {
@@ -804,6 +814,9 @@ impl PolicyEngine {
             }
             report.endpoints_updated = changes.len();
             self.installed.extend(digests);
+            for (id, desired) in &changes {
+                self.installed_entries.insert(*id, desired.as_ref().map_or(0, |p| p.2.len()));
+            }
         }
 
         // Endpoint entries (identity included), after their policies.
@@ -843,6 +856,7 @@ impl PolicyEngine {
             }
         }
         self.installed.retain(|id, _| live.contains(id));
+        self.installed_entries.retain(|id, _| live.contains(id));
         self.compiled_inputs = endpoints.iter().map(|e| e.id).zip(inputs).collect();
         self.compiled_global = Some(global);
         if report.endpoints_updated > 0 || report.ipcache_changes > 0 {

@@ -335,6 +335,7 @@ impl Component {
             rules,
             identity_of: Arc::new(self.engine.endpoints().map(|e| (e.id, e.identity)).collect()),
             namespaces: Arc::new(self.engine.namespaces().clone()),
+            policy_entries: self.engine.policy_entries(),
         });
     }
 }
