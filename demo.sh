@@ -33,8 +33,23 @@ echo
 echo "-- why (evaluated from the applied policies):"
 $M policy explain --lab "$LAB" --from prod/db --to prod/backend --port 8/ICMP || true
 echo
+echo "== flows: every forwarded and dropped packet, named by pod, identity and the policy that decided =="
+echo "-- myelin observe --lab $LAB --last 15 --print-policy-names"
+$M observe --lab "$LAB" --last 15 --print-policy-names
+echo
+echo "-- only the drops (myelin observe --lab $LAB --verdict DROPPED --last 5)"
+$M observe --lab "$LAB" --verdict DROPPED --last 5
+echo
+echo "-- the policy verdicts to prod/backend, as JSON (Hubble's format; first 2 lines)"
+$M observe --lab "$LAB" --type policy-verdict --to-pod prod/backend --last 2 -o json
+echo
 echo "== the datapath's own counters (per endpoint, direction and reason; 133 = policy denied) =="
 $M endpoint metrics --lab "$LAB" --node node1
+echo
+echo "Live flows:   $M observe --lab $LAB -f        (Hubble's filters: --from-pod, --verdict, --since 5m, ...)"
+murl=$($M lab status --name "$LAB" -o json | python3 -c "import json,sys; print(json.load(sys.stdin)['nodes'][0]['metrics_url'])")
+echo "Metrics:      $murl (Prometheus; reachable inside the lab, e.g."
+echo "              $M lab exec --name $LAB node1 -- python3 -c \"import urllib.request as u; print(u.urlopen('$murl').read().decode())\")"
 echo
 echo "The lab '$LAB' is still up. Explore it (see 'Try:' above), then remove it with:"
 echo "  $M lab down --name $LAB"
