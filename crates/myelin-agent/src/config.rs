@@ -154,11 +154,16 @@ impl Config {
                 self.attach_mode
             )));
         }
-        if !matches!(self.monitor_aggregation.as_str(), "none" | "low" | "medium" | "maximum" | "off") {
-            return Err(ConfigError::Invalid(format!(
-                "monitor_aggregation {:?}: use none, low, medium, maximum or off",
-                self.monitor_aggregation
-            )));
+        // The datapath's own parser: the config accepts exactly what the agent can apply.
+        if let Err(e) = myelin_bpf::MonitorAggregation::parse(&self.monitor_aggregation) {
+            return Err(ConfigError::Invalid(format!("monitor_aggregation: {e}")));
+        }
+        // The metrics list is checked here too, so a typo fails the start with the key named.
+        if self.metrics_listen.is_some() {
+            let mc = myelin_observe::metrics::MetricsConfig { metrics: self.metrics.clone() };
+            if let Err(e) = myelin_observe::metrics::Metrics::new(&mc) {
+                return Err(ConfigError::Invalid(format!("metrics: {e}")));
+            }
         }
         if self.capture_len > 256 {
             return Err(ConfigError::Invalid(format!("capture_len {}: at most 256 bytes", self.capture_len)));

@@ -31,14 +31,17 @@ pub enum MonitorAggregation {
 }
 
 impl MonitorAggregation {
-    /// Parse `none`, `low`, `medium`, `maximum` (Cilium's names).
+    /// Parse `none`, `low`, `medium`, `maximum` (Cilium's names) or `off`.
     pub fn parse(s: &str) -> Result<Self, BpfError> {
         match s {
+            "off" => Ok(Self::Off),
             "none" | "disabled" => Ok(Self::None),
             "low" | "lowest" => Ok(Self::Low),
             "medium" => Ok(Self::Medium),
             "maximum" | "max" => Ok(Self::Maximum),
-            other => Err(BpfError::Invalid(format!("monitor aggregation {other:?}: use none, low, medium or maximum"))),
+            other => {
+                Err(BpfError::Invalid(format!("monitor aggregation {other:?}: use none, low, medium, maximum or off")))
+            }
         }
     }
 
@@ -287,5 +290,20 @@ impl Datapath {
     pub fn event_reader(&self, on_record: impl FnMut(&[u8]) + 'static) -> Result<EventReader, BpfError> {
         let _ = self.maps.events_lost.as_fd();
         EventReader::open(&self.pin_dir, on_record)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::MonitorAggregation as M;
+
+    #[test]
+    fn every_level_parses_back_from_its_name_and_bad_names_say_the_choices() {
+        for m in [M::None, M::Low, M::Medium, M::Maximum, M::Off] {
+            assert_eq!(M::parse(m.name()).unwrap(), m);
+        }
+        let e = M::parse("loud").unwrap_err().to_string();
+        assert!(e.contains("\"loud\"") && e.contains("maximum or off"), "{e}");
     }
 }

@@ -215,18 +215,43 @@ pub fn find_binary(name: &str, override_dir: Option<&Path>) -> Result<PathBuf> {
 /// Last `n` lines of a file, for error messages.
 pub(crate) fn tail(path: &Path, n: usize) -> String {
     match std::fs::read_to_string(path) {
-        Ok(text) => {
-            let lines: Vec<&str> = text.lines().collect();
-            lines[lines.len().saturating_sub(n)..].join("\n")
-        }
+        Ok(text) => log_tail(&text, n),
         Err(e) => format!("(cannot read: {e})"),
     }
+}
+
+/// The last `n` lines of a log; when the program ended with an error report
+/// (`Error: ...`, anyhow's), that report without its stack backtrace (which
+/// RUST_BACKTRACE adds and would push the message out of view).
+fn log_tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    if let Some(start) = lines.iter().rposition(|l| l.starts_with("Error: ")) {
+        let end =
+            lines[start..].iter().position(|l| l.starts_with("Stack backtrace:")).map_or(lines.len(), |e| start + e);
+        let from = end.saturating_sub(n).min(start.saturating_sub(n / 2));
+        return lines[from..end].join("\n");
+    }
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_tail_shows_the_error_report_not_its_backtrace() {
+        let mut log: Vec<String> = (0..30).map(|i| format!("INFO line {i}")).collect();
+        log.extend(["Error: starting flow observability", "", "Caused by:", "    bad thing"].map(String::from));
+        log.push("Stack backtrace:".into());
+        log.extend((0..40).map(|i| format!("  {i}: frame")));
+        let t = log_tail(&log.join("\n"), 20);
+        assert!(t.contains("Error: starting flow observability") && t.contains("bad thing"), "{t}");
+        assert!(!t.contains("frame") && !t.contains("Stack backtrace"), "{t}");
+        assert!(t.contains("INFO line 29"), "some context before the error: {t}");
+        let plain: String = (0..30).map(|i| format!("line {i}\n")).collect();
+        assert_eq!(log_tail(&plain, 2), "line 28\nline 29");
+    }
 
     #[test]
     fn finds_cgroup2_on_hybrid_and_unified_hosts() {
