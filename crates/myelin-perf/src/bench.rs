@@ -12,7 +12,7 @@
 
 use crate::error::{PerfError, Result};
 use crate::load::{self, RrConfig};
-use crate::report::{self, ConfigReport, Figure, Machine, Report, Settings};
+use crate::report::{self, AgentCpu, ConfigReport, Figure, Machine, Report, Settings};
 use crate::stats::{Better, Summary};
 use crate::sys;
 use crate::topo::{self, Counters, Kind, Target};
@@ -234,6 +234,7 @@ pub fn run(opts: &Options) -> Result<Report> {
             verified: None,
             checks: vec![],
             agent_rss_bytes: None,
+            agent_cpu: vec![],
         };
         if let (Kind::Myelin { rules: Some(_) }, Err(why)) = (kind, &policy) {
             report.unavailable = Some(why.clone());
@@ -261,14 +262,23 @@ pub fn run(opts: &Options) -> Result<Report> {
     let before: Vec<Counters> = targets.iter().map(Target::counters).collect::<Result<_>>()?;
     // (config, workload) -> metric -> samples, in round order.
     let mut samples: BTreeMap<(String, String), BTreeMap<&'static str, Vec<f64>>> = BTreeMap::new();
+    // (config, workload) -> the agent's CPU (% of one core) per round, Myelin configurations only.
+    let mut agent_samples: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
     for round in 1..=opts.rounds {
         for w in workloads {
             for t in &targets {
                 check_cancel(opts)?;
+                let agent = t.agent_pid();
+                let (ticks0, t0) = (agent.and_then(sys::process_cpu_ticks), Instant::now());
                 let m = measure(t, w, opts).map_err(|e| PerfError::Invalid {
                     what: format!("round {round}, {} on {}", w.id(), t.kind.id()),
                     message: e.to_string(),
                 })?;
+                if let (Some(a), Some(b)) = (ticks0, agent.and_then(sys::process_cpu_ticks)) {
+                    #[allow(clippy::cast_precision_loss)]
+                    let percent = 100.0 * (b.saturating_sub(a) as f64 / sys::USER_HZ) / t0.elapsed().as_secs_f64();
+                    agent_samples.entry((t.kind.id(), w.id())).or_default().push(percent);
+                }
                 say(
                     opts,
                     &format!(
@@ -295,6 +305,13 @@ pub fn run(opts: &Options) -> Result<Report> {
             c.verified = Some(checks.iter().all(|c| c.ok));
             c.checks = checks;
             c.agent_rss_bytes = t.agent_pid().and_then(sys::rss_bytes);
+            c.agent_cpu = workloads
+                .iter()
+                .filter_map(|w| {
+                    let percent_of_core = Summary::of(agent_samples.get(&(c.id.clone(), w.id()))?)?;
+                    Some(AgentCpu { workload: w.id(), percent_of_core })
+                })
+                .collect();
             if t.kind == (Kind::Myelin { rules: None }) {
                 myelin_rss = c.agent_rss_bytes;
             }

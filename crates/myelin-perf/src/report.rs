@@ -63,6 +63,18 @@ pub struct ConfigReport {
     pub checks: Vec<Check>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent_rss_bytes: Option<u64>,
+    /// CPU of the node's agent (all threads) while each workload ran, in % of one core:
+    /// what decoding, enrichment, flow storage and metrics cost. Myelin configurations only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agent_cpu: Vec<AgentCpu>,
+}
+
+/// The agent's CPU during one workload, over rounds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentCpu {
+    pub workload: String,
+    /// % of one core (100 = one core busy for the whole timed run).
+    pub percent_of_core: Summary,
 }
 
 /// One figure of one workload on one configuration, over rounds.
@@ -244,11 +256,22 @@ pub fn goals(
     let (s_stream, d_stream) =
         judge_pair(f("myelin", "tcp_stream_1", "throughput"), f("myelin-noflows", "tcp_stream_1", "throughput"), 0.97);
     let (s_crr, d_crr) = judge_pair(f("myelin", "tcp_crr", "tps"), f("myelin-noflows", "tcp_crr", "tps"), 0.97);
+    let agent_crr = |id: &str| {
+        configs
+            .iter()
+            .find(|c| c.id == id)
+            .and_then(|c| c.agent_cpu.iter().find(|a| a.workload == "tcp_crr"))
+            .map_or_else(|| "n/a".into(), |a| format!("{}% of a core", cell_of(&a.percent_of_core)))
+    };
     out.push(Goal {
         id: "observability-cost".into(),
         goal: "Flow events at the default aggregation cost at most 3% (TCP_STREAM and TCP_CRR, myelin / myelin-noflows >= 0.97×)".into(),
         status: worst(&[s_stream, s_crr]),
-        detail: format!("tcp_stream_1 {d_stream}; tcp_crr {d_crr} (judged on the worst)"),
+        detail: format!(
+            "tcp_stream_1 {d_stream}; tcp_crr {d_crr} (judged on the worst); agent CPU during TCP_CRR: {} with flows, {} without",
+            agent_crr("myelin"),
+            agent_crr("myelin-noflows")
+        ),
     });
     out.push(Goal {
         id: "agent-memory".into(),
@@ -285,7 +308,11 @@ fn num(v: f64) -> String {
 }
 
 fn cell(f: &Figure) -> String {
-    format!("{} [{}–{}]", num(f.summary.median), num(f.summary.min), num(f.summary.max))
+    cell_of(&f.summary)
+}
+
+fn cell_of(s: &Summary) -> String {
+    format!("{} [{}–{}]", num(s.median), num(s.min), num(s.max))
 }
 
 fn table(header: Vec<String>) -> Table {
@@ -350,6 +377,24 @@ pub fn render(r: &Report) -> String {
         }
         let _ = writeln!(s, "{t}\n");
     }
+    let with_agent: Vec<&ConfigReport> = r.configs.iter().filter(|c| !c.agent_cpu.is_empty()).collect();
+    if !with_agent.is_empty() {
+        let ws = workloads(r);
+        let mut header = vec!["AGENT CPU (% of one core)".to_owned()];
+        header.extend(ws.iter().map(|w| w.to_uppercase()));
+        let mut t = table(header);
+        for c in with_agent {
+            let mut row = vec![c.id.clone()];
+            row.extend(ws.iter().map(|w| {
+                c.agent_cpu
+                    .iter()
+                    .find(|a| a.workload == *w)
+                    .map_or_else(|| "n/a".into(), |a| cell_of(&a.percent_of_core))
+            }));
+            t.add_row(row);
+        }
+        let _ = writeln!(s, "{t}\n");
+    }
     let mut t = table(vec!["configuration".into(), "path".into(), "evidence".into()]);
     for c in &r.configs {
         if let Some(why) = &c.unavailable {
@@ -404,6 +449,7 @@ mod tests {
             verified: None,
             checks: vec![],
             agent_rss_bytes: None,
+            agent_cpu: vec![],
         }
     }
 

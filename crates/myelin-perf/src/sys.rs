@@ -197,6 +197,19 @@ pub(crate) fn parse_cpu_ticks(stat: &str) -> Option<(u64, u64)> {
 /// USER_HZ: /proc/stat's tick rate (100 on Linux everywhere that matters).
 pub const USER_HZ: f64 = 100.0;
 
+/// CPU time of a process (all its threads: utime + stime) in USER_HZ ticks.
+#[must_use]
+pub fn process_cpu_ticks(pid: i32) -> Option<u64> {
+    parse_process_cpu_ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+pub(crate) fn parse_process_cpu_ticks(stat: &str) -> Option<u64> {
+    // The command name (field 2) may hold spaces and parentheses: count fields after the last ')'.
+    // Fields 14 and 15 (utime, stime) are the 12th and 13th after it.
+    let mut f = stat.get(stat.rfind(')')? + 1..)?.split_whitespace().skip(11);
+    Some(f.next()?.parse::<u64>().ok()? + f.next()?.parse::<u64>().ok()?)
+}
+
 /// VmRSS of a process in bytes.
 #[must_use]
 pub fn rss_bytes(pid: i32) -> Option<u64> {
@@ -224,6 +237,13 @@ pub fn machine() -> (String, String, usize) {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_process_cpu_ticks() {
+        let stat = "8169 (myelin (agent)) S 1 8169 8169 0 -1 4194560 9006 0 0 0 1234 567 0 0 20 0 9 0 2419 0";
+        assert_eq!(parse_process_cpu_ticks(stat), Some(1234 + 567));
+        assert_eq!(parse_process_cpu_ticks("12 (x) S 1"), None);
+    }
 
     #[test]
     fn parses_proc_files() {

@@ -80,16 +80,32 @@ fn quick_benchmark_is_sane_and_every_path_is_verified() {
             assert!(get("cpu_per_tx").median > 0.0, "{id} {w}: no CPU time measured");
         }
     }
+    // The agent's CPU is accounted for every workload on every Myelin configuration, and only there.
+    for c in report.configs.iter().filter(|c| c.available) {
+        if c.id.starts_with("myelin") {
+            assert_eq!(c.agent_cpu.len(), 4, "{}: {:?}", c.id, c.agent_cpu);
+            for a in &c.agent_cpu {
+                assert_eq!(a.percent_of_core.samples.len(), opts.rounds as usize, "{} {}", c.id, a.workload);
+                assert!(a.percent_of_core.min >= 0.0 && a.percent_of_core.max < 200.0, "{} {a:?}", c.id);
+            }
+        } else {
+            assert!(c.agent_cpu.is_empty(), "{} has no agent: {:?}", c.id, c.agent_cpu);
+        }
+    }
     let phys =
         report.figures.iter().find(|f| f.config == PHYSICAL && f.workload == "tcp_rr" && f.metric == "tps").unwrap();
     assert_eq!(phys.vs_physical, Some(1.0));
     assert!(report.figures.iter().filter(|f| f.config != KERNEL_ROUTING).all(|f| f.vs_kernel_routing.is_some()));
 
     // Goals are judged or honestly not measurable; the rule goal needs Myelin's policy variants.
-    assert_eq!(report.goals.len(), 5);
+    assert_eq!(report.goals.len(), 6, "{:#?}", report.goals);
     let rules_ran = ran.contains(&"myelin-1") && ran.contains(&"myelin-10000");
     let rules_goal = report.goals.iter().find(|g| g.id == "rules-scaling").unwrap();
     assert_eq!(rules_goal.status == GoalStatus::NotMeasurableYet, !rules_ran, "{rules_goal:?}");
+    // The cost of flow events is judged exactly when both Myelin variants ran.
+    let flows_ran = ran.contains(&"myelin") && ran.contains(&"myelin-noflows");
+    let flows_goal = report.goals.iter().find(|g| g.id == "observability-cost").unwrap();
+    assert_eq!(flows_goal.status == GoalStatus::NotMeasurableYet, !flows_ran, "{flows_goal:?}");
     let json = serde_json::to_value(&report).unwrap();
     assert!(json["figures"].as_array().is_some_and(|f| !f.is_empty()));
     assert!(json["goals"][0]["status"].is_string());
