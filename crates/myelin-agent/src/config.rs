@@ -174,6 +174,15 @@ impl Config {
         if self.gc_interval_s == 0 {
             return Err(ConfigError::Invalid("gc_interval_s must be at least 1".into()));
         }
+        // Stored flows name the rules that decided them: a rule id must stay resolvable for as
+        // long as the history may return a flow naming it.
+        if self.flow_history_dir.is_some() && self.rule_retention_hours < self.flow_history_max_age_hours {
+            return Err(ConfigError::Invalid(format!(
+                "rule_retention_hours {} is shorter than flow_history_max_age_hours {}: stored flows would name rules \
+                 that no longer resolve; set rule_retention_hours to at least {}",
+                self.rule_retention_hours, self.flow_history_max_age_hours, self.flow_history_max_age_hours
+            )));
+        }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err(ConfigError::Invalid(format!(
                 "log_format {:?}: must be \"text\" or \"json\"",
@@ -229,5 +238,15 @@ mod tests {
         let e = Config::from_toml("node_name=\"a\"\npod_cidr = \"10.244.1.0/30\"").unwrap().validate().unwrap_err();
         assert!(e.to_string().contains("/30"), "{e}");
         assert!(Config::from_toml("node_name = 3").is_err());
+        let base = "node_name=\"a\"\npod_cidr = \"10.244.1.0/24\"\n";
+        let e = Config::from_toml(&format!("{base}rule_retention_hours = 24\nflow_history_max_age_hours = 48"))
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("rule_retention_hours 24") && e.to_string().contains("at least 48"), "{e}");
+        // Without a history nothing can name a retired rule later.
+        let c =
+            Config::from_toml(&format!("{base}rule_retention_hours = 24\nflow_history_max_age_hours = 48")).unwrap();
+        Config { flow_history_dir: None, ..c }.validate().unwrap();
     }
 }

@@ -29,6 +29,9 @@ struct Args {
 }
 
 fn main() -> Result<()> {
+    // Before any thread exists (see the function's note: one arena keeps the agent's RSS
+    // near its live heap after large policy applies).
+    let one_arena = myelin_bpf::use_one_allocator_arena();
     let args = Args::parse();
     // setns() moves only the calling thread: do it while the process has one thread.
     if let Some(ns) = &args.netns {
@@ -60,6 +63,11 @@ fn main() -> Result<()> {
     }
     cfg.validate()?;
     init_logs(&cfg.log_format);
+    if !one_arena {
+        tracing::warn!(
+            "the C library refused mallopt(M_ARENA_MAX, 1): memory freed after large policy applies may stay resident"
+        );
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(myelin_agent::daemon::run(cfg))
 }

@@ -78,6 +78,7 @@ pub use prefilter::PrefilterRow;
 pub use probe::{probe_features, FeatureProbe};
 pub use process::{ProcessEvent, ProcessEventKind, ProcessReader};
 pub use services::{Backend, Frontend, ServiceRow};
+pub use sys::{release_free_memory, use_one_allocator_arena};
 
 /// The default bpffs mount point.
 pub const BPFFS_ROOT: &str = "/sys/fs/bpf";

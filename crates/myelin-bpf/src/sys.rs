@@ -463,3 +463,35 @@ pub(crate) fn perf_event_open_tracepoint(id: u64) -> io::Result<OwnedFd> {
     // SAFETY: on success perf_event_open returns a new fd that we now own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
+
+/// Return the C allocator's free pages to the kernel (`malloc_trim(0)`: every glibc arena, whole
+/// free pages anywhere in them). For processes whose RSS would otherwise stay at the
+/// high-water mark of a large transient allocation (a big policy parsed and compiled).
+/// Milliseconds on a heap of ~100 MiB; a no-op on other C libraries.
+pub fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim takes no pointers; it only hands free arena pages back to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Make the C allocator use one arena for all threads (`mallopt(M_ARENA_MAX, 1)`); call it
+/// first thing in `main`, before any thread starts. glibc gives each allocating thread an
+/// arena of its own, and a page freed in one arena cannot serve another: in the agent (API
+/// workers, policy, endpoints, GC, flow ingest, history, metrics) the transient megabytes of a
+/// large policy apply stayed spread over arenas. Measured in a lab, RSS after applying a
+/// 10,000-rule policy and then a 1-rule one, flipped three times: 90–93 MiB with glibc's
+/// default arenas, 54 MiB with one (and 80 MiB with the 10,000 rules in force either way).
+/// Thread caches (tcache) still serve small allocations without the arena lock. Returns false
+/// when the C library refused (or is not glibc).
+#[must_use]
+pub fn use_one_allocator_arena() -> bool {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt takes two integers; called before other threads exist.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1) == 1
+    }
+    #[cfg(not(target_env = "gnu"))]
+    false
+}

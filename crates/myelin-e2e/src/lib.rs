@@ -210,6 +210,16 @@ pub fn tcp_connect(ns: &Path, to: SocketAddr) -> std::io::Result<TcpStream> {
     in_ns(ns, move || TcpStream::connect_timeout(&to, Duration::from_secs(3)))
 }
 
+/// A TCP connect from inside a namespace as a [`Probe`]: refused, reset, unreachable or timed out
+/// is [`Probe::Blocked`]; any other error is a harness error, never "blocked".
+pub fn tcp_probe(ns: &Path, to: SocketAddr) -> Probe {
+    match try_in_ns(ns, move || TcpStream::connect_timeout(&to, Duration::from_secs(3))) {
+        Ok(Ok(_)) => Probe::Reached,
+        Ok(Err(e)) => classify_io_error(&format!("TCP connect to {to}"), &e),
+        Err(e) => Probe::HarnessError(e),
+    }
+}
+
 /// Serve one echo connection on `l` in the background; returns the peer address seen.
 pub fn echo_once(l: TcpListener) -> std::thread::JoinHandle<SocketAddr> {
     std::thread::spawn(move || {

@@ -198,7 +198,7 @@ fn known_traffic_yields_exactly_the_expected_flows() {
     // POLICY_DENIED and a DENIED verdict; the default deny names no policy.
     let t = now_ns();
     let srv = in_ns(&b_ns, move || std::net::TcpListener::bind((b_ip, 8080)).unwrap());
-    assert!(tcp_connect(&c_ns, std::net::SocketAddr::new(b_ip.into(), 8080)).is_err());
+    assert!(!tcp_probe(&c_ns, std::net::SocketAddr::new(b_ip.into(), 8080)).reached("c -> b:8080"), "c -> b denied");
     drop(srv);
     let drop_k = k(DROP, 0, DROPPED, DENIED, "y/c", "x/b", "TCP", 8080, Some(false), "");
     let denied = k(VERDICT, 0, DROPPED, DENIED, "y/c", "x/b", "TCP", 8080, Some(false), "");

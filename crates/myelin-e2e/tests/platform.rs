@@ -183,10 +183,16 @@ fn an_endpoint_whose_labels_are_unknown_is_init_until_they_are_set() {
     let (a_ns, a_ip) = (pod_ns(lab.lab(), "x", "a"), pod_ip(lab.lab(), "x", "a"));
     let l = tcp_listen(&ns.path(), ip);
     let port = l.local_addr().expect("addr").port();
-    assert!(tcp_connect(&a_ns, SocketAddr::new(ip.into(), port)).is_err(), "x/a -> init pod is denied");
+    assert!(
+        !tcp_probe(&a_ns, SocketAddr::new(ip.into(), port)).reached("x/a -> init pod"),
+        "x/a -> init pod is denied"
+    );
     let l2 = tcp_listen(&a_ns, a_ip);
     let port2 = l2.local_addr().expect("addr").port();
-    assert!(tcp_connect(&ns.path(), SocketAddr::new(a_ip.into(), port2)).is_err(), "init pod -> x/a is denied");
+    assert!(
+        !tcp_probe(&ns.path(), SocketAddr::new(a_ip.into(), port2)).reached("init pod -> x/a"),
+        "init pod -> x/a is denied"
+    );
     let stats: Vec<PolicyStat> = c.get("/v1/metrics/policy").expect("stats");
     assert!(stats.iter().any(|s| s.endpoint_id == ep.id && s.verdict == "default-deny"), "{stats:?}");
 

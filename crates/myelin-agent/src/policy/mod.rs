@@ -212,7 +212,10 @@ impl Component {
         match cmd {
             PolicyCmd::Endpoints { .. } => {}
             PolicyCmd::Apply { files, reply } => {
-                let _ = reply.send(self.apply(&files));
+                let r = self.apply(&files);
+                drop(files);
+                let _ = reply.send(r);
+                release_free_memory();
             }
             PolicyCmd::Delete { ids, reply } => {
                 let r = self.engine.remove(&ids).and_then(|(old, keys)| {
@@ -220,6 +223,7 @@ impl Component {
                     Ok(PolicyChange { policies: keys, warnings: vec![], endpoints_updated: report.endpoints_updated })
                 });
                 let _ = reply.send(r);
+                release_free_memory();
             }
             PolicyCmd::Namespace { name, labels, reply } => {
                 self.engine.set_namespace_labels(&name, labels.clone());
@@ -338,4 +342,12 @@ impl Component {
             policy_entries: self.engine.policy_entries(),
         });
     }
+}
+
+/// Give the allocator's free pages back to the kernel. Applying a large policy parses and
+/// compiles megabytes that are freed right after; glibc keeps such pages in the arenas, so the
+/// agent's RSS would stay at the high-water mark of the largest apply. Called after the answer
+/// has been sent.
+fn release_free_memory() {
+    myelin_bpf::release_free_memory();
 }

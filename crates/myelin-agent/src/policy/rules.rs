@@ -7,7 +7,10 @@
 //! edited rule gets a new id, and the old one is retired, not reused: it still
 //! resolves (to the policy's name, uid, revision and the rule's path) until
 //! it has been retired longer than the retention (flow history's horizon).
-//! Ids are never handed out twice.
+//! Ids are never handed out twice. A retired rule whose content comes back
+//! (a policy edited back, or deleted and applied again) gets its old id back:
+//! the index holds one id per distinct (policy, path, content), so flipping a
+//! policy between two versions does not grow it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -21,6 +24,8 @@ type Live = (String, String, u64);
 pub struct RuleIndex {
     by_id: HashMap<u32, RuleInfo>,
     live: HashMap<Live, u32>,
+    /// Keys of retired ids (not yet pruned), so that a rule coming back gets its id back.
+    retired: HashMap<Live, u32>,
     next: u32,
     /// Ids whose record changed since [`RuleIndex::take_dirty`].
     dirty: HashSet<u32>,
@@ -44,8 +49,15 @@ impl RuleIndex {
     pub fn from_records(records: Vec<RuleInfo>, next: u32, live_keys: Vec<(Live, u32)>) -> Self {
         let by_id: HashMap<u32, RuleInfo> = records.into_iter().map(|r| (r.id, r)).collect();
         let max = by_id.keys().copied().max().unwrap_or(0);
-        let live = live_keys.into_iter().filter(|(_, id)| by_id.get(id).is_some_and(|r| r.retired.is_none())).collect();
-        Self { by_id, live, next: next.max(max + 1).max(1), dirty: HashSet::new(), pruned: Vec::new() }
+        let (mut live, mut retired) = (HashMap::new(), HashMap::new());
+        for (key, id) in live_keys {
+            match by_id.get(&id).map(|r| r.retired.is_none()) {
+                Some(true) => live.insert(key, id),
+                Some(false) => retired.insert(key, id),
+                None => None,
+            };
+        }
+        Self { by_id, live, retired, next: next.max(max + 1).max(1), dirty: HashSet::new(), pruned: Vec::new() }
     }
 
     /// The id of this rule as applied now; a new id if its content is new.
@@ -53,6 +65,16 @@ impl RuleIndex {
         let key = (policy.key.to_owned(), path.to_owned(), digest);
         if let Some(id) = self.live.get(&key) {
             return *id;
+        }
+        if let Some(id) = self.retired.remove(&key) {
+            if let Some(r) = self.by_id.get_mut(&id) {
+                r.retired = None;
+                r.policy_uid = policy.uid.to_owned();
+                r.revision = policy.revision;
+                self.dirty.insert(id);
+                self.live.insert(key, id);
+                return id;
+            }
         }
         let id = self.next.max(1);
         self.next = id.wrapping_add(1).max(1);
@@ -85,6 +107,7 @@ impl RuleIndex {
                 if let Some(r) = self.by_id.get_mut(&id) {
                     r.retired = Some(now);
                     self.dirty.insert(id);
+                    self.retired.insert(k, id);
                 }
             }
         }
@@ -97,6 +120,10 @@ impl RuleIndex {
         for id in &old {
             self.by_id.remove(id);
             self.dirty.remove(id);
+        }
+        if !old.is_empty() {
+            let gone: HashSet<u32> = old.iter().copied().collect();
+            self.retired.retain(|_, id| !gone.contains(id));
         }
         self.pruned.extend(&old);
         old.len()
@@ -125,10 +152,21 @@ impl RuleIndex {
         self.next
     }
 
-    /// The live keys, for persistence.
+    /// The keys of every id in force or retired (not yet pruned), for persistence.
     #[must_use]
     pub fn live_keys(&self) -> Vec<(Live, u32)> {
-        self.live.iter().map(|(k, v)| (k.clone(), *v)).collect()
+        self.live.iter().chain(&self.retired).map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
+    /// Ids known (in force or retired, not pruned).
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
     }
 
     /// Records changed and ids pruned since the last call (to persist).
@@ -176,6 +214,36 @@ mod tests {
         assert!(idx.get(b).is_none());
         let c = idx.resolve(&meta(3), "spec.ingress[2]", 33, 300);
         assert!(c > b2);
+    }
+
+    #[test]
+    fn a_rule_that_comes_back_gets_its_retired_id_back_and_the_index_stays_bounded() {
+        let mut idx = RuleIndex::default();
+        let a = idx.resolve(&meta(1), "spec.ingress[0]", 11, 100);
+        idx.retire_others(&[a].into(), 100);
+        let mut flips = Vec::new();
+        for rev in 2..12 {
+            // Flip between two contents of the same rule, as `apply big; apply small; ...` does.
+            let digest = if rev % 2 == 0 { 12 } else { 11 };
+            let id = idx.resolve(&meta(rev), "spec.ingress[0]", digest, 100 + rev);
+            idx.retire_others(&[id].into(), 100 + rev);
+            flips.push(id);
+        }
+        assert_eq!(idx.len(), 2, "one id per distinct content");
+        assert!(flips.iter().all(|&id| id == a || id == flips[0]), "{flips:?}");
+        let back = idx.get(a).unwrap();
+        assert_eq!((back.retired, back.revision), (None, 11), "revived, describing the revision in force");
+        // Revival survives persistence: a retired key comes back after a restart too.
+        let (dirty, _) = idx.take_dirty();
+        let mut again = RuleIndex::from_records(dirty, idx.next_id(), idx.live_keys());
+        let b = flips[0];
+        assert_eq!(again.get(b).unwrap().retired, Some(111));
+        assert_eq!(again.resolve(&meta(12), "spec.ingress[0]", 12, 200), b);
+        // Pruned ids are forgotten for good: the content then gets a fresh id.
+        again.retire_others(&[b].into(), 200);
+        assert_eq!(again.prune(201), 1);
+        let fresh = again.resolve(&meta(13), "spec.ingress[0]", 11, 300);
+        assert!(fresh > b && fresh != a);
     }
 
     #[test]

@@ -456,6 +456,9 @@ fn write_until_killed(dir: &Path) -> Result<()> {
 }
 
 fn main() -> Result<()> {
+    // The agent's allocator setting (one arena), so the consumer threads measured here
+    // allocate as they do in the agent.
+    let _ = myelin_bpf::use_one_allocator_arena();
     let Some(args) = parse_args()? else { return Ok(()) };
     let dir =
         args.dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("observe-bench-{}", std::process::id())));
