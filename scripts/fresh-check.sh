@@ -25,8 +25,10 @@
 #      what the README has a new user run, one timed step each:
 #        setup     bash scripts/setup.sh
 #        build     cargo build --workspace --bins
-#        lab-up    target/debug/myelin lab up --name fresh          (the default demo lab)
-#        ping      myelin lab exec --name fresh <pod A> -- ping -c 3 <IP of pod B>
+#        demo      MYELIN_LAB=fresh ./demo.sh    (the README's main command, literally: setup, build,
+#                  the default lab up, pod-to-pod and pod-to-world pings, a policy, flows)
+#        ping      myelin lab exec --name fresh <pod A> -- ping -c 3 <IP of pod B>  (the lab
+#                  the demo left up still forwards)
 #        lab-down  myelin lab down --name fresh
 #        leftovers nothing of the lab is left: network namespaces, netns mounts, cgroups,
 #                  bpffs pins, processes
@@ -287,6 +289,7 @@ ok_note() {
   case "$1" in
     setup) grep -E '^setup: installing' "$2" | fold -s -w 100 ;;
     ping) grep -E ' -> |packets transmitted|min/avg/max' "$2" ;;
+    demo) grep -E '^== |packets transmitted|DROPPED' "$2" | head -n 20 ;;
   esac
   true
 }
@@ -630,8 +633,8 @@ run_step clone "git clone of $COMMIT_SHORT into <root>$SRC" clone_repo || exit 1
 run_step setup "bash scripts/setup.sh (the install step)" in_root "bash scripts/setup.sh" || exit 1
 run_step build "cargo build --workspace --bins" in_root "cargo build --workspace --bins" || exit 1
 if [ "$SKIP_LAB" -eq 0 ]; then
-  run_step lab-up "target/debug/myelin lab up --name $LAB (the default lab)" \
-    in_root "target/debug/myelin lab up --name $LAB" || exit 1
+  run_step demo "MYELIN_LAB=$LAB ./demo.sh (the README's main command; it leaves lab $LAB up)" \
+    in_root "MYELIN_LAB=$LAB ./demo.sh" || exit 1
   run_step ping "pod-to-pod ping in lab $LAB" ping_pods || exit 1
   run_step lab-down "target/debug/myelin lab down --name $LAB" \
     in_root "target/debug/myelin lab down --name $LAB" || exit 1
