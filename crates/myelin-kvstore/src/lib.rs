@@ -20,8 +20,10 @@
 //! holds them). Otherwise it picks a free id in the configured range (default 256..=65535, like
 //! Cilium's cluster-wide range), starting from a hash of the labels so racing nodes with the same
 //! labels try the same id, and claims it with one transaction that requires both that the `id/`
-//! key was never created (`create_revision == 0`) and that no reference to the labels exists
-//! (a range compare over `value/<labels>/`); it then writes the `id/` key and this node's
+//! key was never created (`create_revision == 0`) and that no reference to the labels was written
+//! since it read none (a range compare over `value/<labels>/`: every key's `mod_revision` is at
+//! most the read's revision, so a malformed reference that was already there does not block the
+//! labels forever); it then writes the `id/` key and this node's
 //! reference. A node that loses the race re-reads and adopts the winner's id, so one label set
 //! never gets two ids even when nodes allocate it at the same moment.
 //!
@@ -291,7 +293,7 @@ impl Kvstore {
         for _ in 0..MAX_ATTEMPTS {
             self.check_lease()?;
             // 1. Any node's reference to these labels.
-            let (refs, _) = self.get_prefix(&self.value_prefix(&canon)).await?;
+            let (refs, refs_rev) = self.get_prefix(&self.value_prefix(&canon)).await?;
             let mut referenced: Vec<u32> = Vec::new();
             for kv in &refs {
                 match parse_reference(&self.cfg.prefix, kv) {
@@ -338,7 +340,9 @@ impl Kvstore {
             let txn = Txn::new()
                 .when([
                     Compare::create_revision(self.id_key(id), CompareOp::Equal, 0),
-                    Compare::create_revision(self.value_prefix(&canon), CompareOp::Equal, 0).with_prefix(),
+                    // No reference to these labels was written since step 1 read none (keys
+                    // already there then are malformed ones, skipped above).
+                    Compare::mod_revision(self.value_prefix(&canon), CompareOp::Less, refs_rev + 1).with_prefix(),
                 ])
                 .and_then([
                     TxnOp::put(self.id_key(id), canon.clone(), None),
