@@ -1,5 +1,6 @@
 //! Test support: a real etcd (Debian's `etcd-server`, `/usr/bin/etcd`, or `$MYELIN_ETCD`) on
-//! 127.0.0.1 with free ports and a temporary data dir, killed and removed on drop.
+//! 127.0.0.1 with free ports and a temporary data dir, killed and removed on drop (and killed by
+//! the kernel if the test process dies without unwinding).
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
 use std::fs::File;
@@ -61,7 +62,11 @@ impl Etcd {
         let peer = format!("http://127.0.0.1:{peer_port}");
         let log = dir.path().join("etcd.log");
         let out = File::create(&log).unwrap();
-        let child = Command::new(etcd_binary())
+        // setpriv (util-linux, always on Debian) makes the kernel kill etcd if this test thread
+        // dies without running Drop (a test runner's SIGKILL on timeout).
+        let child = Command::new("setpriv")
+            .args(["--pdeathsig", "KILL", "--"])
+            .arg(etcd_binary())
             .arg("--name=test")
             .arg(format!("--data-dir={}", dir.path().join("data").display()))
             .arg(format!("--listen-client-urls={endpoint}"))
