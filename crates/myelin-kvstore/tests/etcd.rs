@@ -288,3 +288,33 @@ async fn gc_deletes_only_unreferenced_ids() {
     }
     eprintln!("gc collected {collected} ids while 30 were being re-allocated");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_lease_and_unreachable_etcd_give_clear_errors() {
+    let etcd = Etcd::start().await;
+    let a = node(&etcd, "node-a").await;
+    a.allocate(&set(1)).await.unwrap();
+    // The lease disappears behind the client's back (as after a long partition).
+    etcd.client().await.lease_revoke(a.lease_id()).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match a.allocate(&set(2)).await {
+            Err(myelin_kvstore::KvstoreError::LeaseLost { lease_id, reason }) => {
+                assert_eq!(lease_id, a.lease_id());
+                assert!(reason.contains("expired"), "{reason}");
+                break;
+            }
+            // Until the keep-alive task notices, etcd itself refuses the revoked lease.
+            Err(e) => assert!(e.to_string().contains("lease not found"), "{e}"),
+            Ok(id) => panic!("allocated {id} on a revoked lease"),
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the lost lease was never reported");
+        tokio::time::sleep(Duration::from_millis(100)).await; // poll interval of the deadline wait
+    }
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let nowhere = format!("http://127.0.0.1:{port}");
+    let err = Kvstore::connect(&[nowhere.as_str()], "node-b", TTL).await.err().expect("connected to nothing");
+    let msg = err.to_string();
+    assert!(msg.starts_with("etcd ") && msg.contains(&nowhere), "{msg}");
+}
