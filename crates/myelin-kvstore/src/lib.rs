@@ -1,0 +1,635 @@
+//! Cluster-wide state on etcd v3. This first slice: security identity allocation, so the same
+//! label set gets the same numeric identity on every node.
+//!
+//! # Key layout
+//!
+//! Cilium's kvstore identity layout, under our name: the prefix is
+//! [`DEFAULT_PREFIX`] = `myelin/state/identities/v1` (Cilium uses `cilium/state/identities/v1`)
+//! and is configurable ([`KvstoreConfig::prefix`]).
+//!
+//! - `<prefix>/id/<id>` -> the label set, canonical encoding (see [`labels`]), e.g.
+//!   `k8s:app=web;k8s:io.kubernetes.pod.namespace=default`. `<id>` is decimal. Not bound to a
+//!   lease: it outlives the nodes that use it until [`Kvstore::gc`] removes it.
+//! - `<prefix>/value/<labels>/<node>` -> `<id>`: node `<node>`'s reference to the identity,
+//!   bound to that node's lease, so it disappears when the node stops renewing it.
+//!
+//! # Allocation
+//!
+//! [`Kvstore::allocate`] reuses the id of an existing reference (any node's) or of an existing
+//! `id/` key holding the labels (adopting it with a transaction that checks the `id/` key still
+//! holds them). Otherwise it picks a free id in the configured range (default 256..=65535, like
+//! Cilium's cluster-wide range), starting from a hash of the labels so racing nodes with the same
+//! labels try the same id, and claims it with one transaction that requires both that the `id/`
+//! key was never created (`create_revision == 0`) and that no reference to the labels was written
+//! since it read none (a range compare over `value/<labels>/`: every key's `mod_revision` is at
+//! most the read's revision, so a malformed reference that was already there does not block the
+//! labels forever); it then writes the `id/` key and this node's
+//! reference. A node that loses the race re-reads and adopts the winner's id, so one label set
+//! never gets two ids even when nodes allocate it at the same moment.
+//!
+//! Malformed content under the prefix (a foreign key, a non-numeric id, a value that is not a
+//! canonical label set) is logged with `tracing::warn` and skipped.
+//!
+//! Out of scope for now: reconnecting after the etcd connection or the lease is lost (calls then
+//! fail with [`KvstoreError::LeaseLost`] / [`KvstoreError::Etcd`]), per-call request timeouts,
+//! and caching (every allocation reads the `id/` range).
+
+pub mod labels;
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, KeyValue, LeaseKeepAliveStream,
+    LeaseKeeper, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::{error, warn};
+
+pub use labels::{Label, Labels};
+
+/// Cilium's `cilium/state/identities/v1`, under our name.
+pub const DEFAULT_PREFIX: &str = "myelin/state/identities/v1";
+/// First id of the default cluster-wide range (Cilium's too; lower ids are reserved).
+pub const DEFAULT_ID_MIN: u32 = 256;
+/// Last id of the default cluster-wide range.
+pub const DEFAULT_ID_MAX: u32 = 65535;
+/// How many read-and-claim rounds [`Kvstore::allocate`] tries before giving up.
+const MAX_ATTEMPTS: u32 = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KvstoreError {
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error("etcd {op} failed: {source}")]
+    Etcd {
+        op: String,
+        #[source]
+        source: Box<etcd_client::Error>,
+    },
+    #[error("no free identity in {min}..={max}: every id is taken")]
+    Exhausted { min: u32, max: u32 },
+    #[error("allocating an identity for `{labels}` did not settle after {attempts} attempts (etcd contention or inconsistent references)")]
+    Contention { labels: String, attempts: u32 },
+    #[error("this node's etcd lease {lease_id:x} is gone ({reason}); its references are no longer kept (reconnect is not implemented)")]
+    LeaseLost { lease_id: i64, reason: String },
+}
+
+pub type Result<T, E = KvstoreError> = std::result::Result<T, E>;
+
+fn etcd_err(op: impl Into<String>) -> impl FnOnce(etcd_client::Error) -> KvstoreError {
+    let op = op.into();
+    move |source| KvstoreError::Etcd { op, source: Box::new(source) }
+}
+
+/// Settings; [`KvstoreConfig::new`] gives the defaults.
+#[derive(Clone, Debug)]
+pub struct KvstoreConfig {
+    /// Key prefix, without a trailing `/`.
+    pub prefix: String,
+    /// Allocation range, inclusive.
+    pub id_min: u32,
+    pub id_max: u32,
+    /// TTL of this node's lease (whole seconds, rounded up; at least 1 s). Renewed every third.
+    pub lease_ttl: Duration,
+    /// How long connecting to etcd may take.
+    pub connect_timeout: Duration,
+}
+
+impl KvstoreConfig {
+    pub fn new(lease_ttl: Duration) -> Self {
+        KvstoreConfig {
+            prefix: DEFAULT_PREFIX.to_string(),
+            id_min: DEFAULT_ID_MIN,
+            id_max: DEFAULT_ID_MAX,
+            lease_ttl,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |field, reason: String| Err(KvstoreError::Invalid { field, reason });
+        if self.prefix.is_empty() || self.prefix.ends_with('/') || !printable_no_space(&self.prefix) {
+            return bad("prefix", format!("`{}`: must be non-empty, printable, without a trailing '/'", self.prefix));
+        }
+        if self.id_min == 0 || self.id_min > self.id_max {
+            return bad("id_range", format!("{}..={}: must be non-empty and start above 0", self.id_min, self.id_max));
+        }
+        if self.lease_ttl < Duration::from_secs(1) || self.lease_ttl > Duration::from_secs(86_400) {
+            return bad("lease_ttl", format!("{:?}: must be between 1 s and 1 day", self.lease_ttl));
+        }
+        if self.connect_timeout.is_zero() {
+            return bad("connect_timeout", "must be above zero".to_string());
+        }
+        Ok(())
+    }
+}
+
+fn printable_no_space(s: &str) -> bool {
+    s.chars().all(|c| !c.is_control() && !c.is_whitespace())
+}
+
+fn validate_node(node: &str) -> Result<()> {
+    if node.is_empty() || node.len() > 253 || node.contains('/') || !printable_no_space(node) {
+        return Err(KvstoreError::Invalid {
+            field: "node_name",
+            reason: format!("`{node}`: must be 1..=253 printable characters without whitespace or '/'"),
+        });
+    }
+    Ok(())
+}
+
+/// A change to the identity table, from [`Kvstore::watch_identities`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IdentityEvent {
+    /// `id` exists (or changed) and holds `labels`.
+    Upsert { id: u32, labels: Labels },
+    /// `id` was deleted.
+    Delete { id: u32 },
+    /// The initial listing has been delivered; events after this come from the etcd watch.
+    Synced,
+}
+
+/// The receiving end of [`Kvstore::watch_identities`]; dropping it stops the watch.
+pub struct IdentityWatch {
+    rx: mpsc::Receiver<Result<IdentityEvent>>,
+    task: JoinHandle<()>,
+}
+
+impl IdentityWatch {
+    /// The next event; `Some(Err(_))` once if the etcd watch fails (the watch then ends), `None`
+    /// after that.
+    pub async fn next(&mut self) -> Option<Result<IdentityEvent>> {
+        self.rx.recv().await
+    }
+}
+
+impl Drop for IdentityWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One node's connection to the cluster's etcd, with the node's lease kept alive in the
+/// background for as long as this value lives.
+pub struct Kvstore {
+    client: Client,
+    node: String,
+    lease_id: i64,
+    cfg: KvstoreConfig,
+    lease_state: watch::Receiver<Option<String>>,
+    keepalive: JoinHandle<()>,
+}
+
+impl Drop for Kvstore {
+    fn drop(&mut self) {
+        // The lease is not revoked here (that needs a round trip): it expires after its TTL.
+        // `close` revokes it at once.
+        self.keepalive.abort();
+    }
+}
+
+impl Kvstore {
+    /// Connects with the default settings and this lease TTL; see [`Kvstore::connect_with`].
+    pub async fn connect<E: AsRef<str>>(endpoints: &[E], node_name: &str, lease_ttl: Duration) -> Result<Self> {
+        Self::connect_with(endpoints, node_name, KvstoreConfig::new(lease_ttl)).await
+    }
+
+    /// Connects to etcd (`endpoints` like `http://127.0.0.1:2379`), grants this node's lease and
+    /// keeps it alive in a background task.
+    pub async fn connect_with<E: AsRef<str>>(endpoints: &[E], node_name: &str, cfg: KvstoreConfig) -> Result<Self> {
+        let eps: Vec<String> = endpoints.iter().map(|e| e.as_ref().trim().to_string()).collect();
+        if eps.is_empty() || eps.iter().any(String::is_empty) {
+            return Err(KvstoreError::Invalid {
+                field: "endpoints",
+                reason: format!("{eps:?}: need at least one non-empty etcd endpoint"),
+            });
+        }
+        validate_node(node_name)?;
+        cfg.validate()?;
+        let shown = eps.join(",");
+        let opts = ConnectOptions::new().with_connect_timeout(cfg.connect_timeout);
+        let mut client = Client::connect(&eps, Some(opts)).await.map_err(etcd_err(format!("connect to {shown}")))?;
+        let ttl = cfg.lease_ttl.as_secs() as i64 + i64::from(cfg.lease_ttl.subsec_nanos() > 0);
+        let grant =
+            client.lease_grant(ttl, None).await.map_err(etcd_err(format!("lease grant (TTL {ttl} s) at {shown}")))?;
+        let lease_id = grant.id();
+        let (keeper, stream) =
+            client.lease_keep_alive(lease_id).await.map_err(etcd_err(format!("lease {lease_id:x} keep-alive")))?;
+        // Renew three times per TTL (etcd may grant a longer TTL than asked; use what it granted).
+        let interval = Duration::from_millis((grant.ttl().max(1) as u64 * 1000 / 3).max(200));
+        let (tx, lease_state) = watch::channel(None);
+        let keepalive = tokio::spawn(keep_lease_alive(keeper, stream, lease_id, interval, tx));
+        Ok(Kvstore { client, node: node_name.to_string(), lease_id, cfg, lease_state, keepalive })
+    }
+
+    pub fn node_name(&self) -> &str {
+        &self.node
+    }
+
+    pub fn lease_id(&self) -> i64 {
+        self.lease_id
+    }
+
+    pub fn config(&self) -> &KvstoreConfig {
+        &self.cfg
+    }
+
+    /// Stops renewing and revokes the lease, so this node's references go at once.
+    pub async fn close(mut self) -> Result<()> {
+        self.keepalive.abort();
+        let lease = self.lease_id;
+        self.client.lease_revoke(lease).await.map_err(etcd_err(format!("lease {lease:x} revoke")))?;
+        Ok(())
+    }
+
+    fn check_lease(&self) -> Result<()> {
+        match self.lease_state.borrow().as_ref() {
+            None => Ok(()),
+            Some(reason) => Err(KvstoreError::LeaseLost { lease_id: self.lease_id, reason: reason.clone() }),
+        }
+    }
+
+    fn id_prefix(&self) -> String {
+        format!("{}/id/", self.cfg.prefix)
+    }
+
+    fn id_key(&self, id: u32) -> String {
+        format!("{}/id/{id}", self.cfg.prefix)
+    }
+
+    fn value_root(&self) -> String {
+        format!("{}/value/", self.cfg.prefix)
+    }
+
+    fn value_prefix(&self, canon: &str) -> String {
+        format!("{}/value/{canon}/", self.cfg.prefix)
+    }
+
+    fn value_key(&self, canon: &str) -> String {
+        format!("{}/value/{canon}/{}", self.cfg.prefix, self.node)
+    }
+
+    async fn get_prefix(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64)> {
+        let mut client = self.client.clone();
+        let mut resp = client
+            .get(prefix, Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(etcd_err(format!("get {prefix}*")))?;
+        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        Ok((resp.take_kvs(), rev))
+    }
+
+    async fn txn(&self, txn: Txn, what: &str) -> Result<etcd_client::TxnResponse> {
+        let mut client = self.client.clone();
+        client.txn(txn).await.map_err(etcd_err(format!("transaction ({what})")))
+    }
+
+    /// The cluster-wide identity of `labels`, allocating one if no node has; records this node's
+    /// reference to it (bound to this node's lease).
+    pub async fn allocate(&self, labels: &Labels) -> Result<u32> {
+        let canon = labels.canonical();
+        for _ in 0..MAX_ATTEMPTS {
+            self.check_lease()?;
+            // 1. Any node's reference to these labels.
+            let (refs, refs_rev) = self.get_prefix(&self.value_prefix(&canon)).await?;
+            let mut referenced: Vec<u32> = Vec::new();
+            for kv in &refs {
+                match parse_reference(&self.cfg.prefix, kv) {
+                    Some((l, _node, id)) if l == canon => referenced.push(id),
+                    Some(_) => {} // labels that merely share our prefix cannot occur (see labels.rs), skip
+                    None => {}
+                }
+            }
+            referenced.sort_unstable();
+            referenced.dedup();
+            if referenced.len() > 1 {
+                warn!(labels = %canon, ids = ?referenced, "references disagree on the identity of one label set; using the lowest");
+            }
+            let mut adopted = false;
+            for id in &referenced {
+                if self.adopt(*id, &canon).await? {
+                    return Ok(*id);
+                }
+                adopted = true;
+            }
+            if adopted {
+                // The referenced id no longer holds these labels (or the race moved on): re-read.
+                continue;
+            }
+            // 2. An `id/` key that holds these labels (its references may all have expired).
+            let (ids, _) = self.get_prefix(&self.id_prefix()).await?;
+            let mut used = HashSet::new();
+            let mut existing: Option<u32> = None;
+            for kv in &ids {
+                let Some(id) = parse_id_key(&self.cfg.prefix, kv.key()) else { continue };
+                used.insert(id);
+                if kv.value() == canon.as_bytes() {
+                    existing = Some(existing.map_or(id, |e: u32| e.min(id)));
+                }
+            }
+            if let Some(id) = existing {
+                if self.adopt(id, &canon).await? {
+                    return Ok(id);
+                }
+                continue;
+            }
+            // 3. A new id, claimed atomically.
+            let id = self.pick_free(&used, &canon)?;
+            let txn = Txn::new()
+                .when([
+                    Compare::create_revision(self.id_key(id), CompareOp::Equal, 0),
+                    // No reference to these labels was written since step 1 read none (keys
+                    // already there then are malformed ones, skipped above).
+                    Compare::mod_revision(self.value_prefix(&canon), CompareOp::Less, refs_rev + 1).with_prefix(),
+                ])
+                .and_then([
+                    TxnOp::put(self.id_key(id), canon.clone(), None),
+                    TxnOp::put(
+                        self.value_key(&canon),
+                        id.to_string(),
+                        Some(PutOptions::new().with_lease(self.lease_id)),
+                    ),
+                ]);
+            if self.txn(txn, "claim a new identity").await?.succeeded() {
+                return Ok(id);
+            }
+            // Lost a race: another node took this id or allocated these labels. Re-read.
+        }
+        Err(KvstoreError::Contention { labels: canon, attempts: MAX_ATTEMPTS })
+    }
+
+    /// Adds this node's reference to `id` if `id/<id>` holds `canon` (or is missing, when it is
+    /// recreated from a surviving reference). False when `id/<id>` holds other labels.
+    async fn adopt(&self, id: u32, canon: &str) -> Result<bool> {
+        let put_ref =
+            TxnOp::put(self.value_key(canon), id.to_string(), Some(PutOptions::new().with_lease(self.lease_id)));
+        let txn =
+            Txn::new().when([Compare::value(self.id_key(id), CompareOp::Equal, canon)]).and_then([put_ref.clone()]);
+        if self.txn(txn, "reference an identity").await?.succeeded() {
+            return Ok(true);
+        }
+        let txn = Txn::new()
+            .when([Compare::create_revision(self.id_key(id), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(self.id_key(id), canon, None), put_ref]);
+        let recreated = self.txn(txn, "recreate a referenced identity").await?.succeeded();
+        if recreated {
+            warn!(id, labels = %canon, "identity key was missing while references to it existed; recreated it");
+        }
+        Ok(recreated)
+    }
+
+    fn pick_free(&self, used: &HashSet<u32>, canon: &str) -> Result<u32> {
+        let (min, max) = (self.cfg.id_min, self.cfg.id_max);
+        let size = u64::from(max - min) + 1;
+        let start = fnv1a(canon.as_bytes()) % size;
+        (0..size)
+            .map(|i| min + ((start + i) % size) as u32)
+            .find(|id| !used.contains(id))
+            .ok_or(KvstoreError::Exhausted { min, max })
+    }
+
+    /// Deletes this node's reference to `labels`; true if there was one.
+    pub async fn release(&self, labels: &Labels) -> Result<bool> {
+        let key = self.value_key(&labels.canonical());
+        let mut client = self.client.clone();
+        let resp = client.delete(key.as_str(), None).await.map_err(etcd_err(format!("delete {key}")))?;
+        Ok(resp.deleted() > 0)
+    }
+
+    /// The labels of `id`, if it exists (malformed content is logged and reads as absent).
+    pub async fn lookup(&self, id: u32) -> Result<Option<Labels>> {
+        let key = self.id_key(id);
+        let mut client = self.client.clone();
+        let resp = client.get(key.as_str(), None).await.map_err(etcd_err(format!("get {key}")))?;
+        Ok(resp.kvs().first().and_then(|kv| parse_id_labels(&key, kv.value())))
+    }
+
+    /// Every identity now (as [`IdentityEvent::Upsert`]s, by id, then [`IdentityEvent::Synced`]),
+    /// then each change as the etcd watch reports it, starting right after the listing's revision.
+    pub async fn watch_identities(&self) -> Result<IdentityWatch> {
+        let prefix = self.id_prefix();
+        let (kvs, rev) = self.get_prefix(&prefix).await?;
+        let mut initial = BTreeMap::new();
+        for kv in &kvs {
+            if let Some(IdentityEvent::Upsert { id, labels }) = decode_event(&self.cfg.prefix, EventType::Put, kv) {
+                initial.insert(id, labels);
+            }
+        }
+        let mut client = self.client.clone();
+        let (watcher, mut stream) = client
+            .watch(prefix.as_str(), Some(WatchOptions::new().with_prefix().with_start_revision(rev + 1)))
+            .await
+            .map_err(etcd_err(format!("watch {prefix}*")))?;
+        let (tx, rx) = mpsc::channel(1024);
+        let cfg_prefix = self.cfg.prefix.clone();
+        let task = tokio::spawn(async move {
+            let _watcher = watcher; // dropping it would end the watch
+            for (id, labels) in initial {
+                if tx.send(Ok(IdentityEvent::Upsert { id, labels })).await.is_err() {
+                    return;
+                }
+            }
+            if tx.send(Ok(IdentityEvent::Synced)).await.is_err() {
+                return;
+            }
+            loop {
+                let failure = match stream.message().await {
+                    Ok(Some(resp)) => {
+                        if resp.canceled() {
+                            Some(format!(
+                                "etcd canceled the watch on {cfg_prefix}/id/ (compacted to {}): {}",
+                                resp.compact_revision(),
+                                resp.cancel_reason()
+                            ))
+                        } else {
+                            for ev in resp.events() {
+                                let Some(kv) = ev.kv() else { continue };
+                                if let Some(e) = decode_event(&cfg_prefix, ev.event_type(), kv) {
+                                    if tx.send(Ok(e)).await.is_err() {
+                                        return;
+                                    }
+                                }
+                            }
+                            None
+                        }
+                    }
+                    Ok(None) => Some(format!("etcd closed the watch on {cfg_prefix}/id/")),
+                    Err(e) => Some(format!("watch on {cfg_prefix}/id/: {e}")),
+                };
+                if let Some(reason) = failure {
+                    error!(%reason, "identity watch ended");
+                    let _ = tx
+                        .send(Err(KvstoreError::Etcd {
+                            op: "identity watch".to_string(),
+                            source: Box::new(etcd_client::Error::WatchError(reason)),
+                        }))
+                        .await;
+                    return;
+                }
+            }
+        });
+        Ok(IdentityWatch { rx, task })
+    }
+
+    /// Deletes every `id/<id>` whose label set no node references any more, each in a transaction
+    /// that requires the key unchanged since it was read and no reference to its labels (so an
+    /// allocation that adopts it concurrently either wins, and the key stays, or fails and
+    /// retries). Returns the deleted ids. Malformed `id/` content is left alone.
+    pub async fn gc(&self) -> Result<Vec<u32>> {
+        let (ids, _) = self.get_prefix(&self.id_prefix()).await?;
+        let (refs, _) = self.get_prefix(&self.value_root()).await?;
+        let referenced: HashSet<String> =
+            refs.iter().filter_map(|kv| parse_reference(&self.cfg.prefix, kv)).map(|(l, _, _)| l).collect();
+        let mut deleted = Vec::new();
+        for kv in &ids {
+            let Some(id) = parse_id_key(&self.cfg.prefix, kv.key()) else { continue };
+            let key = self.id_key(id);
+            let Some(labels) = parse_id_labels(&key, kv.value()) else { continue };
+            let canon = labels.canonical();
+            if referenced.contains(&canon) {
+                continue;
+            }
+            let txn = Txn::new()
+                .when([
+                    Compare::mod_revision(key.as_str(), CompareOp::Equal, kv.mod_revision()),
+                    Compare::create_revision(self.value_prefix(&canon), CompareOp::Equal, 0).with_prefix(),
+                ])
+                .and_then([TxnOp::delete(key.as_str(), Some(DeleteOptions::new()))]);
+            let resp = self.txn(txn, "delete an unreferenced identity").await?;
+            let removed = resp.op_responses().iter().any(|r| matches!(r, TxnOpResponse::Delete(d) if d.deleted() > 0));
+            if resp.succeeded() && removed {
+                deleted.push(id);
+            }
+        }
+        Ok(deleted)
+    }
+}
+
+async fn keep_lease_alive(
+    mut keeper: LeaseKeeper,
+    mut stream: LeaseKeepAliveStream,
+    lease_id: i64,
+    interval: Duration,
+    state: watch::Sender<Option<String>>,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let failure = match keeper.keep_alive().await {
+            Err(e) => Some(format!("sending a keep-alive failed: {e}")),
+            Ok(()) => match stream.message().await {
+                Ok(Some(resp)) if resp.ttl() > 0 => None,
+                Ok(Some(_)) => Some("etcd reports the lease expired".to_string()),
+                Ok(None) => Some("etcd closed the keep-alive stream".to_string()),
+                Err(e) => Some(format!("keep-alive stream failed: {e}")),
+            },
+        };
+        if let Some(reason) = failure {
+            error!(lease = format!("{lease_id:x}"), %reason, "etcd lease lost");
+            let _ = state.send(Some(reason));
+            return;
+        }
+    }
+}
+
+/// FNV-1a, 64 bit: a stable hash (the same on every node and build) for the first id to try.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// `<prefix>/id/<id>` -> id; anything else under `id/` is logged and skipped.
+fn parse_id_key(prefix: &str, key: &[u8]) -> Option<u32> {
+    let shown = String::from_utf8_lossy(key);
+    let rest = shown.strip_prefix(prefix).and_then(|r| r.strip_prefix("/id/"));
+    match rest.map(|r| (r, r.parse::<u32>())) {
+        Some((r, Ok(id))) if id > 0 && r == id.to_string() => Some(id),
+        _ => {
+            warn!(key = %shown, "skipping a key under the identity prefix that is not `id/<decimal id>`");
+            None
+        }
+    }
+}
+
+fn parse_id_labels(key: &str, value: &[u8]) -> Option<Labels> {
+    let parsed = std::str::from_utf8(value)
+        .map_err(|e| e.to_string())
+        .and_then(|s| Labels::parse_canonical(s).map_err(|e| e.to_string()));
+    match parsed {
+        Ok(l) => Some(l),
+        Err(e) => {
+            warn!(%key, error = %e, "skipping an identity whose value is not a canonical label set");
+            None
+        }
+    }
+}
+
+/// `<prefix>/value/<labels>/<node>` -> `<id>` as (labels, node, id); malformed ones are logged
+/// and skipped.
+fn parse_reference(prefix: &str, kv: &KeyValue) -> Option<(String, String, u32)> {
+    let key = String::from_utf8_lossy(kv.key());
+    let parsed = key
+        .strip_prefix(prefix)
+        .and_then(|r| r.strip_prefix("/value/"))
+        .and_then(|r| r.rsplit_once('/'))
+        .filter(|(labels, node)| !node.is_empty() && Labels::parse_canonical(labels).is_ok());
+    let id = std::str::from_utf8(kv.value()).ok().and_then(|v| v.parse::<u32>().ok()).filter(|id| *id > 0);
+    match (parsed, id) {
+        (Some((labels, node)), Some(id)) => Some((labels.to_string(), node.to_string(), id)),
+        _ => {
+            warn!(key = %key, value = %String::from_utf8_lossy(kv.value()), "skipping a malformed identity reference");
+            None
+        }
+    }
+}
+
+fn decode_event(prefix: &str, kind: EventType, kv: &KeyValue) -> Option<IdentityEvent> {
+    let id = parse_id_key(prefix, kv.key())?;
+    match kind {
+        EventType::Delete => Some(IdentityEvent::Delete { id }),
+        EventType::Put => {
+            let key = String::from_utf8_lossy(kv.key());
+            parse_id_labels(&key, kv.value()).map(|labels| IdentityEvent::Upsert { id, labels })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn config_and_node_are_checked_naming_the_field() {
+        let mut c = KvstoreConfig::new(Duration::from_millis(500));
+        assert!(c.validate().unwrap_err().to_string().contains("invalid lease_ttl"));
+        c.lease_ttl = Duration::from_secs(2);
+        c.id_min = 10;
+        c.id_max = 9;
+        assert!(c.validate().unwrap_err().to_string().contains("invalid id_range"));
+        c.id_max = 10;
+        c.prefix = "myelin/".into();
+        assert!(c.validate().unwrap_err().to_string().contains("invalid prefix"));
+        assert!(validate_node("a/b").unwrap_err().to_string().contains("invalid node_name"));
+        assert!(validate_node("").is_err());
+        assert!(validate_node("node-1").is_ok());
+    }
+
+    #[test]
+    fn id_keys_parse_strictly() {
+        let p = DEFAULT_PREFIX;
+        assert_eq!(parse_id_key(p, format!("{p}/id/256").as_bytes()), Some(256));
+        for bad in ["abc", "0256", "0", "-1", "256/x", "99999999999", ""] {
+            assert_eq!(parse_id_key(p, format!("{p}/id/{bad}").as_bytes()), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn fnv_is_stable() {
+        // Every node must agree on the first id to try: this pins the function.
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+}
