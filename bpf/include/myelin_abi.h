@@ -120,6 +120,7 @@ enum myelin_reason {
 	DROP_POLICY             = 133, /* policy denied */
 	DROP_INVALID            = 134, /* invalid packet */
 	DROP_UNSUPPORTED_L3     = 139,
+	DROP_NO_TUNNEL_ENDPOINT = 160, /* overlay: no node holds the destination, or no tunnel key */
 	DROP_FIB_LOOKUP_FAILED  = 169,
 	DROP_UNKNOWN_SENDER     = 172,
 	DROP_POLICY_DENY        = 181, /* policy denied by an explicit deny rule */
@@ -150,6 +151,28 @@ enum reserved_identity {
 };
 
 #define MYELIN_MAX_IPCACHE 262144
+
+/* ------------------------------------------------------------------------
+ * Overlay
+ *
+ * `tunnel_map` (LPM trie, pinned, overlay object): a prefix of pod addresses
+ * (another node's pod CIDR) -> the address of the node that holds it, for
+ * the tunnel key the overlay's egress program sets. The VNI of the tunnel is
+ * the sender's security identity, as in Cilium: the receiving node enforces
+ * with it without looking the sender up.
+ * ------------------------------------------------------------------------ */
+
+#define MYELIN_MAX_TUNNEL 65536
+
+struct tunnel_key {
+	__u32 prefixlen;
+	__u32 ip4;                 /* network byte order */
+};
+
+struct tunnel_value {
+	__u32 remote_ip4;          /* the node's underlay address, network byte order */
+	__u32 flags;               /* reserved, 0 */
+};
 
 /* Key of the `ipcache` LPM trie: an IPv4 prefix. prefixlen counts bits of
  * ip4 (0..=32). */

@@ -70,6 +70,8 @@ fn leaf(hook: Hook) -> &'static str {
         Hook::Uplink(TcDir::Ingress) => "uplink_in",
         Hook::Uplink(TcDir::Egress) => "uplink_out",
         Hook::UplinkXdp => "xdp",
+        Hook::Tunnel(TcDir::Ingress) => "tunnel_in",
+        Hook::Tunnel(TcDir::Egress) => "tunnel_out",
         Hook::Cgroup(_) => "cgroup",
         Hook::TpBtf(_) | Hook::Tracepoint(..) => "tracing",
     }
@@ -82,13 +84,15 @@ fn hook_of_leaf(leaf: &str) -> Option<Hook> {
         "uplink_in" => Hook::Uplink(TcDir::Ingress),
         "uplink_out" => Hook::Uplink(TcDir::Egress),
         "xdp" => Hook::UplinkXdp,
+        "tunnel_in" => Hook::Tunnel(TcDir::Ingress),
+        "tunnel_out" => Hook::Tunnel(TcDir::Egress),
         _ => return None,
     })
 }
 
 fn tc_dir(hook: Hook) -> TcDir {
     match hook {
-        Hook::PodVeth(d) | Hook::Uplink(d) => d,
+        Hook::PodVeth(d) | Hook::Uplink(d) | Hook::Tunnel(d) => d,
         _ => TcDir::Ingress,
     }
 }
@@ -309,7 +313,10 @@ impl Datapath {
             .filter_map(Result::ok)
             .filter(|e| {
                 let dir = e.path();
-                e.file_name() != "cgroup" && !dir.join("uplink_in").exists() && !dir.join("xdp").exists()
+                e.file_name() != "cgroup"
+                    && !dir.join("uplink_in").exists()
+                    && !dir.join("xdp").exists()
+                    && !dir.join("tunnel_in").exists()
             })
             .filter_map(|e| e.file_name().into_string().ok())
             .collect();
@@ -361,6 +368,29 @@ impl Datapath {
         self.detach_tc(ifname, ifindex, Hook::Uplink(TcDir::Ingress))?;
         self.detach_tc(ifname, ifindex, Hook::Uplink(TcDir::Egress))?;
         remove_pin(&self.link_dir(ifname).join(leaf(Hook::UplinkXdp)))?;
+        let _ = std::fs::remove_dir(self.link_dir(ifname));
+        Ok(())
+    }
+
+    /// Attach the overlay programs to the node's tunnel device `ifname`/`ifindex` (VXLAN or
+    /// Geneve created in collect-metadata mode, `external`): `from_overlay`/`to_overlay` at tc
+    /// ingress/egress. Idempotent like [`Datapath::attach_endpoint`].
+    pub fn attach_tunnel(&self, ifname: &str, ifindex: u32) -> Result<bool, BpfError> {
+        if self.prog(Hook::Tunnel(TcDir::Ingress)).is_none() {
+            return Err(BpfError::Invalid(format!(
+                "attaching the overlay to {ifname}: the overlay object is not loaded (loaded: {:?})",
+                self.objects()
+            )));
+        }
+        self.attach_pair(ifname, ifindex, [Hook::Tunnel(TcDir::Ingress), Hook::Tunnel(TcDir::Egress)])
+    }
+
+    /// Detach what [`Datapath::attach_tunnel`] attached. Ok if absent.
+    pub fn detach_tunnel(&self, ifname: &str) -> Result<(), BpfError> {
+        check_ifname(ifname)?;
+        let ifindex = nix::net::if_::if_nametoindex(ifname).ok();
+        self.detach_tc(ifname, ifindex, Hook::Tunnel(TcDir::Ingress))?;
+        self.detach_tc(ifname, ifindex, Hook::Tunnel(TcDir::Egress))?;
         let _ = std::fs::remove_dir(self.link_dir(ifname));
         Ok(())
     }

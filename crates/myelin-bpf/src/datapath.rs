@@ -20,6 +20,7 @@
 //! <pin_dir>/events_lost          PERCPU_ARRAY [u64; 1]
 //! <pin_dir>/lb4_*                socket load balancing (services.rs)
 //! <pin_dir>/prefilter4           LPM_TRIE ipcache_key -> prefilter_value (XDP)
+//! <pin_dir>/tunnel_map           LPM_TRIE tunnel_key -> tunnel_value (overlay: pod prefix -> node)
 //! <pin_dir>/links/<ifname>/ingress|egress        pod veth (TCX links)
 //! <pin_dir>/links/<ifname>/uplink_in|uplink_out  uplink (TCX links)
 //! <pin_dir>/links/<ifname>/xdp                   uplink XDP link
@@ -112,6 +113,7 @@ pub(crate) struct Maps {
     pub lb4_backends: Option<MapHandle>,
     pub lb4_reverse_nat: Option<MapHandle>,
     pub prefilter4: Option<MapHandle>,
+    pub tunnel_map: Option<MapHandle>,
 }
 
 /// The loaded datapath.
@@ -260,6 +262,7 @@ impl Datapath {
             lb4_backends: find("lb4_backends").transpose()?,
             lb4_reverse_nat: find("lb4_reverse_nat").transpose()?,
             prefilter4: find("prefilter4").transpose()?,
+            tunnel_map: find("tunnel_map").transpose()?,
         };
         let mut progs = Vec::new();
         for (spec, obj) in &loaded.objects {

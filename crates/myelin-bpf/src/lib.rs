@@ -37,6 +37,7 @@ mod services;
 mod sys;
 #[doc(hidden)]
 pub mod testing;
+mod tunnel;
 
 macro_rules! skeleton {
     ($module:ident, $file:literal) => {
@@ -61,6 +62,7 @@ skeleton!(skel, "lxc.skel.rs");
 skeleton!(skel_lb, "sock.skel.rs");
 skeleton!(skel_xdp, "xdp.skel.rs");
 skeleton!(skel_process, "process.skel.rs");
+skeleton!(skel_overlay, "overlay.skel.rs");
 
 use std::net::Ipv4Addr;
 
@@ -79,6 +81,7 @@ pub use probe::{probe_features, FeatureProbe};
 pub use process::{ProcessEvent, ProcessEventKind, ProcessReader};
 pub use services::{Backend, Frontend, ServiceRow};
 pub use sys::{release_free_memory, use_one_allocator_arena};
+pub use tunnel::TunnelRoute;
 
 /// The default bpffs mount point.
 pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
@@ -178,6 +181,8 @@ pub const DROP_INVALID: u8 = R::DROP_INVALID.0 as u8;
 pub const DROP_POLICY: u8 = R::DROP_POLICY.0 as u8;
 /// Dropped: policy denied by an explicit deny rule.
 pub const DROP_POLICY_DENY: u8 = R::DROP_POLICY_DENY.0 as u8;
+/// Dropped: overlay, no node holds the destination (or a packet without a tunnel key).
+pub const DROP_NO_TUNNEL_ENDPOINT: u8 = R::DROP_NO_TUNNEL_ENDPOINT.0 as u8;
 
 /// Reserved identity: unknown (also the "any peer" wildcard in policy entries).
 pub const IDENTITY_UNKNOWN: u32 = Id::IDENTITY_UNKNOWN.0;
@@ -237,6 +242,7 @@ pub fn reason_name(reason: u8) -> &'static str {
         R::DROP_POLICY => "policy-denied",
         R::DROP_INVALID => "invalid-packet",
         R::DROP_UNSUPPORTED_L3 => "unsupported-l3-protocol",
+        R::DROP_NO_TUNNEL_ENDPOINT => "no-tunnel-endpoint",
         R::DROP_FIB_LOOKUP_FAILED => "fib-lookup-failed",
         R::DROP_UNKNOWN_SENDER => "unknown-sender",
         R::DROP_POLICY_DENY => "policy-deny-rule",

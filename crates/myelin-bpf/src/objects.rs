@@ -47,6 +47,8 @@ pub enum Hook {
     Uplink(TcDir),
     /// XDP on the node's uplink.
     UplinkXdp,
+    /// tc on the node's tunnel device (VXLAN or Geneve, collect-metadata mode).
+    Tunnel(TcDir),
     /// A cgroup hook on the cgroup holding the node's pods.
     Cgroup(CgroupHook),
     /// A BTF-typed raw tracepoint (`tp_btf/<name>`), host-wide.
@@ -129,6 +131,18 @@ pub static NETDEV: ObjectSpec = ObjectSpec {
     requires_all: &[],
 };
 
+/// The overlay: tc programs on the node's tunnel device (the sender's identity rides in the VNI).
+pub static OVERLAY: ObjectSpec = ObjectSpec {
+    name: "overlay",
+    bytes: object_bytes!("overlay"),
+    programs: &[
+        ProgramSpec { name: "from_overlay", hook: Hook::Tunnel(TcDir::Ingress) },
+        ProgramSpec { name: "to_overlay", hook: Hook::Tunnel(TcDir::Egress) },
+    ],
+    requires_any: &["tcx", "tc"],
+    requires_all: &[],
+};
+
 /// The uplink XDP prefilter.
 pub static XDP: ObjectSpec = ObjectSpec {
     name: "xdp",
@@ -165,7 +179,7 @@ pub static PROCESS: ObjectSpec = ObjectSpec {
 };
 
 /// Every object, in load order (lxc first: it creates the shared maps).
-pub static ALL: [&ObjectSpec; 5] = [&LXC, &NETDEV, &XDP, &SOCK, &PROCESS];
+pub static ALL: [&ObjectSpec; 6] = [&LXC, &NETDEV, &OVERLAY, &XDP, &SOCK, &PROCESS];
 
 /// The program attached at `hook`, and the object that holds it.
 #[must_use]

@@ -15,6 +15,7 @@ use libbpf_rs::libbpf_sys;
 
 use crate::skel::types;
 use crate::skel_lb::types as lb_types;
+use crate::skel_overlay::types as overlay_types;
 use crate::skel_process::types as process_types;
 use crate::skel_xdp::types as xdp_types;
 
@@ -354,6 +355,10 @@ unsafe impl Pod for lb_types::lb4_backend {}
 unsafe impl Pod for lb_types::lb4_reverse_nat {}
 // SAFETY: as above.
 unsafe impl Pod for xdp_types::prefilter_value {}
+// SAFETY: as above.
+unsafe impl Pod for overlay_types::tunnel_key {}
+// SAFETY: as above.
+unsafe impl Pod for overlay_types::tunnel_value {}
 // SAFETY: as above.
 unsafe impl Pod for xdp_types::ipcache_key {}
 // SAFETY: as above.

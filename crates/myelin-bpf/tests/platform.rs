@@ -22,8 +22,10 @@ use std::time::Duration;
 
 use common::*;
 use myelin_bpf::{
-    AttachMode, Backend, EventSettings, Frontend, LoadOptions, MonitorAggregation, RawEvent, DIR_INGRESS, DROP_POLICY,
-    DROP_POLICY_DENY, EVENT_DROP, EVENT_POLICY_VERDICT, EVENT_TRACE, REASON_FORWARDED, REASON_FROM_STACK, TRACE_TO_LXC,
+    AttachMode, Backend, EventSettings, Frontend, LoadOptions, MonitorAggregation, PolicyMapEntry, RawEvent,
+    TunnelRoute, DIR_EGRESS, DIR_INGRESS, DROP_NO_TUNNEL_ENDPOINT, DROP_POLICY, DROP_POLICY_DENY, EVENT_DROP,
+    EVENT_F_TUNNEL, EVENT_POLICY_VERDICT, EVENT_TRACE, REASON_FORWARDED, REASON_FROM_STACK, TRACE_TO_LXC,
+    TRACE_TO_OVERLAY,
 };
 
 const OUTSIDE: Ipv4Addr = Ipv4Addr::new(172, 31, 0, 2);
@@ -308,4 +310,186 @@ fn process_exec_and_exit_come_from_tp_btf_and_tracepoint_programs() {
         }
         assert!(std::time::Instant::now() < deadline, "events still come once detached: {:?}", seen.borrow());
     }
+}
+
+/// One event as the overlay test needs it.
+#[derive(Clone, Debug)]
+struct TunnelEv {
+    event_type: u8,
+    sub_type: u8,
+    endpoint: u32,
+    src_identity: u32,
+    tunnel_remote: Option<Ipv4Addr>,
+}
+
+fn mac_of(ns: &str, dev: &str) -> String {
+    let out = run(&["ip", "-n", ns, "-o", "link", "show", dev]);
+    out.split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no MAC for {dev} in {ns}: {out}"))
+        .to_owned()
+}
+
+/// The overlay: a VXLAN device in collect-metadata mode on the node, the
+/// overlay programs on it, and a "remote node" (the outside netns) whose pod
+/// address 10.201.0.2 sits behind its own external VXLAN device and sends with
+/// a fixed VNI (an `encap ip id VNI` route). The VNI is the sender's identity:
+/// the node never learns 10.201.0.2 (no ipcache entry, so by address it would
+/// be "world"), yet pod A's policy, which allows only identity 300, lets
+/// VNI 300 in and drops VNI 301. Replies get their tunnel key from
+/// `tunnel_map` with pod A's identity as the VNI.
+#[test]
+fn the_overlay_carries_the_senders_identity_in_the_vni_and_the_receiver_enforces_with_it() {
+    const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 2);
+    let lab = Lab::new();
+    let out = add_outside(&lab);
+    let dp = lab.dp();
+    assert!(dp.objects().contains(&"overlay"), "the overlay object loads: {:?}", dp.objects());
+    let (node, o) = (lab.node.0.clone(), out.0.clone());
+    run(&["ip", "-n", &node, "link", "add", "mvx", "type", "vxlan", "external", "dstport", "8472"]);
+    run(&["ip", "-n", &node, "link", "set", "mvx", "up"]);
+    run(&["ip", "-n", &o, "link", "add", "rvx", "type", "vxlan", "external", "dstport", "8472"]);
+    run(&["ip", "-n", &o, "link", "set", "rvx", "up"]);
+    run(&["ip", "-n", &o, "addr", "add", &format!("{REMOTE_POD}/32"), "dev", "rvx"]);
+    let (mvx_mac, rvx_mac) = (mac_of(&node, "mvx"), mac_of(&o, "rvx"));
+    let a = lab.a();
+    let a_ip = a.ip.to_string();
+    // The remote node: pods of this node are behind the tunnel, sent with VNI 300.
+    let encap = |vni: &str| {
+        run(&[
+            "ip",
+            "-n",
+            &o,
+            "route",
+            "replace",
+            "10.200.0.0/24",
+            "encap",
+            "ip",
+            "id",
+            vni,
+            "dst",
+            &UPLINK_IP.to_string(),
+            "dev",
+            "rvx",
+        ]);
+    };
+    encap("300");
+    run(&["ip", "-n", &o, "neigh", "replace", &a_ip, "lladdr", &mvx_mac, "dev", "rvx", "nud", "permanent"]);
+    // This node: the remote pod CIDR is routed into the tunnel device; the overlay finds its node.
+    run(&["ip", "-n", &node, "route", "add", "10.201.0.0/24", "dev", "mvx"]);
+    run(&[
+        "ip",
+        "-n",
+        &node,
+        "neigh",
+        "replace",
+        &REMOTE_POD.to_string(),
+        "lladdr",
+        &rvx_mac,
+        "dev",
+        "mvx",
+        "nud",
+        "permanent",
+    ]);
+    run(&["ip", "netns", "exec", &node, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]);
+    in_netns(&node, || dp.attach_tunnel("mvx", ifindex("mvx")).expect("attach the overlay"));
+    for leaf in ["tunnel_in", "tunnel_out"] {
+        assert!(lab.pin.0.join("links/mvx").join(leaf).exists(), "{leaf} link pinned");
+    }
+    assert!(dp.pinned_endpoints().expect("pinned").iter().all(|n| n != "mvx"), "the tunnel device is not an endpoint");
+    dp.upsert_tunnel(Ipv4Addr::new(10, 201, 0, 77), 24, OUTSIDE).expect("tunnel route");
+    assert_eq!(
+        dp.tunnels().expect("tunnels"),
+        vec![TunnelRoute { network: Ipv4Addr::new(10, 201, 0, 0), prefix_len: 24, node: OUTSIDE }]
+    );
+    assert!(dp.upsert_tunnel(REMOTE_POD, 33, OUTSIDE).is_err(), "a prefix longer than 32 is refused");
+
+    // Pod A admits identity 300 only; 10.201.0.2 is in no ipcache.
+    let allow_300 = PolicyMapEntry {
+        identity: 300,
+        direction: DIR_INGRESS,
+        protocol: 0,
+        port: 0,
+        port_prefix_len: 0,
+        deny: false,
+        rule_id: 7,
+        default: false,
+    };
+    dp.set_endpoint_policy(a.ep_id, true, false, &[allow_300]).expect("policy");
+    dp.set_event_settings(&EventSettings { aggregation: MonitorAggregation::None, ..EventSettings::default() })
+        .expect("every packet reported");
+    let seen: Rc<RefCell<Vec<TunnelEv>>> = Rc::default();
+    let sink = seen.clone();
+    let reader = dp
+        .event_reader(move |rec| {
+            let e = RawEvent::parse(rec).expect("a whole record");
+            sink.borrow_mut().push(TunnelEv {
+                event_type: e.event_type,
+                sub_type: e.sub_type,
+                endpoint: e.endpoint_id,
+                src_identity: e.src_identity,
+                tunnel_remote: (e.flags & EVENT_F_TUNNEL != 0).then(|| Ipv4Addr::from(e.tunnel_remote.to_ne_bytes())),
+            });
+        })
+        .expect("reader");
+    let wait = |done: &dyn Fn(&[TunnelEv]) -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            reader.poll(Duration::from_millis(50)).expect("poll");
+            if done(&seen.borrow()) {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "events never came: {:#?}", seen.borrow());
+        }
+    };
+
+    // VNI 300: delivered into A by from_overlay, the reply tunnelled back by to_overlay.
+    let fwd0 = lab.metric(a.ep_id, DIR_INGRESS, REASON_FORWARDED);
+    assert_eq!(ping(&o, a.ip, 3, Some(REMOTE_POD)), 3, "remote pod -> A through the tunnel and back");
+    assert!(lab.metric(a.ep_id, DIR_INGRESS, REASON_FORWARDED) >= fwd0 + 3, "delivered by from_overlay");
+    wait(&|ev| {
+        ev.iter().any(|e| {
+            e.event_type == EVENT_TRACE
+                && e.sub_type == TRACE_TO_LXC
+                && e.endpoint == a.ep_id
+                && e.src_identity == 300
+                && e.tunnel_remote == Some(OUTSIDE)
+        }) && ev.iter().any(|e| {
+            e.event_type == EVENT_TRACE
+                && e.sub_type == TRACE_TO_OVERLAY
+                && e.src_identity == a.identity
+                && e.tunnel_remote == Some(OUTSIDE)
+        })
+    });
+
+    // VNI 301: the same address, another identity: A's policy drops it.
+    seen.borrow_mut().clear();
+    encap("301");
+    let drops0 = lab.metric(a.ep_id, DIR_INGRESS, DROP_POLICY);
+    assert_eq!(ping(&o, a.ip, 2, Some(REMOTE_POD)), 0, "identity 301 is not admitted");
+    assert!(lab.metric(a.ep_id, DIR_INGRESS, DROP_POLICY) >= drops0 + 2, "dropped by A's ingress policy");
+    wait(&|ev| {
+        ev.iter().any(|e| {
+            e.event_type == EVENT_DROP
+                && e.sub_type == DROP_POLICY
+                && e.endpoint == a.ep_id
+                && e.src_identity == 301
+                && e.tunnel_remote == Some(OUTSIDE)
+        })
+    });
+
+    // No node for the destination: the reply is dropped, never sent without a key.
+    encap("300");
+    assert!(dp.delete_tunnel(REMOTE_POD, 24).expect("delete"));
+    assert!(!dp.delete_tunnel(REMOTE_POD, 24).expect("delete again"), "already gone");
+    let none0 = lab.metric(a.ep_id, DIR_EGRESS, DROP_NO_TUNNEL_ENDPOINT);
+    assert_eq!(ping(&o, a.ip, 2, Some(REMOTE_POD)), 0, "no way back without a tunnel route");
+    assert!(
+        lab.metric(a.ep_id, DIR_EGRESS, DROP_NO_TUNNEL_ENDPOINT) >= none0 + 2,
+        "the replies were dropped as having no tunnel endpoint"
+    );
+
+    in_netns(&node, || dp.detach_tunnel("mvx").expect("detach the overlay"));
+    assert!(!lab.pin.0.join("links/mvx").exists(), "tunnel links gone");
 }

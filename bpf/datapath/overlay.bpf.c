@@ -1,0 +1,140 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * Programs on the node's tunnel device (VXLAN or Geneve in collect-metadata
+ * mode: one device for all remote nodes, the tunnel key per packet), attached
+ * at tc ingress and egress of that device.
+ *
+ *   from_overlay  ingress  a packet another node sent through the tunnel. The
+ *                          sender's security identity is the tunnel key's id
+ *                          (the VNI), as in Cilium: the sending node put it
+ *                          there, so this node enforces with it and never
+ *                          looks the sender's address up. For a local pod the
+ *                          pod's ingress policy and conntrack run here and the
+ *                          packet goes straight into the pod
+ *                          (bpf_redirect_peer); anything else goes on to the
+ *                          node's stack (observed as from-overlay).
+ *   to_overlay    egress   a packet the node routed into the tunnel device:
+ *                          the tunnel key is set here, remote = the node that
+ *                          holds the destination (`tunnel_map`), VNI = the
+ *                          source's identity. No node for the destination is
+ *                          a drop (no tunnel endpoint), never a packet sent
+ *                          without a key.
+ */
+#include "lib/common.h"
+#include "lib/config.h"
+#include "lib/ctx.h"
+#include "lib/endpoint.h"
+#include "lib/ipcache.h"
+#include "lib/ipv4.h"
+#include "lib/l4.h"
+#include "lib/conntrack.h"
+#include "lib/policy.h"
+#include "lib/verdict.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Pod prefixes of other nodes -> the node's underlay address. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct tunnel_key);
+	__type(value, struct tunnel_value);
+	__uint(max_entries, MYELIN_MAX_TUNNEL);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	MYELIN_PINNED;
+} tunnel_map SEC(".maps");
+
+/* VNIs are 24 bits; 0 carries no identity (a sender that is not Myelin). */
+static __always_inline __u32 identity_of_vni(__u32 vni)
+{
+	return vni ? vni : IDENTITY_WORLD;
+}
+
+SEC("tc")
+int from_overlay(struct __sk_buff *skb)
+{
+	struct bpf_tunnel_key key = {};
+	struct pkt_ctx c = {};
+	struct endpoint_info *dst;
+	struct ct4_entry *ct;
+	struct ethhdr *eth;
+	struct iphdr *ip4;
+	int reason;
+
+	if (skb->protocol != bpf_htons(ETH_P_IP))
+		return TC_ACT_OK;
+	if (skb_ensure_linear(skb, ETH_HLEN + sizeof(struct iphdr)))
+		return TC_ACT_OK;
+	eth = skb_ptr(skb, 0, ETH_HLEN);
+	ip4 = skb_ptr(skb, ETH_HLEN, sizeof(*ip4));
+	if (!eth || !ip4)
+		return TC_ACT_OK;
+	ctx_init(&c, skb, METRIC_DIR_INGRESS);
+	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0)
+		return ctx_drop(&c, DROP_NO_TUNNEL_ENDPOINT); /* not from a collect-metadata tunnel */
+	c.tunnel_remote = bpf_htonl(key.remote_ipv4);
+	c.src_id = identity_of_vni(key.tunnel_id);
+	if (!ipv4_hdr_valid(ip4, c.len))
+		return ctx_pass(&c, TRACE_FROM_OVERLAY); /* the stack counts its own errors */
+
+	dst = endpoint_lookup4(ip4->daddr);
+	c.dst_id = identity_of4(dst, ip4->daddr, c.cfg);
+	if (!dst || (dst->flags & EP_F_HOST))
+		return ctx_pass(&c, TRACE_FROM_OVERLAY);
+	c.ep_id = dst->endpoint_id;
+	if (flow4_parse(skb, ip4, &c.f))
+		return ctx_drop(&c, DROP_INVALID);
+
+	ct = ctx_ct(&c);
+	if (c.ct_status != CT_REPLY && c.ct_status != CT_RELATED) {
+		reason = ctx_policy(&c, dst->endpoint_id, c.src_id, ip4->saddr, METRIC_DIR_INGRESS);
+		if (reason)
+			return ctx_drop(&c, reason);
+		ctx_ct_commit(&c, ct, 0, c.rule_id);
+	}
+	if (ip4->ttl <= 1)
+		return ctx_to_stack(&c); /* the stack sends time exceeded */
+	ipv4_dec_ttl(ip4);
+	mac_copy(eth->h_dest, dst->mac);
+	mac_copy(eth->h_source, dst->host_mac);
+	c.ep_id = 0; /* the sender is not a local endpoint */
+	return ctx_redirect_peer(&c, dst);
+}
+
+SEC("tc")
+int to_overlay(struct __sk_buff *skb)
+{
+	struct tunnel_key tk = { .prefixlen = 32 };
+	struct bpf_tunnel_key key = {};
+	struct pkt_ctx c = {};
+	struct endpoint_info *src;
+	struct tunnel_value *tv;
+	struct iphdr *ip4;
+
+	if (skb->protocol != bpf_htons(ETH_P_IP))
+		return TC_ACT_OK; /* without a key the device drops it: nothing else belongs in the tunnel */
+	if (skb_ensure_linear(skb, ETH_HLEN + sizeof(struct iphdr)))
+		return TC_ACT_OK;
+	ip4 = skb_ptr(skb, ETH_HLEN, sizeof(*ip4));
+	if (!ip4)
+		return TC_ACT_OK;
+	ctx_init(&c, skb, METRIC_DIR_EGRESS);
+	src = endpoint_lookup4(ip4->saddr);
+	if (src && !(src->flags & EP_F_HOST))
+		c.ep_id = src->endpoint_id;
+	if (ipv4_hdr_valid(ip4, c.len))
+		flow4_parse(skb, ip4, &c.f);
+	c.src_id = identity_of4(src, ip4->saddr, c.cfg);
+	c.dst_id = identity_of4(NULL, ip4->daddr, c.cfg);
+
+	tk.ip4 = ip4->daddr;
+	tv = bpf_map_lookup_elem(&tunnel_map, &tk);
+	if (!tv || !tv->remote_ip4)
+		return ctx_drop(&c, DROP_NO_TUNNEL_ENDPOINT);
+	key.remote_ipv4 = bpf_ntohl(tv->remote_ip4);
+	key.tunnel_id = c.src_id;
+	key.tunnel_ttl = 64;
+	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX) < 0)
+		return ctx_drop(&c, DROP_NO_TUNNEL_ENDPOINT);
+	c.tunnel_remote = tv->remote_ip4;
+	return ctx_pass(&c, TRACE_TO_OVERLAY);
+}
