@@ -250,3 +250,45 @@ fn gc_removes_attachments_the_runtime_no_longer_has_and_the_socket_is_root_only(
     let eps: Vec<myelin_api::Endpoint> = client(lab, "node1").get("/v1/endpoints").unwrap();
     assert!(eps.is_empty(), "GC with [] removes every endpoint: {eps:?}");
 }
+
+/// A kubelet-style ADD (K8S_POD_UID set) without labels: the pod is not enforced by its labels
+/// yet, so it must start as reserved:init (identity 5) with the init policy, not as an unlabelled
+/// workload; an ADD that is not a Kubernetes pod (no K8S_POD_UID) and has no labels is an
+/// ordinary workload with empty labels.
+#[test]
+fn a_kubernetes_add_without_labels_starts_as_the_init_identity() {
+    let g = LabGuard::up(LAB, "cnii");
+    let lab = g.lab();
+    let node = lab.node("node1").unwrap();
+    let sock = node.agent_socket.display().to_string();
+    let (k8s, plain) = (NetnsGuard::new("cnik"), NetnsGuard::new("cnin"));
+    let (k8s_ns, plain_ns) = (k8s.path().display().to_string(), plain.path().display().to_string());
+    let k8s_env = [
+        ("CNI_CONTAINERID", "ctr-k8s"),
+        ("CNI_NETNS", k8s_ns.as_str()),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=p;K8S_POD_UID=7c9e6679-7425-40de"),
+    ];
+    let plain_env = [
+        ("CNI_CONTAINERID", "ctr-plain"),
+        ("CNI_NETNS", plain_ns.as_str()),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=q"),
+    ];
+    let add = run_cni("ADD", &conf(&sock), &k8s_env);
+    assert_eq!(add.code, 0, "ADD failed: {}", add.raw);
+    let add2 = run_cni("ADD", &conf(&sock), &plain_env);
+    assert_eq!(add2.code, 0, "ADD failed: {}", add2.raw);
+    let eps: Vec<myelin_api::Endpoint> = client(lab, "node1").get("/v1/endpoints").unwrap();
+    let by_pod = |name: &str| {
+        eps.iter().find(|e| e.pod_name.as_deref() == Some(name)).unwrap_or_else(|| panic!("{name}: {eps:?}"))
+    };
+    let (p, q) = (by_pod("p"), by_pod("q"));
+    assert!(p.labels_pending && p.labels.is_empty(), "{p:?}");
+    assert_eq!(p.identity, 5, "reserved:init until the labels are known: {p:?}");
+    assert!(!q.labels_pending && q.identity >= 256, "not a Kubernetes pod: an ordinary workload: {q:?}");
+    for env in [&k8s_env, &plain_env] {
+        let del = run_cni("DEL", &conf(&sock), env);
+        assert_eq!(del.code, 0, "DEL failed: {}", del.raw);
+    }
+}
