@@ -25,6 +25,7 @@
 #include "lib/l4.h"
 #include "lib/conntrack.h"
 #include "lib/policy.h"
+#include "lib/remote.h"
 #include "lib/verdict.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
@@ -34,10 +35,8 @@ int from_netdev(struct __sk_buff *skb)
 {
 	struct pkt_ctx c = {};
 	struct endpoint_info *dst;
-	struct ct4_entry *ct;
 	struct ethhdr *eth;
 	struct iphdr *ip4;
-	int reason;
 
 	if (skb->protocol != bpf_htons(ETH_P_IP))
 		return TC_ACT_OK;
@@ -56,24 +55,7 @@ int from_netdev(struct __sk_buff *skb)
 	c.dst_id = identity_of4(dst, ip4->daddr, c.cfg);
 	if (!dst || (dst->flags & EP_F_HOST) || !identity_is_workload(c.src_id) || endpoint_lookup4(ip4->saddr))
 		return ctx_pass(&c, TRACE_FROM_NETWORK);
-	c.ep_id = dst->endpoint_id;
-	if (flow4_parse(skb, ip4, &c.f))
-		return ctx_drop(&c, DROP_INVALID);
-
-	ct = ctx_ct(&c);
-	if (c.ct_status != CT_REPLY && c.ct_status != CT_RELATED) {
-		reason = ctx_policy(&c, dst->endpoint_id, c.src_id, ip4->saddr, METRIC_DIR_INGRESS);
-		if (reason)
-			return ctx_drop(&c, reason);
-		ctx_ct_commit(&c, ct, 0, c.rule_id);
-	}
-	if (ip4->ttl <= 1)
-		return ctx_to_stack(&c); /* the stack sends time exceeded */
-	ipv4_dec_ttl(ip4);
-	mac_copy(eth->h_dest, dst->mac);
-	mac_copy(eth->h_source, dst->host_mac);
-	c.ep_id = 0; /* the sender is not a local endpoint */
-	return ctx_redirect_peer(&c, dst);
+	return deliver_from_node(&c, skb, eth, ip4, dst);
 }
 
 SEC("tc")
