@@ -200,6 +200,18 @@ pub fn ping_outcome(out: &Output) -> Probe {
     }
 }
 
+/// Run the `myelin` CLI (found like the lab finds its binaries): (exit code, stdout, stderr).
+pub fn myelin(args: &[&str]) -> (i32, String, String) {
+    let bin = myelin_lab::find_binary("myelin", None).unwrap_or_else(|e| panic!("{e}"));
+    let out =
+        std::process::Command::new(bin).args(args).output().unwrap_or_else(|e| panic!("running myelin {args:?}: {e}"));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A TCP listener in a namespace, on `ip:0`.
 pub fn tcp_listen(ns: &Path, ip: std::net::Ipv4Addr) -> TcpListener {
     in_ns(ns, move || TcpListener::bind((ip, 0)).expect("bind"))

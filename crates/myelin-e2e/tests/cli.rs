@@ -1,9 +1,8 @@
 //! The `myelin` CLI against a real lab: what a user types, what a script parses.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use myelin_e2e::LabGuard;
+use myelin_e2e::{myelin, LabGuard};
 use serde_json::Value;
-use std::process::Command;
 
 const LAB: &str = r"
 nodes: [{name: node1}]
@@ -23,16 +22,6 @@ spec:
   - fromEndpoints: [{matchLabels: {app: cli}}]
     toPorts: [{ports: [{port: http, protocol: TCP}], rules: {http: [{method: GET}]}}]
 ";
-
-fn myelin(args: &[&str]) -> (i32, String, String) {
-    let bin = myelin_lab::find_binary("myelin", None).unwrap();
-    let out = Command::new(bin).args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn json(args: &[&str]) -> Value {
     let (code, out, err) = myelin(args);

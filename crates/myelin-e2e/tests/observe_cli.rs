@@ -6,7 +6,6 @@
 use myelin_e2e::*;
 use serde_json::Value;
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::Duration;
 
 const LAB: &str = "
@@ -28,16 +27,6 @@ spec:
   - fromEndpoints: [{matchLabels: {app: a}}]
     toPorts: [{ports: [{port: '8080', protocol: TCP}]}]
 ";
-
-fn myelin(args: &[&str]) -> (i32, String, String) {
-    let bin = myelin_lab::find_binary("myelin", None).unwrap();
-    let out = Command::new(bin).args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// `myelin observe --lab NAME ARGS -o json --color never`: one GetFlowsResponse per line.
 fn observe_json(lab: &str, args: &[&str]) -> Vec<Value> {

@@ -879,3 +879,33 @@ mod tests {
         assert_eq!(sample_value(&s, "g", &[]), Some(f64::INFINITY));
     }
 }
+
+/// SplitMix64: a small deterministic generator for synthetic flows (benchmarks, property tests).
+#[derive(Clone, Debug)]
+pub struct SplitMix64(pub u64);
+
+impl SplitMix64 {
+    #[allow(clippy::should_implement_trait)] // not an Iterator: it never ends
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform-ish in `0..n` (`n` > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    /// Mostly small values up to `max`, sometimes the extremes 0 and `max`.
+    pub fn pick(&mut self, max: u64) -> u64 {
+        match self.below(8) {
+            0 => 0,
+            1 => max,
+            2 => self.next() & max,
+            _ => self.below(8.min(max) + 1),
+        }
+    }
+}

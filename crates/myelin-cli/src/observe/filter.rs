@@ -21,6 +21,7 @@
 
 use anyhow::{bail, Result};
 use myelin_observe::proto::flow::{self, EventTypeFilter, FlowFilter, TcpFlags};
+use myelin_policy::ReservedIdentity;
 
 /// Every filter flag, by its long name.
 pub const FLAGS: &[&str] = &[
@@ -104,21 +105,6 @@ const AGENT_SUBTYPES: &[(&str, i32)] = &[
     ("ipcache-deleted", 10),
     ("service-upserted", 11),
     ("service-deleted", 12),
-];
-
-/// Cilium's reserved security identities.
-pub const RESERVED_IDENTITIES: &[(&str, u32)] = &[
-    ("unknown", 0),
-    ("host", 1),
-    ("world", 2),
-    ("unmanaged", 3),
-    ("health", 4),
-    ("init", 5),
-    ("remote-node", 6),
-    ("kube-apiserver", 7),
-    ("ingress", 8),
-    ("world-ipv4", 9),
-    ("world-ipv6", 10),
 ];
 
 const PROTOCOLS: &[&str] = &["tcp", "udp", "sctp", "icmp", "icmpv4", "icmpv6", "vrrp", "igmp", "http", "dns", "kafka"];
@@ -499,12 +485,14 @@ pub fn parse_identity(flag: &str, value: &str) -> Result<u32> {
     if let Ok(n) = value.parse::<u32>() {
         return Ok(n);
     }
-    if let Some((_, id)) = RESERVED_IDENTITIES.iter().find(|(n, _)| *n == value && *n != "unknown") {
-        return Ok(*id);
+    // Cilium's reserved identities by name ("unknown" names no peer).
+    let named = || ReservedIdentity::ALL.into_iter().filter(|r| r.id() != 0);
+    if let Some(r) = named().find(|r| r.name() == value) {
+        return Ok(r.id());
     }
     bail!(
         "--{flag} {value:?}: not a security identity; use a number or one of {}",
-        enum_names(RESERVED_IDENTITIES.iter().skip(1).map(|(n, _)| *n))
+        enum_names(named().map(ReservedIdentity::name))
     )
 }
 

@@ -3,7 +3,7 @@
 //! line). Lost events and node status go to stderr, except in json, where
 //! they are lines like the flows.
 
-use super::filter::{RESERVED_IDENTITIES, TRACE_POINTS};
+use super::filter::TRACE_POINTS;
 use super::when::stamp_milli;
 use anyhow::Result;
 use myelin_observe::proto::flow::{self, layer4::Protocol, Flow};
@@ -290,8 +290,8 @@ pub fn hosts(f: &Flow) -> (String, String) {
 
 /// `(ID:12345)`, or a reserved identity's name: `(world)`.
 pub fn identity(id: u32) -> String {
-    match RESERVED_IDENTITIES.iter().find(|(_, n)| *n == id) {
-        Some((name, _)) => format!("({name})"),
+    match myelin_policy::ReservedIdentity::from_id(id) {
+        Some(r) => format!("({})", r.name()),
         None => format!("(ID:{id})"),
     }
 }

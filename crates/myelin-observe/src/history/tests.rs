@@ -36,30 +36,7 @@ impl Drop for TempDir {
     }
 }
 
-/// SplitMix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    /// Mostly small values, sometimes extremes.
-    fn pick(&mut self, max: u64) -> u64 {
-        match self.below(8) {
-            0 => 0,
-            1 => max,
-            2 => self.next() & max,
-            _ => self.below(8.min(max) + 1),
-        }
-    }
-}
+use crate::testing::SplitMix64 as Rng;
 
 /// A record with every field chosen at random (extremes included).
 fn random_record(rng: &mut Rng, time_ns: u64, seq: u64) -> FlowRecord {
