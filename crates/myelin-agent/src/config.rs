@@ -64,6 +64,16 @@ pub struct Config {
     /// Keep history at most this many hours and this many megabytes.
     pub flow_history_max_age_hours: u64,
     pub flow_history_max_mb: u64,
+    /// Name of the cluster (the kvstore's `<cluster>` key segment; nodes of one cluster share it).
+    pub cluster_name: String,
+    /// etcd client URLs (e.g. `["http://172.30.0.250:2379"]`); empty: no kvstore, identities
+    /// are node-local and other nodes' pods are "world" to policy.
+    pub kvstore_endpoints: Vec<String>,
+    /// TTL of this node's etcd lease: how long its entries outlive the agent (seconds).
+    pub kvstore_lease_ttl_s: u64,
+    /// How pods on other nodes are reached: "native" (the underlay routes pod CIDRs; identity
+    /// from the ipcache), "vxlan" or "geneve" (an overlay carrying the sender's identity in the VNI).
+    pub routing: String,
 }
 
 impl Default for Config {
@@ -97,6 +107,10 @@ impl Default for Config {
             flow_history_dir: Some(PathBuf::from("/var/lib/myelin/flows")),
             flow_history_max_age_hours: 24 * 7,
             flow_history_max_mb: 1024,
+            cluster_name: "default".into(),
+            kvstore_endpoints: Vec::new(),
+            kvstore_lease_ttl_s: 15,
+            routing: "native".into(),
         }
     }
 }
@@ -183,6 +197,41 @@ impl Config {
                 self.rule_retention_hours, self.flow_history_max_age_hours, self.flow_history_max_age_hours
             )));
         }
+        if !matches!(self.routing.as_str(), "native" | "vxlan" | "geneve") {
+            return Err(ConfigError::Invalid(format!(
+                "routing {:?}: must be \"native\", \"vxlan\" or \"geneve\"",
+                self.routing
+            )));
+        }
+        if self.routing != "native" && self.kvstore_endpoints.is_empty() {
+            return Err(ConfigError::Invalid(format!(
+                "routing {:?} needs kvstore_endpoints: the overlay learns other nodes and their pods from etcd; \
+                 set kvstore_endpoints or use routing = \"native\"",
+                self.routing
+            )));
+        }
+        if self.cluster_name.is_empty()
+            || self.cluster_name.len() > 63
+            || !self.cluster_name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_')
+        {
+            return Err(ConfigError::Invalid(format!(
+                "cluster_name {:?}: use 1 to 63 letters, digits, '-', '.' or '_'",
+                self.cluster_name
+            )));
+        }
+        for e in &self.kvstore_endpoints {
+            if !(e.starts_with("http://") || e.starts_with("https://")) || e.len() <= "https://".len() {
+                return Err(ConfigError::Invalid(format!(
+                    "kvstore_endpoints {e:?}: an etcd client URL like \"http://10.0.0.1:2379\""
+                )));
+            }
+        }
+        if !(1..=3600).contains(&self.kvstore_lease_ttl_s) {
+            return Err(ConfigError::Invalid(format!(
+                "kvstore_lease_ttl_s {}: between 1 and 3600 seconds",
+                self.kvstore_lease_ttl_s
+            )));
+        }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err(ConfigError::Invalid(format!(
                 "log_format {:?}: must be \"text\" or \"json\"",
@@ -248,5 +297,18 @@ mod tests {
         let c =
             Config::from_toml(&format!("{base}rule_retention_hours = 24\nflow_history_max_age_hours = 48")).unwrap();
         Config { flow_history_dir: None, ..c }.validate().unwrap();
+        let e = Config::from_toml(&format!("{base}routing = \"vxlan\"")).unwrap().validate().unwrap_err();
+        assert!(e.to_string().contains("kvstore_endpoints"), "{e}");
+        let e = Config::from_toml(&format!("{base}routing = \"ipip\"")).unwrap().validate().unwrap_err();
+        assert!(e.to_string().contains("routing \"ipip\""), "{e}");
+        let e = Config::from_toml(&format!("{base}kvstore_endpoints = [\"172.30.0.250:2379\"]"))
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("http://"), "{e}");
+        Config::from_toml(&format!("{base}routing = \"geneve\"\nkvstore_endpoints = [\"http://10.0.0.1:2379\"]"))
+            .unwrap()
+            .validate()
+            .unwrap();
     }
 }
