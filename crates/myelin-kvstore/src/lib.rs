@@ -35,6 +35,7 @@
 //! and caching (every allocation reads the `id/` range).
 
 pub mod labels;
+mod state;
 mod watching;
 
 use std::collections::HashSet;
@@ -49,6 +50,7 @@ use tokio::task::JoinHandle;
 use tracing::{error, warn};
 
 pub use labels::{Label, Labels};
+pub use state::{IpEvent, IpRecord, IpWatch, NodeEvent, NodeRecord, NodeWatch, SyncStats};
 pub use watching::Watch;
 
 /// Cilium's `cilium/state/identities/v1`, under our name.
