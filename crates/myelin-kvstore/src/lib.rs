@@ -35,19 +35,23 @@
 //! and caching (every allocation reads the `id/` range).
 
 pub mod labels;
+mod state;
+mod watching;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::time::Duration;
 
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, KeyValue, LeaseKeepAliveStream,
-    LeaseKeeper, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+    LeaseKeeper, PutOptions, Txn, TxnOp, TxnOpResponse,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{error, warn};
 
 pub use labels::{Label, Labels};
+pub use state::{IpEvent, IpRecord, IpWatch, NodeEvent, NodeRecord, NodeWatch, SyncStats};
+pub use watching::Watch;
 
 /// Cilium's `cilium/state/identities/v1`, under our name.
 pub const DEFAULT_PREFIX: &str = "myelin/state/identities/v1";
@@ -55,6 +59,12 @@ pub const DEFAULT_PREFIX: &str = "myelin/state/identities/v1";
 pub const DEFAULT_ID_MIN: u32 = 256;
 /// Last id of the default cluster-wide range.
 pub const DEFAULT_ID_MAX: u32 = 65535;
+/// Root of the node registry and the ipcache (Cilium's `cilium/state`, under our name).
+pub const DEFAULT_STATE_ROOT: &str = "myelin/state";
+/// The cluster name used in node and ipcache keys unless configured (Cilium's default too).
+pub const DEFAULT_CLUSTER: &str = "default";
+/// How long one etcd request may take before it fails with [`KvstoreError::Timeout`].
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 /// How many read-and-claim rounds [`Kvstore::allocate`] tries before giving up.
 const MAX_ATTEMPTS: u32 = 32;
 
@@ -72,7 +82,9 @@ pub enum KvstoreError {
     Exhausted { min: u32, max: u32 },
     #[error("allocating an identity for `{labels}` did not settle after {attempts} attempts (etcd contention or inconsistent references)")]
     Contention { labels: String, attempts: u32 },
-    #[error("this node's etcd lease {lease_id:x} is gone ({reason}); its references are no longer kept (reconnect is not implemented)")]
+    #[error("etcd {op} got no answer within {after:?} (request_timeout): check that etcd is up and reachable")]
+    Timeout { op: String, after: Duration },
+    #[error("this node's etcd lease {lease_id:x} is gone ({reason}); its keys are no longer kept: connect a new Kvstore and resync this node's state")]
     LeaseLost { lease_id: i64, reason: String },
 }
 
@@ -83,11 +95,37 @@ fn etcd_err(op: impl Into<String>) -> impl FnOnce(etcd_client::Error) -> Kvstore
     move |source| KvstoreError::Etcd { op, source: Box::new(source) }
 }
 
+/// Runs one etcd request, failing with [`KvstoreError::Timeout`] if it does not finish within
+/// `after`. The channel's own timeout (`ConnectOptions::with_timeout`, the same duration) covers
+/// a connected endpoint only; a request waiting for a connection to a dead endpoint is bounded
+/// here. Whichever fires first, the error is the same.
+async fn bounded<T>(
+    after: Duration,
+    op: impl Into<String>,
+    fut: impl std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
+) -> Result<T> {
+    match tokio::time::timeout(after, fut).await {
+        // tonic reports its channel timeout as a `Cancelled` status with this message.
+        Ok(Err(etcd_client::Error::GRpcStatus(s))) if s.message() == "Timeout expired" => {
+            Err(KvstoreError::Timeout { op: op.into(), after })
+        }
+        Ok(r) => r.map_err(etcd_err(op)),
+        Err(_) => Err(KvstoreError::Timeout { op: op.into(), after }),
+    }
+}
+
 /// Settings; [`KvstoreConfig::new`] gives the defaults.
 #[derive(Clone, Debug)]
 pub struct KvstoreConfig {
-    /// Key prefix, without a trailing `/`.
+    /// Key prefix of the identities, without a trailing `/` (default [`DEFAULT_PREFIX`]).
     pub prefix: String,
+    /// Root of the node registry and the ipcache, without a trailing `/` (default
+    /// [`DEFAULT_STATE_ROOT`]). Independent of `prefix`, which names the identities in full.
+    pub state_root: String,
+    /// This node's cluster, the `<cluster>` segment of node and ipcache keys (default
+    /// [`DEFAULT_CLUSTER`]): 1..=63 lowercase ASCII letters, digits and '-', starting and
+    /// ending with a letter or digit.
+    pub cluster: String,
     /// Allocation range, inclusive.
     pub id_min: u32,
     pub id_max: u32,
@@ -95,16 +133,23 @@ pub struct KvstoreConfig {
     pub lease_ttl: Duration,
     /// How long connecting to etcd may take.
     pub connect_timeout: Duration,
+    /// How long one request may take (default [`DEFAULT_REQUEST_TIMEOUT`]); also the HTTP/2
+    /// keep-alive interval and ping timeout, so a connection to a dead or frozen etcd is dropped
+    /// (and a watch on it fails) within about twice this.
+    pub request_timeout: Duration,
 }
 
 impl KvstoreConfig {
     pub fn new(lease_ttl: Duration) -> Self {
         KvstoreConfig {
             prefix: DEFAULT_PREFIX.to_string(),
+            state_root: DEFAULT_STATE_ROOT.to_string(),
+            cluster: DEFAULT_CLUSTER.to_string(),
             id_min: DEFAULT_ID_MIN,
             id_max: DEFAULT_ID_MAX,
             lease_ttl,
             connect_timeout: Duration::from_secs(5),
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
         }
     }
 
@@ -113,6 +158,13 @@ impl KvstoreConfig {
         if self.prefix.is_empty() || self.prefix.ends_with('/') || !printable_no_space(&self.prefix) {
             return bad("prefix", format!("`{}`: must be non-empty, printable, without a trailing '/'", self.prefix));
         }
+        if self.state_root.is_empty() || self.state_root.ends_with('/') || !printable_no_space(&self.state_root) {
+            return bad(
+                "state_root",
+                format!("`{}`: must be non-empty, printable, without a trailing '/'", self.state_root),
+            );
+        }
+        validate_cluster(&self.cluster)?;
         if self.id_min == 0 || self.id_min > self.id_max {
             return bad("id_range", format!("{}..={}: must be non-empty and start above 0", self.id_min, self.id_max));
         }
@@ -122,12 +174,34 @@ impl KvstoreConfig {
         if self.connect_timeout.is_zero() {
             return bad("connect_timeout", "must be above zero".to_string());
         }
+        if self.request_timeout < Duration::from_millis(10) || self.request_timeout > Duration::from_secs(3600) {
+            return bad("request_timeout", format!("{:?}: must be between 10 ms and 1 hour", self.request_timeout));
+        }
         Ok(())
     }
 }
 
 fn printable_no_space(s: &str) -> bool {
     s.chars().all(|c| !c.is_control() && !c.is_whitespace())
+}
+
+/// A DNS label: what Kubernetes and Cilium accept as a cluster name, and never a key separator.
+fn validate_cluster(cluster: &str) -> Result<()> {
+    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
+    let ok = !cluster.is_empty()
+        && cluster.len() <= 63
+        && cluster.chars().all(ok_char)
+        && !cluster.starts_with('-')
+        && !cluster.ends_with('-');
+    if !ok {
+        return Err(KvstoreError::Invalid {
+            field: "cluster",
+            reason: format!(
+                "`{cluster}`: must be 1..=63 lowercase letters, digits or '-', starting and ending with a letter or digit"
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn validate_node(node: &str) -> Result<()> {
@@ -152,24 +226,7 @@ pub enum IdentityEvent {
 }
 
 /// The receiving end of [`Kvstore::watch_identities`]; dropping it stops the watch.
-pub struct IdentityWatch {
-    rx: mpsc::Receiver<Result<IdentityEvent>>,
-    task: JoinHandle<()>,
-}
-
-impl IdentityWatch {
-    /// The next event; `Some(Err(_))` once if the etcd watch fails (the watch then ends), `None`
-    /// after that.
-    pub async fn next(&mut self) -> Option<Result<IdentityEvent>> {
-        self.rx.recv().await
-    }
-}
-
-impl Drop for IdentityWatch {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
+pub type IdentityWatch = Watch<IdentityEvent>;
 
 /// One node's connection to the cluster's etcd, with the node's lease kept alive in the
 /// background for as long as this value lives.
@@ -209,18 +266,28 @@ impl Kvstore {
         validate_node(node_name)?;
         cfg.validate()?;
         let shown = eps.join(",");
-        let opts = ConnectOptions::new().with_connect_timeout(cfg.connect_timeout);
-        let mut client = Client::connect(&eps, Some(opts)).await.map_err(etcd_err(format!("connect to {shown}")))?;
+        let rt = cfg.request_timeout;
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(cfg.connect_timeout)
+            .with_timeout(rt)
+            .with_keep_alive(rt, rt)
+            .with_keep_alive_while_idle(true);
+        let mut client = match tokio::time::timeout(cfg.connect_timeout, Client::connect(&eps, Some(opts))).await {
+            Ok(r) => r.map_err(etcd_err(format!("connect to {shown}")))?,
+            Err(_) => {
+                return Err(KvstoreError::Timeout { op: format!("connect to {shown}"), after: cfg.connect_timeout })
+            }
+        };
         let ttl = cfg.lease_ttl.as_secs() as i64 + i64::from(cfg.lease_ttl.subsec_nanos() > 0);
-        let grant =
-            client.lease_grant(ttl, None).await.map_err(etcd_err(format!("lease grant (TTL {ttl} s) at {shown}")))?;
+        let grant = bounded(rt, format!("lease grant (TTL {ttl} s) at {shown}"), client.lease_grant(ttl, None)).await?;
         let lease_id = grant.id();
         let (keeper, stream) =
-            client.lease_keep_alive(lease_id).await.map_err(etcd_err(format!("lease {lease_id:x} keep-alive")))?;
+            bounded(rt, format!("lease {lease_id:x} keep-alive"), client.lease_keep_alive(lease_id)).await?;
         // Renew three times per TTL (etcd may grant a longer TTL than asked; use what it granted).
-        let interval = Duration::from_millis((grant.ttl().max(1) as u64 * 1000 / 3).max(200));
+        let granted = Duration::from_secs(grant.ttl().max(1) as u64);
+        let interval = (granted / 3).max(Duration::from_millis(200));
         let (tx, lease_state) = watch::channel(None);
-        let keepalive = tokio::spawn(keep_lease_alive(keeper, stream, lease_id, interval, tx));
+        let keepalive = tokio::spawn(keep_lease_alive(keeper, stream, lease_id, interval, granted, tx));
         Ok(Kvstore { client, node: node_name.to_string(), lease_id, cfg, lease_state, keepalive })
     }
 
@@ -236,11 +303,21 @@ impl Kvstore {
         &self.cfg
     }
 
-    /// Stops renewing and revokes the lease, so this node's references go at once.
+    /// The state of this node's lease: `None` while it is kept alive, `Some(reason)` once it is
+    /// lost (etcd reported it expired, the keep-alive stream failed, or no keep-alive answer
+    /// arrived for a whole TTL). Lost is final: every key bound to the lease is gone or about
+    /// to go, and calls that write with it fail with [`KvstoreError::LeaseLost`]. The caller
+    /// then connects a new [`Kvstore`] and writes this node's state again (e.g.
+    /// [`Kvstore::register_node`], [`Kvstore::sync_ips`]).
+    pub fn health(&self) -> watch::Receiver<Option<String>> {
+        self.lease_state.clone()
+    }
+
+    /// Stops renewing and revokes the lease, so this node's keys go at once.
     pub async fn close(mut self) -> Result<()> {
         self.keepalive.abort();
         let lease = self.lease_id;
-        self.client.lease_revoke(lease).await.map_err(etcd_err(format!("lease {lease:x} revoke")))?;
+        bounded(self.cfg.request_timeout, format!("lease {lease:x} revoke"), self.client.lease_revoke(lease)).await?;
         Ok(())
     }
 
@@ -273,17 +350,19 @@ impl Kvstore {
 
     async fn get_prefix(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64)> {
         let mut client = self.client.clone();
-        let mut resp = client
-            .get(prefix, Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(etcd_err(format!("get {prefix}*")))?;
+        let mut resp = bounded(
+            self.cfg.request_timeout,
+            format!("get {prefix}*"),
+            client.get(prefix, Some(GetOptions::new().with_prefix())),
+        )
+        .await?;
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
         Ok((resp.take_kvs(), rev))
     }
 
     async fn txn(&self, txn: Txn, what: &str) -> Result<etcd_client::TxnResponse> {
         let mut client = self.client.clone();
-        client.txn(txn).await.map_err(etcd_err(format!("transaction ({what})")))
+        bounded(self.cfg.request_timeout, format!("transaction ({what})"), client.txn(txn)).await
     }
 
     /// The cluster-wide identity of `labels`, allocating one if no node has; records this node's
@@ -394,7 +473,8 @@ impl Kvstore {
     pub async fn release(&self, labels: &Labels) -> Result<bool> {
         let key = self.value_key(&labels.canonical());
         let mut client = self.client.clone();
-        let resp = client.delete(key.as_str(), None).await.map_err(etcd_err(format!("delete {key}")))?;
+        let resp =
+            bounded(self.cfg.request_timeout, format!("delete {key}"), client.delete(key.as_str(), None)).await?;
         Ok(resp.deleted() > 0)
     }
 
@@ -402,75 +482,26 @@ impl Kvstore {
     pub async fn lookup(&self, id: u32) -> Result<Option<Labels>> {
         let key = self.id_key(id);
         let mut client = self.client.clone();
-        let resp = client.get(key.as_str(), None).await.map_err(etcd_err(format!("get {key}")))?;
+        let resp = bounded(self.cfg.request_timeout, format!("get {key}"), client.get(key.as_str(), None)).await?;
         Ok(resp.kvs().first().and_then(|kv| parse_id_labels(&key, kv.value())))
     }
 
     /// Every identity now (as [`IdentityEvent::Upsert`]s, by id, then [`IdentityEvent::Synced`]),
     /// then each change as the etcd watch reports it, starting right after the listing's revision.
     pub async fn watch_identities(&self) -> Result<IdentityWatch> {
-        let prefix = self.id_prefix();
-        let (kvs, rev) = self.get_prefix(&prefix).await?;
-        let mut initial = BTreeMap::new();
-        for kv in &kvs {
-            if let Some(IdentityEvent::Upsert { id, labels }) = decode_event(&self.cfg.prefix, EventType::Put, kv) {
-                initial.insert(id, labels);
-            }
-        }
-        let mut client = self.client.clone();
-        let (watcher, mut stream) = client
-            .watch(prefix.as_str(), Some(WatchOptions::new().with_prefix().with_start_revision(rev + 1)))
-            .await
-            .map_err(etcd_err(format!("watch {prefix}*")))?;
-        let (tx, rx) = mpsc::channel(1024);
-        let cfg_prefix = self.cfg.prefix.clone();
-        let task = tokio::spawn(async move {
-            let _watcher = watcher; // dropping it would end the watch
-            for (id, labels) in initial {
-                if tx.send(Ok(IdentityEvent::Upsert { id, labels })).await.is_err() {
-                    return;
-                }
-            }
-            if tx.send(Ok(IdentityEvent::Synced)).await.is_err() {
-                return;
-            }
-            loop {
-                let failure = match stream.message().await {
-                    Ok(Some(resp)) => {
-                        if resp.canceled() {
-                            Some(format!(
-                                "etcd canceled the watch on {cfg_prefix}/id/ (compacted to {}): {}",
-                                resp.compact_revision(),
-                                resp.cancel_reason()
-                            ))
-                        } else {
-                            for ev in resp.events() {
-                                let Some(kv) = ev.kv() else { continue };
-                                if let Some(e) = decode_event(&cfg_prefix, ev.event_type(), kv) {
-                                    if tx.send(Ok(e)).await.is_err() {
-                                        return;
-                                    }
-                                }
-                            }
-                            None
-                        }
-                    }
-                    Ok(None) => Some(format!("etcd closed the watch on {cfg_prefix}/id/")),
-                    Err(e) => Some(format!("watch on {cfg_prefix}/id/: {e}")),
-                };
-                if let Some(reason) = failure {
-                    error!(%reason, "identity watch ended");
-                    let _ = tx
-                        .send(Err(KvstoreError::Etcd {
-                            op: "identity watch".to_string(),
-                            source: Box::new(etcd_client::Error::WatchError(reason)),
-                        }))
-                        .await;
-                    return;
-                }
-            }
-        });
-        Ok(IdentityWatch { rx, task })
+        let prefix = self.cfg.prefix.clone();
+        let order = |e: &IdentityEvent| match e {
+            IdentityEvent::Upsert { id, .. } | IdentityEvent::Delete { id } => *id,
+            IdentityEvent::Synced => u32::MAX,
+        };
+        self.watch_prefix(
+            "identity",
+            self.id_prefix(),
+            move |kind, kv| decode_event(&prefix, kind, kv),
+            order,
+            IdentityEvent::Synced,
+        )
+        .await
     }
 
     /// Deletes every `id/<id>` whose label set no node references any more, each in a transaction
@@ -507,25 +538,38 @@ impl Kvstore {
     }
 }
 
+/// Renews the lease every `interval`. The lease counts as lost on the first failure, or when no
+/// renewal has been confirmed for a whole `ttl`: by then etcd has expired it (or soon will), so
+/// waiting longer for a silent etcd would only hide that this node's keys are gone.
 async fn keep_lease_alive(
     mut keeper: LeaseKeeper,
     mut stream: LeaseKeepAliveStream,
     lease_id: i64,
     interval: Duration,
+    ttl: Duration,
     state: watch::Sender<Option<String>>,
 ) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut confirmed = tokio::time::Instant::now();
     loop {
         tick.tick().await;
-        let failure = match keeper.keep_alive().await {
-            Err(e) => Some(format!("sending a keep-alive failed: {e}")),
-            Ok(()) => match stream.message().await {
-                Ok(Some(resp)) if resp.ttl() > 0 => None,
-                Ok(Some(_)) => Some("etcd reports the lease expired".to_string()),
-                Ok(None) => Some("etcd closed the keep-alive stream".to_string()),
-                Err(e) => Some(format!("keep-alive stream failed: {e}")),
-            },
+        let renew = async {
+            keeper.keep_alive().await.map_err(|e| format!("sending a keep-alive failed: {e}"))?;
+            match stream.message().await {
+                Ok(Some(resp)) if resp.ttl() > 0 => Ok(()),
+                Ok(Some(_)) => Err("etcd reports the lease expired".to_string()),
+                Ok(None) => Err("etcd closed the keep-alive stream".to_string()),
+                Err(e) => Err(format!("keep-alive stream failed: {e}")),
+            }
+        };
+        let failure = match tokio::time::timeout_at(confirmed + ttl, renew).await {
+            Ok(Ok(())) => {
+                confirmed = tokio::time::Instant::now();
+                None
+            }
+            Ok(Err(reason)) => Some(reason),
+            Err(_) => Some(format!("no keep-alive answer from etcd for {ttl:?} (the lease TTL)")),
         };
         if let Some(reason) = failure {
             error!(lease = format!("{lease_id:x}"), %reason, "etcd lease lost");
@@ -612,6 +656,20 @@ mod tests {
         c.id_max = 10;
         c.prefix = "myelin/".into();
         assert!(c.validate().unwrap_err().to_string().contains("invalid prefix"));
+        c.prefix = DEFAULT_PREFIX.into();
+        assert!(c.validate().is_ok());
+        c.state_root = "".into();
+        assert!(c.validate().unwrap_err().to_string().contains("invalid state_root"));
+        c.state_root = DEFAULT_STATE_ROOT.into();
+        for bad in ["", "a/b", "Prod", "-x", "x-", "a_b", &"x".repeat(64)] {
+            c.cluster = bad.to_string();
+            assert!(c.validate().unwrap_err().to_string().contains("invalid cluster"), "{bad}");
+        }
+        c.cluster = "prod-eu-1".into();
+        c.request_timeout = Duration::ZERO;
+        assert!(c.validate().unwrap_err().to_string().contains("invalid request_timeout"));
+        c.request_timeout = DEFAULT_REQUEST_TIMEOUT;
+        assert!(c.validate().is_ok());
         assert!(validate_node("a/b").unwrap_err().to_string().contains("invalid node_name"));
         assert!(validate_node("").is_err());
         assert!(validate_node("node-1").is_ok());

@@ -105,6 +105,22 @@ impl Etcd {
         c.status().await.is_ok()
     }
 
+    /// Kills etcd now (SIGKILL) and waits for it: connections are reset, new ones refused.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// Stops etcd (SIGSTOP) without closing anything: connections stay open and new ones are
+    /// accepted by the kernel, but nothing answers, like a hung or partitioned server. Drop
+    /// still kills it.
+    pub fn freeze(&self) {
+        let status = Command::new("kill").args(["-STOP", &self.pid().to_string()]).status().unwrap();
+        assert!(status.success(), "kill -STOP {} failed", self.pid());
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
