@@ -1,17 +1,35 @@
-//! Cluster-wide state on etcd v3. This first slice: security identity allocation, so the same
-//! label set gets the same numeric identity on every node.
+//! Cluster-wide state on etcd v3: security identity allocation (the same label set gets the same
+//! numeric identity on every node), the node registry and the ipcache (which node hosts which
+//! endpoint address, with which identity).
 //!
 //! # Key layout
 //!
-//! Cilium's kvstore identity layout, under our name: the prefix is
-//! [`DEFAULT_PREFIX`] = `myelin/state/identities/v1` (Cilium uses `cilium/state/identities/v1`)
-//! and is configurable ([`KvstoreConfig::prefix`]).
+//! Cilium's kvstore layout, under our name. Identities live under [`KvstoreConfig::prefix`]
+//! (default [`DEFAULT_PREFIX`] = `myelin/state/identities/v1`; Cilium uses
+//! `cilium/state/identities/v1`):
 //!
 //! - `<prefix>/id/<id>` -> the label set, canonical encoding (see [`labels`]), e.g.
 //!   `k8s:app=web;k8s:io.kubernetes.pod.namespace=default`. `<id>` is decimal. Not bound to a
 //!   lease: it outlives the nodes that use it until [`Kvstore::gc`] removes it.
 //! - `<prefix>/value/<labels>/<node>` -> `<id>`: node `<node>`'s reference to the identity,
 //!   bound to that node's lease, so it disappears when the node stops renewing it.
+//!
+//! Per-node state lives under [`KvstoreConfig::state_root`] (default [`DEFAULT_STATE_ROOT`] =
+//! `myelin/state`; Cilium's is `cilium/state`) and [`KvstoreConfig::cluster`] (default
+//! [`DEFAULT_CLUSTER`]), each key bound to the lease of the node that wrote it:
+//!
+//! - `<state_root>/nodes/v1/<cluster>/<node>` -> [`NodeRecord`] as JSON, e.g.
+//!   `{"Name":"node-a","IPv4":"192.168.0.2","IPv4AllocCIDR":"10.0.1.0/24","Cluster":"default"}`
+//!   (Cilium: `cilium/state/nodes/v1/<cluster>/<node>`). Written by [`Kvstore::register_node`].
+//! - `<state_root>/ip/v1/<cluster>/<ip>` -> [`IpRecord`] as JSON, e.g.
+//!   `{"IP":"10.0.1.5","ID":300,"HostIP":"192.168.0.2","Node":"node-a",`
+//!   `"K8sNamespace":"default","K8sPodName":"web-1"}`
+//!   (Cilium: `cilium/state/ip/v1/<cluster>/<ip>`; `<ip>` is dotted IPv4). Written by
+//!   [`Kvstore::upsert_ip`] and [`Kvstore::sync_ips`]. The last writer of an address owns it;
+//!   [`Kvstore::delete_ip`] deletes only a key bound to this node's lease.
+//!
+//! The JSON field names are Cilium's where it has the field; the documents are not meant to be
+//! read by Cilium (its node object has a list of addresses, not one `IPv4`).
 //!
 //! # Allocation
 //!
@@ -27,12 +45,37 @@
 //! reference. A node that loses the race re-reads and adopts the winner's id, so one label set
 //! never gets two ids even when nodes allocate it at the same moment.
 //!
-//! Malformed content under the prefix (a foreign key, a non-numeric id, a value that is not a
-//! canonical label set) is logged with `tracing::warn` and skipped.
+//! # Watches
 //!
-//! Out of scope for now: reconnecting after the etcd connection or the lease is lost (calls then
-//! fail with [`KvstoreError::LeaseLost`] / [`KvstoreError::Etcd`]), per-call request timeouts,
-//! and caching (every allocation reads the `id/` range).
+//! [`Kvstore::watch_identities`], [`Kvstore::watch_nodes`] and [`Kvstore::watch_ips`] deliver
+//! the current content as upserts, then a `Synced` event, then every change from the listing's
+//! revision + 1, so nothing is missed or seen twice between the two. Node and ipcache watches
+//! cover this node's cluster only. A watch that fails (etcd unreachable, its revision compacted)
+//! delivers one error and ends.
+//!
+//! Malformed content under a prefix (a foreign key, a non-numeric id, a value that is not a
+//! canonical label set, JSON that does not decode, a record whose name, address or cluster
+//! differs from its key, identity 0, a pod CIDR that is not an IPv4 network) is logged with
+//! `tracing::warn` and skipped, in listings and in the watch alike; the deletion of a
+//! well-formed key is reported even if its value was skipped.
+//!
+//! # Liveness
+//!
+//! Every request fails with [`KvstoreError::Timeout`] after [`KvstoreConfig::request_timeout`]
+//! instead of waiting for a dead etcd, and HTTP/2 keep-alive pings drop a silent connection (so
+//! watches on it fail) within about twice that. The lease counts as lost ([`Kvstore::health`]
+//! turns `Some(reason)`) when etcd reports it expired, when the keep-alive stream fails, or when
+//! no renewal has been confirmed for a whole TTL; writes then fail with
+//! [`KvstoreError::LeaseLost`].
+//!
+//! # Out of scope
+//!
+//! Reconnecting is the caller's job: a [`Kvstore`] whose lease is lost, or a watch that ended
+//! with an error, is not repaired. The caller connects a new [`Kvstore`] (a new lease), writes
+//! this node's state again ([`Kvstore::register_node`], [`Kvstore::sync_ips`] with the full
+//! desired set, [`Kvstore::allocate`] for identities in use) and starts new watches, whose
+//! listings replace what it knew. Also not here: IPv6 and CIDR entries in the ipcache, watching
+//! other clusters, and caching (every allocation reads the `id/` range).
 
 pub mod labels;
 mod state;
@@ -197,7 +240,7 @@ fn validate_cluster(cluster: &str) -> Result<()> {
         return Err(KvstoreError::Invalid {
             field: "cluster",
             reason: format!(
-                "`{cluster}`: must be 1..=63 lowercase letters, digits or '-', starting and ending with a letter or digit"
+                "`{cluster}`: must be a DNS label: 1..=63 of a-z, 0-9 and '-', not starting or ending with '-'"
             ),
         });
     }
