@@ -20,12 +20,13 @@ need_root
 # python3-grpcio + python3-protobuf for the test that reads flows with Python's gRPC,
 # prometheus for promtool and the real server the metrics and dashboard tests scrape with
 # (the tests start their own instance; the package's service is not needed), etcd-server for
-# the real etcd v3 the kvstore tests start (their own instance on free ports), and
+# the real etcd v3 the kvstore tests and multi-node labs start (their own instances), tshark
+# for the multi-node test that decodes the overlay's VXLAN on the fabric (VNI = identity), and
 # ca-certificates: cargo fetches crates over https (a minimal Debian has no CA store).
 PKGS=(ca-certificates clang llvm libelf-dev zlib1g-dev pkg-config make gcc libc6-dev
       bpftool iproute2 nftables iptables iputils-ping procps python3
       protobuf-compiler libprotobuf-dev podman runc containernetworking-plugins busybox-static
-      iperf3 uidmap python3-grpcio python3-protobuf prometheus etcd-server)
+      iperf3 uidmap python3-grpcio python3-protobuf prometheus etcd-server tshark)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

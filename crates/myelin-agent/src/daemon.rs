@@ -15,6 +15,10 @@
 //!     -> attach on the blocking pool (TCX waits an RCU grace period: concurrent ADDs overlap)
 //!     -> routes -> EndpointCmd::Plumbed
 //!  [ct-gc thread]  timer -> Datapath::ct_gc (its own handle; blocking syscalls)
+//!  [cluster task]  (with kvstore_endpoints) the only etcd client: cluster identities for the
+//!   policy thread (blocking call with a timeout), remote identities and pod addresses to it
+//!   (PolicyCmd::Cluster), this node's pods to etcd, the overlay's routes and tunnel_map;
+//!   drawn in detail in `cluster/mod.rs`
 //!  Datapath (Arc, Send + Sync): owned fds; every call is one syscall-level operation
 //! ```
 
@@ -34,7 +38,8 @@ use crate::policy::{EngineState, PolicyEngine, PolicySettings, StoredPolicy};
 use crate::server::{router, AgentState};
 use crate::snapshot::Snapshots;
 use crate::store::Store;
-use crate::{endpoints, gc, masq, policy};
+use crate::{cluster, endpoints, gc, masq, policy};
+use myelin_netlink::tunnel::TunnelKind;
 
 fn write_sysctl(path: &str, value: &str) -> Result<()> {
     std::fs::write(Path::new("/proc/sys").join(path), value).with_context(|| format!("setting sysctl {path}={value}"))
@@ -127,14 +132,43 @@ pub async fn run(cfg: Config) -> Result<()> {
         }
     }
     let stored = store.snapshot()?;
-    let engine = PolicyEngine::new(state, policies, store.rules()?, stored.endpoints, vec![node_ip, gateway]);
+    let mut engine = PolicyEngine::new(state, policies, store.rules()?, stored.endpoints, vec![node_ip, gateway]);
+    let cluster_parts = if cfg.kvstore_endpoints.is_empty() {
+        None
+    } else {
+        let (identities, prepared) = cluster::prepare();
+        engine.set_cluster(Box::new(identities));
+        Some(prepared)
+    };
+    // The overlay: its device and programs before any pod is plumbed (pods get its MTU).
+    let tunnel_kind = match cfg.routing.as_str() {
+        "vxlan" => Some(TunnelKind::Vxlan),
+        "geneve" => Some(TunnelKind::Geneve),
+        _ => None,
+    };
+    let (overlay, pod_mtu) = match tunnel_kind {
+        Some(kind) => {
+            let uplink_mtu = myelin_netlink::link_by_name(&cfg.uplink).await?.map_or(1500, |l| l.mtu);
+            let mtu = uplink_mtu.saturating_sub(kind.overhead());
+            let o = cluster::overlay::Overlay::setup(kind, &datapath, mtu, node_ip)
+                .await
+                .with_context(|| format!("setting up the {} overlay", cfg.routing))?;
+            features.push(Feature {
+                name: "overlay".into(),
+                available: true,
+                detail: format!("{} ({}), pod MTU {mtu}", cfg.routing, cluster::overlay::device_name(kind)),
+            });
+            (Some(o), Some(mtu))
+        }
+        None => (None, None),
+    };
     let settings = PolicySettings { rule_retention: Duration::from_secs(cfg.rule_retention_hours * 3600) };
     let (dp, st, sn) = (datapath.clone(), store.clone(), snapshots.clone());
     let policy = tokio::task::spawn_blocking(move || policy::spawn(engine, dp, st, sn, settings))
         .await?
         .context("starting the policy component")?;
 
-    let plumber = Plumber { datapath: datapath.clone(), policy: policy.clone(), gateway };
+    let plumber = Plumber { datapath: datapath.clone(), policy: policy.clone(), gateway, mtu: pod_mtu };
     let restored = endpoints::restore(&store, pod_cidr, &plumber).await?;
     info!(endpoints = restored.records.len(), adopted = restored.adopted, "state restored");
 
@@ -203,6 +237,33 @@ pub async fn run(cfg: Config) -> Result<()> {
         tokio::runtime::Handle::current(),
     )?;
     let gc = gc::spawn(datapath.clone(), Duration::from_secs(cfg.gc_interval_s))?;
+    let cluster = match cluster_parts {
+        Some(prepared) => {
+            let settings = cluster::ClusterSettings {
+                endpoints: cfg.kvstore_endpoints.clone(),
+                cluster: cfg.cluster_name.clone(),
+                node: cfg.node_name.clone(),
+                node_ip,
+                pod_cidr,
+                lease_ttl: Duration::from_secs(cfg.kvstore_lease_ttl_s),
+            };
+            let status = cluster::start(
+                prepared,
+                settings,
+                policy.clone(),
+                datapath.clone(),
+                snapshots.clone(),
+                overlay,
+                Duration::from_secs(5),
+            )
+            .await;
+            if !status.borrow().connected {
+                warn!(endpoints = ?cfg.kvstore_endpoints, "the kvstore is not reachable yet; starting with node-local identities");
+            }
+            Some(status)
+        }
+        None => None,
+    };
     let observability = Arc::new(
         crate::observe::start(&cfg, &datapath, snapshots.clone(), gc.clone(), Vec::new())
             .await
@@ -241,6 +302,7 @@ pub async fn run(cfg: Config) -> Result<()> {
             gc_removed: 0,
         },
         flows: None,
+        cluster: None,
     };
     let state = Arc::new(AgentState {
         snapshots,
@@ -252,6 +314,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         observability: Some(observability.clone()),
         status,
         debug_api: cfg.debug_api,
+        cluster,
     });
 
     if let Some(dir) = cfg.socket.parent() {

@@ -62,7 +62,23 @@ impl Directory for AgentDirectory {
 
     fn endpoint_by_ip(&self, ip: IpAddr) -> Option<EndpointDesc> {
         let IpAddr::V4(v4) = ip else { return None };
-        let ep = self.snapshots.endpoint_by_ip(v4)?;
+        let Some(ep) = self.snapshots.endpoint_by_ip(v4) else {
+            // A pod of another node, named by the kvstore.
+            let remote = self.snapshots.remote.load();
+            let r = remote.by_ip.get(&v4)?;
+            let labels = self.snapshots.policy.load().table.labels(r.identity);
+            let pod = r.pod.clone().unwrap_or_default();
+            return Some(EndpointDesc {
+                endpoint_id: 0,
+                identity: r.identity,
+                cluster: String::new(),
+                namespace: r.namespace.clone().unwrap_or_default(),
+                workload: labels.as_ref().and_then(|l| workload(l.as_map(), &pod)),
+                pod_name: pod,
+                labels: labels.map(|l| cilium_labels(&l)).unwrap_or_default(),
+                node: r.node.clone(),
+            });
+        };
         let pol = self.snapshots.policy.load();
         let labels = pol.table.labels(ep.identity).map(|l| cilium_labels(&l)).unwrap_or_default();
         let pod = ep.pod_name.clone().unwrap_or_default();

@@ -36,6 +36,8 @@ pub struct AgentState {
     /// Everything of the status that does not change after start.
     pub status: Status,
     pub debug_api: bool,
+    /// The kvstore link, as the cluster component reports it (None: no kvstore).
+    pub cluster: Option<tokio::sync::watch::Receiver<myelin_api::ClusterStatus>>,
 }
 
 pub type Shared = Arc<AgentState>;
@@ -134,6 +136,7 @@ async fn status(State(s): State<Shared>) -> Json<Status> {
     st.adopted_endpoints = eps.adopted;
     st.datapath.gc_runs = s.gc.runs.load(Ordering::Relaxed);
     st.datapath.gc_removed = s.gc.removed.load(Ordering::Relaxed);
+    st.cluster = s.cluster.as_ref().map(|c| c.borrow().clone());
     if let Some(o) = s.observability.clone() {
         // The history's figures read its files: off the async workers.
         st.flows = tokio::task::spawn_blocking(move || o.status()).await.ok();

@@ -48,13 +48,31 @@ pub struct PolicyView {
     pub policy_entries: u64,
 }
 
+/// A pod of another node, as the kvstore names it (what the cluster component publishes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemotePod {
+    pub identity: u32,
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    pub node: String,
+}
+
+/// What the cluster component publishes: other nodes' pods by address.
+#[derive(Debug, Clone, Default)]
+pub struct RemoteView {
+    pub by_ip: HashMap<Ipv4Addr, RemotePod>,
+}
+
 /// The published snapshots.
 #[derive(Debug, Default)]
 pub struct Snapshots {
     pub endpoints: ArcSwap<EndpointsView>,
     pub policy: ArcSwap<PolicyView>,
+    pub remote: ArcSwap<RemoteView>,
     /// Bumped after every publish (caches derived from the snapshots compare it).
     pub generation: std::sync::atomic::AtomicU64,
+    /// The generation, for components that wait for a change (the cluster component).
+    pub changed: tokio::sync::watch::Sender<u64>,
 }
 
 impl Snapshots {
@@ -66,13 +84,22 @@ impl Snapshots {
     /// Publish a new endpoints view.
     pub fn publish_endpoints(&self, view: EndpointsView) {
         self.endpoints.store(Arc::new(view));
-        self.generation.fetch_add(1, std::sync::atomic::Ordering::Release);
+        let g = self.generation.fetch_add(1, std::sync::atomic::Ordering::Release);
+        self.changed.send_replace(g + 1);
     }
 
     /// Publish a new policy view.
     pub fn publish_policy(&self, view: PolicyView) {
         self.policy.store(Arc::new(view));
-        self.generation.fetch_add(1, std::sync::atomic::Ordering::Release);
+        let g = self.generation.fetch_add(1, std::sync::atomic::Ordering::Release);
+        self.changed.send_replace(g + 1);
+    }
+
+    /// Publish a new view of other nodes' pods.
+    pub fn publish_remote(&self, view: RemoteView) {
+        self.remote.store(Arc::new(view));
+        let g = self.generation.fetch_add(1, std::sync::atomic::Ordering::Release);
+        self.changed.send_replace(g + 1);
     }
 
     /// One endpoint with its current identity.

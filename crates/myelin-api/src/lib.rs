@@ -156,6 +156,27 @@ pub struct Status {
     /// Flow observability (None: not started).
     #[serde(default)]
     pub flows: Option<FlowStatus>,
+    /// The kvstore link (None: no kvstore configured).
+    #[serde(default)]
+    pub cluster: Option<ClusterStatus>,
+}
+
+/// The node's link to the cluster's shared state in etcd (part of [`Status`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// Connected to etcd now, lease kept alive.
+    pub connected: bool,
+    pub endpoints: Vec<String>,
+    /// "native", "vxlan" or "geneve".
+    pub routing: String,
+    /// Sessions established since start (more than 1: it reconnected).
+    pub sessions: u64,
+    /// Why the last session ended or the last connect failed.
+    pub last_error: Option<String>,
+    /// Other nodes, cluster identities and other nodes' pod addresses known now.
+    pub nodes: usize,
+    pub identities: usize,
+    pub remote_ips: usize,
 }
 
 /// The observer's buffers and counters (part of [`Status`]).

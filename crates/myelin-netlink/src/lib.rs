@@ -22,6 +22,8 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+pub mod tunnel;
+
 use futures::TryStreamExt;
 use nix::sched::CloneFlags;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};

@@ -23,6 +23,9 @@ pub struct Plumber {
     pub datapath: Arc<Datapath>,
     pub policy: PolicyHandle,
     pub gateway: Ipv4Addr,
+    /// Pod interface MTU (None: the kernel's default); the overlay's sets it below the
+    /// uplink's by the encapsulation overhead.
+    pub mtu: Option<u32>,
 }
 
 fn now() -> u64 {
@@ -50,7 +53,7 @@ impl Plumber {
             pod_ifname: req.ifname.clone(),
             pod_ip: ip,
             gateway: self.gateway,
-            mtu: None,
+            mtu: self.mtu,
         })
         .await?;
         let mut ep = Endpoint {

@@ -56,6 +56,36 @@ pub struct EngineState {
     /// Uids handed out so far (to make new ones unique).
     #[serde(default)]
     pub uid_counter: u64,
+    /// Cluster-wide identities this node's endpoints hold (from the kvstore), with local
+    /// reference counts: the kvstore is asked once per label set, not once per endpoint.
+    #[serde(default)]
+    pub cluster_refs: BTreeMap<Identity, (Labels, u64)>,
+}
+
+/// Node-local identities handed out while the kvstore cannot answer (etcd down): a range of
+/// their own, disjoint from the cluster-wide 256..=65535 and below the local-scope (CIDR) bit,
+/// so they fit a 24-bit VNI. Endpoints holding one are moved to a cluster-wide identity once the
+/// kvstore answers again ([`PolicyEngine::unreconciled`]).
+pub const NODE_LOCAL_MIN: Identity = 0x00FF_0000;
+pub const NODE_LOCAL_MAX: Identity = 0x00FF_FFFF;
+
+/// Cluster-wide identities, as the kvstore hands them out. Implemented by the cluster
+/// component; the policy thread calls it (it may block, never for longer than its timeout).
+pub trait ClusterIdentities: Send {
+    /// The cluster-wide identity of `labels`, this node's reference recorded; None when the
+    /// kvstore cannot answer now (the engine then falls back to a node-local identity).
+    fn acquire(&mut self, labels: &Labels) -> Option<Identity>;
+    /// This node no longer uses `labels` (best effort: the reference also ends with the lease).
+    fn release(&mut self, labels: &Labels);
+}
+
+/// What the kvstore says about the rest of the cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterView {
+    /// Every cluster-wide identity and its security labels.
+    pub identities: BTreeMap<Identity, Labels>,
+    /// Pods of other nodes: address -> identity.
+    pub remote_ips: BTreeMap<Ipv4Addr, Identity>,
 }
 
 /// Labels of an endpoint whose labels are not known yet (reserved:init).
@@ -159,6 +189,12 @@ pub struct PolicyEngine {
     node_ips: Vec<Ipv4Addr>,
     /// Warnings of the applied policies (L7 rules not enforced, ...).
     warnings: BTreeMap<String, Vec<String>>,
+    /// The kvstore's identity allocation (None: identities are node-local).
+    cluster: Option<Box<dyn ClusterIdentities>>,
+    /// Cluster identities held by this node's endpoints, with local reference counts.
+    cluster_refs: BTreeMap<Identity, (Labels, u64)>,
+    /// The rest of the cluster, as last reported by the kvstore.
+    view: ClusterView,
 }
 
 /// The result of one reconciliation.
@@ -217,6 +253,9 @@ impl PolicyEngine {
             cidr_epoch: None,
             persisted_epoch: None,
             identities: state.identities.unwrap_or_default(),
+            cluster: None,
+            cluster_refs: state.cluster_refs,
+            view: ClusterView::default(),
             cidrs: state.cidrs.unwrap_or_default(),
             namespaces: state.namespaces,
             revisions: state.revisions,
@@ -273,6 +312,7 @@ impl PolicyEngine {
             next_rule_id: self.rules.next_id(),
             live_rules: self.rules.live_keys(),
             uid_counter: self.uid_counter,
+            cluster_refs: self.cluster_refs.clone(),
         }
     }
 
@@ -431,18 +471,109 @@ impl PolicyEngine {
             .collect()
     }
 
-    /// Take a reference on the identity of these labels.
+    /// Take identities from the kvstore from now on. Node-local identities move to their own
+    /// range ([`NODE_LOCAL_MIN`]..) when the allocator holds none yet.
+    pub fn set_cluster(&mut self, cluster: Box<dyn ClusterIdentities>) {
+        if self.identities.iter().next().is_none() {
+            self.identities = IdentityAllocator::with_range(NODE_LOCAL_MIN, NODE_LOCAL_MAX);
+        }
+        self.cluster = Some(cluster);
+    }
+
+    /// Take a reference on the identity of these labels: the cluster-wide one when a kvstore is
+    /// in use and answers, else a node-local one.
     pub fn acquire(&mut self, labels: &Labels) -> Result<Identity, EngineError> {
+        if let Some(cluster) = self.cluster.as_mut() {
+            if let Some((id, (_, n))) = self.cluster_refs.iter_mut().find(|(_, (l, _))| l == labels) {
+                *n += 1;
+                return Ok(*id);
+            }
+            if let Some(id) = cluster.acquire(labels) {
+                self.cluster_refs.insert(id, (labels.clone(), 1));
+                return Ok(id);
+            }
+            warn!(%labels, "the kvstore cannot allocate now: a node-local identity until it can");
+        }
         Ok(self.identities.acquire(labels)?)
     }
 
     /// Drop a reference; unknown and reserved ids are ignored.
     pub fn release(&mut self, id: Identity) {
+        if let Some((labels, n)) = self.cluster_refs.get_mut(&id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                let labels = labels.clone();
+                self.cluster_refs.remove(&id);
+                if let Some(c) = self.cluster.as_mut() {
+                    c.release(&labels);
+                }
+            }
+            return;
+        }
         if pol::is_workload(id) {
             if let Err(e) = self.identities.release(id) {
                 warn!(identity = id, error = %e, "releasing identity");
             }
         }
+    }
+
+    /// The rest of the cluster changed; the datapath follows at the next sync.
+    pub fn set_view(&mut self, view: ClusterView) -> bool {
+        if self.view == view {
+            return false;
+        }
+        self.view = view;
+        true
+    }
+
+    /// Endpoints holding a node-local identity although a kvstore is in use (it could not
+    /// answer when they came): they get a cluster-wide one when it can.
+    #[must_use]
+    pub fn unreconciled(&self) -> Vec<u32> {
+        if self.cluster.is_none() {
+            return Vec::new();
+        }
+        self.endpoints.values().filter(|e| self.identities.labels(e.identity).is_some()).map(|e| e.id).collect()
+    }
+
+    /// After a kvstore reconnect: record this node's reference to every cluster identity it
+    /// holds again, and move endpoints whose identity the kvstore no longer agrees with (or
+    /// that hold a node-local one) to the kvstore's. Returns the endpoints that changed.
+    pub fn resync_cluster(&mut self) -> Result<Vec<u32>, EngineError> {
+        let Some(cluster) = self.cluster.as_mut() else { return Ok(Vec::new()) };
+        let mut stale = Vec::new();
+        for (id, (labels, _)) in &self.cluster_refs {
+            match cluster.acquire(labels) {
+                Some(now) if now == *id => {}
+                Some(now) => {
+                    warn!(old = id, new = now, %labels, "the kvstore holds another identity for these labels now");
+                    stale.push(*id);
+                }
+                None => return Ok(Vec::new()), // it cannot answer after all: try again later
+            }
+        }
+        let mut moved: Vec<u32> =
+            self.endpoints.values().filter(|e| stale.contains(&e.identity)).map(|e| e.id).collect();
+        for id in &stale {
+            // Endpoints holding it acquire again below; their old references go with the entry.
+            self.cluster_refs.remove(id);
+        }
+        moved.extend(self.unreconciled());
+        let mut changed = Vec::new();
+        for id in moved {
+            let Some(mut ep) = self.endpoints.get(&id).cloned() else { continue };
+            let before = ep.identity;
+            if stale.contains(&before) {
+                // Its reference went with the stale entry: do not release it again.
+                ep.identity = 0;
+                self.endpoints.insert(id, ep.clone());
+            }
+            let after = self.upsert_endpoint(ep)?;
+            if after != before {
+                changed.push(id);
+            }
+        }
+        Ok(changed)
     }
 
     #[must_use]
@@ -452,7 +583,14 @@ impl PolicyEngine {
 
     #[must_use]
     pub fn table(&self) -> IdentityTable {
-        IdentityTable::from_allocators(&self.identities, &self.cidrs)
+        let mut t = IdentityTable::from_allocators(&self.identities, &self.cidrs);
+        for (id, labels) in &self.view.identities {
+            t.workloads.insert(*id, labels.clone());
+        }
+        for (id, (labels, _)) in &self.cluster_refs {
+            t.workloads.insert(*id, labels.clone());
+        }
+        t
     }
 
     #[must_use]
@@ -627,6 +765,9 @@ impl PolicyEngine {
         for ip in &self.node_ips {
             want.insert((*ip, 32), pol::ReservedIdentity::Host as u32);
         }
+        for (ip, id) in &self.view.remote_ips {
+            want.insert((*ip, 32), *id);
+        }
         for e in self.endpoints.values() {
             if let Ok(ip) = e.ipv4.parse::<Ipv4Addr>() {
                 want.insert((ip, 32), e.identity);
@@ -637,8 +778,9 @@ impl PolicyEngine {
 
     /// The ipcache model for explain (pods, node addresses, CIDR identities).
     fn ipcache_model(&self) -> IpCache {
-        let pods: Vec<(Ipv4Addr, Identity)> =
+        let mut pods: Vec<(Ipv4Addr, Identity)> =
             self.endpoints.values().filter_map(|e| e.ipv4.parse().ok().map(|ip| (ip, e.identity))).collect();
+        pods.extend(self.view.remote_ips.iter().map(|(ip, id)| (*ip, *id)));
         IpCache::build(&pods, &self.node_ips, &[], &self.cidrs)
     }
 
@@ -933,6 +1075,92 @@ pub fn split_documents(text: &str) -> Vec<String> {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    /// A kvstore stand-in: hands out 1000, 1001, ... per new label set while `up`.
+    struct FakeCluster {
+        up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        ids: std::sync::Arc<std::sync::Mutex<BTreeMap<Labels, Identity>>>,
+        released: std::sync::Arc<std::sync::Mutex<Vec<Labels>>>,
+    }
+
+    impl ClusterIdentities for FakeCluster {
+        fn acquire(&mut self, labels: &Labels) -> Option<Identity> {
+            if !self.up.load(std::sync::atomic::Ordering::SeqCst) {
+                return None;
+            }
+            let mut ids = self.ids.lock().unwrap();
+            let next = 1000 + ids.len() as u32;
+            Some(*ids.entry(labels.clone()).or_insert(next))
+        }
+        fn release(&mut self, labels: &Labels) {
+            self.released.lock().unwrap().push(labels.clone());
+        }
+    }
+
+    fn ep(id: u32, app: &str) -> ApiEndpoint {
+        ApiEndpoint {
+            id,
+            container_id: format!("c{id}"),
+            netns: String::new(),
+            ifname: "eth0".into(),
+            host_ifname: format!("h{id}"),
+            host_ifindex: id,
+            ipv4: format!("10.0.0.{id}"),
+            gateway: "10.0.0.1".into(),
+            mac: String::new(),
+            host_mac: String::new(),
+            namespace: Some("default".into()),
+            pod_name: Some(format!("p{id}")),
+            labels: [("app".to_owned(), app.to_owned())].into_iter().collect(),
+            ports: vec![],
+            identity: 0,
+            created: 0,
+            labels_pending: false,
+        }
+    }
+
+    #[test]
+    fn cluster_identities_are_shared_fall_back_to_node_local_and_are_reconciled() {
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let fake = FakeCluster { up: up.clone(), ids: Default::default(), released: Default::default() };
+        let released = fake.released.clone();
+        let mut e = PolicyEngine::new(EngineState::default(), vec![], vec![], vec![], vec![]);
+        e.set_cluster(Box::new(fake));
+        let a = e.upsert_endpoint(ep(2, "web")).unwrap();
+        let b = e.upsert_endpoint(ep(3, "web")).unwrap();
+        assert_eq!((a, b), (1000, 1000), "one label set, one cluster identity, asked once");
+        assert!(e.table().workloads.contains_key(&1000));
+
+        // The kvstore cannot answer: a node-local identity from its own range.
+        up.store(false, std::sync::atomic::Ordering::SeqCst);
+        let c = e.upsert_endpoint(ep(4, "db")).unwrap();
+        assert!((NODE_LOCAL_MIN..=NODE_LOCAL_MAX).contains(&c), "{c}");
+        assert_eq!(e.unreconciled(), vec![4]);
+        // Known labels still resolve without the kvstore.
+        assert_eq!(e.upsert_endpoint(ep(5, "web")).unwrap(), 1000);
+
+        // Back: the resync moves it to a cluster identity.
+        up.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(e.resync_cluster().unwrap(), vec![4]);
+        assert_eq!(e.endpoints().find(|x| x.id == 4).unwrap().identity, 1001);
+        assert!(e.unreconciled().is_empty());
+
+        // The last endpoint of a label set gives the node's reference back.
+        for id in [2, 3, 5] {
+            e.remove_endpoint(id);
+        }
+        assert_eq!(released.lock().unwrap().len(), 1, "released once, when the last user went");
+
+        // Remote identities and pods are in the table and the ipcache.
+        let view = ClusterView {
+            identities: [(2000, Labels::from([("app", "remote")]))].into_iter().collect(),
+            remote_ips: [(Ipv4Addr::new(10, 9, 0, 5), 2000)].into_iter().collect(),
+        };
+        assert!(e.set_view(view.clone()));
+        assert!(!e.set_view(view), "an unchanged view is no change");
+        assert!(e.table().workloads.contains_key(&2000));
+        assert_eq!(e.desired_ipcache().get(&(Ipv4Addr::new(10, 9, 0, 5), 32)), Some(&2000));
+    }
 
     #[test]
     fn splits_documents_like_the_parser_counts_them() {

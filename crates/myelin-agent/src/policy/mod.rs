@@ -24,7 +24,7 @@ use tracing::{info, warn};
 
 use crate::snapshot::{PolicyView, Snapshots};
 use crate::store::Store;
-pub use engine::{EngineError, EngineState, PolicyEngine, StoredPolicy};
+pub use engine::{ClusterIdentities, ClusterView, EngineError, EngineState, PolicyEngine, StoredPolicy};
 
 /// What the policy component is asked to do.
 pub enum PolicyCmd {
@@ -49,6 +49,11 @@ pub enum PolicyCmd {
         port: u16,
         reply: oneshot::Sender<Result<pol::Explanation, EngineError>>,
     },
+    /// The rest of the cluster changed (from the kvstore): its identities and pod addresses.
+    Cluster { view: engine::ClusterView },
+    /// The kvstore is reachable again: re-reference this node's cluster identities and give
+    /// endpoints that got a node-local identity meanwhile a cluster-wide one.
+    ClusterResync,
     /// Debug: keep the component busy for a while (to prove nobody else waits for it);
     /// answered as the stall begins.
     Stall { duration: Duration, reply: oneshot::Sender<()> },
@@ -70,6 +75,16 @@ impl PolicyHandle {
         let (tx, rx) = oneshot::channel();
         self.tx.send(make(tx)).map_err(|_| Gone)?;
         rx.await.map_err(|_| Gone)
+    }
+
+    /// See [`PolicyCmd::Cluster`]; not answered.
+    pub fn cluster_view(&self, view: ClusterView) -> Result<(), Gone> {
+        self.tx.send(PolicyCmd::Cluster { view }).map_err(|_| Gone)
+    }
+
+    /// See [`PolicyCmd::ClusterResync`]; not answered.
+    pub fn cluster_resync(&self) -> Result<(), Gone> {
+        self.tx.send(PolicyCmd::ClusterResync).map_err(|_| Gone)
     }
 
     /// See [`PolicyCmd::Endpoints`].
@@ -235,6 +250,28 @@ impl Component {
                 self.persist();
                 self.publish();
                 let _ = reply.send(r);
+            }
+            PolicyCmd::Cluster { view } => {
+                if self.engine.set_view(view) {
+                    if let Err(e) = self.engine.sync(&self.datapath) {
+                        warn!(error = %e, "applying the cluster's identities and addresses");
+                    }
+                    self.publish();
+                }
+            }
+            PolicyCmd::ClusterResync => {
+                match self.engine.resync_cluster() {
+                    Ok(changed) if !changed.is_empty() => {
+                        info!(endpoints = changed.len(), "endpoints moved to cluster-wide identities")
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!(error = %e, "re-referencing cluster identities"),
+                }
+                if let Err(e) = self.engine.sync(&self.datapath) {
+                    warn!(error = %e, "syncing after the kvstore came back");
+                }
+                self.persist();
+                self.publish();
             }
             PolicyCmd::Explain { from, to, protocol, port, reply } => {
                 let _ = reply.send(self.engine.explain(from, to, protocol, port));
