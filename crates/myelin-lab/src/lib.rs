@@ -30,6 +30,8 @@ mod topology;
 pub use error::{LabError, Result};
 pub use lab::{ExecTarget, Lab, LabOptions, ProgressFn};
 pub use plan::{ExternalInfo, NodeInfo, PodInfo, BPF_ROOT, METRICS_PORT, STATE_ROOT};
-pub use spec::{ExternalSpec, LabSpec, NamespaceSpec, NodeSpec, PodSpec, MAX_HOST_NAME, MAX_OBJECT_NAME};
+pub use spec::{
+    ExternalSpec, KvstoreKind, LabSpec, NamespaceSpec, NodeSpec, PodSpec, Routing, MAX_HOST_NAME, MAX_OBJECT_NAME,
+};
 pub use status::{ExternalStatus, LabStatus, NodeStatus, PodStatus};
 pub use sys::{bin_dirs, cgroup2_mount, find_binary, BIN_DIR_ENV};

@@ -110,6 +110,9 @@ fn two_pod_spec() -> LabSpec {
         ],
         external: vec![myelin_lab::ExternalSpec { name: "world1".into() }],
         agent: Default::default(),
+        routing: None,
+        kvstore: None,
+        kvstore_members: None,
     }
 }
 
