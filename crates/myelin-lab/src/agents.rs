@@ -223,6 +223,8 @@ mod tests {
             state: plan("t3", spec, dir.0.clone(), None),
             bin_dir: None,
             agent_timeout: Duration::from_secs(1),
+            kvstore_timeout: Duration::from_secs(1),
+            etcd: None,
             progress: None,
             children: HashMap::new(),
         };
