@@ -7,6 +7,7 @@
 //!       |  u1 <-veth-> eth0 of node 1 (.11)        |  ...
 //!       |  k0 <-veth-> eth0 of kvstore netns myl-<lab>-kv: etcd at .250 (.251, .252)
 //!   node netns myl-<lab>-<node>: myelin-agent --netns ..., pod CIDR 10.244.<i+1>.0/24
+//!     (routing native: routes to the other nodes' pod CIDRs; vxlan/geneve: the agent's tunnel)
 //!     pod netns myl-<lab>-p-<ns>-<pod>: plumbed by the real myelin-cni (ADD/DEL),
 //!     plus a cgroup v2 dir <cgroup2>/myelin/<lab>/<ns>_<pod> for processes run in it
 //! ```

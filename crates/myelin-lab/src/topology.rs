@@ -5,6 +5,7 @@ use crate::error::Result;
 use crate::lab::Lab;
 use crate::naming;
 use crate::plan::{UNDERLAY, WORLD};
+use crate::spec::Routing;
 use crate::sys;
 
 impl Lab {
@@ -62,9 +63,12 @@ impl Lab {
                 format!("route add default via {UNDERLAY}.254"),
             ];
             // Native routing between nodes: other nodes' pod CIDRs via their underlay address.
-            for (j, m) in s.nodes.iter().enumerate() {
-                if i != j {
-                    lines.push(format!("route add {} via {}", m.pod_cidr, m.address));
+            // With an overlay the agent routes them through its tunnel device instead.
+            if s.routing == Routing::Native {
+                for (j, m) in s.nodes.iter().enumerate() {
+                    if i != j {
+                        lines.push(format!("route add {} via {}", m.pod_cidr, m.address));
+                    }
                 }
             }
             sys::ip_batch(&format!("configuring node {}", n.name), Some(&n.netns), &lines)?;
