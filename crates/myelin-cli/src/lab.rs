@@ -13,7 +13,7 @@ const DEFAULT_NAME: &str = "myelin";
 pub enum Command {
     /// Build a lab: fabric, nodes running myelin-agent, pods plumbed by myelin-cni.
     Up {
-        /// Lab description (nodes, namespaces, pods, external hosts); default: a demo lab.
+        /// Lab description (nodes, routing, kvstore, namespaces, pods, external hosts); default: a demo lab.
         #[arg(short = 'f', long = "file")]
         file: Option<PathBuf>,
         #[command(flatten)]
@@ -24,7 +24,7 @@ pub enum Command {
         #[command(flatten)]
         name: NameArg,
     },
-    /// Nodes, pods and external hosts of a lab.
+    /// Nodes, routing, kvstore, pods and external hosts of a lab.
     Status {
         #[command(flatten)]
         name: NameArg,
@@ -127,6 +127,7 @@ fn print_status(s: &LabStatus) {
         nodes.add_row(vec![n.name.clone(), n.addresses.join(","), n.pod_cidr.clone(), agent, n.agent_socket.clone()]);
     }
     outln!("{nodes}");
+    print_kvstore(s);
     if !s.pods.is_empty() {
         let mut pods = output::table(["POD", "NODE", "IP", "ENDPOINT", "LABELS"]);
         for p in &s.pods {
@@ -146,6 +147,24 @@ fn print_status(s: &LabStatus) {
             ext.add_row(vec![x.name.clone(), x.ip.clone()]);
         }
         outln!("{ext}");
+    }
+}
+
+/// One line for routing and the kvstore, and one per etcd member.
+fn print_kvstore(s: &LabStatus) {
+    let kv = &s.kvstore;
+    if kv.members.is_empty() {
+        outln!("routing {}, kvstore {}", s.routing, kv.kind);
+        return;
+    }
+    outln!("routing {}, kvstore {} ({} member(s)): {}", s.routing, kv.kind, kv.members.len(), kv.endpoints.join(","));
+    for m in &kv.members {
+        let state = match (m.pid, m.running) {
+            (Some(pid), true) => format!("running (pid {pid})"),
+            (Some(pid), false) => format!("DEAD (pid {pid}, see {})", m.log),
+            (None, _) => format!("stopped (see {})", m.log),
+        };
+        outln!("  {} {} {state}", m.name, m.address);
     }
 }
 

@@ -43,6 +43,9 @@ impl Lab {
             observer_socket: PathBuf,
             metrics_listen: String,
             flow_history_dir: PathBuf,
+            cluster_name: &'a str,
+            kvstore_endpoints: Vec<String>,
+            routing: &'static str,
         }
         let n = &self.state.nodes[i];
         std::fs::create_dir_all(&n.agent_state_dir).map_err(io("creating", &n.agent_state_dir))?;
@@ -67,6 +70,10 @@ impl Lab {
             observer_socket: n.observer_socket(),
             metrics_listen: n.metrics_listen(),
             flow_history_dir: n.flow_history_dir(),
+            // The lab is the cluster; kvstore_lease_ttl_s is left to lab.yaml `agent:`.
+            cluster_name: &self.state.name,
+            kvstore_endpoints: self.kvstore_endpoints(),
+            routing: self.state.routing.as_str(),
         };
         let bad = |message: String| LabError::State { path: n.agent_config.clone(), message };
         let mut table = toml::Table::try_from(&cfg).map_err(|e| bad(e.to_string()))?;
@@ -223,6 +230,8 @@ mod tests {
             state: plan("t3", spec, dir.0.clone(), None),
             bin_dir: None,
             agent_timeout: Duration::from_secs(1),
+            kvstore_timeout: Duration::from_secs(1),
+            etcd: None,
             progress: None,
             children: HashMap::new(),
         };
@@ -237,5 +246,52 @@ mod tests {
         }
         assert_ne!(lab.state.nodes[0].observer_socket(), lab.state.nodes[1].observer_socket());
         assert_ne!(lab.state.nodes[0].metrics_listen(), lab.state.nodes[1].metrics_listen());
+    }
+
+    #[test]
+    fn agent_config_names_the_cluster_its_kvstore_and_routing() {
+        let dir = TempDir(std::env::temp_dir().join(format!("myelin-lab-kvcfg-{}", std::process::id())));
+        let cfg_of = |spec: LabSpec| {
+            let lab = Lab {
+                state: plan("t6", spec, dir.0.clone(), None),
+                bin_dir: None,
+                agent_timeout: Duration::from_secs(1),
+                kvstore_timeout: Duration::from_secs(1),
+                etcd: None,
+                progress: None,
+                children: HashMap::new(),
+            };
+            lab.write_agent_config(0).unwrap();
+            toml::from_str::<toml::Table>(&std::fs::read_to_string(&lab.state.nodes[0].agent_config).unwrap()).unwrap()
+        };
+        let mut spec = LabSpec::demo();
+        spec.nodes.push(crate::spec::NodeSpec { name: "node2".into(), pod_cidr: None });
+        spec.kvstore_members = Some(3);
+        let cfg = cfg_of(spec.clone());
+        assert_eq!(cfg["cluster_name"].as_str(), Some("t6"));
+        assert_eq!(cfg["routing"].as_str(), Some("vxlan"));
+        let endpoints: Vec<&str> =
+            cfg["kvstore_endpoints"].as_array().unwrap().iter().filter_map(toml::Value::as_str).collect();
+        assert_eq!(endpoints, ["http://172.30.0.250:2379", "http://172.30.0.251:2379", "http://172.30.0.252:2379"]);
+        assert!(!cfg.contains_key("kvstore_lease_ttl_s"), "left to lab.yaml agent:");
+
+        spec.agent.insert("kvstore_lease_ttl_s".into(), serde_json::json!(5));
+        assert_eq!(cfg_of(spec.clone())["kvstore_lease_ttl_s"].as_integer(), Some(5));
+        spec.agent.insert("routing".into(), serde_json::json!("native"));
+        let lab = Lab {
+            state: plan("t6", spec, dir.0.clone(), None),
+            bin_dir: None,
+            agent_timeout: Duration::from_secs(1),
+            kvstore_timeout: Duration::from_secs(1),
+            etcd: None,
+            progress: None,
+            children: HashMap::new(),
+        };
+        let e = lab.write_agent_config(0).unwrap_err().to_string();
+        assert!(e.contains("agent.routing"), "the lab sets routing itself: {e}");
+
+        let cfg = cfg_of(LabSpec::demo());
+        assert_eq!(cfg["routing"].as_str(), Some("native"));
+        assert_eq!(cfg["kvstore_endpoints"].as_array().map(Vec::len), Some(0));
     }
 }

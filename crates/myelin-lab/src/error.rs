@@ -32,6 +32,9 @@ pub enum LabError {
     /// An agent did not become healthy.
     #[error("agent of node {node}: {message}\n--- last lines of {log} ---\n{tail}")]
     Agent { node: String, message: String, log: PathBuf, tail: String },
+    /// An etcd member of the lab's kvstore did not start, become healthy or stop.
+    #[error("kvstore member {member} ({address}): {message}\n--- last lines of {log} ---\n{tail}")]
+    Kvstore { member: String, address: String, message: String, log: PathBuf, tail: String },
     /// A call to an agent's API failed.
     #[error("{what} (agent {socket}): {source}")]
     Api { what: String, socket: PathBuf, source: myelin_api::ClientError },

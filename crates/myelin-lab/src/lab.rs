@@ -1,7 +1,7 @@
 //! The `Lab` handle and its public API: up, load, down, inspect, exec, change.
 //! The work is done by the sibling modules: `plan` (names, addresses, paths,
-//! state), `topology` (fabric, nodes, externals), `agents`, `pods` (CNI) and
-//! `teardown`.
+//! state), `topology` (fabric, nodes, externals), `kvstore` (etcd), `agents`,
+//! `pods` (CNI) and `teardown`.
 
 use crate::error::{io, LabError, Result};
 use crate::naming;
@@ -29,13 +29,23 @@ pub struct LabOptions {
     pub bin_dir: Option<PathBuf>,
     /// How long an agent may take to answer healthy.
     pub agent_timeout: Duration,
+    /// How long an etcd member may take to answer healthy.
+    pub kvstore_timeout: Duration,
+    /// The etcd binary for `kvstore: etcd`; default: `etcd` on PATH, else `/usr/bin/etcd`.
+    pub etcd: Option<PathBuf>,
     /// Progress reporting; `None` is silent.
     pub progress: Option<ProgressFn>,
 }
 
 impl Default for LabOptions {
     fn default() -> Self {
-        Self { bin_dir: None, agent_timeout: Duration::from_secs(20), progress: None }
+        Self {
+            bin_dir: None,
+            agent_timeout: Duration::from_secs(20),
+            kvstore_timeout: Duration::from_secs(30),
+            etcd: None,
+            progress: None,
+        }
     }
 }
 
@@ -44,6 +54,8 @@ impl std::fmt::Debug for LabOptions {
         f.debug_struct("LabOptions")
             .field("bin_dir", &self.bin_dir)
             .field("agent_timeout", &self.agent_timeout)
+            .field("kvstore_timeout", &self.kvstore_timeout)
+            .field("etcd", &self.etcd)
             .finish_non_exhaustive()
     }
 }
@@ -62,14 +74,26 @@ pub struct Lab {
     pub(crate) state: LabState,
     pub(crate) bin_dir: Option<PathBuf>,
     pub(crate) agent_timeout: Duration,
+    pub(crate) kvstore_timeout: Duration,
+    pub(crate) etcd: Option<PathBuf>,
     pub(crate) progress: Option<ProgressFn>,
-    /// Agents this process started, so they can be reaped.
+    /// Agents and etcd members this process started, so they can be reaped.
     pub(crate) children: HashMap<String, Child>,
 }
 
 impl std::fmt::Debug for Lab {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Lab").field("name", &self.state.name).finish_non_exhaustive()
+    }
+}
+
+/// Reaps the agents and etcd members of ours that have exited (e.g. ended by a `lab down` run
+/// from another process), so they do not linger as zombies; the running ones live on.
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for child in self.children.values_mut() {
+            let _ = child.try_wait();
+        }
     }
 }
 
@@ -107,6 +131,8 @@ impl Lab {
             state,
             bin_dir: opts.bin_dir,
             agent_timeout: opts.agent_timeout,
+            kvstore_timeout: opts.kvstore_timeout,
+            etcd: opts.etcd,
             progress: opts.progress,
             children: HashMap::new(),
         };
@@ -135,20 +161,26 @@ impl Lab {
         };
         let state: LabState =
             serde_json::from_str(&text).map_err(|e| LabError::State { path, message: e.to_string() })?;
+        let defaults = LabOptions::default();
         Ok(Lab {
             state,
-            bin_dir: None,
-            agent_timeout: Duration::from_secs(20),
+            bin_dir: defaults.bin_dir,
+            agent_timeout: defaults.agent_timeout,
+            kvstore_timeout: defaults.kvstore_timeout,
+            etcd: defaults.etcd,
             progress: None,
             children: HashMap::new(),
         })
     }
 
-    /// Use binaries from `dir` for later operations (exec, add_pod, restart_agent).
+    /// Use these binaries and timeouts for later operations (exec, add_pod, restart_agent,
+    /// start_kvstore_member).
     #[must_use]
     pub fn with_options(mut self, opts: LabOptions) -> Self {
         self.bin_dir = opts.bin_dir;
         self.agent_timeout = opts.agent_timeout;
+        self.kvstore_timeout = opts.kvstore_timeout;
+        self.etcd = opts.etcd;
         self.progress = opts.progress;
         self
     }
@@ -163,7 +195,7 @@ impl Lab {
         }
     }
 
-    /// Tear the lab down: agents, pod processes, namespaces, cgroups, pins, state.
+    /// Tear the lab down: agents, etcd, pod processes, namespaces, cgroups, pins, state.
     pub fn down(mut self) -> Result<()> {
         self.teardown()
     }
@@ -200,6 +232,7 @@ impl Lab {
     pub fn netns_names(&self) -> Vec<String> {
         let s = &self.state;
         let mut v = vec![s.fabric_netns.clone()];
+        v.extend(s.kvstore.iter().map(|kv| kv.netns.clone()));
         v.extend(s.nodes.iter().map(|n| n.netns.clone()));
         v.extend(s.external.iter().map(|x| x.netns.clone()));
         v.extend(s.pods.iter().map(|p| p.netns.clone()));
@@ -246,6 +279,8 @@ impl Lab {
                 .iter()
                 .map(|x| ExternalStatus { name: x.name.clone(), ip: x.ip.clone(), netns: x.netns.clone() })
                 .collect(),
+            routing: s.routing.to_string(),
+            kvstore: self.kvstore_status(),
             state_dir: s.state_dir.display().to_string(),
         }
     }
@@ -329,6 +364,13 @@ impl Lab {
         self.wait_agent(i)
     }
 
+    /// Kill a node's agent with SIGKILL and wait until it is gone. Its datapath (programs, pinned
+    /// maps) and pods stay, as after a crash; [`Lab::restart_agent`] starts it again.
+    pub fn kill_agent(&mut self, node: &str) -> Result<()> {
+        let i = self.node_index(node)?;
+        self.stop_agent(i, Signal::SIGKILL)
+    }
+
     /// Add a pod to the running lab (CNI ADD, labels and named ports).
     pub fn add_pod(&mut self, pod: PodSpec) -> Result<PodInfo> {
         let namespaces: BTreeSet<&str> = self.state.spec.namespaces.iter().map(|n| n.name.as_str()).collect();
@@ -375,6 +417,8 @@ impl Lab {
 
     fn build(&mut self) -> Result<()> {
         self.build_topology()?;
+        // The agents are configured with the kvstore's endpoints: it comes first.
+        self.start_kvstore()?;
         self.start_agents()?;
         self.build_pods()?;
         self.save()
@@ -434,6 +478,8 @@ mod tests {
             state: s,
             bin_dir: None,
             agent_timeout: Duration::from_secs(1),
+            kvstore_timeout: Duration::from_secs(1),
+            etcd: None,
             progress: None,
             children: HashMap::new(),
         };
@@ -456,5 +502,35 @@ mod tests {
         assert_eq!(pod["labels"]["app"], "frontend");
         assert_eq!(v["external"][0]["name"], "world1");
         assert_eq!(v["external"][0]["ip"], "198.51.100.10");
+        assert_eq!(v["routing"], "native");
+        assert_eq!(v["kvstore"], serde_json::json!({"kind": "none", "endpoints": [], "members": []}));
+    }
+
+    #[test]
+    fn status_json_shows_the_kvstore_members() {
+        let mut spec = LabSpec::demo();
+        spec.nodes.push(crate::spec::NodeSpec { name: "node2".into(), pod_cidr: None });
+        spec.kvstore_members = Some(3);
+        let lab = Lab {
+            state: plan("t5", spec, PathBuf::from("/run/myelin/lab/t5"), None),
+            bin_dir: None,
+            agent_timeout: Duration::from_secs(1),
+            kvstore_timeout: Duration::from_secs(1),
+            etcd: None,
+            progress: None,
+            children: HashMap::new(),
+        };
+        let v = serde_json::to_value(lab.status()).unwrap();
+        assert_eq!(v["routing"], "vxlan");
+        assert_eq!(v["kvstore"]["kind"], "etcd");
+        assert_eq!(v["kvstore"]["endpoints"][2], "http://172.30.0.252:2379");
+        let m = &v["kvstore"]["members"][1];
+        assert_eq!(
+            (&m["name"], &m["address"], &m["pid"], &m["running"]),
+            (&"kv1".into(), &"172.30.0.251".into(), &serde_json::Value::Null, &false.into())
+        );
+        assert_eq!(lab.kvstore_endpoints().len(), 3);
+        assert_eq!(lab.kvstore_netns(), Some(PathBuf::from("/var/run/netns/myl-t5-kv")));
+        assert!(lab.netns_names().contains(&"myl-t5-kv".to_owned()), "teardown removes the kvstore's netns");
     }
 }

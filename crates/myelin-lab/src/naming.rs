@@ -10,6 +10,8 @@ pub const MAX_LAB_NAME: usize = 12;
 pub const MAX_NETNS_NAME: usize = 48;
 /// Node name reserved for the fabric.
 pub const FABRIC: &str = "fab";
+/// Node name reserved for the kvstore's namespace (and its directory in the lab's state).
+pub const KVSTORE: &str = "kv";
 
 /// Check a lab name: `[a-z0-9-]`, at most 12 characters, starting with a letter or digit.
 pub fn check_lab_name(name: &str) -> Result<()> {
@@ -55,6 +57,12 @@ pub fn node_netns(lab: &str, node: &str) -> String {
 #[must_use]
 pub fn fabric_netns(lab: &str) -> String {
     format!("myl-{lab}-{FABRIC}")
+}
+
+/// The namespace the lab's etcd members run in, wired to the fabric's underlay.
+#[must_use]
+pub fn kvstore_netns(lab: &str) -> String {
+    format!("myl-{lab}-{KVSTORE}")
 }
 
 #[must_use]
@@ -113,5 +121,7 @@ mod tests {
         assert_ne!(node_netns("a", "n1"), node_netns("b", "n1"));
         assert_ne!(fabric_netns("a"), node_netns("a", "n1"));
         assert_ne!(external_netns("a", "n1"), node_netns("a", "n1"));
+        assert_ne!(kvstore_netns("a"), kvstore_netns("b"));
+        assert_eq!(kvstore_netns("abcdefghijkl"), "myl-abcdefghijkl-kv");
     }
 }

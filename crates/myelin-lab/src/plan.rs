@@ -2,7 +2,7 @@
 //! created, and the state (lab.json) that records them.
 
 use crate::naming;
-use crate::spec::{LabSpec, PodSpec};
+use crate::spec::{KvstoreKind, LabSpec, PodSpec, Routing};
 use myelin_api::{Labels, NamedPort};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -17,6 +17,11 @@ pub(crate) const WORLD: &str = "198.51.100";
 pub(crate) const STATE_FILE: &str = "lab.json";
 /// Port of every lab agent's Prometheus endpoint, on the node's underlay address.
 pub const METRICS_PORT: u16 = 9965;
+/// Underlay address (last octet) of the first etcd member; the others follow.
+pub(crate) const KVSTORE_FIRST_OCTET: usize = 250;
+/// etcd's client and peer ports.
+pub const ETCD_CLIENT_PORT: u16 = 2379;
+pub const ETCD_PEER_PORT: u16 = 2380;
 
 /// A node of a running lab.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +100,51 @@ pub struct ExternalInfo {
     pub ip: String,
 }
 
+/// The lab's etcd cluster: one namespace on the underlay, one address per member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct KvstoreInfo {
+    pub(crate) netns: String,
+    pub(crate) netns_path: PathBuf,
+    /// `--initial-cluster-token`, unique per lab so members of two labs never join up.
+    pub(crate) cluster_token: String,
+    pub(crate) members: Vec<KvMemberInfo>,
+}
+
+/// One etcd member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct KvMemberInfo {
+    /// etcd `--name`: `kv0`, `kv1`, ...
+    pub(crate) name: String,
+    /// Underlay address, without prefix.
+    pub(crate) address: String,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) log: PathBuf,
+    pub(crate) pid: Option<i32>,
+    /// Start time of the etcd process (to recognise it after pid reuse).
+    pub(crate) start_time: Option<u64>,
+}
+
+impl KvMemberInfo {
+    pub(crate) fn client_url(&self) -> String {
+        format!("http://{}:{ETCD_CLIENT_PORT}", self.address)
+    }
+
+    pub(crate) fn peer_url(&self) -> String {
+        format!("http://{}:{ETCD_PEER_PORT}", self.address)
+    }
+}
+
+impl KvstoreInfo {
+    /// `--initial-cluster`: every member's name and peer URL.
+    pub(crate) fn initial_cluster(&self) -> String {
+        self.members.iter().map(|m| format!("{}={}", m.name, m.peer_url())).collect::<Vec<_>>().join(",")
+    }
+
+    pub(crate) fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(KvMemberInfo::client_url).collect()
+    }
+}
+
 /// Everything `down` needs, persisted as lab.json.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct LabState {
@@ -108,6 +158,17 @@ pub(crate) struct LabState {
     pub(crate) nodes: Vec<NodeInfo>,
     pub(crate) external: Vec<ExternalInfo>,
     pub(crate) pods: Vec<PodInfo>,
+    /// The routing mode in effect (the spec's, defaults applied).
+    #[serde(default = "native")]
+    pub(crate) routing: Routing,
+    /// The etcd cluster, when `kvstore: etcd`.
+    #[serde(default)]
+    pub(crate) kvstore: Option<KvstoreInfo>,
+}
+
+/// Labs recorded before `routing` existed were natively routed.
+fn native() -> Routing {
+    Routing::Native
 }
 
 pub(crate) fn state_dir(name: &str) -> PathBuf {
@@ -155,7 +216,10 @@ pub(crate) fn plan(name: &str, spec: LabSpec, state_dir: PathBuf, cgroup_root: O
         })
         .collect();
     let pods = spec.pods.iter().map(|p| plan_pod(name, p, cgroup_root.as_deref())).collect();
+    let kvstore = plan_kvstore(name, &spec, &state_dir);
     LabState {
+        routing: spec.routing_mode(),
+        kvstore,
         name: name.to_owned(),
         fabric_netns: naming::fabric_netns(name),
         state_dir,
@@ -166,6 +230,37 @@ pub(crate) fn plan(name: &str, spec: LabSpec, state_dir: PathBuf, cgroup_root: O
         pods,
         spec,
     }
+}
+
+/// The etcd members of a lab with `kvstore: etcd`: addresses from 172.30.0.250 on, data and
+/// log under `<state>/kv/<member>/`.
+fn plan_kvstore(name: &str, spec: &LabSpec, state_dir: &Path) -> Option<KvstoreInfo> {
+    if spec.kvstore_kind() != KvstoreKind::Etcd {
+        return None;
+    }
+    let netns = naming::kvstore_netns(name);
+    let members = (0..spec.kvstore_member_count())
+        .map(|i| {
+            let member = format!("kv{i}");
+            let dir = state_dir.join(naming::KVSTORE).join(&member);
+            KvMemberInfo {
+                address: format!("{UNDERLAY}.{}", KVSTORE_FIRST_OCTET + i),
+                data_dir: dir.join("data"),
+                log: dir.join("etcd.log"),
+                name: member,
+                pid: None,
+                start_time: None,
+            }
+        })
+        .collect();
+    Some(KvstoreInfo { netns_path: naming::netns_path(&netns), netns, cluster_token: cluster_token(name), members })
+}
+
+/// A token unique to this lab and this `up`: its name, the time and our pid.
+fn cluster_token(name: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let salt = format!("{name}/{nanos}/{}", std::process::id());
+    format!("myelin-lab-{name}-{:016x}", naming::fnv1a(&salt))
 }
 
 pub(crate) fn plan_pod(lab: &str, p: &PodSpec, cgroup_root: Option<&Path>) -> PodInfo {
@@ -209,5 +304,30 @@ mod tests {
         assert_eq!(db.netns, "myl-t1-p-prod-db");
         assert_eq!(db.cgroup_dir, Some(PathBuf::from("/cg/myelin/t1/prod_db")));
         assert_eq!(db.container_id, "myl-t1-prod-db");
+        assert_eq!(s.routing, Routing::Native);
+        assert!(s.kvstore.is_none(), "the demo has one node and no kvstore");
+    }
+
+    #[test]
+    fn plan_places_etcd_members_on_the_underlay_with_their_own_dirs() {
+        let mut spec = LabSpec::demo();
+        spec.nodes.push(crate::spec::NodeSpec { name: "node2".into(), pod_cidr: None });
+        spec.kvstore_members = Some(3);
+        let s = plan("t1", spec.clone(), PathBuf::from("/run/myelin/lab/t1"), None);
+        assert_eq!(s.routing, Routing::Vxlan, "the default with two nodes");
+        let kv = s.kvstore.as_ref().unwrap();
+        assert_eq!(kv.netns, "myl-t1-kv");
+        assert_eq!(
+            kv.endpoints(),
+            ["http://172.30.0.250:2379", "http://172.30.0.251:2379", "http://172.30.0.252:2379"]
+        );
+        assert_eq!(
+            kv.initial_cluster(),
+            "kv0=http://172.30.0.250:2380,kv1=http://172.30.0.251:2380,kv2=http://172.30.0.252:2380"
+        );
+        assert_eq!(kv.members[1].data_dir, PathBuf::from("/run/myelin/lab/t1/kv/kv1/data"));
+        assert_eq!(kv.members[1].log, PathBuf::from("/run/myelin/lab/t1/kv/kv1/etcd.log"));
+        let again = plan("t1", spec, PathBuf::from("/run/myelin/lab/t1"), None);
+        assert_ne!(again.kvstore.unwrap().cluster_token, kv.cluster_token, "a new token for every up");
     }
 }

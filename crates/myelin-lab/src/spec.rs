@@ -1,14 +1,17 @@
 //! `lab.yaml`: what a lab is made of, parsed and validated.
 //!
 //! ```yaml
-//! nodes: [{name: node1}]
+//! nodes: [{name: node1}, {name: node2}, {name: node3}]
+//! routing: vxlan        # native | vxlan | geneve; default vxlan with several nodes, native with one
+//! kvstore: etcd         # etcd | none; default etcd with several nodes, none with one
+//! kvstore_members: 3    # 1 | 3 etcd members (default 1), at 172.30.0.250, .251, .252
 //! namespaces:
 //!   - name: prod
 //!     labels: {env: prod}
 //! pods:
 //!   - name: web
 //!     namespace: prod
-//!     node: node1
+//!     node: node2
 //!     labels: {app: web}
 //!     ports: [{name: http, port: 80, protocol: TCP}]
 //! external: [{name: world1}]
@@ -41,6 +44,95 @@ pub struct LabSpec {
     /// unknown keys. Keys the lab sets itself cannot be overridden.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub agent: std::collections::BTreeMap<String, serde_json::Value>,
+    /// How pods on different nodes reach each other; see [`LabSpec::routing_mode`] for the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing: Option<Routing>,
+    /// The cluster's key-value store; see [`LabSpec::kvstore_kind`] for the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kvstore: Option<KvstoreKind>,
+    /// Members of the etcd cluster: 1 or 3 (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kvstore_members: Option<u8>,
+}
+
+/// How pods on different nodes reach each other (the agent's `routing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum Routing {
+    /// The underlay routes every node's pod CIDR.
+    Native,
+    /// A VXLAN overlay between the nodes.
+    Vxlan,
+    /// A Geneve overlay between the nodes.
+    Geneve,
+}
+
+impl Routing {
+    /// The name used in lab.yaml and in the agent's config.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Routing::Native => "native",
+            Routing::Vxlan => "vxlan",
+            Routing::Geneve => "geneve",
+        }
+    }
+}
+
+impl std::fmt::Display for Routing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl TryFrom<String> for Routing {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "native" => Ok(Routing::Native),
+            "vxlan" => Ok(Routing::Vxlan),
+            "geneve" => Ok(Routing::Geneve),
+            _ => Err(format!("routing: {s:?} is not one of native, vxlan, geneve")),
+        }
+    }
+}
+
+/// The key-value store the lab runs for its agents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum KvstoreKind {
+    /// A real etcd in its own network namespace on the underlay.
+    Etcd,
+    /// No kvstore: identities are node-local.
+    None,
+}
+
+impl KvstoreKind {
+    /// The name used in lab.yaml and in `lab status`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KvstoreKind::Etcd => "etcd",
+            KvstoreKind::None => "none",
+        }
+    }
+}
+
+impl std::fmt::Display for KvstoreKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl TryFrom<String> for KvstoreKind {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "etcd" => Ok(KvstoreKind::Etcd),
+            "none" => Ok(KvstoreKind::None),
+            _ => Err(format!("kvstore: {s:?} is not one of etcd, none")),
+        }
+    }
 }
 
 /// One node: a netns running its own agent.
@@ -132,6 +224,30 @@ impl LabSpec {
             pods: vec![frontend, backend, db],
             external: vec![ExternalSpec { name: "world1".into() }],
             agent: std::collections::BTreeMap::new(),
+            routing: None,
+            kvstore: None,
+            kvstore_members: None,
+        }
+    }
+
+    /// `routing`, or its default: `vxlan` with more than one node, `native` with one.
+    #[must_use]
+    pub fn routing_mode(&self) -> Routing {
+        self.routing.unwrap_or(if self.nodes.len() > 1 { Routing::Vxlan } else { Routing::Native })
+    }
+
+    /// `kvstore`, or its default: `etcd` with more than one node, `none` with one.
+    #[must_use]
+    pub fn kvstore_kind(&self) -> KvstoreKind {
+        self.kvstore.unwrap_or(if self.nodes.len() > 1 { KvstoreKind::Etcd } else { KvstoreKind::None })
+    }
+
+    /// How many etcd members the lab runs: 0 without a kvstore, else `kvstore_members` (default 1).
+    #[must_use]
+    pub fn kvstore_member_count(&self) -> usize {
+        match self.kvstore_kind() {
+            KvstoreKind::None => 0,
+            KvstoreKind::Etcd => self.kvstore_members.map_or(1, usize::from),
         }
     }
 
@@ -163,8 +279,12 @@ impl LabSpec {
         for (i, n) in self.nodes.iter().enumerate() {
             let field = format!("nodes[{i}].name");
             check_name(&field, &n.name, MAX_HOST_NAME)?;
-            if n.name == naming::FABRIC || n.name.starts_with("p-") || n.name.starts_with("x-") {
-                return Err(invalid(&field, &format!("{:?} is reserved (fab, p-*, x-*)", n.name)));
+            if n.name == naming::FABRIC
+                || n.name == naming::KVSTORE
+                || n.name.starts_with("p-")
+                || n.name.starts_with("x-")
+            {
+                return Err(invalid(&field, &format!("{:?} is reserved (fab, kv, p-*, x-*)", n.name)));
             }
             if let Some(prev) = hosts.insert(n.name.clone(), field.clone()) {
                 return Err(invalid(&field, &format!("{:?} is already used by {prev}", n.name)));
@@ -179,6 +299,7 @@ impl LabSpec {
         if self.external.len() > 200 {
             return Err(invalid("external", "at most 200 external hosts"));
         }
+        self.check_routing_and_kvstore()?;
         for (i, x) in self.external.iter().enumerate() {
             let field = format!("external[{i}].name");
             check_name(&field, &x.name, MAX_HOST_NAME)?;
@@ -207,7 +328,10 @@ impl LabSpec {
         // Derived names must not collide (e.g. pod "a-b"/"c" vs "a"/"b-c").
         let probe = "x";
         let mut netns = BTreeMap::new();
-        let mut all = vec![(naming::fabric_netns(probe), "fabric".to_owned())];
+        let mut all = vec![
+            (naming::fabric_netns(probe), "fabric".to_owned()),
+            (naming::kvstore_netns(probe), "the kvstore".to_owned()),
+        ];
         all.extend(
             self.nodes.iter().enumerate().map(|(i, n)| (naming::node_netns(probe, &n.name), format!("nodes[{i}]"))),
         );
@@ -227,6 +351,36 @@ impl LabSpec {
             if let Some(prev) = netns.insert(name.clone(), field.clone()) {
                 return Err(invalid(&field, &format!("its network namespace name collides with that of {prev}")));
             }
+        }
+        Ok(())
+    }
+
+    /// `routing`, `kvstore` and `kvstore_members` fit together.
+    fn check_routing_and_kvstore(&self) -> Result<()> {
+        if let Some(n) = self.kvstore_members {
+            if n != 1 && n != 3 {
+                return Err(invalid("kvstore_members", &format!("{n} is not allowed; use 1 or 3")));
+            }
+            if self.kvstore_kind() == KvstoreKind::None {
+                let why = if self.kvstore.is_some() { "" } else { " (the default with one node)" };
+                return Err(invalid(
+                    "kvstore_members",
+                    &format!("is set but kvstore is none{why}; set kvstore: etcd or remove kvstore_members"),
+                ));
+            }
+        }
+        let routing = self.routing_mode();
+        if routing != Routing::Native && self.kvstore_kind() == KvstoreKind::None {
+            let defaulted = if self.routing.is_some() { "" } else { " (the default with more than one node)" };
+            let kv =
+                if self.kvstore.is_some() { "kvstore: none" } else { "kvstore is none (the default with one node)" };
+            return Err(invalid(
+                "routing",
+                &format!(
+                    "{routing}{defaulted} needs kvstore: etcd (the overlay learns the other nodes from it), \
+                     but {kv}; set kvstore: etcd, or routing: native"
+                ),
+            ));
         }
         Ok(())
     }
@@ -384,12 +538,68 @@ external:
     }
 
     #[test]
+    fn routing_and_kvstore_default_by_node_count() {
+        let one = LabSpec::from_yaml("nodes: [{name: n1}]", "lab.yaml").unwrap();
+        assert_eq!(
+            (one.routing_mode(), one.kvstore_kind(), one.kvstore_member_count()),
+            (Routing::Native, KvstoreKind::None, 0)
+        );
+        let two = LabSpec::from_yaml("nodes: [{name: n1}, {name: n2}]", "lab.yaml").unwrap();
+        assert_eq!(
+            (two.routing_mode(), two.kvstore_kind(), two.kvstore_member_count()),
+            (Routing::Vxlan, KvstoreKind::Etcd, 1)
+        );
+        let three = LabSpec::from_yaml(
+            "nodes: [{name: n1}, {name: n2}, {name: n3}]\nrouting: native\nkvstore: etcd\nkvstore_members: 3",
+            "lab.yaml",
+        )
+        .unwrap();
+        assert_eq!(
+            (three.routing_mode(), three.kvstore_kind(), three.kvstore_member_count()),
+            (Routing::Native, KvstoreKind::Etcd, 3)
+        );
+        let geneve = LabSpec::from_yaml("nodes: [{name: n1}]\nrouting: geneve\nkvstore: etcd", "lab.yaml").unwrap();
+        assert_eq!(geneve.routing_mode(), Routing::Geneve);
+        let native =
+            LabSpec::from_yaml("nodes: [{name: n1}, {name: n2}]\nrouting: native\nkvstore: none", "lab.yaml").unwrap();
+        assert_eq!((native.routing_mode(), native.kvstore_member_count()), (Routing::Native, 0));
+        let demo = LabSpec::demo();
+        assert_eq!(
+            (demo.routing_mode(), demo.kvstore_kind()),
+            (Routing::Native, KvstoreKind::None),
+            "demo is unchanged"
+        );
+    }
+
+    #[test]
+    fn routing_and_kvstore_errors_say_what_is_allowed_and_how_to_fix_it() {
+        let e = err("nodes: [{name: n1}]\nrouting: ipip");
+        assert!(e.contains("routing") && e.contains("native, vxlan, geneve"), "{e}");
+        let e = err("nodes: [{name: n1}]\nkvstore: consul");
+        assert!(e.contains("kvstore") && e.contains("etcd, none"), "{e}");
+        let e = err("nodes: [{name: n1}, {name: n2}]\nkvstore: etcd\nkvstore_members: 5");
+        assert!(e.contains("use 1 or 3"), "{e}");
+        let e = err("nodes: [{name: n1}, {name: n2}]\nrouting: vxlan\nkvstore: none");
+        assert!(e.contains("routing: vxlan needs kvstore: etcd") && e.contains("routing: native"), "{e}");
+        let e = err("nodes: [{name: n1}, {name: n2}]\nkvstore: none");
+        assert!(e.contains("the default with more than one node"), "{e}");
+    }
+
+    #[test]
     fn each_validation_error_names_its_field() {
         let cases: &[(&str, &str)] = &[
             ("nodes: []", "nodes"),
             ("nodes: [{name: Node1}]", "nodes[0].name"),
             ("nodes: [{name: n1}, {name: n1}]", "nodes[1].name"),
             ("nodes: [{name: fab}]", "nodes[0].name"),
+            ("nodes: [{name: kv}]", "nodes[0].name"),
+            ("nodes: [{name: n1}]\nkvstore_members: 3", "kvstore_members"),
+            ("nodes: [{name: n1}]\nkvstore: etcd\nkvstore_members: 2", "kvstore_members"),
+            ("nodes: [{name: n1}, {name: n2}]\nkvstore_members: 0", "kvstore_members"),
+            ("nodes: [{name: n1}, {name: n2}]\nkvstore: none\nkvstore_members: 1", "kvstore_members"),
+            ("nodes: [{name: n1}]\nrouting: vxlan", "routing"),
+            ("nodes: [{name: n1}, {name: n2}]\nkvstore: none", "routing"),
+            ("nodes: [{name: n1}, {name: n2}]\nrouting: geneve\nkvstore: none", "routing"),
             ("nodes: [{name: n1, podCIDR: 10.1.0.5/24}]", "nodes[0].podCIDR"),
             ("nodes: [{name: n1, podCIDR: 10.1.0.0/30}]", "nodes[0].podCIDR"),
             ("nodes: [{name: n1, podCIDR: banana}]", "nodes[0].podCIDR"),

@@ -10,8 +10,36 @@ pub struct LabStatus {
     pub nodes: Vec<NodeStatus>,
     pub pods: Vec<PodStatus>,
     pub external: Vec<ExternalStatus>,
+    /// How pods on different nodes reach each other: `native`, `vxlan` or `geneve`.
+    pub routing: String,
+    /// The cluster's kvstore.
+    pub kvstore: KvstoreStatus,
     /// Directory holding lab.json and per-node agent files.
     pub state_dir: String,
+}
+
+/// The lab's kvstore: `{"kind": "etcd", "endpoints": [...], "members": [...]}`, or kind `none`
+/// with no endpoints and no members.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvstoreStatus {
+    /// `etcd` or `none`.
+    pub kind: String,
+    /// Client URLs, as the agents are configured with (`http://172.30.0.250:2379`, ...).
+    pub endpoints: Vec<String>,
+    pub members: Vec<KvMemberStatus>,
+}
+
+/// One etcd member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvMemberStatus {
+    /// etcd member name: `kv0`, `kv1`, `kv2`.
+    pub name: String,
+    /// Underlay address (no prefix length).
+    pub address: String,
+    pub pid: Option<i32>,
+    pub running: bool,
+    /// The member's log file.
+    pub log: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -25,6 +25,11 @@ impl Lab {
             }
             note(&mut errors, self.stop_agent(i, Signal::SIGTERM));
         }
+        // After the agents, which may still be talking to it.
+        if self.state.kvstore.as_ref().is_some_and(|kv| kv.members.iter().any(|m| m.pid.is_some())) {
+            self.say("stopping etcd");
+        }
+        note(&mut errors, self.stop_kvstore());
         // What still runs in the pods (their cgroups) or anywhere in the lab's namespaces
         // would keep the deleted namespaces alive: end it first.
         let cgroups: Vec<PathBuf> = self.state.pods.iter().filter_map(|p| p.cgroup_dir.clone()).collect();

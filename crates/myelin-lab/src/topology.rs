@@ -5,6 +5,7 @@ use crate::error::Result;
 use crate::lab::Lab;
 use crate::naming;
 use crate::plan::{UNDERLAY, WORLD};
+use crate::spec::Routing;
 use crate::sys;
 
 impl Lab {
@@ -12,12 +13,14 @@ impl Lab {
     pub(crate) fn build_topology(&mut self) -> Result<()> {
         let s = self.state.clone();
         self.say(&format!(
-            "creating {} network namespaces (fabric, {} node(s), {} external host(s))",
-            1 + s.nodes.len() + s.external.len(),
+            "creating {} network namespaces (fabric, {}{} node(s), {} external host(s))",
+            1 + s.kvstore.iter().count() + s.nodes.len() + s.external.len(),
+            if s.kvstore.is_some() { "kvstore, " } else { "" },
             s.nodes.len(),
             s.external.len()
         ));
         let mut adds = vec![format!("netns add {}", s.fabric_netns)];
+        adds.extend(s.kvstore.iter().map(|kv| format!("netns add {}", kv.netns)));
         adds.extend(s.nodes.iter().map(|n| format!("netns add {}", n.netns)));
         adds.extend(s.external.iter().map(|x| format!("netns add {}", x.netns)));
         self.ip_batch_root("creating network namespaces", &adds)?;
@@ -35,6 +38,10 @@ impl Lab {
         for (i, n) in s.nodes.iter().enumerate() {
             fab.push(format!("link add u{i} type veth peer name eth0 netns {}", n.netns));
             fab.push(format!("link set u{i} master underlay up"));
+        }
+        if let Some(kv) = &s.kvstore {
+            fab.push(format!("link add k0 type veth peer name eth0 netns {}", kv.netns));
+            fab.push("link set k0 master underlay up".to_owned());
         }
         for (j, x) in s.external.iter().enumerate() {
             fab.push(format!("link add w{j} type veth peer name eth0 netns {}", x.netns));
@@ -56,12 +63,23 @@ impl Lab {
                 format!("route add default via {UNDERLAY}.254"),
             ];
             // Native routing between nodes: other nodes' pod CIDRs via their underlay address.
-            for (j, m) in s.nodes.iter().enumerate() {
-                if i != j {
-                    lines.push(format!("route add {} via {}", m.pod_cidr, m.address));
+            // With an overlay the agent routes them through its tunnel device instead.
+            if s.routing == Routing::Native {
+                for (j, m) in s.nodes.iter().enumerate() {
+                    if i != j {
+                        lines.push(format!("route add {} via {}", m.pod_cidr, m.address));
+                    }
                 }
             }
             sys::ip_batch(&format!("configuring node {}", n.name), Some(&n.netns), &lines)?;
+        }
+        if let Some(kv) = &s.kvstore {
+            // One address per etcd member on the kvstore's single link.
+            let mut lines = vec!["link set lo up".to_owned()];
+            lines.extend(kv.members.iter().map(|m| format!("addr add {}/24 dev eth0", m.address)));
+            lines.push("link set eth0 up".to_owned());
+            lines.push(format!("route add default via {UNDERLAY}.254"));
+            sys::ip_batch("configuring the kvstore's namespace", Some(&kv.netns), &lines)?;
         }
         for x in &s.external {
             let lines = vec![

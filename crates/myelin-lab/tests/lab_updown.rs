@@ -6,33 +6,13 @@
 //! Needs `cargo build --workspace --bins` first (the lab finds `myelin-agent`,
 //! `myelin-cni` and `myelin` next to this test binary, or in $MYELIN_BIN_DIR).
 
+mod common;
+
+use common::{lab_name, require_root, wait_until, Teardown};
 use myelin_lab::{Lab, LabError, LabOptions, LabSpec, NamespaceSpec, NodeSpec, PodSpec};
 use nix::sys::signal::Signal;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-
-/// A lab name unique to this test process and test.
-fn lab_name(tag: &str) -> String {
-    format!("{tag}{:x}", std::process::id() & 0xff_ffff)
-}
-
-fn require_root() {
-    assert!(
-        nix::unistd::Uid::effective().is_root(),
-        "these tests build network namespaces and need root (run them as root, as CI does)"
-    );
-}
-
-/// Tears the lab down even when the test panics.
-struct Teardown(String);
-
-impl Drop for Teardown {
-    fn drop(&mut self) {
-        if let Err(e) = Lab::down_by_name(&self.0) {
-            eprintln!("teardown of lab {}: {e}", self.0);
-        }
-    }
-}
 
 /// What a lab may leave behind, restricted to names containing the lab's name.
 #[derive(Debug, PartialEq, Eq)]
@@ -110,6 +90,9 @@ fn two_pod_spec() -> LabSpec {
         ],
         external: vec![myelin_lab::ExternalSpec { name: "world1".into() }],
         agent: Default::default(),
+        routing: None,
+        kvstore: None,
+        kvstore_members: None,
     }
 }
 
@@ -266,15 +249,6 @@ fn processes_in(ids: &BTreeSet<(u64, u64)>) -> Vec<(i32, Option<u64>, String)> {
         }
     }
     out
-}
-
-/// Poll `f` until it holds, or panic after `timeout` saying what did not happen.
-fn wait_until(what: &str, timeout: std::time::Duration, mut f: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + timeout;
-    while !f() {
-        assert!(std::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
 }
 
 /// A child process that is killed and reaped when dropped, so a failing test leaves none behind.
