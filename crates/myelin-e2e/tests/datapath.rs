@@ -102,6 +102,8 @@ fn pods_on_two_nodes_reach_each_other_natively_routed_without_nat() {
     let g = LabGuard::up(
         r"
 nodes: [{name: node1}, {name: node2}]
+routing: native
+kvstore: none
 namespaces: [{name: default}]
 pods:
   - {name: a, namespace: default, node: node1}

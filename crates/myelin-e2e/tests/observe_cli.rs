@@ -112,16 +112,26 @@ fn observe_filters_formats_and_lab_merge() {
     assert!(fs.iter().any(|f| pod(f, "source") == "y/c" && f["flow"]["verdict"] == "DROPPED"));
     assert!(fs.iter().all(|f| f["flow"]["Type"] == "L3_L4" && f["flow"]["event_type"]["type"] == 5), "{fs:#?}");
 
-    // To the pod on the other node: node1 hands it to the stack, node2 delivers it. Only
-    // node2 knows d as a pod (no cluster-wide endpoint store before the etcd issue).
+    // To the pod on the other node (the lab's default for two nodes: VXLAN and etcd): node1
+    // sends it into the overlay, naming x/d (a pod of node2, known from the kvstore) and the
+    // tunnel endpoint (node2); node2 delivers it.
     let d = d_ip.to_string();
+    let node2 = l.node("node2").unwrap().address.clone();
     let fs = observe_json(&name, &["--all", "--to-ip", &d]);
     let at = |node: &str, point: &str| {
         fs.iter().any(|f| f["node_name"] == node && f["flow"]["trace_observation_point"] == point)
     };
-    assert!(at("node1", "TO_STACK") && at("node2", "TO_ENDPOINT"), "{fs:#?}");
+    assert!(at("node1", "TO_OVERLAY") && at("node2", "TO_ENDPOINT"), "{fs:#?}");
+    assert!(
+        fs.iter().any(|f| f["node_name"] == "node1"
+            && f["flow"]["trace_observation_point"] == "TO_OVERLAY"
+            && pod(f, "destination") == "x/d"
+            && f["flow"]["tunnel"]["IP"]["destination"] == node2.as_str()),
+        "{fs:#?}"
+    );
     let fs = observe_json(&name, &["--all", "--to-pod", "x/d"]);
-    assert!(!fs.is_empty() && fs.iter().all(|f| f["node_name"] == "node2"), "{fs:#?}");
+    let nodes: std::collections::BTreeSet<&str> = fs.iter().filter_map(|f| f["node_name"].as_str()).collect();
+    assert_eq!(nodes, ["node1", "node2"].into_iter().collect(), "both nodes name x/d: {fs:#?}");
     let fs = observe_json(&name, &["--all", "--node", "node2"]);
     assert!(!fs.is_empty() && fs.iter().all(|f| f["node_name"] == "node2"), "--node asks one node");
 

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use crate::dict::{DictView, EndpointDesc};
 use crate::directory::PolicyName;
 use crate::proto::flow;
-use crate::record::{self, flags, tcp, FlowRecord};
+use crate::record::{self, flags, point, tcp, FlowRecord};
 
 /// Cilium's name of a drop reason (what `hubble observe` prints).
 #[must_use]
@@ -138,13 +138,15 @@ pub fn to_flow(r: &FlowRecord, dict: &DictView, rule: &dyn Fn(u32) -> Option<Pol
         }
     }
     if r.flags & flags::TUNNEL != 0 {
+        // The datapath stores the other node's address as it is on the wire (network order).
+        let remote = IpAddr::V4(std::net::Ipv4Addr::from(r.tunnel_remote.to_ne_bytes())).to_string();
+        // Sent into the overlay: the remote node is the outer destination; received from it
+        // (delivered to a pod, or dropped by its policy): the outer source.
+        let (source, destination) =
+            if r.obs_point == point::TO_OVERLAY { (String::new(), remote) } else { (remote, String::new()) };
         f.tunnel = Some(flow::Tunnel {
             protocol: flow::tunnel::Protocol::Vxlan as i32,
-            ip: Some(flow::Ip {
-                destination: IpAddr::V4(std::net::Ipv4Addr::from(r.tunnel_remote)).to_string(),
-                ip_version: flow::IpVersion::IPv4 as i32,
-                ..flow::Ip::default()
-            }),
+            ip: Some(flow::Ip { source, destination, ip_version: flow::IpVersion::IPv4 as i32, ..flow::Ip::default() }),
             ..flow::Tunnel::default()
         });
     }

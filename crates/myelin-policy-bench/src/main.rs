@@ -194,6 +194,9 @@ fn run(args: &Args) -> Result<Report> {
         ],
         external: vec![],
         agent: Default::default(),
+        routing: None,
+        kvstore: None,
+        kvstore_members: None,
     };
     let opts = LabOptions { bin_dir: args.bin_dir.clone(), ..LabOptions::default() };
     let agent_bin = myelin_lab::find_binary("myelin-agent", args.bin_dir.as_deref())?;
@@ -257,6 +260,9 @@ fn run(args: &Args) -> Result<Report> {
             pods: vec![],
             external: vec![],
             agent: [("attach_mode".to_owned(), serde_json::Value::String("tc".into()))].into_iter().collect(),
+            routing: None,
+            kvstore: None,
+            kvstore_members: None,
         };
         let opts = LabOptions { bin_dir: args.bin_dir.clone(), ..LabOptions::default() };
         let tc_lab = LabGuard(Some(Lab::up(spec, &tc_name, opts).context("building the tc lab")?));

@@ -1,6 +1,8 @@
 //! The policy thread's view of cluster-wide identity allocation: a blocking call with a timeout
-//! that the cluster component answers from etcd. When the kvstore is not connected the answer
-//! is "cannot now" at once, so the policy thread never waits on a dead etcd.
+//! that the cluster component answers from etcd. While the component is reconnecting (a member
+//! went, the lease is being renewed on another) requests wait for the new session, up to the
+//! timeout; once it knows etcd is unreachable the answer is "cannot now" at once, so the policy
+//! thread never waits on a dead etcd.
 
 use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
@@ -13,6 +15,17 @@ use tracing::warn;
 use super::labels::to_kv;
 use crate::policy::ClusterIdentities;
 
+/// The kvstore link as the allocator sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    /// A session is up.
+    Up,
+    /// Starting, or a session just ended and the next connect is under way: requests wait.
+    Reconnecting,
+    /// A connect failed: etcd is unreachable; requests are refused at once.
+    Down,
+}
+
 /// A request from the policy thread to the cluster component.
 pub enum AllocReq {
     /// Allocate (or adopt) the identity of these labels and record this node's reference.
@@ -24,13 +37,13 @@ pub enum AllocReq {
 /// The [`ClusterIdentities`] the policy engine uses when a kvstore is configured.
 pub struct KvIdentities {
     pub(super) tx: mpsc::UnboundedSender<AllocReq>,
-    pub(super) connected: watch::Receiver<bool>,
+    pub(super) link: watch::Receiver<Link>,
     pub(super) timeout: Duration,
 }
 
 impl ClusterIdentities for KvIdentities {
     fn acquire(&mut self, labels: &Labels) -> Option<Identity> {
-        if !*self.connected.borrow() {
+        if *self.link.borrow() == Link::Down {
             return None;
         }
         let labels = match to_kv(labels) {

@@ -2,7 +2,7 @@
 //! kvstore mode). It owns the etcd connection; nobody else talks to etcd.
 //!
 //! ```text
-//!  policy thread --AllocReq (blocking call, timeout; "cannot now" at once while disconnected)--+
+//!  policy thread --AllocReq (blocking call, timeout; held while reconnecting, refused while down)-+
 //!      ^                                                                                       v
 //!      | PolicyCmd::Cluster (remote identities + pod addresses, debounced)      [cluster task] (tokio)
 //!      | PolicyCmd::ClusterResync (after every (re)connect)                      owns Kvstore
@@ -35,7 +35,7 @@ use tracing::{info, warn};
 
 use crate::policy::{ClusterView, PolicyHandle};
 use crate::snapshot::{RemotePod, RemoteView, Snapshots};
-use identities::{AllocReq, KvIdentities};
+use identities::{AllocReq, KvIdentities, Link};
 use overlay::Overlay;
 
 /// How the cluster component connects and what it announces.
@@ -55,15 +55,15 @@ pub use myelin_api::ClusterStatus;
 /// [`KvIdentities`], handed out by [`prepare`] before the policy component starts.
 pub struct Prepared {
     alloc_rx: mpsc::UnboundedReceiver<AllocReq>,
-    connected_tx: watch::Sender<bool>,
+    link_tx: watch::Sender<Link>,
 }
 
 /// Step 1: the allocator for the policy engine, and what the task will answer it from.
 #[must_use]
 pub fn prepare() -> (KvIdentities, Prepared) {
     let (tx, alloc_rx) = mpsc::unbounded_channel();
-    let (connected_tx, connected) = watch::channel(false);
-    (KvIdentities { tx, connected, timeout: Duration::from_secs(3) }, Prepared { alloc_rx, connected_tx })
+    let (link_tx, link) = watch::channel(Link::Reconnecting);
+    (KvIdentities { tx, link, timeout: Duration::from_secs(3) }, Prepared { alloc_rx, link_tx })
 }
 
 /// Step 2: start the task. Waits (up to `first_wait`) for the first session so that pods
@@ -86,7 +86,7 @@ pub async fn start(
         routing: routing.to_owned(),
         ..Default::default()
     });
-    let mut connected = prepared.connected_tx.subscribe();
+    let mut link = prepared.link_tx.subscribe();
     let task = Task {
         settings,
         policy,
@@ -94,7 +94,8 @@ pub async fn start(
         snapshots,
         overlay,
         alloc_rx: prepared.alloc_rx,
-        connected: prepared.connected_tx,
+        link: prepared.link_tx,
+        pending: Vec::new(),
         status: status_tx,
         identities: BTreeMap::new(),
         nodes: BTreeMap::new(),
@@ -103,7 +104,7 @@ pub async fn start(
         last_view: None,
     };
     tokio::spawn(task.run());
-    let _ = tokio::time::timeout(first_wait, connected.wait_for(|c| *c)).await;
+    let _ = tokio::time::timeout(first_wait, link.wait_for(|l| *l != Link::Reconnecting)).await;
     status
 }
 
@@ -114,7 +115,9 @@ struct Task {
     snapshots: Arc<Snapshots>,
     overlay: Option<Overlay>,
     alloc_rx: mpsc::UnboundedReceiver<AllocReq>,
-    connected: watch::Sender<bool>,
+    link: watch::Sender<Link>,
+    /// Allocation requests held while reconnecting, answered by the next session.
+    pending: Vec<AllocReq>,
     status: watch::Sender<ClusterStatus>,
     /// The cluster as last listed/watched (kept while disconnected: last known state).
     identities: BTreeMap<u32, myelin_policy::Labels>,
@@ -133,6 +136,8 @@ enum End {
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How long connecting to one member may take before the next is tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Changes arriving within this window are pushed to the policy thread together.
 const DEBOUNCE: Duration = Duration::from_millis(20);
 /// How often a node looks for identities no node references any more.
@@ -142,30 +147,68 @@ impl Task {
     async fn run(mut self) {
         let mut backoff = BACKOFF_MIN;
         let mut sessions = 0u64;
+        // One member at a time, the next one after a failure: the etcd client does not fail
+        // over between endpoints by itself (a dead member's connection fails every call).
+        let n = self.settings.endpoints.len().max(1);
+        let (mut next, mut failed_in_round) = (0usize, 0usize);
         loop {
-            let cfg =
-                KvstoreConfig { cluster: self.settings.cluster.clone(), ..KvstoreConfig::new(self.settings.lease_ttl) };
-            let connect = Kvstore::connect_with(&self.settings.endpoints, &self.settings.node, cfg);
-            let kv = tokio::select! {
-                r = connect => r,
-                // Keep answering "cannot now" while connecting.
-                Some(req) = self.alloc_rx.recv() => { refuse(req); continue; }
+            let cfg = KvstoreConfig {
+                cluster: self.settings.cluster.clone(),
+                connect_timeout: CONNECT_TIMEOUT,
+                ..KvstoreConfig::new(self.settings.lease_ttl)
             };
-            let end = match kv {
+            let endpoints = vec![self.settings.endpoints[next % n].clone()];
+            let node = self.settings.node.clone();
+            let connect = async move { Kvstore::connect_with(&endpoints, &node, cfg).await };
+            tokio::pin!(connect);
+            let kv = loop {
+                tokio::select! {
+                    r = &mut connect => break r,
+                    req = self.alloc_rx.recv() => match req {
+                        Some(req) => self.hold_or_refuse(req),
+                        None => return,
+                    },
+                }
+            };
+            match kv {
                 Ok(kv) => {
                     sessions += 1;
                     backoff = BACKOFF_MIN;
+                    failed_in_round = 0;
+                    info!(endpoint = %self.settings.endpoints[next % n], "connected to an etcd member");
                     let end = self.session(&kv, sessions).await;
-                    self.connected.send_replace(false);
                     drop(kv);
-                    end
+                    next += 1;
+                    match end {
+                        End::Stopped => return,
+                        // Straight to the next connect: requests wait for it.
+                        End::Lost(reason) => {
+                            self.link.send_replace(Link::Reconnecting);
+                            warn!(%reason, "kvstore session lost; reconnecting");
+                            self.status.send_modify(|s| {
+                                s.connected = false;
+                                s.last_error = Some(reason);
+                            });
+                        }
+                    }
+                    continue;
                 }
-                Err(e) => End::Lost(e.to_string()),
-            };
-            match end {
-                End::Stopped => return,
-                End::Lost(reason) => {
+                Err(e) if failed_in_round + 1 < n => {
+                    // Another member may answer: try it at once, requests keep waiting.
+                    warn!(error = %e, "kvstore member unreachable; trying the next");
+                    failed_in_round += 1;
+                    next += 1;
+                    continue;
+                }
+                Err(e) => {
+                    failed_in_round = 0;
+                    next += 1;
+                    let reason = e.to_string();
                     warn!(%reason, retry_in = ?backoff, "kvstore unreachable; forwarding and enforcing with the last known state");
+                    self.link.send_replace(Link::Down);
+                    for req in std::mem::take(&mut self.pending) {
+                        refuse(req);
+                    }
                     self.status.send_modify(|s| {
                         s.connected = false;
                         s.last_error = Some(reason);
@@ -183,6 +226,45 @@ impl Task {
                 }
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// While reconnecting a request waits for the next session; while down it is refused.
+    fn hold_or_refuse(&mut self, req: AllocReq) {
+        if *self.link.borrow() == Link::Down {
+            refuse(req);
+        } else {
+            self.pending.push(req);
+        }
+    }
+
+    /// Answer one allocation request in a session; an etcd failure keeps an allocation for the
+    /// next session and ends this one.
+    async fn serve(&mut self, kv: &Kvstore, req: AllocReq) -> Result<(), String> {
+        match req {
+            AllocReq::Acquire { labels, reply } => match kv.allocate(&labels).await {
+                Ok(id) => {
+                    let _ = reply.try_send(Some(id));
+                    Ok(())
+                }
+                Err(
+                    e @ (myelin_kvstore::KvstoreError::Invalid { .. } | myelin_kvstore::KvstoreError::Exhausted { .. }),
+                ) => {
+                    warn!(%labels, error = %e, "allocating a cluster identity");
+                    let _ = reply.try_send(None);
+                    Ok(())
+                }
+                Err(e) => {
+                    self.pending.push(AllocReq::Acquire { labels, reply });
+                    Err(format!("allocating an identity: {e}"))
+                }
+            },
+            AllocReq::Release { labels } => {
+                if let Err(e) = kv.release(&labels).await {
+                    warn!(%labels, error = %e, "releasing a cluster identity (its reference ends with the lease)");
+                }
+                Ok(())
+            }
         }
     }
 
@@ -216,12 +298,19 @@ impl Task {
         // are withdrawn then, not before).
         let (mut id_next, mut node_next, mut ip_next) =
             (Some(BTreeMap::new()), Some(BTreeMap::new()), Some(BTreeMap::new()));
-        self.connected.send_replace(true);
-        info!(session = n, endpoints = ?s.endpoints, "kvstore connected");
         self.status.send_modify(|st| {
             st.connected = true;
             st.sessions = n;
         });
+        self.link.send_replace(Link::Up);
+        info!(session = n, "kvstore connected");
+        // Allocations that waited for this session.
+        while !self.pending.is_empty() {
+            let req = self.pending.remove(0);
+            if let Err(reason) = self.serve(kv, req).await {
+                return End::Lost(reason);
+            }
+        }
         let _ = self.policy.cluster_resync();
         let mut dirty_at: Option<Instant> = None;
         let mut gc_at = Instant::now() + IDENTITY_GC;
@@ -234,19 +323,9 @@ impl Task {
             };
             tokio::select! {
                 req = self.alloc_rx.recv() => match req {
-                    Some(AllocReq::Acquire { labels, reply }) => {
-                        let r = kv.allocate(&labels).await;
-                        match r {
-                            Ok(id) => { let _ = reply.try_send(Some(id)); }
-                            Err(e) => {
-                                warn!(%labels, error = %e, "allocating a cluster identity");
-                                let _ = reply.try_send(None);
-                            }
-                        }
-                    }
-                    Some(AllocReq::Release { labels }) => {
-                        if let Err(e) = kv.release(&labels).await {
-                            warn!(%labels, error = %e, "releasing a cluster identity");
+                    Some(req) => {
+                        if let Err(reason) = self.serve(kv, req).await {
+                            return End::Lost(reason);
                         }
                     }
                     None => return End::Stopped,
