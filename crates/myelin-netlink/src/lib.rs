@@ -139,6 +139,8 @@ pub enum NetlinkError {
     CheckFailed { ifname: String, ns: Netns, reason: String },
     #[error("invalid MAC address {0:?}: expected six hex octets like aa:bb:cc:dd:ee:ff")]
     InvalidMac(String),
+    #[error("this kernel cannot create {kind} devices (built without it: {config}); {fix}")]
+    Unsupported { kind: &'static str, config: &'static str, fix: &'static str },
 }
 
 impl NetlinkError {

@@ -8,8 +8,8 @@ use rtnetlink::packet_route::route::RouteScope;
 use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
 use crate::{
-    errno_of, route_dst, route_oif, route_table, LinkInfo, Netns, Nl, Result, EEXIST, ENODEV, ENOENT, ESRCH,
-    RT_TABLE_MAIN,
+    errno_of, route_dst, route_oif, route_table, LinkInfo, NetlinkError, Netns, Nl, Result, EEXIST, ENODEV, ENOENT,
+    EOPNOTSUPP, ESRCH, RT_TABLE_MAIN,
 };
 
 /// Which overlay encapsulation.
@@ -54,6 +54,20 @@ pub async fn ensure_tunnel_device(kind: TunnelKind, name: &str, mtu: u32) -> Res
         match nl.handle.link().add(msg).execute().await {
             Ok(()) => {}
             Err(e) if errno_of(&e) == Some(EEXIST) => {}
+            Err(e) if errno_of(&e) == Some(EOPNOTSUPP) => {
+                return Err(match kind {
+                    TunnelKind::Vxlan => NetlinkError::Unsupported {
+                        kind: "VXLAN",
+                        config: "CONFIG_VXLAN",
+                        fix: "use routing = \"native\" or a kernel with VXLAN",
+                    },
+                    TunnelKind::Geneve => NetlinkError::Unsupported {
+                        kind: "Geneve",
+                        config: "CONFIG_GENEVE",
+                        fix: "use routing = \"vxlan\" (or native), or a kernel with Geneve",
+                    },
+                })
+            }
             Err(e) => {
                 return Err(nl.err(format!("creating {kind:?} device {name} (external, port {})", kind.port()))(e))
             }
