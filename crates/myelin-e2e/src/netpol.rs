@@ -51,16 +51,25 @@ pub struct Host {
     pub netns: PathBuf,
 }
 
-fn lab_yaml(externals: &[&str]) -> String {
-    let mut y = String::from("nodes: [{name: node1}]\nnamespaces:\n");
+/// Node of the `i`-th matrix pod when spread over `nodes` nodes.
+fn node_of(i: usize, nodes: usize) -> String {
+    format!("node{}", i % nodes + 1)
+}
+
+fn lab_yaml(externals: &[&str], nodes: usize) -> String {
+    let names: Vec<String> = (1..=nodes).map(|n| format!("{{name: node{n}}}")).collect();
+    let mut y = format!("nodes: [{}]\nnamespaces:\n", names.join(", "));
     for ns in NAMESPACES {
         y += &format!("  - {{name: {ns}, labels: {{ns: \"{ns}\"}}}}\n");
     }
     y += "pods:\n";
+    let mut i = 0;
     for ns in NAMESPACES {
         for p in PODS {
+            let node = node_of(i, nodes);
+            i += 1;
             y += &format!(
-                "  - {{name: {p}, namespace: {ns}, node: node1, labels: {{pod: {p}}}, ports: [\
+                "  - {{name: {p}, namespace: {ns}, node: {node}, labels: {{pod: {p}}}, ports: [\
                  {{name: serve-80-tcp, port: 80, protocol: TCP}}, {{name: serve-81-tcp, port: 81, protocol: TCP}}, \
                  {{name: serve-80-udp, port: 80, protocol: UDP}}, {{name: serve-81-udp, port: 81, protocol: UDP}}]}}\n"
             );
@@ -77,6 +86,8 @@ fn lab_yaml(externals: &[&str]) -> String {
 
 pub struct Matrix {
     pub lab: LabGuard,
+    /// The lab's nodes (policies go to every one).
+    pub nodes: Vec<String>,
     pub pods: Vec<Pod>,
     pub externals: Vec<Host>,
     stop: Arc<AtomicBool>,
@@ -85,7 +96,24 @@ pub struct Matrix {
 impl Matrix {
     /// A lab with the 9 matrix pods serving, and the given external hosts serving too.
     pub fn up(prefix: &str, externals: &[&str]) -> Self {
-        let lab = LabGuard::up(&lab_yaml(externals), prefix);
+        Self::up_on(prefix, externals, 1)
+    }
+
+    /// [`Matrix::up`] with the pods spread round-robin over `nodes` nodes (the lab's default for
+    /// several nodes: VXLAN and etcd); returns once every node knows every other node's pods.
+    pub fn up_on(prefix: &str, externals: &[&str], nodes: usize) -> Self {
+        let lab = LabGuard::up(&lab_yaml(externals, nodes), prefix);
+        let node_names: Vec<String> = (1..=nodes).map(|n| format!("node{n}")).collect();
+        if nodes > 1 {
+            let total = NAMESPACES.len() * PODS.len();
+            for (k, n) in node_names.iter().enumerate() {
+                let local = (0..total).filter(|i| i % nodes == k).count();
+                crate::wait_for(&format!("{n} to know the other nodes' pods"), Duration::from_secs(30), || {
+                    let st: myelin_api::Status = lab.lab().client(n).ok()?.get("/v1/status").ok()?;
+                    st.cluster.filter(|c| c.connected && c.remote_ips == total - local).map(|_| ())
+                });
+            }
+        }
         let mut pods = Vec::new();
         for ns in NAMESPACES {
             for name in PODS {
@@ -101,7 +129,7 @@ impl Matrix {
             })
             .collect();
         let stop = Arc::new(AtomicBool::new(false));
-        let m = Self { lab, pods, externals, stop };
+        let m = Self { lab, nodes: node_names, pods, externals, stop };
         let targets: Vec<(Ipv4Addr, PathBuf)> = m
             .pods
             .iter()
@@ -127,14 +155,20 @@ impl Matrix {
         self.externals.iter().find(|h| h.name == name).unwrap_or_else(|| panic!("no external {name}"))
     }
 
-    fn client(&self) -> myelin_api::Client {
-        self.lab.lab().client("node1").expect("client")
+    fn client(&self, node: &str) -> myelin_api::Client {
+        self.lab.lab().client(node).expect("client")
     }
 
-    /// Apply YAML through the agent API; Err carries the agent's message.
+    /// Apply YAML through the agent API of every node (as `myelin policy apply --lab` does);
+    /// Err carries the first agent's message (each agent rejects a bad apply whole, and they
+    /// all validate alike, so a rejection happens at the first node, before any change).
     pub fn try_apply(&self, yaml: &str) -> Result<PolicyChange, String> {
         let body = PolicyApply { files: vec![PolicyFile { name: "test.yaml".into(), content: yaml.into() }] };
-        self.client().post("/v1/policies", &body).map_err(|e| e.to_string())
+        let mut last = None;
+        for n in &self.nodes {
+            last = Some(self.client(n).post("/v1/policies", &body).map_err(|e| format!("{n}: {e}"))?);
+        }
+        last.ok_or_else(|| "the lab has no nodes".to_owned())
     }
 
     pub fn apply(&self, yaml: &str) {
@@ -145,8 +179,12 @@ impl Matrix {
 
     pub fn delete(&self, ids: &[&str]) {
         let body = PolicyDelete { ids: ids.iter().map(|s| (*s).to_owned()).collect() };
-        let _: PolicyChange =
-            self.client().post("/v1/policies/delete", &body).unwrap_or_else(|e| panic!("delete {ids:?}: {e}"));
+        for n in &self.nodes {
+            let _: PolicyChange = self
+                .client(n)
+                .post("/v1/policies/delete", &body)
+                .unwrap_or_else(|e| panic!("delete {ids:?} on {n}: {e}"));
+        }
     }
 
     /// Probe the whole pod matrix on both ports and protocols and compare.

@@ -1,7 +1,10 @@
 //! Kubernetes NetworkPolicy semantics, checked like the upstream e2e suite:
 //! namespaces x, y, z; pods a, b, c serving 80 and 81 over TCP and UDP; each
 //! case probes the full 9x9x2x2 matrix with real connections through the
-//! eBPF datapath. Several cases share one lab, applied and deleted in turn.
+//! eBPF datapath. Several cases share one lab, applied and deleted in turn. Every case runs
+//! twice: on one node, and with the pods spread over three nodes (VXLAN, identities from etcd,
+//! each policy applied on every node), where the verdict is taken at the destination with the
+//! sender's identity from the VNI and at the source with the destination's from the ipcache.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use myelin_e2e::netpol::{Matrix, Pod, Proto};
@@ -28,9 +31,7 @@ spec:
   policyTypes: [Ingress]
 ";
 
-#[test]
-fn default_deny_ingress_egress_and_update_delete() {
-    let m = Matrix::up("kdd", &[]);
+fn default_deny_ingress_egress_and_update_delete_case(m: &Matrix) {
     m.check("no policy: everything reaches everything", all);
 
     m.apply(DENY_ALL_INGRESS_X);
@@ -91,9 +92,7 @@ spec:
     });
 }
 
-#[test]
-fn pod_and_namespace_selectors_and_or_and_expressions() {
-    let m = Matrix::up("ksel", &[]);
+fn pod_and_namespace_selectors_and_or_and_expressions_case(m: &Matrix) {
     m.apply(&xa(r"
   ingress:
   - from: [{podSelector: {matchLabels: {pod: b}}}]
@@ -142,9 +141,7 @@ spec:
     m.check("Exists selects all of x; DoesNotExist matches no namespace", |_, to, _, _| to.ns != "x");
 }
 
-#[test]
-fn ports_named_ranges_protocols_and_stacking() {
-    let m = Matrix::up("kport", &[]);
+fn ports_named_ranges_protocols_and_stacking_case(m: &Matrix) {
     m.apply(&xa(r"
   ingress:
   - ports: [{port: serve-80-tcp}]
@@ -193,9 +190,7 @@ spec:
     });
 }
 
-#[test]
-fn ip_block_with_except_towards_the_world() {
-    let m = Matrix::up("kipb", &["w1", "w2"]);
+fn ip_block_with_except_towards_the_world_case(m: &Matrix) {
     let (w1, w2) = (m.external("w1").clone(), m.external("w2").clone());
     m.apply(&format!(
         r"
@@ -235,9 +230,7 @@ fn large_cidr_for(ip: std::net::Ipv4Addr) -> String {
 // The three upstream ipBlock cases with pod addresses (Cilium skips them, cilium#9209): a
 // NetworkPolicy ipBlock selects any address in the block, pods included.
 
-#[test]
-fn should_allow_egress_access_to_server_in_cidr_block() {
-    let m = Matrix::up("kipa", &[]);
+fn should_allow_egress_access_to_server_in_cidr_block_case(m: &Matrix) {
     let server = m.pod("y/b").ip;
     m.apply(&egress_ip_block("allow-client-a-via-cidr-egress-rule", &format!("{{cidr: {server}/32}}")));
     m.check("should allow egress access to server in CIDR block: x/a reaches y/b only", |from, to, _, _| {
@@ -245,9 +238,7 @@ fn should_allow_egress_access_to_server_in_cidr_block() {
     });
 }
 
-#[test]
-fn should_enforce_except_clause_while_egress_access_to_server_in_cidr_block() {
-    let m = Matrix::up("kipe", &[]);
+fn should_enforce_except_clause_while_egress_access_to_server_in_cidr_block_case(m: &Matrix) {
     let server = m.pod("x/b").ip;
     m.apply(&egress_ip_block(
         "allow-client-a-via-cidr-egress-rule",
@@ -258,9 +249,7 @@ fn should_enforce_except_clause_while_egress_access_to_server_in_cidr_block() {
     });
 }
 
-#[test]
-fn should_ensure_an_ip_overlapping_both_ipblock_cidr_and_ipblock_except_is_allowed() {
-    let m = Matrix::up("kipo", &[]);
+fn should_ensure_an_ip_overlapping_both_ipblock_cidr_and_ipblock_except_is_allowed_case(m: &Matrix) {
     let server = m.pod("x/b").ip;
     let name = "allow-client-a-via-cidr-egress-rule";
     m.apply(&egress_ip_block(name, &format!("{{cidr: {}, except: [{server}/32]}}", large_cidr_for(server))));
@@ -270,4 +259,80 @@ fn should_ensure_an_ip_overlapping_both_ipblock_cidr_and_ipblock_except_is_allow
     // As upstream: the policy of the same name is updated to x/b's own /32.
     m.apply(&egress_ip_block(name, &format!("{{cidr: {server}/32}}")));
     m.check("overlap, updated to x/b's /32: x/a reaches x/b only", |from, to, _, _| !from.is("x/a") || to.is("x/b"));
+}
+
+// ---- the cases, on one node and across three ----
+
+#[test]
+fn default_deny_ingress_egress_and_update_delete() {
+    default_deny_ingress_egress_and_update_delete_case(&Matrix::up("kdd", &[]));
+}
+
+#[test]
+fn default_deny_ingress_egress_and_update_delete_across_three_nodes() {
+    default_deny_ingress_egress_and_update_delete_case(&Matrix::up_on("kdd3", &[], 3));
+}
+
+#[test]
+fn pod_and_namespace_selectors_and_or_and_expressions() {
+    pod_and_namespace_selectors_and_or_and_expressions_case(&Matrix::up("ksel", &[]));
+}
+
+#[test]
+fn pod_and_namespace_selectors_and_or_and_expressions_across_three_nodes() {
+    pod_and_namespace_selectors_and_or_and_expressions_case(&Matrix::up_on("kse3", &[], 3));
+}
+
+#[test]
+fn ports_named_ranges_protocols_and_stacking() {
+    ports_named_ranges_protocols_and_stacking_case(&Matrix::up("kport", &[]));
+}
+
+#[test]
+fn ports_named_ranges_protocols_and_stacking_across_three_nodes() {
+    ports_named_ranges_protocols_and_stacking_case(&Matrix::up_on("kpo3", &[], 3));
+}
+
+#[test]
+fn ip_block_with_except_towards_the_world() {
+    ip_block_with_except_towards_the_world_case(&Matrix::up("kipb", &["w1", "w2"]));
+}
+
+#[test]
+fn ip_block_with_except_towards_the_world_across_three_nodes() {
+    ip_block_with_except_towards_the_world_case(&Matrix::up_on("kip3", &["w1", "w2"], 3));
+}
+
+#[test]
+fn should_allow_egress_access_to_server_in_cidr_block() {
+    should_allow_egress_access_to_server_in_cidr_block_case(&Matrix::up("kipa", &[]));
+}
+
+#[test]
+fn should_allow_egress_access_to_server_in_cidr_block_across_three_nodes() {
+    should_allow_egress_access_to_server_in_cidr_block_case(&Matrix::up_on("kip3", &[], 3));
+}
+
+#[test]
+fn should_enforce_except_clause_while_egress_access_to_server_in_cidr_block() {
+    should_enforce_except_clause_while_egress_access_to_server_in_cidr_block_case(&Matrix::up("kipe", &[]));
+}
+
+#[test]
+fn should_enforce_except_clause_while_egress_access_to_server_in_cidr_block_across_three_nodes() {
+    should_enforce_except_clause_while_egress_access_to_server_in_cidr_block_case(&Matrix::up_on("kip3", &[], 3));
+}
+
+#[test]
+fn should_ensure_an_ip_overlapping_both_ipblock_cidr_and_ipblock_except_is_allowed() {
+    should_ensure_an_ip_overlapping_both_ipblock_cidr_and_ipblock_except_is_allowed_case(&Matrix::up("kipo", &[]));
+}
+
+#[test]
+fn should_ensure_an_ip_overlapping_both_ipblock_cidr_and_ipblock_except_is_allowed_across_three_nodes() {
+    should_ensure_an_ip_overlapping_both_ipblock_cidr_and_ipblock_except_is_allowed_case(&Matrix::up_on(
+        "kip3",
+        &[],
+        3,
+    ));
 }
