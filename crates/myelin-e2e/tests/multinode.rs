@@ -480,3 +480,37 @@ fn b64(data: &[u8]) -> String {
     }
     out
 }
+
+#[test]
+fn an_agent_restart_resumes_from_etcd_without_replumbing_or_cutting_traffic() {
+    let mut g = LabGuard::up(
+        &lab_yaml("vxlan", 1, &[("a", "node1", "client"), ("b", "node2", "server"), ("c", "node3", "other")]),
+        "mnr",
+    );
+    wait_remote_ips(g.lab(), &[("node1", 2), ("node2", 2), ("node3", 2)], Duration::from_secs(20));
+    let lab = g.lab();
+    serve(lab, "b", 8080);
+    apply_everywhere(lab, ALLOW_CLIENTS);
+    let ib = identity(lab, "b");
+    let mut established = tcp_connect(&pod_ns(lab, "default", "a"), addr(lab, "b", 8080)).expect("a -> b");
+    echo(&mut established, "before the restart");
+
+    g.lab_mut().restart_agent("node2", nix::sys::signal::Signal::SIGTERM).expect("restart node2's agent");
+    let lab = g.lab();
+    let st = status(lab, "node2");
+    assert_eq!(st.adopted_endpoints, 1, "b adopted, not re-plumbed: {st:?}");
+    wait_for("node2 back in the cluster", Duration::from_secs(20), || {
+        let c = cluster(lab, "node2");
+        (c.connected && c.remote_ips == 2).then_some(())
+    });
+    assert_eq!(identity(lab, "b"), ib, "b keeps its cluster identity across the restart");
+    echo(&mut established, "established connection across the agent restart");
+    assert!(tcp(lab, "a", "b", 8080).reached("a -> b after restart"), "policy state resumed");
+    assert!(!tcp(lab, "c", "b", 8080).reached("c -> b after restart"), "still enforced");
+    // The others never lost b: its entry moved to the new lease, the old lease's expiry took nothing.
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(TTL_S + 2) {
+        assert_eq!(cluster(lab, "node1").remote_ips, 2, "node1 keeps b's address while the old lease expires");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
