@@ -162,7 +162,10 @@ pub async fn run(cfg: Config) -> Result<()> {
         }
         None => (None, None),
     };
-    let settings = PolicySettings { rule_retention: Duration::from_secs(cfg.rule_retention_hours * 3600) };
+    let settings = PolicySettings {
+        rule_retention: Duration::from_secs(cfg.rule_retention_hours * 3600),
+        publish: cluster_parts.as_ref().map(cluster::Prepared::publisher),
+    };
     let (dp, st, sn) = (datapath.clone(), store.clone(), snapshots.clone());
     let policy = tokio::task::spawn_blocking(move || policy::spawn(engine, dp, st, sn, settings))
         .await?

@@ -514,3 +514,68 @@ fn an_agent_restart_resumes_from_etcd_without_replumbing_or_cutting_traffic() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+fn a_policy_applied_once_on_any_node_is_enforced_cluster_wide_and_bad_kvstore_policies_are_skipped() {
+    let g = LabGuard::up(
+        &lab_yaml("vxlan", 1, &[("a", "node1", "client"), ("b", "node2", "server"), ("c", "node3", "other")]),
+        "mnp",
+    );
+    let lab = g.lab();
+    wait_remote_ips(lab, &[("node1", 2), ("node2", 2), ("node3", 2)], Duration::from_secs(20));
+    serve(lab, "b", 8080);
+    assert!(tcp(lab, "c", "b", 8080).reached("c -> b before"), "no policy yet");
+
+    // Applied once, on node1 (b runs on node2): etcd carries it to every agent.
+    let body = PolicyApply { files: vec![PolicyFile { name: "p.yaml".into(), content: ALLOW_CLIENTS.into() }] };
+    let _: PolicyChange = client(lab, "node1").post("/v1/policies", &body).expect("apply on node1");
+    for n in ["node2", "node3"] {
+        wait_for(&format!("{n} to have the policy"), Duration::from_secs(10), || {
+            let ps: Vec<myelin_api::AppliedPolicy> = client(lab, n).get("/v1/policies").ok()?;
+            ps.iter().any(|p| p.name == "server-from-clients").then_some(())
+        });
+    }
+    wait_for("node2 to enforce it", Duration::from_secs(10), || {
+        (!tcp(lab, "c", "b", 8080).reached("c -> b")).then_some(())
+    });
+    assert!(tcp(lab, "a", "b", 8080).reached("a -> b"), "the client is still admitted");
+
+    // A document in etcd that does not parse, and one whose key names another policy: logged
+    // and skipped; the agents keep what they enforce and stay connected.
+    let cluster_name = lab.name().to_owned();
+    etcd_put(lab, &format!("myelin/state/policies/v1/{cluster_name}/CiliumNetworkPolicy/default/broken"), "spec: [");
+    etcd_put(
+        lab,
+        &format!("myelin/state/policies/v1/{cluster_name}/CiliumNetworkPolicy/default/other-name"),
+        ALLOW_CLIENTS,
+    );
+    let body = PolicyApply {
+        files: vec![PolicyFile {
+            name: "q.yaml".into(),
+            content: ALLOW_CLIENTS.replace("server-from-clients", "second").replace("app: server", "app: other"),
+        }],
+    };
+    let _: PolicyChange = client(lab, "node3").post("/v1/policies", &body).expect("apply on node3");
+    wait_for("node1 to have the second policy", Duration::from_secs(10), || {
+        let ps: Vec<myelin_api::AppliedPolicy> = client(lab, "node1").get("/v1/policies").ok()?;
+        ps.iter().any(|p| p.name == "second").then_some(())
+    });
+    for n in ["node1", "node2", "node3"] {
+        let ps: Vec<myelin_api::AppliedPolicy> = client(lab, n).get("/v1/policies").expect("policies");
+        let names: Vec<&str> = ps.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names.len(), 2, "{n}: only the two good policies: {names:?}");
+        assert_eq!(cluster(lab, n).sessions, 1, "{n} did not drop its session over bad content");
+    }
+    assert!(!tcp(lab, "c", "b", 8080).reached("c -> b"), "still enforced after the bad content");
+
+    // Deleted on node2: gone everywhere, c reaches b again.
+    let del = myelin_api::PolicyDelete { ids: vec!["default/server-from-clients".into()] };
+    let _: PolicyChange = client(lab, "node2").post("/v1/policies/delete", &del).expect("delete on node2");
+    wait_for("node3 to drop the policy", Duration::from_secs(10), || {
+        let ps: Vec<myelin_api::AppliedPolicy> = client(lab, "node3").get("/v1/policies").ok()?;
+        (!ps.iter().any(|p| p.name == "server-from-clients")).then_some(())
+    });
+    wait_for("c to reach b again", Duration::from_secs(10), || {
+        tcp(lab, "c", "b", 8080).reached("c -> b").then_some(())
+    });
+}

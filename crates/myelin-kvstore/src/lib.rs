@@ -78,6 +78,7 @@
 //! other clusters, and caching (every allocation reads the `id/` range).
 
 pub mod labels;
+mod policies;
 mod state;
 mod watching;
 
@@ -93,6 +94,7 @@ use tokio::task::JoinHandle;
 use tracing::{error, warn};
 
 pub use labels::{Label, Labels};
+pub use policies::{PolicyEvent, PolicyWatch};
 pub use state::{IpEvent, IpRecord, IpWatch, NodeEvent, NodeRecord, NodeWatch, SyncStats};
 pub use watching::Watch;
 

@@ -28,12 +28,12 @@ use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use myelin_bpf::Datapath;
-use myelin_kvstore::{IdentityEvent, IpEvent, IpRecord, Kvstore, KvstoreConfig, NodeEvent, NodeRecord};
+use myelin_kvstore::{IdentityEvent, IpEvent, IpRecord, Kvstore, KvstoreConfig, NodeEvent, NodeRecord, PolicyEvent};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::policy::{ClusterView, PolicyHandle};
+use crate::policy::{ClusterView, PolicyHandle, PolicyPublish};
 use crate::snapshot::{RemotePod, RemoteView, Snapshots};
 use identities::{AllocReq, KvIdentities, Link};
 use overlay::Overlay;
@@ -56,6 +56,16 @@ pub use myelin_api::ClusterStatus;
 pub struct Prepared {
     alloc_rx: mpsc::UnboundedReceiver<AllocReq>,
     link_tx: watch::Sender<Link>,
+    publish_tx: mpsc::UnboundedSender<PolicyPublish>,
+    publish_rx: mpsc::UnboundedReceiver<PolicyPublish>,
+}
+
+impl Prepared {
+    /// Where the policy component sends the policies applied or deleted through this agent.
+    #[must_use]
+    pub fn publisher(&self) -> mpsc::UnboundedSender<PolicyPublish> {
+        self.publish_tx.clone()
+    }
 }
 
 /// Step 1: the allocator for the policy engine, and what the task will answer it from.
@@ -63,7 +73,8 @@ pub struct Prepared {
 pub fn prepare() -> (KvIdentities, Prepared) {
     let (tx, alloc_rx) = mpsc::unbounded_channel();
     let (link_tx, link) = watch::channel(Link::Reconnecting);
-    (KvIdentities { tx, link, timeout: Duration::from_secs(3) }, Prepared { alloc_rx, link_tx })
+    let (publish_tx, publish_rx) = mpsc::unbounded_channel();
+    (KvIdentities { tx, link, timeout: Duration::from_secs(3) }, Prepared { alloc_rx, link_tx, publish_tx, publish_rx })
 }
 
 /// Step 2: start the task. Waits (up to `first_wait`) for the first session so that pods
@@ -96,6 +107,8 @@ pub async fn start(
         alloc_rx: prepared.alloc_rx,
         link: prepared.link_tx,
         pending: Vec::new(),
+        publish_rx: prepared.publish_rx,
+        unpublished: BTreeMap::new(),
         status: status_tx,
         identities: BTreeMap::new(),
         nodes: BTreeMap::new(),
@@ -118,6 +131,10 @@ struct Task {
     link: watch::Sender<Link>,
     /// Allocation requests held while reconnecting, answered by the next session.
     pending: Vec<AllocReq>,
+    publish_rx: mpsc::UnboundedReceiver<PolicyPublish>,
+    /// Policy changes made through this agent and not yet in etcd: key -> document (None:
+    /// deleted). Written first in the next session, so its listing includes them.
+    unpublished: BTreeMap<String, Option<String>>,
     status: watch::Sender<ClusterStatus>,
     /// The cluster as last listed/watched (kept while disconnected: last known state).
     identities: BTreeMap<u32, myelin_policy::Labels>,
@@ -168,6 +185,7 @@ impl Task {
                         Some(req) => self.hold_or_refuse(req),
                         None => return,
                     },
+                    Some(p) = self.publish_rx.recv() => self.queue_publish(p),
                 }
             };
             match kv {
@@ -223,10 +241,47 @@ impl Task {
                         Some(req) => refuse(req),
                         None => return,
                     },
+                    Some(p) = self.publish_rx.recv() => self.queue_publish(p),
                 }
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
+    }
+
+    fn queue_publish(&mut self, p: PolicyPublish) {
+        match p {
+            PolicyPublish::Upsert(docs) => {
+                for (k, y) in docs {
+                    self.unpublished.insert(k, Some(y));
+                }
+            }
+            PolicyPublish::Delete(keys) => {
+                for k in keys {
+                    self.unpublished.insert(k, None);
+                }
+            }
+        }
+    }
+
+    /// Write the queued policy changes to etcd (what fails stays queued).
+    async fn publish_policies(&mut self, kv: &Kvstore) -> myelin_kvstore::Result<()> {
+        while let Some((key, doc)) = self.unpublished.pop_first() {
+            let r = match &doc {
+                Some(yaml) => kv.put_policy(&key, yaml).await,
+                None => kv.delete_policy(&key).await.map(|_| ()),
+            };
+            match r {
+                Ok(()) => {}
+                Err(e @ myelin_kvstore::KvstoreError::Invalid { .. }) => {
+                    warn!(%key, error = %e, "a policy the kvstore cannot hold stays on this node only");
+                }
+                Err(e) => {
+                    self.unpublished.insert(key, doc);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// While reconnecting a request waits for the next session; while down it is refused.
@@ -304,6 +359,15 @@ impl Task {
         });
         self.link.send_replace(Link::Up);
         info!(session = n, "kvstore connected");
+        // Policies applied here while etcd was away go in before the listing below.
+        if let Err(e) = self.publish_policies(kv).await {
+            return End::Lost(format!("writing this node's policy changes: {e}"));
+        }
+        let mut polw = match kv.watch_policies().await {
+            Ok(w) => w,
+            Err(e) => return End::Lost(format!("starting the policy watch: {e}")),
+        };
+        let mut pol_listing: Option<Vec<(String, String)>> = Some(Vec::new());
         // Allocations that waited for this session.
         while !self.pending.is_empty() {
             let req = self.pending.remove(0);
@@ -378,6 +442,28 @@ impl Task {
                     }
                     Some(Err(e)) => return End::Lost(format!("ipcache watch: {e}")),
                     None => return End::Lost("ipcache watch ended".into()),
+                },
+                p = self.publish_rx.recv() => {
+                    let Some(p) = p else { return End::Stopped };
+                    self.queue_publish(p);
+                    if let Err(e) = self.publish_policies(kv).await {
+                        return End::Lost(format!("writing a policy change: {e}"));
+                    }
+                }
+                ev = polw.next() => match ev {
+                    Some(Ok(PolicyEvent::Upsert { key, yaml })) => match pol_listing.as_mut() {
+                        Some(l) => l.push((key, yaml)),
+                        None => { let _ = self.policy.cluster_policies(vec![(key, yaml)], vec![], false); }
+                    },
+                    Some(Ok(PolicyEvent::Delete { key })) => {
+                        let _ = self.policy.cluster_policies(vec![], vec![key], false);
+                    }
+                    Some(Ok(PolicyEvent::Synced)) => {
+                        let listing = pol_listing.take().unwrap_or_default();
+                        let _ = self.policy.cluster_policies(listing, vec![], true);
+                    }
+                    Some(Err(e)) => return End::Lost(format!("policy watch: {e}")),
+                    None => return End::Lost("policy watch ended".into()),
                 },
                 r = changed.changed() => {
                     if r.is_err() { return End::Stopped; }

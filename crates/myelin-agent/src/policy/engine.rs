@@ -153,6 +153,13 @@ struct StoredRef<'a> {
 #[derive(Debug, Default)]
 pub struct Rollback(Vec<(String, Option<StoredPolicy>, Option<PolicyRevision>)>);
 
+impl Rollback {
+    /// Undo `later` too (it happened after this one).
+    pub fn extend(&mut self, later: Rollback) {
+        self.0.extend(later.0);
+    }
+}
+
 pub struct PolicyEngine {
     /// Applied policies, sorted by key; `models[i]` and `yamls[i]` belong to `keys[i]`. Kept
     /// apart so the compiler borrows `models` as is (no copy of the policies per sync).
@@ -622,6 +629,18 @@ impl PolicyEngine {
         old
     }
 
+    /// The document of the applied policy `key` (e.g. `CiliumNetworkPolicy/prod/web`).
+    #[must_use]
+    pub fn policy_yaml(&self, key: &str) -> Option<&str> {
+        self.keys.iter().position(|k| k == key).map(|i| self.yamls[i].as_str())
+    }
+
+    /// Keys of the applied policies (not the built-in ones).
+    #[must_use]
+    pub fn policy_keys(&self) -> Vec<String> {
+        self.keys.iter().filter(|k| !k.starts_with(BUILTIN)).cloned().collect()
+    }
+
     /// Parse and validate a whole apply; nothing changes unless every document is valid.
     /// Returns the policies that would be applied, keyed, with their documents.
     pub fn prepare(files: &[(String, String)]) -> Result<Vec<StoredPolicy>, EngineError> {
@@ -1047,6 +1066,12 @@ fn new_uid(counter: u64) -> String {
     let d = digest(&(t, counter, std::process::id()));
     let hex = format!("{d:032x}");
     format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+}
+
+/// The key a policy is applied under: `<Kind>/<namespace>/<name>` or `<Kind>/<name>`.
+#[must_use]
+pub fn policy_key(p: &Policy) -> String {
+    key_of(p)
 }
 
 fn key_of(p: &Policy) -> String {

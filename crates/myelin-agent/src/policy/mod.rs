@@ -51,6 +51,10 @@ pub enum PolicyCmd {
     },
     /// The rest of the cluster changed (from the kvstore): its identities and pod addresses.
     Cluster { view: engine::ClusterView },
+    /// Policies from the cluster (the kvstore): documents to apply where they differ from what
+    /// is applied, keys to delete; `full` is a complete listing (policies not in it go). Each
+    /// document is applied on its own: one that does not parse is logged and skipped.
+    FromCluster { upserts: Vec<(String, String)>, deletes: Vec<String>, full: bool },
     /// The kvstore is reachable again: re-reference this node's cluster identities and give
     /// endpoints that got a node-local identity meanwhile a cluster-wide one.
     ClusterResync,
@@ -80,6 +84,16 @@ impl PolicyHandle {
     /// See [`PolicyCmd::Cluster`]; not answered.
     pub fn cluster_view(&self, view: ClusterView) -> Result<(), Gone> {
         self.tx.send(PolicyCmd::Cluster { view }).map_err(|_| Gone)
+    }
+
+    /// See [`PolicyCmd::FromCluster`]; not answered.
+    pub fn cluster_policies(
+        &self,
+        upserts: Vec<(String, String)>,
+        deletes: Vec<String>,
+        full: bool,
+    ) -> Result<(), Gone> {
+        self.tx.send(PolicyCmd::FromCluster { upserts, deletes, full }).map_err(|_| Gone)
     }
 
     /// See [`PolicyCmd::ClusterResync`]; not answered.
@@ -128,6 +142,18 @@ impl PolicyHandle {
 pub struct PolicySettings {
     /// Keep ids of retired rules resolvable this long (flow history's horizon).
     pub rule_retention: Duration,
+    /// Where policies applied or deleted through this agent's API go to be shared with the
+    /// cluster (the cluster component; None: no kvstore).
+    pub publish: Option<mpsc::UnboundedSender<PolicyPublish>>,
+}
+
+/// A change made through this agent's API, for the cluster to share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyPublish {
+    /// `(key, document)` of each policy applied.
+    Upsert(Vec<(String, String)>),
+    /// Keys of the policies deleted.
+    Delete(Vec<String>),
 }
 
 /// Start the component on its own thread; the engine is synced to the
@@ -235,6 +261,9 @@ impl Component {
             PolicyCmd::Delete { ids, reply } => {
                 let r = self.engine.remove(&ids).and_then(|(old, keys)| {
                     let report = self.commit(old)?;
+                    if let Some(p) = &self.settings.publish {
+                        let _ = p.send(PolicyPublish::Delete(keys.clone()));
+                    }
                     Ok(PolicyChange { policies: keys, warnings: vec![], endpoints_updated: report.endpoints_updated })
                 });
                 let _ = reply.send(r);
@@ -259,6 +288,7 @@ impl Component {
                     self.publish();
                 }
             }
+            PolicyCmd::FromCluster { upserts, deletes, full } => self.apply_cluster_policies(upserts, deletes, full),
             PolicyCmd::ClusterResync => {
                 match self.engine.resync_cluster() {
                     Ok(changed) if !changed.is_empty() => {
@@ -288,10 +318,56 @@ impl Component {
         let new = PolicyEngine::prepare(files)?;
         let names: Vec<String> = new.iter().map(|p| format!("{}/{}", p.policy.kind, p.policy.id())).collect();
         let warnings: Vec<String> = new.iter().flat_map(|p| p.policy.warnings.clone()).collect();
+        let shared: Vec<(String, String)> =
+            new.iter().map(|p| (engine::policy_key(&p.policy), p.yaml.clone())).collect();
         let old = self.engine.insert(new);
         let report = self.commit(old)?;
+        if let Some(p) = &self.settings.publish {
+            let _ = p.send(PolicyPublish::Upsert(shared));
+        }
         info!(policies = ?names, endpoints = report.endpoints_updated, "policies applied");
         Ok(PolicyChange { policies: names, warnings, endpoints_updated: report.endpoints_updated })
+    }
+
+    /// Apply what the cluster holds: each differing document on its own (a bad one is logged and
+    /// skipped, the others go in), then the deletions, in one commit.
+    fn apply_cluster_policies(&mut self, upserts: Vec<(String, String)>, deletes: Vec<String>, full: bool) {
+        let mut new = Vec::new();
+        let mut listed = std::collections::HashSet::new();
+        for (key, yaml) in upserts {
+            listed.insert(key.clone());
+            if self.engine.policy_yaml(&key) == Some(yaml.as_str()) {
+                continue; // what this node applied (or already has)
+            }
+            match PolicyEngine::prepare(&[(format!("kvstore:{key}"), yaml)]) {
+                Ok(ps) if ps.len() == 1 && engine::policy_key(&ps[0].policy) == key => new.extend(ps),
+                Ok(ps) => warn!(
+                    %key,
+                    found = ?ps.iter().map(|p| engine::policy_key(&p.policy)).collect::<Vec<_>>(),
+                    "a kvstore policy must hold exactly the policy its key names; skipped"
+                ),
+                Err(e) => warn!(%key, error = %e, "a kvstore policy does not parse; skipped, nothing else changed"),
+            }
+        }
+        let mut gone: Vec<String> = deletes.into_iter().filter(|k| self.engine.policy_yaml(k).is_some()).collect();
+        if full {
+            gone.extend(self.engine.policy_keys().into_iter().filter(|k| !listed.contains(k)));
+        }
+        if new.is_empty() && gone.is_empty() {
+            return;
+        }
+        let (applied, removed) = (new.len(), gone.len());
+        let mut undo = self.engine.insert(new);
+        if !gone.is_empty() {
+            match self.engine.remove(&gone) {
+                Ok((more, _)) => undo.extend(more),
+                Err(e) => warn!(error = %e, "removing policies the cluster deleted"),
+            }
+        }
+        match self.commit(undo) {
+            Ok(report) => info!(applied, removed, endpoints = report.endpoints_updated, "policies from the cluster"),
+            Err(e) => warn!(error = %e, "the datapath refused the cluster's policies; the previous set stays"),
+        }
     }
 
     /// Push a changed policy set to the datapath and persist it; if the datapath refuses, go
