@@ -71,6 +71,11 @@ pub struct Config {
     pub kvstore_endpoints: Vec<String>,
     /// TTL of this node's etcd lease: how long its entries outlive the agent (seconds).
     pub kvstore_lease_ttl_s: u64,
+    /// The cluster's pod address pool (e.g. "10.244.0.0/16"): without `pod_cidr`, the node
+    /// claims a subnet of it in etcd (Cilium's cluster-pool IPAM) and keeps it.
+    pub cluster_pool_ipv4_cidr: Option<Ipv4Net>,
+    /// Prefix length of the subnet each node gets from the pool.
+    pub cluster_pool_ipv4_mask_size: u8,
     /// How pods on other nodes are reached: "native" (the underlay routes pod CIDRs; identity
     /// from the ipcache), "vxlan" or "geneve" (an overlay carrying the sender's identity in the VNI).
     pub routing: String,
@@ -111,6 +116,8 @@ impl Default for Config {
             kvstore_endpoints: Vec::new(),
             kvstore_lease_ttl_s: 15,
             routing: "native".into(),
+            cluster_pool_ipv4_cidr: None,
+            cluster_pool_ipv4_mask_size: 24,
         }
     }
 }
@@ -147,9 +154,42 @@ impl Config {
         if self.node_name.is_empty() {
             return Err(ConfigError::Invalid("node_name is required (set it in the file or with --node-name)".into()));
         }
-        let cidr = self
-            .pod_cidr
-            .ok_or_else(|| ConfigError::Invalid("pod_cidr is required, e.g. pod_cidr = \"10.244.1.0/24\"".into()))?;
+        if let Some(pool) = self.cluster_pool_ipv4_cidr {
+            if self.kvstore_endpoints.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "cluster_pool_ipv4_cidr {pool} needs kvstore_endpoints: nodes claim their pod CIDR in etcd"
+                )));
+            }
+            if pool.network() != pool.addr() {
+                return Err(ConfigError::Invalid(format!(
+                    "cluster_pool_ipv4_cidr {pool}: host bits are set; did you mean {}?",
+                    pool.trunc()
+                )));
+            }
+            let m = self.cluster_pool_ipv4_mask_size;
+            if m < pool.prefix_len() || m > 29 {
+                return Err(ConfigError::Invalid(format!(
+                    "cluster_pool_ipv4_mask_size {m}: between the pool's /{} and /29",
+                    pool.prefix_len()
+                )));
+            }
+            if self.pod_cidr.is_some() {
+                return Err(ConfigError::Invalid(
+                    "pod_cidr and cluster_pool_ipv4_cidr are both set: give the node its CIDR, or let it claim one \
+                     from the pool, not both"
+                        .into(),
+                ));
+            }
+        }
+        let Some(cidr) = self.pod_cidr else {
+            if self.cluster_pool_ipv4_cidr.is_some() {
+                return self.validate_rest();
+            }
+            return Err(ConfigError::Invalid(
+                "pod_cidr is required (e.g. pod_cidr = \"10.244.1.0/24\"), or cluster_pool_ipv4_cidr with a kvstore"
+                    .into(),
+            ));
+        };
         if cidr.prefix_len() > 29 {
             return Err(ConfigError::Invalid(format!(
                 "pod_cidr {cidr}: prefix /{} leaves no room for pods; use /29 or shorter",
@@ -162,6 +202,11 @@ impl Config {
                 cidr.trunc()
             )));
         }
+        self.validate_rest()
+    }
+
+    /// Everything but the pod CIDR.
+    fn validate_rest(&self) -> Result<(), ConfigError> {
         if !matches!(self.attach_mode.as_str(), "auto" | "tcx" | "tc") {
             return Err(ConfigError::Invalid(format!(
                 "attach_mode {:?}: must be \"auto\", \"tcx\" or \"tc\"",

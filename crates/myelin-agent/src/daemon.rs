@@ -46,9 +46,16 @@ fn write_sysctl(path: &str, value: &str) -> Result<()> {
 }
 
 /// Run the agent until SIGTERM/SIGINT; the datapath keeps forwarding after.
-pub async fn run(cfg: Config) -> Result<()> {
+pub async fn run(mut cfg: Config) -> Result<()> {
     let started = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let pod_cidr = cfg.pod_cidr.context("pod_cidr")?;
+    let store = Arc::new(Store::open(&cfg.state_dir)?);
+    // Given, or claimed from the cluster pool in etcd (and kept in the store).
+    let pod_cidr = cluster::podcidr::resolve(&cfg, &store).await?;
+    cfg.pod_cidr = Some(pod_cidr);
+    if let Some(pool) = cfg.cluster_pool_ipv4_cidr {
+        // Other nodes' pods are in the pool: reached unmasqueraded.
+        cfg.native_routing_cidrs.push(pool);
+    }
     let gateway = cfg.gateway().context("pod_cidr has no host addresses")?;
     info!(node = %cfg.node_name, %pod_cidr, %gateway, "starting");
 
@@ -118,7 +125,6 @@ pub async fn run(cfg: Config) -> Result<()> {
 
     // State: the store, then the policy engine with the stored endpoints (it writes the
     // datapath's policy state), then the endpoints (adopted: nothing that forwards is touched).
-    let store = Arc::new(Store::open(&cfg.state_dir)?);
     let snapshots = Snapshots::new();
     let state: EngineState = match store.get_kv("policy_engine")? {
         Some(j) => serde_json::from_str(&j).context("the stored policy engine state is corrupt")?,

@@ -579,3 +579,36 @@ fn a_policy_applied_once_on_any_node_is_enforced_cluster_wide_and_bad_kvstore_po
         tcp(lab, "c", "b", 8080).reached("c -> b").then_some(())
     });
 }
+
+#[test]
+fn nodes_claim_their_pod_cidrs_from_the_cluster_pool_in_etcd_and_keep_them() {
+    let yaml = lab_yaml("native", 1, &[("a", "node1", "client"), ("b", "node2", "server"), ("c", "node3", "other")])
+        .replace("kvstore: etcd\n", "kvstore: etcd\nclusterPool: 10.250.0.0/16\n");
+    let mut g = LabGuard::up(&yaml, "mnc");
+    let lab = g.lab();
+    let pool: ipnet::Ipv4Net = "10.250.0.0/16".parse().unwrap();
+    let mut cidrs = Vec::new();
+    for n in ["node1", "node2", "node3"] {
+        let c: ipnet::Ipv4Net = status(lab, n).pod_cidr.parse().expect("a pod CIDR");
+        assert!(pool.contains(&c) && c.prefix_len() == 24, "{n}: {c} is a /24 of the pool");
+        assert_eq!(lab.node(n).unwrap().pod_cidr, c.to_string(), "the lab learned {n}'s CIDR");
+        cidrs.push(c);
+    }
+    cidrs.sort();
+    cidrs.dedup();
+    assert_eq!(cidrs.len(), 3, "three nodes, three CIDRs");
+    for (p, n) in [("a", "node1"), ("b", "node2"), ("c", "node3")] {
+        let c: ipnet::Ipv4Net = status(lab, n).pod_cidr.parse().unwrap();
+        assert!(c.contains(&pod_ip(lab, "default", p)), "{p} has an address of {n}'s CIDR");
+    }
+    wait_remote_ips(lab, &[("node1", 2), ("node2", 2), ("node3", 2)], Duration::from_secs(20));
+    serve(lab, "b", 8080);
+    assert!(tcp(lab, "a", "b", 8080).reached("a -> b"), "natively routed between claimed CIDRs");
+    assert!(ping_pod(lab, "c", "a").reached("c -> a"), "ICMP node3 -> node1");
+
+    // A restart keeps the CIDR (from the agent's store) and the pods' addresses.
+    let before = status(lab, "node2").pod_cidr;
+    g.lab_mut().restart_agent("node2", nix::sys::signal::Signal::SIGTERM).expect("restart");
+    assert_eq!(status(g.lab(), "node2").pod_cidr, before, "node2 keeps its pod CIDR");
+    assert!(tcp(g.lab(), "a", "b", 8080).reached("a -> b after restart"));
+}

@@ -78,6 +78,7 @@
 //! other clusters, and caching (every allocation reads the `id/` range).
 
 pub mod labels;
+mod podcidrs;
 mod policies;
 mod state;
 mod watching;

@@ -329,3 +329,37 @@ async fn malformed_nodes_and_ips_are_skipped() {
     assert_eq!(next(&mut ips).await, IpEvent::Upsert(later));
     assert_eq!(next(&mut nodes).await, NodeEvent::Upsert(node_rec("node-a", 2)));
 }
+
+/// Nodes claiming pod CIDRs from one pool at the same moment get different subnets; a node
+/// claiming again gets the one it holds; a full pool is an error naming the fix; a released
+/// subnet goes to the next claimant.
+#[tokio::test]
+async fn pod_cidrs_from_one_pool_never_collide() {
+    let etcd = Etcd::start().await;
+    let pool = (Ipv4Addr::new(10, 250, 0, 0), 22); // four /24s
+    let names = ["n1", "n2", "n3", "n4"];
+    let mut nodes = Vec::new();
+    for n in names {
+        nodes.push(node(&etcd, n).await);
+    }
+    // All four at the same moment.
+    let (c1, c2, c3, c4) = tokio::join!(
+        nodes[0].claim_pod_cidr(pool.0, pool.1, 24),
+        nodes[1].claim_pod_cidr(pool.0, pool.1, 24),
+        nodes[2].claim_pod_cidr(pool.0, pool.1, 24),
+        nodes[3].claim_pod_cidr(pool.0, pool.1, 24)
+    );
+    let mut got: Vec<(Ipv4Addr, u8)> = vec![c1.unwrap(), c2.unwrap(), c3.unwrap(), c4.unwrap()];
+    let again = nodes[2].claim_pod_cidr(pool.0, pool.1, 24).await.unwrap();
+    assert_eq!(again, got[2], "a node keeps its CIDR");
+    got.sort();
+    got.dedup();
+    assert_eq!(got.len(), 4, "four nodes, four different /24s: {got:?}");
+    let fifth = node(&etcd, "n5").await;
+    let e = fifth.claim_pod_cidr(pool.0, pool.1, 24).await.unwrap_err().to_string();
+    assert!(e.contains("no free /24") && e.contains("larger pool"), "{e}");
+    assert!(!nodes[0].release_pod_cidr(again.0, 24, "n1").await.unwrap(), "only the holder frees a CIDR");
+    let held = nodes[3].claim_pod_cidr(pool.0, pool.1, 24).await.unwrap();
+    assert!(nodes[3].release_pod_cidr(held.0, held.1, "n4").await.unwrap());
+    assert_eq!(fifth.claim_pod_cidr(pool.0, pool.1, 24).await.unwrap(), held, "the freed /24 is reused");
+}

@@ -25,14 +25,38 @@ impl Lab {
             self.push_namespaces(i)?;
             self.say(&format!("agent on {} is healthy", s.nodes[i].name));
         }
+        if s.spec.cluster_pool.is_some() {
+            self.learn_pod_cidrs()?;
+        }
         Ok(())
+    }
+
+    /// With a cluster pool: each agent's claimed pod CIDR, recorded, and routed like the lab's
+    /// own (the fabric to every node; in native routing, every node to the others).
+    fn learn_pod_cidrs(&mut self) -> Result<()> {
+        for i in 0..self.state.nodes.len() {
+            let n = self.state.nodes[i].clone();
+            let st: Status = Client::new(&n.agent_socket).get("/v1/status").map_err(|e| LabError::Agent {
+                node: n.name.clone(),
+                message: format!("reading its claimed pod CIDR: {e}"),
+                log: n.agent_log.clone(),
+                tail: sys::tail(&n.agent_log, 20),
+            })?;
+            self.say(&format!("{} claimed pod CIDR {} from the cluster pool", n.name, st.pod_cidr));
+            self.state.nodes[i].pod_cidr = st.pod_cidr;
+        }
+        self.save()?;
+        self.route_pod_cidrs()
     }
 
     pub(crate) fn write_agent_config(&self, i: usize) -> Result<()> {
         #[derive(Serialize)]
         struct AgentConfig<'a> {
             node_name: &'a str,
-            pod_cidr: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            pod_cidr: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            cluster_pool_ipv4_cidr: Option<&'a str>,
             uplink: &'a str,
             state_dir: &'a Path,
             socket: &'a Path,
@@ -51,7 +75,8 @@ impl Lab {
         std::fs::create_dir_all(&n.agent_state_dir).map_err(io("creating", &n.agent_state_dir))?;
         let cfg = AgentConfig {
             node_name: &n.name,
-            pod_cidr: &n.pod_cidr,
+            pod_cidr: (!n.pod_cidr.is_empty()).then_some(n.pod_cidr.as_str()),
+            cluster_pool_ipv4_cidr: self.state.spec.cluster_pool.as_deref(),
             uplink: "eth0",
             state_dir: &n.agent_state_dir,
             socket: &n.agent_socket,
@@ -62,7 +87,7 @@ impl Lab {
                 .state
                 .nodes
                 .iter()
-                .filter(|m| m.name != n.name)
+                .filter(|m| m.name != n.name && !m.pod_cidr.is_empty())
                 .map(|m| m.pod_cidr.as_str())
                 .collect(),
             ip_forward: true,

@@ -190,7 +190,12 @@ pub(crate) fn plan(name: &str, spec: LabSpec, state_dir: PathBuf, cgroup_root: O
                 netns_path: naming::netns_path(&netns),
                 netns,
                 address: format!("{UNDERLAY}.{}", 10 + i),
-                pod_cidr: n.pod_cidr.clone().unwrap_or_else(|| format!("10.244.{}.0/24", i + 1)),
+                // With a cluster pool the agent claims it; learned once the agent runs.
+                pod_cidr: if spec.cluster_pool.is_some() {
+                    String::new()
+                } else {
+                    n.pod_cidr.clone().unwrap_or_else(|| format!("10.244.{}.0/24", i + 1))
+                },
                 agent_socket: dir.join("agent.sock"),
                 agent_pid: None,
                 agent_start_time: None,

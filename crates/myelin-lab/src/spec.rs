@@ -53,6 +53,10 @@ pub struct LabSpec {
     /// Members of the etcd cluster: 1 or 3 (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kvstore_members: Option<u8>,
+    /// The cluster's pod address pool (e.g. `10.244.0.0/16`): nodes claim their /24 from it in
+    /// etcd instead of getting one from the lab (needs `kvstore: etcd`; no node sets `podCIDR`).
+    #[serde(default, rename = "clusterPool", skip_serializing_if = "Option::is_none")]
+    pub cluster_pool: Option<String>,
 }
 
 /// How pods on different nodes reach each other (the agent's `routing`).
@@ -227,6 +231,7 @@ impl LabSpec {
             routing: None,
             kvstore: None,
             kvstore_members: None,
+            cluster_pool: None,
         }
     }
 
@@ -357,6 +362,21 @@ impl LabSpec {
 
     /// `routing`, `kvstore` and `kvstore_members` fit together.
     fn check_routing_and_kvstore(&self) -> Result<()> {
+        if let Some(pool) = &self.cluster_pool {
+            check_pod_cidr("clusterPool", pool)?;
+            if self.kvstore_kind() == KvstoreKind::None {
+                return Err(invalid("clusterPool", "needs kvstore: etcd (nodes claim their pod CIDR there)"));
+            }
+            if let Some(n) = self.nodes.iter().find(|n| n.pod_cidr.is_some()) {
+                return Err(invalid(
+                    "clusterPool",
+                    &format!(
+                        "node {} sets podCIDR too: with a cluster pool the nodes claim theirs; remove one",
+                        n.name
+                    ),
+                ));
+            }
+        }
         if let Some(n) = self.kvstore_members {
             if n != 1 && n != 3 {
                 return Err(invalid("kvstore_members", &format!("{n} is not allowed; use 1 or 3")));

@@ -9,6 +9,33 @@ use crate::spec::Routing;
 use crate::sys;
 
 impl Lab {
+    /// Routes to the known pod CIDRs: the fabric knows each node's (as a BGP-speaking router
+    /// would), so external hosts reach pods with their own addresses; in native routing every
+    /// node routes the others' via their underlay address (with an overlay the agent routes them
+    /// through its tunnel device instead). `replace`: running it again is harmless.
+    pub(crate) fn route_pod_cidrs(&self) -> Result<()> {
+        let s = &self.state;
+        let known: Vec<_> = s.nodes.iter().filter(|n| !n.pod_cidr.is_empty()).collect();
+        let fab: Vec<String> =
+            known.iter().map(|n| format!("route replace {} via {}", n.pod_cidr, n.address)).collect();
+        if !fab.is_empty() {
+            sys::ip_batch("routing pod CIDRs on the fabric", Some(&s.fabric_netns), &fab)?;
+        }
+        if s.routing == Routing::Native {
+            for n in &s.nodes {
+                let lines: Vec<String> = known
+                    .iter()
+                    .filter(|m| m.name != n.name)
+                    .map(|m| format!("route replace {} via {}", m.pod_cidr, m.address))
+                    .collect();
+                if !lines.is_empty() {
+                    sys::ip_batch(&format!("routing pod CIDRs on node {}", n.name), Some(&n.netns), &lines)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Create the fabric, node and external namespaces and wire them.
     pub(crate) fn build_topology(&mut self) -> Result<()> {
         let s = self.state.clone();
@@ -47,32 +74,21 @@ impl Lab {
             fab.push(format!("link add w{j} type veth peer name eth0 netns {}", x.netns));
             fab.push(format!("link set w{j} master world up"));
         }
-        // Native routing: the fabric knows each node's pod CIDR (as a BGP-speaking
-        // router would), so external hosts reach pods with their own addresses.
-        for n in &s.nodes {
-            fab.push(format!("route add {} via {}", n.pod_cidr, n.address));
-        }
         sys::ip_batch("wiring the fabric", Some(&s.fabric_netns), &fab)?;
         sys::sysctl_in(&naming::netns_path(&s.fabric_netns), "net/ipv4/ip_forward", "1")?;
 
-        for (i, n) in s.nodes.iter().enumerate() {
-            let mut lines = vec![
+        for n in &s.nodes {
+            let lines = vec![
                 "link set lo up".to_owned(),
                 format!("addr add {}/24 dev eth0", n.address),
                 "link set eth0 up".to_owned(),
                 format!("route add default via {UNDERLAY}.254"),
             ];
-            // Native routing between nodes: other nodes' pod CIDRs via their underlay address.
-            // With an overlay the agent routes them through its tunnel device instead.
-            if s.routing == Routing::Native {
-                for (j, m) in s.nodes.iter().enumerate() {
-                    if i != j {
-                        lines.push(format!("route add {} via {}", m.pod_cidr, m.address));
-                    }
-                }
-            }
             sys::ip_batch(&format!("configuring node {}", n.name), Some(&n.netns), &lines)?;
         }
+        // Pod CIDRs the lab hands out are routed now; ones the agents claim from a cluster
+        // pool once they are known (after the agents start).
+        self.route_pod_cidrs()?;
         if let Some(kv) = &s.kvstore {
             // One address per etcd member on the kvstore's single link.
             let mut lines = vec!["link set lo up".to_owned()];

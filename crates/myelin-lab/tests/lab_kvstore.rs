@@ -221,7 +221,11 @@ fn several_nodes_default_to_vxlan_over_one_member_without_node_pod_cidr_routes()
     // The agent routes the other node's pod CIDR through its tunnel: the lab adds no route;
     // the fabric still routes every pod CIDR (external hosts reach pods natively). The etcd
     // member is reachable from the nodes.
-    assert!(!routes(&node1.netns).contains("10.244.2.0/24"), "{}", routes(&node1.netns));
+    let r = routes(&node1.netns);
+    assert!(!r.contains("10.244.2.0/24 via"), "no underlay route to node2's pods: {r}");
+    wait_until("node1's agent to route node2's pods into its tunnel", std::time::Duration::from_secs(20), || {
+        routes(&node1.netns).contains("10.244.2.0/24 dev myelin_vxlan")
+    });
     let fabric = routes(&format!("myl-{name}-fab"));
     assert!(fabric.contains("10.244.1.0/24 via 172.30.0.10") && fabric.contains("10.244.2.0/24 via 172.30.0.11"));
     assert!(healthy(&node1.netns_path, "http://172.30.0.250:2379"), "etcd is unreachable from node1");

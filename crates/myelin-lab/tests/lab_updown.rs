@@ -93,6 +93,7 @@ fn two_pod_spec() -> LabSpec {
         routing: None,
         kvstore: None,
         kvstore_members: None,
+        cluster_pool: None,
     }
 }
 

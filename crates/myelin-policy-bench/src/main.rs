@@ -197,6 +197,7 @@ fn run(args: &Args) -> Result<Report> {
         routing: None,
         kvstore: None,
         kvstore_members: None,
+        cluster_pool: None,
     };
     let opts = LabOptions { bin_dir: args.bin_dir.clone(), ..LabOptions::default() };
     let agent_bin = myelin_lab::find_binary("myelin-agent", args.bin_dir.as_deref())?;
@@ -263,6 +264,7 @@ fn run(args: &Args) -> Result<Report> {
             routing: None,
             kvstore: None,
             kvstore_members: None,
+            cluster_pool: None,
         };
         let opts = LabOptions { bin_dir: args.bin_dir.clone(), ..LabOptions::default() };
         let tc_lab = LabGuard(Some(Lab::up(spec, &tc_name, opts).context("building the tc lab")?));

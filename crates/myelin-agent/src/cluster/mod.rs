@@ -20,6 +20,7 @@
 pub mod identities;
 pub mod labels;
 pub mod overlay;
+pub mod podcidr;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
