@@ -612,3 +612,32 @@ fn nodes_claim_their_pod_cidrs_from_the_cluster_pool_in_etcd_and_keep_them() {
     assert_eq!(status(g.lab(), "node2").pod_cidr, before, "node2 keeps its pod CIDR");
     assert!(tcp(g.lab(), "a", "b", 8080).reached("a -> b after restart"));
 }
+
+#[test]
+fn two_nodes_allocating_the_same_new_labels_at_the_same_moment_agree_on_the_identity() {
+    let g =
+        LabGuard::up(&lab_yaml("vxlan", 1, &[("a", "node1", "x"), ("b", "node2", "y"), ("c", "node3", "z")]), "mnx");
+    let lab = g.lab();
+    wait_remote_ips(lab, &[("node1", 2), ("node2", 2), ("node3", 2)], Duration::from_secs(20));
+    let targets: Vec<(String, u32)> =
+        ["a", "b", "c"].iter().map(|p| (lab.pod("default", p).unwrap().node, endpoint_id(lab, "default", p))).collect();
+    for round in 0..5 {
+        // The three pods (one per node) get the same never-seen labels at once.
+        let labels: myelin_api::Labels = [("app".to_owned(), format!("racer-{round}"))].into_iter().collect();
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(targets.len()));
+        let handles: Vec<_> = targets
+            .iter()
+            .map(|(node, ep)| {
+                let (client, ep, barrier) = (client(lab, node), *ep, barrier.clone());
+                let body = myelin_api::LabelsUpdate { labels: labels.clone(), ports: None };
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    let e: Endpoint = client.put(&format!("/v1/endpoints/{ep}/labels"), &body).expect("relabel");
+                    e.identity
+                })
+            })
+            .collect();
+        let ids: Vec<u32> = handles.into_iter().map(|h| h.join().expect("relabel thread")).collect();
+        assert!(ids.iter().all(|i| *i == ids[0] && (256..=65535).contains(i)), "round {round}: one identity: {ids:?}");
+    }
+}
