@@ -76,6 +76,9 @@ pub struct Config {
     pub cluster_pool_ipv4_cidr: Option<Ipv4Net>,
     /// Prefix length of the subnet each node gets from the pool.
     pub cluster_pool_ipv4_mask_size: u8,
+    /// Attach the process tracing programs and keep the pods' process events (exec/exit with
+    /// the pod they ran in), served at `GET /v1/process-events`.
+    pub process_events: bool,
     /// How pods on other nodes are reached: "native" (the underlay routes pod CIDRs; identity
     /// from the ipcache), "vxlan" or "geneve" (an overlay carrying the sender's identity in the VNI).
     pub routing: String,
@@ -118,6 +121,7 @@ impl Default for Config {
             routing: "native".into(),
             cluster_pool_ipv4_cidr: None,
             cluster_pool_ipv4_mask_size: 24,
+            process_events: false,
         }
     }
 }

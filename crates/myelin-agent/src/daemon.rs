@@ -279,6 +279,27 @@ pub async fn run(mut cfg: Config) -> Result<()> {
             .context("starting flow observability")?,
     );
 
+    let process = if cfg.process_events {
+        let dp = datapath.clone();
+        let sn = snapshots.clone();
+        match tokio::task::spawn_blocking(move || crate::process::start(&dp, sn, 16_384)).await? {
+            Ok(h) => {
+                features.push(Feature {
+                    name: "process_events".into(),
+                    available: true,
+                    detail: "tp_btf + tracepoint".into(),
+                });
+                Some(h)
+            }
+            Err(e) => {
+                warn!(error = %e, "process events NOT available");
+                features.push(Feature { name: "process_events".into(), available: false, detail: e });
+                None
+            }
+        }
+    } else {
+        None
+    };
     let status = Status {
         node: cfg.node_name.clone(),
         healthy: true,
@@ -323,6 +344,7 @@ pub async fn run(mut cfg: Config) -> Result<()> {
         observability: Some(observability.clone()),
         status,
         debug_api: cfg.debug_api,
+        process,
         cluster,
     });
 

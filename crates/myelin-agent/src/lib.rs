@@ -13,6 +13,7 @@ pub mod masq;
 pub mod metrics;
 pub mod observe;
 pub mod policy;
+pub mod process;
 pub mod server;
 pub mod snapshot;
 pub mod store;

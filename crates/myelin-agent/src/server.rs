@@ -36,6 +36,8 @@ pub struct AgentState {
     /// Everything of the status that does not change after start.
     pub status: Status,
     pub debug_api: bool,
+    /// Process events with pod attribution (None: `process_events` off or unavailable).
+    pub process: Option<crate::process::ProcessHandle>,
     /// The kvstore link, as the cluster component reports it (None: no kvstore).
     pub cluster: Option<tokio::sync::watch::Receiver<myelin_api::ClusterStatus>>,
 }
@@ -125,6 +127,7 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/endpoints/{id}/policy", get(endpoint_policy))
         .route("/v1/metrics/policy", get(policy_metrics))
         .route("/v1/debug/stall", post(stall))
+        .route("/v1/process-events", get(process_events))
         .fallback(|| async { fail(ErrorCode::NotFound, "no such API route") })
         .with_state(state)
 }
@@ -376,6 +379,26 @@ async fn metrics(State(s): State<Shared>) -> Reply<Vec<DatapathMetric>> {
             })
             .collect(),
     ))
+}
+
+#[derive(serde::Deserialize)]
+struct ProcessQuery {
+    pod: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn process_events(
+    State(s): State<Shared>,
+    q: axum::extract::Query<ProcessQuery>,
+) -> Reply<Vec<myelin_api::ProcessEventInfo>> {
+    let Some(p) = &s.process else {
+        return Err(fail(
+            ErrorCode::NotFound,
+            "process events are off: set process_events = true in the agent config (see /v1/status features)",
+        ));
+    };
+    let list = p.list(q.pod.clone(), q.limit.unwrap_or(1000)).await;
+    list.map(Json).ok_or_else(|| fail(ErrorCode::Internal, "the process events component stopped"))
 }
 
 async fn stall(State(s): State<Shared>, b: Body<Stall>) -> Reply<Stall> {

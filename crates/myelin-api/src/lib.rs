@@ -447,3 +447,24 @@ pub struct PolicyStat {
     pub packets: u64,
     pub bytes: u64,
 }
+
+/// A process event with the pod it ran in (`GET /v1/process-events`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessEventInfo {
+    /// "exec" or "exit".
+    pub kind: String,
+    /// Unix nanoseconds when the agent read it.
+    pub time_ns: u64,
+    pub pid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub comm: String,
+    /// Exec: the file executed.
+    pub filename: String,
+    /// Exit: `status << 8 | signal`.
+    pub exit_code: u32,
+    pub cgroup_id: u64,
+    /// The pod (`namespace/name`) the process runs in, when it runs in one of this node's pods.
+    pub pod: Option<String>,
+    pub endpoint_id: Option<u32>,
+}
