@@ -84,6 +84,104 @@ fn components_do_not_wait_for_each_other() {
     assert!(del.join().expect("del thread").expect("DEL").existed);
 }
 
+/// The real mix, no stalls: 24 CNI-style ADDs at once, policies applied and replaced in a loop,
+/// API reads in a loop and conntrack GC on its timer, all at the same time. Every ADD and apply
+/// succeeds, every endpoint ends up with its policy's identity, reads keep being answered (a
+/// read never waits for a write: the longest is reported and must stay far below an ADD
+/// burst's length), and GC keeps running.
+#[test]
+fn concurrent_adds_applies_reads_and_gc_all_make_progress() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let lab = LabGuard::up(LAB, "conc");
+    let c = client(lab.lab(), "node1");
+    let done = Arc::new(AtomicBool::new(false));
+    let gc0 = gc_runs(&c);
+
+    let reader = {
+        let (c, done) = (c.clone(), done.clone());
+        std::thread::spawn(move || {
+            let (mut n, mut longest) = (0u32, Duration::ZERO);
+            while !done.load(Ordering::Relaxed) {
+                for path in ["/v1/endpoints", "/v1/identities", "/v1/status", "/v1/policies"] {
+                    let t = std::time::Instant::now();
+                    let r: serde_json::Value = c.get(path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+                    assert!(!r.is_null());
+                    longest = longest.max(t.elapsed());
+                    n += 1;
+                }
+            }
+            (n, longest)
+        })
+    };
+    let applier = {
+        let (c, done) = (c.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u32;
+            while !done.load(Ordering::Relaxed) || n < 5 {
+                let port = 8000 + n % 7;
+                let change = apply(
+                    &c,
+                    &format!(
+                        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: p, namespace: x}}\n\
+                         spec: {{endpointSelector: {{matchLabels: {{app: c0}}}}, ingress: [{{fromEndpoints: \
+                         [{{matchLabels: {{app: c1}}}}], toPorts: [{{ports: [{{port: '{port}', protocol: TCP}}]}}]}}]}}\n"
+                    ),
+                );
+                assert_eq!(change.policies.len(), 1);
+                n += 1;
+            }
+            n
+        })
+    };
+    let t0 = std::time::Instant::now();
+    let adds: Vec<_> = (0..24)
+        .map(|i| {
+            let c = c.clone();
+            std::thread::spawn(move || {
+                let ns = NetnsGuard::new("conc");
+                let req = EndpointAddRequest {
+                    container_id: format!("conc-{i}"),
+                    netns: ns.path().display().to_string(),
+                    ifname: "eth0".into(),
+                    namespace: Some("x".into()),
+                    pod_name: Some(format!("c{i}")),
+                    labels: [("app".to_string(), format!("c{}", i % 4))].into(),
+                    ports: vec![],
+                    labels_pending: false,
+                };
+                let ep: Endpoint = c.post("/v1/endpoints", &req).unwrap_or_else(|e| panic!("ADD {i}: {e}"));
+                (ns, ep)
+            })
+        })
+        .collect();
+    let added: Vec<(NetnsGuard, Endpoint)> = adds.into_iter().map(|h| h.join().expect("ADD thread")).collect();
+    let burst = t0.elapsed();
+    done.store(true, Ordering::Relaxed);
+    let applies = applier.join().expect("apply thread");
+    let (reads, longest) = reader.join().expect("read thread");
+    eprintln!("24 ADDs in {burst:?} alongside {applies} applies and {reads} reads (longest read {longest:?})");
+
+    let mut ips: Vec<&str> = added.iter().map(|(_, e)| e.ipv4.as_str()).collect();
+    ips.sort_unstable();
+    ips.dedup();
+    assert_eq!(ips.len(), 24, "24 distinct addresses");
+    let ids: Vec<IdentityInfo> = c.get("/v1/identities").expect("identities");
+    for (_, e) in &added {
+        let want = format!("c{}", e.pod_name.as_deref().unwrap_or("c0")[1..].parse::<usize>().unwrap() % 4);
+        let info = ids.iter().find(|i| i.id == e.identity).unwrap_or_else(|| panic!("identity {} listed", e.identity));
+        let has = info.labels.iter().any(|(k, v)| (k == "app" || k == "k8s:app") && *v == want);
+        assert!(has, "{e:?} has app={want}: {info:?}");
+    }
+    assert!(applies >= 5 && reads >= 4, "applies {applies}, reads {reads}");
+    assert!(longest < burst.max(Duration::from_millis(500)), "a read waited {longest:?} (burst {burst:?})");
+    wait_for("GC to keep running", Duration::from_secs(5), || (gc_runs(&c) > gc0).then_some(()));
+    for (_, e) in &added {
+        let _: myelin_api::Deleted =
+            c.delete(&format!("/v1/endpoints/by-container/{}/eth0", e.container_id)).expect("DEL");
+    }
+}
+
 #[test]
 fn rule_ids_resolve_after_an_edit_and_an_agent_restart() {
     let mut lab = LabGuard::up(LAB, "rule");
