@@ -498,6 +498,16 @@ fn check_label_key(field: &str, key: &str) -> Result<()> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
+
+    #[test]
+    fn the_cluster_example_is_a_valid_lab() {
+        let spec = LabSpec::from_yaml(include_str!("../../../examples/cluster.yaml"), "examples/cluster.yaml").unwrap();
+        assert_eq!(spec.nodes.len(), 3);
+        assert_eq!(spec.routing_mode(), Routing::Vxlan);
+        assert_eq!(spec.kvstore_member_count(), 3);
+        assert_eq!(spec.cluster_pool.as_deref(), Some("10.244.0.0/16"));
+    }
+
     use super::*;
 
     const GOOD: &str = r"
