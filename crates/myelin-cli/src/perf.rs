@@ -13,6 +13,10 @@ pub struct Args {
     /// Short runs and 2 rounds (well under 2 minutes): a smoke test, not a claim.
     #[arg(long)]
     quick: bool,
+    /// Measure across two nodes instead: client pod on node A, server pod on node B; the kernel's
+    /// VXLAN and native routing against 2-node Myelin labs (etcd) over VXLAN and native routing.
+    #[arg(long)]
+    cross_node: bool,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t)]
     output: Format,
@@ -84,6 +88,10 @@ pub fn run(a: &Args) -> Result<i32> {
         });
     }
     let mut opts = if a.quick { myelin_perf::Options::quick() } else { myelin_perf::Options::full() };
+    if a.cross_node {
+        anyhow::ensure!(a.rules.is_empty(), "--rules applies to the one-node suite, not to --cross-node");
+        opts.suite = myelin_perf::Suite::CrossNode;
+    }
     if let Some(d) = a.duration {
         anyhow::ensure!(d > 0.0 && d.is_finite(), "--duration must be a positive number of seconds");
         opts.rr_duration = Duration::from_secs_f64(d);
