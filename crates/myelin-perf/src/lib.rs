@@ -9,13 +9,15 @@
 //! - [`stats`]: medians, spreads, ratios; [`rules`]: the same policy as iptables
 //!   rules and as a CiliumNetworkPolicy; [`report`]: tables, JSON, goals;
 //! - [`bench`]: the run that ties them together; [`cross`]: the cross-node configurations
-//!   (`--cross-node`).
+//!   (`--cross-node`); [`propagation`]: how fast a new pod reaches the other nodes
+//!   (`--propagation`).
 #![forbid(unsafe_code)]
 
 pub mod bench;
 pub mod cross;
 mod error;
 pub mod load;
+pub mod propagation;
 pub mod report;
 pub mod rules;
 pub mod stats;
