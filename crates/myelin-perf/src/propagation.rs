@@ -282,8 +282,8 @@ pub fn run(opts: &PropagationOptions) -> Result<PropagationReport> {
     let lab = Lab::up(spec, &name, LabOptions { bin_dir: opts.bin_dir.clone(), ..LabOptions::default() })?;
     let mut guard = LabGuard(Some(lab));
     let result = measure(&mut guard, opts, &cidr);
-    if guard.0.is_some() {
-        say(opts, &format!("tearing the lab down ({} pods)", opts.pods));
+    if let Some(lab) = &guard.0 {
+        say(opts, &format!("tearing the lab down ({} pods)", lab.pods().len()));
     }
     drop(guard);
     let (adds, latencies, checks, notes) = result?;
