@@ -2,6 +2,7 @@
 
 use crate::output::{self, Format};
 use anyhow::{Context, Result};
+use myelin_perf::propagation::{self, PropagationOptions, PropagationReport};
 use nix::sys::signal::{SigSet, Signal};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,6 +14,21 @@ pub struct Args {
     /// Short runs and 2 rounds (well under 2 minutes): a smoke test, not a claim.
     #[arg(long)]
     quick: bool,
+    /// Measure across two nodes instead: client pod on node A, server pod on node B; the kernel's
+    /// VXLAN and native routing against 2-node Myelin labs (etcd) over VXLAN and native routing.
+    #[arg(long, conflicts_with = "propagation")]
+    cross_node: bool,
+    /// Measure instead how fast new pods reach the other nodes: a 3-node lab (vxlan, etcd), --pods
+    /// pods added on node1, the time until each is in node2's and node3's ipcache and its
+    /// identity's labels are known to node2.
+    #[arg(long)]
+    propagation: bool,
+    /// Pods of --propagation.
+    #[arg(long, default_value_t = 1000, requires = "propagation")]
+    pods: u32,
+    /// Shorthand for `-o json`.
+    #[arg(long)]
+    json: bool,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t)]
     output: Format,
@@ -49,10 +65,14 @@ pub struct Args {
     goals_markdown: bool,
 }
 
+fn json(a: &Args) -> bool {
+    a.json || a.output == Format::Json
+}
+
 fn show(report: &myelin_perf::Report, a: &Args) -> Result<()> {
     if a.goals_markdown {
         outln!("{}", myelin_perf::goals_markdown(report));
-    } else if a.output == Format::Json {
+    } else if json(a) {
         output::json(report)?;
     } else {
         outln!("{}", myelin_perf::render(report));
@@ -60,12 +80,32 @@ fn show(report: &myelin_perf::Report, a: &Args) -> Result<()> {
     Ok(())
 }
 
+fn show_propagation(report: &PropagationReport, a: &Args) -> Result<()> {
+    if a.goals_markdown {
+        outln!("{}", propagation::goals_markdown(report));
+    } else if json(a) {
+        output::json(report)?;
+    } else {
+        outln!("{}", propagation::render(report));
+    }
+    Ok(())
+}
+
 pub fn run(a: &Args) -> Result<i32> {
     if let Some(path) = &a.from_json {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let report: myelin_perf::Report = serde_json::from_str(&text)
-            .with_context(|| format!("{}: not the JSON of a `myelin perf -o json` run", path.display()))?;
-        show(&report, a)?;
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not JSON (expected `myelin perf -o json` output)", path.display()))?;
+        if value.get("benchmark").and_then(serde_json::Value::as_str) == Some("propagation") {
+            let report: PropagationReport = serde_json::from_value(value).with_context(|| {
+                format!("{}: not the JSON of a `myelin perf --propagation -o json` run", path.display())
+            })?;
+            show_propagation(&report, a)?;
+        } else {
+            let report: myelin_perf::Report = serde_json::from_value(value)
+                .with_context(|| format!("{}: not the JSON of a `myelin perf -o json` run", path.display()))?;
+            show(&report, a)?;
+        }
         return Ok(0);
     }
     // Ctrl-C: block SIGINT in every thread (before any is spawned) and turn it into a
@@ -83,7 +123,23 @@ pub fn run(a: &Args) -> Result<i32> {
             }
         });
     }
+    if a.propagation {
+        let opts = PropagationOptions {
+            pods: a.pods,
+            bin_dir: a.bin_dir.clone(),
+            cancel,
+            progress: Some(Arc::new(|line: &str| eprintln!("{line}"))),
+            ..PropagationOptions::default()
+        };
+        let report = myelin_perf::propagation::run(&opts)?;
+        show_propagation(&report, a)?;
+        return Ok(i32::from(report.checks.iter().any(|c| !c.ok)));
+    }
     let mut opts = if a.quick { myelin_perf::Options::quick() } else { myelin_perf::Options::full() };
+    if a.cross_node {
+        anyhow::ensure!(a.rules.is_empty(), "--rules applies to the one-node suite, not to --cross-node");
+        opts.suite = myelin_perf::Suite::CrossNode;
+    }
     if let Some(d) = a.duration {
         anyhow::ensure!(d > 0.0 && d.is_finite(), "--duration must be a positive number of seconds");
         opts.rr_duration = Duration::from_secs_f64(d);

@@ -26,10 +26,32 @@ use std::time::{Duration, Instant};
 /// Called with one human-readable line per step.
 pub type ProgressFn = Arc<dyn Fn(&str) + Send + Sync>;
 
+/// Which configurations a run measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Suite {
+    /// One node: physical, kernel routing, iptables-N, Myelin (the default).
+    #[default]
+    Local,
+    /// Two nodes: client pod on node A, server pod on node B; kernel VXLAN and native routing
+    /// against Myelin over VXLAN and native routing (`--cross-node`).
+    CrossNode,
+}
+
+impl Suite {
+    #[must_use]
+    pub fn id(self) -> &'static str {
+        match self {
+            Suite::Local => "local",
+            Suite::CrossNode => "cross-node",
+        }
+    }
+}
+
 /// Knobs of a run.
 #[derive(Clone)]
 pub struct Options {
     pub quick: bool,
+    pub suite: Suite,
     pub rounds: u32,
     /// TCP_STREAM duration (iperf3 takes whole seconds).
     pub stream_seconds: u32,
@@ -55,6 +77,7 @@ impl std::fmt::Debug for Options {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Options")
             .field("quick", &self.quick)
+            .field("suite", &self.suite)
             .field("rounds", &self.rounds)
             .field("stream_seconds", &self.stream_seconds)
             .field("rr_duration", &self.rr_duration)
@@ -69,6 +92,7 @@ impl Options {
     pub fn full() -> Options {
         Options {
             quick: false,
+            suite: Suite::Local,
             rounds: 5,
             stream_seconds: 3,
             rr_duration: Duration::from_secs(3),
@@ -215,11 +239,22 @@ pub fn run(opts: &Options) -> Result<Report> {
     rules.retain(|&r| r > 0);
     let policy = topo::policy_cli(opts.bin_dir.as_deref());
 
-    let mut kinds = vec![Kind::Physical, Kind::KernelRouting];
-    kinds.extend(rules.iter().map(|&r| Kind::Iptables { rules: r }));
-    kinds.push(Kind::Myelin { rules: None });
-    kinds.push(Kind::MyelinNoFlows);
-    kinds.extend(rules.iter().map(|&r| Kind::Myelin { rules: Some(r) }));
+    let kinds = match opts.suite {
+        Suite::Local => {
+            let mut kinds = vec![Kind::Physical, Kind::KernelRouting];
+            kinds.extend(rules.iter().map(|&r| Kind::Iptables { rules: r }));
+            kinds.push(Kind::Myelin { rules: None });
+            kinds.push(Kind::MyelinNoFlows);
+            kinds.extend(rules.iter().map(|&r| Kind::Myelin { rules: Some(r) }));
+            kinds
+        }
+        Suite::CrossNode => vec![
+            Kind::CrossKernel { vxlan: true },
+            Kind::CrossKernel { vxlan: false },
+            Kind::CrossMyelin { vxlan: true },
+            Kind::CrossMyelin { vxlan: false },
+        ],
+    };
 
     // Build everything first: measurements are interleaved across all of them.
     let mut targets: Vec<Target> = Vec::new();
@@ -245,6 +280,25 @@ pub fn run(opts: &Options) -> Result<Report> {
         let t = match kind {
             Kind::Myelin { .. } | Kind::MyelinNoFlows => {
                 Target::build_myelin(index, *kind, opts.bin_dir.clone(), policy.as_deref().ok())?
+            }
+            // A cross-node configuration that cannot be built (or does not forward) is reported
+            // as not available, with why, and the others are still measured.
+            Kind::CrossKernel { vxlan } | Kind::CrossMyelin { vxlan } => {
+                let built = if matches!(kind, Kind::CrossKernel { .. }) {
+                    Target::build_cross_kernel(*vxlan)
+                } else {
+                    Target::build_cross_myelin(index, *vxlan, opts.bin_dir.clone())
+                };
+                match built {
+                    Ok(t) => t,
+                    Err(PerfError::Interrupted) => return Err(PerfError::Interrupted),
+                    Err(e) => {
+                        say(opts, &format!("{} is not available: {e}", kind.id()));
+                        report.unavailable = Some(e.to_string());
+                        configs.push(report);
+                        continue;
+                    }
+                }
             }
             k => Target::build_netns(*k)?,
         };
@@ -333,22 +387,35 @@ pub fn run(opts: &Options) -> Result<Report> {
                         summary,
                         vs_kernel_routing: None,
                         vs_physical: None,
+                        ratios: BTreeMap::new(),
                     });
                 }
             }
         }
     }
-    report::fill_ratios(&mut figures);
+    let baselines = report::baselines(opts.suite.id());
+    report::fill_ratios(&mut figures, &baselines);
     let stream_n = Workload::Stream { streams: opts.streams.max(2) }.id();
-    let goals = report::goals(&figures, &configs, &stream_n, rules.last().copied().unwrap_or(0), myelin_rss);
-    let mut notes = vec![
-        format!("iptables backend: {} (iptables-restore into the node netns; stateful: RELATED,ESTABLISHED accepted first, so the rule list is walked once per new connection — TCP_CRR shows it, streams barely do)", machine.iptables),
-        "CPU is machine-wide (/proc/stat busy ticks over all cores during the timed run): it includes both ends, the kernel's softirq work, the agent and anything else running; cpu_per_tx divides it by transactions".into(),
-    ];
+    let mut notes = Vec::new();
+    let goals = match opts.suite {
+        Suite::Local => {
+            notes.push(format!("iptables backend: {} (iptables-restore into the node netns; stateful: RELATED,ESTABLISHED accepted first, so the rule list is walked once per new connection — TCP_CRR shows it, streams barely do)", machine.iptables));
+            report::goals(&figures, &configs, &stream_n, rules.last().copied().unwrap_or(0), myelin_rss)
+        }
+        Suite::CrossNode => {
+            notes.push("cross-node: both \"nodes\" are network namespaces on this machine, joined by veths on a bridge: there is no NIC, so the cost of a tunnel is the CPU of encapsulation, GRO/GSO and the extra device hops, on the same cores as both ends".into());
+            notes.push(format!("cross-node: kernel and Myelin VXLAN both use UDP port {} and MTU 1450 on the pods; native routing keeps MTU 1500", crate::cross::VXLAN_PORT));
+            if let Some(line) = report::overlay_cost(&figures) {
+                notes.push(line);
+            }
+            report::cross_goals(&figures)
+        }
+    };
+    notes.push("CPU is machine-wide (/proc/stat busy ticks over all cores during the timed run): it includes both ends, the kernel's softirq work, the agent and anything else running; cpu_per_tx divides it by transactions".into());
     if opts.quick {
         notes.push("--quick: short runs and 2 rounds, for smoke tests; use the full run for claims".into());
     }
-    if let Err(why) = &policy {
+    if let (Suite::Local, Err(why)) = (opts.suite, &policy) {
         notes.push(format!("Myelin rule variants not available yet: {why}"));
     }
     drop(targets); // tear down before reporting the time taken
@@ -361,11 +428,13 @@ pub fn run(opts: &Options) -> Result<Report> {
             rr_seconds: opts.rr_duration.as_secs_f64(),
             streams: opts.streams.max(2),
             rr_size_bytes: opts.rr_size,
-            rules,
+            rules: if opts.suite == Suite::Local { rules } else { Vec::new() },
+            suite: opts.suite.id().into(),
             order: "round-robin: each round runs each workload on every configuration in turn".into(),
             rr_pin: opts.rr_pin.map_or_else(|| "none".into(), |(c, s)| format!("client CPU {c}, server CPU {s}")),
         },
         elapsed_seconds: started.elapsed().as_secs_f64(),
+        baselines,
         configs,
         figures,
         goals,

@@ -8,10 +8,33 @@ use crate::topo::Check;
 use comfy_table::presets::UTF8_BORDERS_ONLY;
 use comfy_table::{ContentArrangement, Table};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 pub const KERNEL_ROUTING: &str = "kernel-routing";
 pub const PHYSICAL: &str = "physical";
+/// Cross-node configurations (`myelin perf --cross-node`).
+pub const CROSS_KERNEL_VXLAN: &str = "cross-kernel-vxlan";
+pub const CROSS_NATIVE_KERNEL: &str = "cross-native-kernel";
+pub const CROSS_MYELIN_VXLAN: &str = "cross-myelin-vxlan";
+pub const CROSS_MYELIN_NATIVE: &str = "cross-myelin-native";
+
+/// The configurations every figure of a suite is compared with, in column order.
+#[must_use]
+pub fn baselines(suite: &str) -> Vec<String> {
+    match suite {
+        "cross-node" => vec![CROSS_KERNEL_VXLAN.into(), CROSS_MYELIN_NATIVE.into()],
+        _ => vec![KERNEL_ROUTING.into(), PHYSICAL.into()],
+    }
+}
+
+fn default_baselines() -> Vec<String> {
+    baselines("local")
+}
+
+fn default_suite() -> String {
+    "local".into()
+}
 
 /// Everything one `myelin perf` run found.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -19,6 +42,9 @@ pub struct Report {
     pub machine: Machine,
     pub settings: Settings,
     pub elapsed_seconds: f64,
+    /// The configurations the ratios are against (older reports: kernel-routing, physical).
+    #[serde(default = "default_baselines")]
+    pub baselines: Vec<String>,
     pub configs: Vec<ConfigReport>,
     pub figures: Vec<Figure>,
     pub goals: Vec<Goal>,
@@ -44,6 +70,9 @@ pub struct Settings {
     pub streams: u32,
     pub rr_size_bytes: usize,
     pub rules: Vec<u32>,
+    /// "local" (one node) or "cross-node".
+    #[serde(default = "default_suite")]
+    pub suite: String,
     pub order: String,
     /// Where the TCP_RR/CRR threads ran.
     pub rr_pin: String,
@@ -90,6 +119,21 @@ pub struct Figure {
     pub vs_kernel_routing: Option<f64>,
     /// median / median of physical.
     pub vs_physical: Option<f64>,
+    /// median / median of each of the report's baselines (same workload and metric).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ratios: BTreeMap<String, f64>,
+}
+
+impl Figure {
+    /// The ratio of this figure's median to `baseline`'s (older reports: the named fields).
+    #[must_use]
+    pub fn ratio_to(&self, baseline: &str) -> Option<f64> {
+        self.ratios.get(baseline).copied().or(match baseline {
+            KERNEL_ROUTING => self.vs_kernel_routing,
+            PHYSICAL => self.vs_physical,
+            _ => None,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,11 +167,12 @@ pub struct Goal {
     pub detail: String,
 }
 
-/// Fill in the ratios of every figure against kernel-routing and physical.
-pub fn fill_ratios(figures: &mut [Figure]) {
+/// Fill in the ratios of every figure against kernel-routing and physical (the named fields)
+/// and against each of `baselines` (the map).
+pub fn fill_ratios(figures: &mut [Figure], baselines: &[String]) {
     let base: Vec<(String, String, String, f64)> = figures
         .iter()
-        .filter(|f| f.config == KERNEL_ROUTING || f.config == PHYSICAL)
+        .filter(|f| f.config == KERNEL_ROUTING || f.config == PHYSICAL || baselines.contains(&f.config))
         .map(|f| (f.config.clone(), f.workload.clone(), f.metric.clone(), f.summary.median))
         .collect();
     let find = |config: &str, w: &str, m: &str| {
@@ -136,7 +181,55 @@ pub fn fill_ratios(figures: &mut [Figure]) {
     for f in figures.iter_mut() {
         f.vs_kernel_routing = find(KERNEL_ROUTING, &f.workload, &f.metric).and_then(|b| ratio(f.summary.median, b));
         f.vs_physical = find(PHYSICAL, &f.workload, &f.metric).and_then(|b| ratio(f.summary.median, b));
+        for b in baselines {
+            if let Some(r) = find(b, &f.workload, &f.metric).and_then(|v| ratio(f.summary.median, v)) {
+                f.ratios.insert(b.clone(), r);
+            }
+        }
     }
+}
+
+/// The cross-node goals: Myelin over VXLAN at least as fast as the kernel's own VXLAN, on
+/// TCP_STREAM (1 stream), TCP_RR and TCP_CRR (transactions/s), judged on medians and spreads.
+#[must_use]
+pub fn cross_goals(figs: &[Figure]) -> Vec<Goal> {
+    let f = |c: &str, w: &str, m: &str| figure(figs, c, w, m);
+    let mut out = Vec::new();
+    for (id, w, m, what) in [
+        ("cross-stream-vs-kernel-vxlan", "tcp_stream_1", "throughput", "TCP_STREAM (1 stream)"),
+        ("cross-rr-vs-kernel-vxlan", "tcp_rr", "tps", "TCP_RR transactions/s"),
+        ("cross-crr-vs-kernel-vxlan", "tcp_crr", "tps", "TCP_CRR transactions/s"),
+    ] {
+        let (status, detail) = judge_pair(f(CROSS_MYELIN_VXLAN, w, m), f(CROSS_KERNEL_VXLAN, w, m), 1.00);
+        let extra = if w == "tcp_rr" {
+            let (_, p50) = judge_pair(f(CROSS_MYELIN_VXLAN, w, "p50"), f(CROSS_KERNEL_VXLAN, w, "p50"), 1.00);
+            format!("; p50 latency {p50}")
+        } else {
+            String::new()
+        };
+        out.push(Goal {
+            id: id.into(),
+            goal: format!("Myelin VXLAN pod-to-pod across nodes {what} >= 1.00× the kernel's VXLAN"),
+            status,
+            detail: format!("{detail}{extra}"),
+        });
+    }
+    out
+}
+
+/// Myelin VXLAN against Myelin native routing, one line for the notes (None: not both ran).
+#[must_use]
+pub fn overlay_cost(figs: &[Figure]) -> Option<String> {
+    let parts: Vec<String> = [("tcp_stream_1", "throughput"), ("tcp_rr", "tps"), ("tcp_crr", "tps")]
+        .iter()
+        .filter_map(|(w, m)| {
+            let r = figure(figs, CROSS_MYELIN_VXLAN, w, m)?.ratio_to(CROSS_MYELIN_NATIVE)?;
+            Some(format!("{w} {r:.2}×"))
+        })
+        .collect();
+    (!parts.is_empty()).then(|| {
+        format!("cost of the overlay: Myelin VXLAN / Myelin native routing (ratio of medians): {}", parts.join(", "))
+    })
 }
 
 fn figure<'a>(figs: &'a [Figure], config: &str, workload: &str, metric: &str) -> Option<&'a Figure> {
@@ -307,6 +400,15 @@ fn num(v: f64) -> String {
     }
 }
 
+/// Column label of a baseline: `kernel-routing` -> kernel, `cross-kernel-vxlan` -> kernel-vxlan.
+fn short_baseline(id: &str) -> &str {
+    if id == KERNEL_ROUTING {
+        "kernel"
+    } else {
+        id.strip_prefix("cross-").unwrap_or(id)
+    }
+}
+
 fn cell(f: &Figure) -> String {
     cell_of(&f.summary)
 }
@@ -339,11 +441,17 @@ pub fn render(r: &Report) -> String {
     let m = &r.machine;
     let _ = writeln!(
         s,
-        "myelin perf: kernel {}, {} × {}, load at start {}\n{} round(s), interleaved ({}); TCP_STREAM {} s, TCP_RR/CRR {} s, {} B requests, pinned: {}",
-        m.kernel, m.cpus, m.cpu_model, m.loadavg_at_start, r.settings.rounds, r.settings.order,
+        "myelin perf ({}): kernel {}, {} × {}, load at start {}\n{} round(s), interleaved ({}); TCP_STREAM {} s, TCP_RR/CRR {} s, {} B requests, pinned: {}",
+        r.settings.suite, m.kernel, m.cpus, m.cpu_model, m.loadavg_at_start, r.settings.rounds, r.settings.order,
         r.settings.stream_seconds, r.settings.rr_seconds, r.settings.rr_size_bytes, r.settings.rr_pin
     );
-    let _ = writeln!(s, "figures: median [min–max] over rounds; ×kernel / ×physical = ratio of medians\n");
+    let labels: Vec<String> = r.baselines.iter().map(|b| format!("×{}", short_baseline(b))).collect();
+    let _ = writeln!(
+        s,
+        "figures: median [min–max] over rounds; {} = ratio of medians to {}\n",
+        labels.join(" / "),
+        r.baselines.join(" / ")
+    );
     for w in workloads(r) {
         let figs: Vec<&Figure> = r.figures.iter().filter(|f| f.workload == w).collect();
         let mut metrics: Vec<(String, String)> = Vec::new();
@@ -353,24 +461,33 @@ pub fn render(r: &Report) -> String {
             }
         }
         let Some((head, head_unit)) = metrics.first().cloned() else { continue };
-        let mut header = vec![w.to_uppercase(), format!("{head} ({head_unit})"), "×kernel".into(), "×physical".into()];
-        header.extend(metrics.iter().skip(1).map(|(m, u)| format!("{m} ({u}) ×kernel")));
+        let first = labels.first().cloned().unwrap_or_default();
+        let mut header = vec![w.to_uppercase(), format!("{head} ({head_unit})")];
+        header.extend(labels.iter().cloned());
+        header.extend(metrics.iter().skip(1).map(|(m, u)| format!("{m} ({u}) {first}")));
         let mut t = table(header);
         for c in &r.configs {
             if !c.available {
-                t.add_row(vec![c.id.clone(), "not available yet".into()]);
+                t.add_row(vec![c.id.clone(), "not available".into()]);
                 continue;
             }
             let mut row = vec![c.id.clone()];
             match figs.iter().find(|f| f.config == c.id && f.metric == head) {
-                Some(f) => row.extend([cell(f), x(f.vs_kernel_routing), x(f.vs_physical)]),
-                None => row.extend(["n/a".into(), String::new(), String::new()]),
+                Some(f) => {
+                    row.push(cell(f));
+                    row.extend(r.baselines.iter().map(|b| x(f.ratio_to(b))));
+                }
+                None => {
+                    row.push("n/a".into());
+                    row.extend(r.baselines.iter().map(|_| String::new()));
+                }
             }
+            let first_baseline = r.baselines.first().map(String::as_str).unwrap_or_default();
             for (metric, _) in metrics.iter().skip(1) {
                 row.push(
                     figs.iter()
                         .find(|f| f.config == c.id && f.metric == *metric)
-                        .map_or_else(|| "n/a".into(), |f| format!("{} {}", cell(f), x(f.vs_kernel_routing))),
+                        .map_or_else(|| "n/a".into(), |f| format!("{} {}", cell(f), x(f.ratio_to(first_baseline)))),
                 );
             }
             t.add_row(row);
@@ -398,7 +515,7 @@ pub fn render(r: &Report) -> String {
     let mut t = table(vec!["configuration".into(), "path".into(), "evidence".into()]);
     for c in &r.configs {
         if let Some(why) = &c.unavailable {
-            t.add_row(vec![c.id.clone(), "not available yet".into(), why.clone()]);
+            t.add_row(vec![c.id.clone(), "not available".into(), why.clone()]);
             continue;
         }
         for ch in &c.checks {
@@ -437,6 +554,7 @@ mod tests {
             summary: Summary::of(samples).unwrap(),
             vs_kernel_routing: None,
             vs_physical: None,
+            ratios: BTreeMap::new(),
         }
     }
 
@@ -461,7 +579,7 @@ mod tests {
             fig("myelin", "tcp_stream_1", "throughput", &[30.0, 30.0]),
             fig("myelin", "tcp_rr", "p50", &[10.0]),
         ];
-        fill_ratios(&mut f);
+        fill_ratios(&mut f, &baselines("local"));
         assert_eq!(f[2].vs_kernel_routing, Some(30.0 / 25.0));
         assert_eq!(f[2].vs_physical, Some(30.0 / 50.0));
         assert_eq!(f[1].vs_kernel_routing, Some(1.0));
@@ -479,7 +597,7 @@ mod tests {
             fig("iptables-1", "tcp_crr", "tps", &[1000.0]),
             fig("iptables-10000", "tcp_crr", "tps", &[500.0]),
         ];
-        fill_ratios(&mut f);
+        fill_ratios(&mut f, &baselines("local"));
         let configs =
             vec![cfg("physical", true), cfg("kernel-routing", true), cfg("myelin", true), cfg("myelin-1", false)];
         let g = goals(&f, &configs, "tcp_stream_4", 10_000, Some(30 << 20));
@@ -504,7 +622,7 @@ mod tests {
             fig("myelin-noflows", "tcp_crr", "tps", &[1000.0, 1030.0, 1050.0]),
             fig("myelin-noflows", "tcp_stream_1", "throughput", &[50.0, 51.0, 52.0]),
         ];
-        fill_ratios(&mut f3);
+        fill_ratios(&mut f3, &baselines("local"));
         let g = goals(&f3, &configs, "tcp_stream_4", 10_000, None);
         assert_eq!(g[0].status, GoalStatus::WithinNoise, "96/85 = 1.13 but 90 < 1.10 x 100: {:?}", g[0]);
         assert!(g[0].detail.contains("[90.0–110]"), "{}", g[0].detail);
@@ -516,7 +634,7 @@ mod tests {
             fig("myelin-1", "tcp_crr", "tps", &[1000.0]),
             fig("myelin-10000", "tcp_crr", "tps", &[960.0]),
         ];
-        fill_ratios(&mut f2);
+        fill_ratios(&mut f2, &baselines("local"));
         let configs = vec![cfg("myelin-1", true), cfg("myelin-10000", true)];
         let g = goals(&f2, &configs, "tcp_stream_4", 10_000, None);
         assert_eq!(g[0].status, GoalStatus::NotMet);

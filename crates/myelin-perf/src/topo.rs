@@ -35,6 +35,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(400);
 
 /// eBPF datapath reason code "forwarded" (bpf/include/myelin_abi.h).
 pub const REASON_FORWARDED: u8 = 0;
+/// eBPF datapath reason code "to-stack": handed to the node's kernel stack.
+pub const REASON_TO_STACK: u8 = 1;
 
 /// Labels of the lab pods (the CNP selects on them).
 pub const CLIENT_APP: &str = "perf-client";
@@ -55,6 +57,11 @@ pub enum Kind {
     /// The Myelin lab with flow events off (monitor aggregation "off"): the cost of
     /// observability is `myelin` against this.
     MyelinNoFlows,
+    /// Two nodes: client pod on node A, server pod on node B, routed by the nodes' kernels,
+    /// over a plain kernel VXLAN device (`vxlan: true`) or natively over the underlay.
+    CrossKernel { vxlan: bool },
+    /// A two-node Myelin lab (etcd), routing `vxlan` or `native`.
+    CrossMyelin { vxlan: bool },
 }
 
 impl Kind {
@@ -68,6 +75,10 @@ impl Kind {
             Kind::Myelin { rules: None } => "myelin".into(),
             Kind::Myelin { rules: Some(n) } => format!("myelin-{n}"),
             Kind::MyelinNoFlows => "myelin-noflows".into(),
+            Kind::CrossKernel { vxlan: true } => "cross-kernel-vxlan".into(),
+            Kind::CrossKernel { vxlan: false } => "cross-native-kernel".into(),
+            Kind::CrossMyelin { vxlan: true } => "cross-myelin-vxlan".into(),
+            Kind::CrossMyelin { vxlan: false } => "cross-myelin-native".into(),
         }
     }
 
@@ -88,6 +99,21 @@ impl Kind {
             Kind::MyelinNoFlows => "Myelin lab as `myelin`, flow events off".into(),
             Kind::Myelin { rules: Some(n) } => {
                 format!("Myelin lab with a CiliumNetworkPolicy of {n} rule(s), match last")
+            }
+            Kind::CrossKernel { vxlan: true } => format!(
+                "two node netns on a bridge, each with a kernel VXLAN device (VNI {}, dstport 8472, MTU 1450); \
+                 pods (MTU 1450) routed by the node kernels; no eBPF",
+                crate::cross::KERNEL_VNI
+            ),
+            Kind::CrossKernel { vxlan: false } => {
+                "two node netns on a bridge; pods routed by the node kernels, pod CIDRs routed via the other node; no eBPF"
+                    .into()
+            }
+            Kind::CrossMyelin { vxlan: true } => {
+                "2-node Myelin lab, routing: vxlan, kvstore: etcd (agent's myelin_vxlan, eBPF datapath)".into()
+            }
+            Kind::CrossMyelin { vxlan: false } => {
+                "2-node Myelin lab, routing: native, kvstore: etcd (eBPF datapath, underlay routes the pod CIDRs)".into()
             }
         }
     }
@@ -112,6 +138,26 @@ pub struct Counters {
     pub ebpf_forwarded: Option<u64>,
     /// Packets received by the server's interface.
     pub server_rx: Option<u64>,
+    /// Cross-node: packets sent by the client node's tunnel device (VXLAN).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tunnel_tx: Option<u64>,
+    /// Cross-node: packets received by the server node's tunnel device (VXLAN).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tunnel_rx: Option<u64>,
+    /// Cross-node: packets sent by the client node's underlay interface.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub underlay_tx: Option<u64>,
+    /// Cross-node: `Ip: ForwDatagrams` of the server's node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_node_forwarded: Option<u64>,
+    /// Cross-node Myelin: eBPF "to-stack" packets at the client pod's endpoint (egress), i.e.
+    /// handed to the node's kernel to be routed to the other node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ebpf_to_stack: Option<u64>,
+    /// Cross-node Myelin: eBPF "forwarded" packets at the server pod's endpoint (ingress on
+    /// the server's node): delivered straight into the pod by the datapath.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ebpf_server_forwarded: Option<u64>,
 }
 
 impl Counters {
@@ -124,6 +170,12 @@ impl Counters {
             rule_packets: d(self.rule_packets, before.rule_packets),
             ebpf_forwarded: d(self.ebpf_forwarded, before.ebpf_forwarded),
             server_rx: d(self.server_rx, before.server_rx),
+            tunnel_tx: d(self.tunnel_tx, before.tunnel_tx),
+            tunnel_rx: d(self.tunnel_rx, before.tunnel_rx),
+            underlay_tx: d(self.underlay_tx, before.underlay_tx),
+            server_node_forwarded: d(self.server_node_forwarded, before.server_node_forwarded),
+            ebpf_to_stack: d(self.ebpf_to_stack, before.ebpf_to_stack),
+            ebpf_server_forwarded: d(self.ebpf_server_forwarded, before.ebpf_server_forwarded),
         }
     }
 }
@@ -138,12 +190,19 @@ pub struct Target {
     pub server_ip: Ipv4Addr,
     /// Checks made while building (probes), before any measurement.
     pub setup_checks: Vec<Check>,
-    server_if: String,
-    owned_netns: Vec<String>,
-    lab: Option<Lab>,
-    client_endpoint: Option<u32>,
-    agent_socket: Option<PathBuf>,
-    iperf: Option<IperfServer>,
+    pub(crate) server_if: String,
+    pub(crate) owned_netns: Vec<String>,
+    pub(crate) lab: Option<Lab>,
+    pub(crate) client_endpoint: Option<u32>,
+    pub(crate) agent_socket: Option<PathBuf>,
+    pub(crate) iperf: Option<IperfServer>,
+    /// Cross-node: the server's node, the tunnel device (both nodes) and the underlay interface.
+    pub(crate) server_node_ns: Option<PathBuf>,
+    pub(crate) tunnel_if: Option<String>,
+    pub(crate) underlay_if: Option<String>,
+    /// Cross-node Myelin: the server's endpoint and its node's agent.
+    pub(crate) server_endpoint: Option<u32>,
+    pub(crate) server_agent_socket: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Target {
@@ -170,26 +229,28 @@ impl Drop for Target {
     }
 }
 
-fn netns_path(name: &str) -> PathBuf {
+pub(crate) fn netns_path(name: &str) -> PathBuf {
     myelin_lab::naming::netns_path(name)
 }
 
 /// Unique per process and configuration: `mperf-<pid>-<tag>-<role>`.
-fn netns_name(tag: &str, role: &str) -> String {
+pub(crate) fn netns_name(tag: &str, role: &str) -> String {
     format!("mperf-{}-{tag}-{role}", std::process::id())
 }
 
-fn short_tag(kind: &Kind) -> String {
+pub(crate) fn short_tag(kind: &Kind) -> String {
     match kind {
         Kind::Physical => "phy".into(),
         Kind::KernelRouting => "kr".into(),
         Kind::Iptables { rules } => format!("ipt{rules}"),
         Kind::Myelin { rules } => format!("my{}", rules.map(|r| r.to_string()).unwrap_or_default()),
         Kind::MyelinNoFlows => "mynf".into(),
+        Kind::CrossKernel { vxlan } => if *vxlan { "xkv" } else { "xkn" }.into(),
+        Kind::CrossMyelin { vxlan } => if *vxlan { "xmv" } else { "xmn" }.into(),
     }
 }
 
-fn sysctl(netns: &Path, key: &str, value: &str) -> Result<()> {
+pub(crate) fn sysctl(netns: &Path, key: &str, value: &str) -> Result<()> {
     let file = Path::new("/proc/sys").join(key);
     sys::in_netns(netns, || std::fs::write(&file, value))?.map_err(io(format!(
         "writing {value} to {} in {}",
@@ -199,7 +260,7 @@ fn sysctl(netns: &Path, key: &str, value: &str) -> Result<()> {
 }
 
 impl Target {
-    fn empty(kind: Kind) -> Target {
+    pub(crate) fn empty(kind: Kind) -> Target {
         Target {
             kind,
             client_ns: PathBuf::new(),
@@ -214,6 +275,11 @@ impl Target {
             client_endpoint: None,
             agent_socket: None,
             iperf: None,
+            server_node_ns: None,
+            tunnel_if: None,
+            underlay_if: None,
+            server_endpoint: None,
+            server_agent_socket: None,
         }
     }
 
@@ -430,7 +496,7 @@ impl Target {
         Ok(t)
     }
 
-    fn start_iperf(&mut self) -> Result<()> {
+    pub(crate) fn start_iperf(&mut self) -> Result<()> {
         self.iperf = Some(IperfServer::start(&self.server_ns, SocketAddrV4::new(self.server_ip, STREAM_PORT))?);
         Ok(())
     }
@@ -448,6 +514,15 @@ impl Target {
         if let Some(node) = &self.node_ns {
             c.node_forwarded = Some(sys::forwarded_datagrams(node)?);
         }
+        if let (Some(node), Some(dev)) = (&self.node_ns, &self.tunnel_if) {
+            c.tunnel_tx = Some(sys::link_packets(node, dev)?.1);
+        }
+        if let (Some(node), Some(dev)) = (&self.server_node_ns, &self.tunnel_if) {
+            c.tunnel_rx = Some(sys::link_packets(node, dev)?.0);
+        }
+        if let (Some(node), Some(dev)) = (&self.node_ns, &self.underlay_if) {
+            c.underlay_tx = Some(sys::link_packets(node, dev)?.1);
+        }
         if let (Some(node), Kind::Iptables { .. }) = (&self.node_ns, self.kind) {
             let mut cmd = sys::ns_command(node, "iptables-save");
             cmd.args(["-c", "-t", "filter"]);
@@ -458,16 +533,29 @@ impl Target {
                     message: format!("no rule commented {}", rules::MATCH_COMMENT),
                 })?);
         }
-        if let (Some(sock), Some(ep)) = (&self.agent_socket, self.client_endpoint) {
-            let rows: Vec<DatapathMetric> = Client::new(sock)
+        let metrics = |sock: &Path| -> Result<Vec<DatapathMetric>> {
+            Client::new(sock)
                 .get("/v1/metrics/datapath")
-                .map_err(|source| PerfError::Api { what: "GET /v1/metrics/datapath".into(), source })?;
-            c.ebpf_forwarded = Some(
-                rows.iter()
-                    .filter(|r| r.endpoint_id == ep && r.direction == "egress" && r.reason == REASON_FORWARDED)
-                    .map(|r| r.packets)
-                    .sum(),
-            );
+                .map_err(|source| PerfError::Api { what: "GET /v1/metrics/datapath".into(), source })
+        };
+        let sum = |rows: &[DatapathMetric], ep: u32, direction: &str, reason: u8| -> u64 {
+            rows.iter()
+                .filter(|r| r.endpoint_id == ep && r.direction == direction && r.reason == reason)
+                .map(|r| r.packets)
+                .sum()
+        };
+        if let (Some(sock), Some(ep)) = (&self.agent_socket, self.client_endpoint) {
+            let rows = metrics(sock)?;
+            c.ebpf_forwarded = Some(sum(&rows, ep, "egress", REASON_FORWARDED));
+            if self.server_agent_socket.is_some() {
+                c.ebpf_to_stack = Some(sum(&rows, ep, "egress", REASON_TO_STACK));
+            }
+        }
+        if let (Some(sock), Some(ep)) = (&self.server_agent_socket, self.server_endpoint) {
+            c.ebpf_server_forwarded = Some(sum(&metrics(sock)?, ep, "ingress", REASON_FORWARDED));
+        }
+        if let Some(node) = &self.server_node_ns {
+            c.server_node_forwarded = Some(sys::forwarded_datagrams(node)?);
         }
         Ok(c)
     }
@@ -507,6 +595,9 @@ impl Target {
                     ),
                     ok: n(delta.ebpf_forwarded) > 0,
                 });
+            }
+            Kind::CrossKernel { vxlan } | Kind::CrossMyelin { vxlan } => {
+                checks.extend(crate::cross::verify(self.kind, vxlan, delta));
             }
         }
         checks
@@ -554,13 +645,36 @@ mod tests {
         assert_eq!(Kind::Iptables { rules: 1000 }.id(), "iptables-1000");
         assert_eq!(Kind::Myelin { rules: None }.id(), "myelin");
         assert_eq!(Kind::Myelin { rules: Some(10_000) }.id(), "myelin-10000");
-        let a = Counters { node_forwarded: Some(10), rule_packets: None, ebpf_forwarded: Some(5), server_rx: Some(1) };
-        let b =
-            Counters { node_forwarded: Some(25), rule_packets: Some(3), ebpf_forwarded: Some(5), server_rx: Some(9) };
+        let a = Counters {
+            node_forwarded: Some(10),
+            rule_packets: None,
+            ebpf_forwarded: Some(5),
+            server_rx: Some(1),
+            tunnel_tx: Some(7),
+            ..Counters::default()
+        };
+        let b = Counters {
+            node_forwarded: Some(25),
+            rule_packets: Some(3),
+            ebpf_forwarded: Some(5),
+            server_rx: Some(9),
+            tunnel_tx: Some(70),
+            underlay_tx: Some(4),
+            ..Counters::default()
+        };
         let d = b.delta(&a);
         assert_eq!(
             d,
-            Counters { node_forwarded: Some(15), rule_packets: None, ebpf_forwarded: Some(0), server_rx: Some(8) }
+            Counters {
+                node_forwarded: Some(15),
+                rule_packets: None,
+                ebpf_forwarded: Some(0),
+                server_rx: Some(8),
+                tunnel_tx: Some(63),
+                ..Counters::default()
+            }
         );
+        assert_eq!(Kind::CrossKernel { vxlan: true }.id(), "cross-kernel-vxlan");
+        assert_eq!(Kind::CrossMyelin { vxlan: false }.id(), "cross-myelin-native");
     }
 }
