@@ -113,7 +113,9 @@ int to_overlay(struct __sk_buff *skb)
 	if (!tv || !tv->remote_ip4)
 		return ctx_drop(&c, DROP_NO_TUNNEL_ENDPOINT);
 	key.remote_ipv4 = bpf_ntohl(tv->remote_ip4);
-	key.tunnel_id = c.src_id;
+	/* The node's own traffic is "host" here and "remote-node" at the receiver (Cilium's 6): a
+	 * policy admitting the host must not admit every other node. */
+	key.tunnel_id = c.src_id == IDENTITY_HOST ? IDENTITY_REMOTE_NODE : c.src_id;
 	key.tunnel_ttl = 64;
 	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX) < 0)
 		return ctx_drop(&c, DROP_NO_TUNNEL_ENDPOINT);

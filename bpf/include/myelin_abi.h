@@ -148,6 +148,7 @@ enum reserved_identity {
 	IDENTITY_UNKNOWN = 0,      /* also the wildcard "any peer" in policy keys */
 	IDENTITY_HOST    = 1,      /* the node itself */
 	IDENTITY_WORLD   = 2,      /* anything outside the cluster not in ipcache */
+	IDENTITY_REMOTE_NODE = 6,  /* another node of the cluster (its own traffic) */
 };
 
 #define MYELIN_MAX_IPCACHE 262144

@@ -641,3 +641,32 @@ fn two_nodes_allocating_the_same_new_labels_at_the_same_moment_agree_on_the_iden
         assert!(ids.iter().all(|i| *i == ids[0] && (256..=65535).contains(i)), "round {round}: one identity: {ids:?}");
     }
 }
+
+fn entity_policy(entity: &str) -> String {
+    format!(
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: from-{entity}, namespace: default}}\n\
+         spec:\n  endpointSelector: {{matchLabels: {{app: other}}}}\n  ingress:\n  \
+         - fromEntities: [{entity}]\n    toPorts: [{{ports: [{{port: \"8080\", protocol: TCP}}]}}]\n"
+    )
+}
+
+/// Another node's own traffic is `remote-node` (6) at the receiver, over VXLAN (the sender puts
+/// 6 in the VNI for its host's packets) and natively (the ipcache holds every node's address):
+/// a policy admitting `host` admits this node only, one admitting `remote-node` the others.
+#[test]
+fn another_nodes_own_traffic_is_remote_node_not_host() {
+    for routing in ["vxlan", "native"] {
+        let g = LabGuard::up(&lab_yaml(routing, 1, &[("a", "node1", "client"), ("c", "node3", "other")]), "mnh");
+        let lab = g.lab();
+        wait_remote_ips(lab, &[("node1", 1), ("node3", 1)], Duration::from_secs(20));
+        serve(lab, "c", 8080);
+        let to_c = addr(lab, "c", 8080);
+        let (node1, node3) = (node_ns(lab, "node1"), node_ns(lab, "node3"));
+        apply_everywhere(lab, &entity_policy("host"));
+        assert!(tcp_probe(&node3, to_c).reached("node3 -> c"), "{routing}: c's own node is host");
+        assert!(!tcp_probe(&node1, to_c).reached("node1 -> c"), "{routing}: another node is not host");
+        apply_everywhere(lab, &entity_policy("remote-node"));
+        assert!(tcp_probe(&node1, to_c).reached("node1 -> c"), "{routing}: another node is remote-node");
+        assert!(!tcp(lab, "a", "c", 8080).reached("a -> c"), "{routing}: a pod of another node is not remote-node");
+    }
+}

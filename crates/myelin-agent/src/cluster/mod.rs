@@ -541,6 +541,7 @@ impl Task {
         let view = ClusterView {
             identities: self.identities.clone(),
             remote_ips: self.ips.values().filter(|r| &r.node != me).map(|r| (r.ip, r.identity)).collect(),
+            remote_nodes: self.nodes.values().filter(|n| &n.name != me).map(|n| n.ip).collect(),
         };
         if self.last_view.as_ref() != Some(&view) {
             let _ = self.policy.cluster_view(view.clone());

@@ -86,6 +86,8 @@ pub struct ClusterView {
     pub identities: BTreeMap<Identity, Labels>,
     /// Pods of other nodes: address -> identity.
     pub remote_ips: BTreeMap<Ipv4Addr, Identity>,
+    /// Other nodes' addresses (their own traffic is `remote-node`).
+    pub remote_nodes: BTreeSet<Ipv4Addr>,
 }
 
 /// Labels of an endpoint whose labels are not known yet (reserved:init).
@@ -784,6 +786,9 @@ impl PolicyEngine {
         for ip in &self.node_ips {
             want.insert((*ip, 32), pol::ReservedIdentity::Host as u32);
         }
+        for ip in &self.view.remote_nodes {
+            want.insert((*ip, 32), pol::ReservedIdentity::RemoteNode.id());
+        }
         for (ip, id) in &self.view.remote_ips {
             want.insert((*ip, 32), *id);
         }
@@ -800,7 +805,8 @@ impl PolicyEngine {
         let mut pods: Vec<(Ipv4Addr, Identity)> =
             self.endpoints.values().filter_map(|e| e.ipv4.parse().ok().map(|ip| (ip, e.identity))).collect();
         pods.extend(self.view.remote_ips.iter().map(|(ip, id)| (*ip, *id)));
-        IpCache::build(&pods, &self.node_ips, &[], &self.cidrs)
+        let remote_nodes: Vec<Ipv4Addr> = self.view.remote_nodes.iter().copied().collect();
+        IpCache::build(&pods, &self.node_ips, &remote_nodes, &self.cidrs)
     }
 
     /// The datapath entry of an endpoint (None: its record is incomplete).
@@ -1180,11 +1186,13 @@ mod tests {
         let view = ClusterView {
             identities: [(2000, Labels::from([("app", "remote")]))].into_iter().collect(),
             remote_ips: [(Ipv4Addr::new(10, 9, 0, 5), 2000)].into_iter().collect(),
+            remote_nodes: [Ipv4Addr::new(172, 30, 0, 11)].into_iter().collect(),
         };
         assert!(e.set_view(view.clone()));
         assert!(!e.set_view(view), "an unchanged view is no change");
         assert!(e.table().workloads.contains_key(&2000));
         assert_eq!(e.desired_ipcache().get(&(Ipv4Addr::new(10, 9, 0, 5), 32)), Some(&2000));
+        assert_eq!(e.desired_ipcache().get(&(Ipv4Addr::new(172, 30, 0, 11), 32)), Some(&6), "remote-node");
     }
 
     #[test]
