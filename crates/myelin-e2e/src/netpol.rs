@@ -51,6 +51,14 @@ pub struct Host {
     pub netns: PathBuf,
 }
 
+/// `Kind/namespace/name` (or `Kind/name`), as a PolicyChange names policies.
+fn policy_id(p: &myelin_api::AppliedPolicy) -> String {
+    match &p.namespace {
+        Some(ns) => format!("{}/{ns}/{}", p.kind, p.name),
+        None => format!("{}/{}", p.kind, p.name),
+    }
+}
+
 /// Node of the `i`-th matrix pod when spread over `nodes` nodes.
 fn node_of(i: usize, nodes: usize) -> String {
     format!("node{}", i % nodes + 1)
@@ -159,16 +167,20 @@ impl Matrix {
         self.lab.lab().client(node).expect("client")
     }
 
-    /// Apply YAML through the agent API of every node (as `myelin policy apply --lab` does);
-    /// Err carries the first agent's message (each agent rejects a bad apply whole, and they
-    /// all validate alike, so a rejection happens at the first node, before any change).
+    /// Apply YAML through node1's agent API; Err carries the agent's message. With several
+    /// nodes the agents share policies through etcd: this returns once every node holds the
+    /// applied documents (so the cases also check policy distribution).
     pub fn try_apply(&self, yaml: &str) -> Result<PolicyChange, String> {
         let body = PolicyApply { files: vec![PolicyFile { name: "test.yaml".into(), content: yaml.into() }] };
-        let mut last = None;
-        for n in &self.nodes {
-            last = Some(self.client(n).post("/v1/policies", &body).map_err(|e| format!("{n}: {e}"))?);
-        }
-        last.ok_or_else(|| "the lab has no nodes".to_owned())
+        let change: PolicyChange = self.client("node1").post("/v1/policies", &body).map_err(|e| e.to_string())?;
+        let want: Vec<myelin_api::AppliedPolicy> = self.client("node1").get("/v1/policies").expect("node1's policies");
+        let want: Vec<(String, Option<String>, String, String)> = want
+            .into_iter()
+            .filter(|p| change.policies.contains(&policy_id(p)))
+            .map(|p| (p.kind, p.namespace, p.name, p.yaml))
+            .collect();
+        self.wait_everywhere("the applied policies", |have| want.iter().all(|w| have.contains(w)));
+        Ok(change)
     }
 
     pub fn apply(&self, yaml: &str) {
@@ -177,13 +189,31 @@ impl Matrix {
         }
     }
 
+    /// Delete policies through node1; with several nodes, returns once no node holds them.
     pub fn delete(&self, ids: &[&str]) {
         let body = PolicyDelete { ids: ids.iter().map(|s| (*s).to_owned()).collect() };
-        for n in &self.nodes {
-            let _: PolicyChange = self
-                .client(n)
-                .post("/v1/policies/delete", &body)
-                .unwrap_or_else(|e| panic!("delete {ids:?} on {n}: {e}"));
+        let change: PolicyChange =
+            self.client("node1").post("/v1/policies/delete", &body).unwrap_or_else(|e| panic!("delete {ids:?}: {e}"));
+        let gone = change.policies;
+        self.wait_everywhere("the deleted policies to go", |have| {
+            have.iter().all(|(kind, ns, name, _)| {
+                let key = match ns {
+                    Some(ns) => format!("{kind}/{ns}/{name}"),
+                    None => format!("{kind}/{name}"),
+                };
+                !gone.contains(&key)
+            })
+        });
+    }
+
+    /// Wait until every other node's policies satisfy `ok` (kind, namespace, name, yaml).
+    fn wait_everywhere(&self, what: &str, ok: impl Fn(&[(String, Option<String>, String, String)]) -> bool) {
+        for n in self.nodes.iter().skip(1) {
+            crate::wait_for(&format!("{what} on {n}"), Duration::from_secs(15), || {
+                let have: Vec<myelin_api::AppliedPolicy> = self.client(n).get("/v1/policies").ok()?;
+                let have: Vec<_> = have.into_iter().map(|p| (p.kind, p.namespace, p.name, p.yaml)).collect();
+                ok(&have).then_some(())
+            });
         }
     }
 

@@ -501,7 +501,9 @@ mod tests {
 
     #[test]
     fn the_cluster_example_is_a_valid_lab() {
-        let spec = LabSpec::from_yaml(include_str!("../../../examples/cluster.yaml"), "examples/cluster.yaml").unwrap();
+        let spec =
+            LabSpec::from_yaml(include_str!("../../../examples/labs/cluster.yaml"), "examples/labs/cluster.yaml")
+                .unwrap();
         assert_eq!(spec.nodes.len(), 3);
         assert_eq!(spec.routing_mode(), Routing::Vxlan);
         assert_eq!(spec.kvstore_member_count(), 3);
