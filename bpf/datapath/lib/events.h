@@ -53,7 +53,7 @@ static __always_inline void event_header(struct event *ev, const struct pkt_ctx 
 	ev->sub_type = sub_type;
 	ev->direction = dir;
 	ev->orig_len = c->len;
-	ev->ifindex = ((struct __sk_buff *)c->skb)->ifindex;
+	ev->ifindex = c->ifindex;
 	ev->endpoint_id = ep_id;
 	ev->src_identity = c->src_id;
 	ev->dst_identity = c->dst_id;
@@ -61,18 +61,20 @@ static __always_inline void event_header(struct event *ev, const struct pkt_ctx 
 	ev->verdict = c->policy_verdict;
 	ev->match_type = c->match_type;
 	switch (c->ct_status) {
-	case 0: /* CT_NEW */
+	case CT_NEW:
 		ev->trace_reason = TRACE_REASON_NEW;
 		break;
-	case 1: /* CT_ESTABLISHED */
+	case CT_ESTABLISHED:
 		ev->trace_reason = TRACE_REASON_ESTABLISHED;
 		break;
-	case 2: /* CT_REPLY */
+	case CT_REPLY:
 		ev->trace_reason = TRACE_REASON_REPLY;
 		ev->flags |= EVENT_F_REPLY;
 		break;
-	case 3: /* CT_RELATED */
+	case CT_RELATED:
 		ev->trace_reason = TRACE_REASON_RELATED;
+		break;
+	default: /* CT_UNTRACKED: TRACE_REASON_UNKNOWN */
 		break;
 	}
 	if (c->handshake_us) {
