@@ -35,10 +35,11 @@ enum ct_status {
 #define CTX_POINT_NONE  0xff
 
 struct pkt_ctx {
-	/* The program's struct __sk_buff. Typed void: a struct pointer member
-	 * would make clang describe __sk_buff as a forward declaration in BTF,
-	 * and the verifier needs the full type to pass the context on to the
-	 * global functions (events.h, policy.h). */
+	/* The program's context: struct __sk_buff (tc), struct xdp_md (XDP).
+	 * Typed void: a struct pointer member would make clang describe
+	 * __sk_buff as a forward declaration in BTF, and the verifier needs the
+	 * full type to pass the context on to the global functions (events.h,
+	 * policy.h). */
 	void *skb;
 	const struct node_config *cfg;
 	struct flow4 f;
@@ -81,5 +82,14 @@ static __always_inline void ctx_init(struct pkt_ctx *c, struct __sk_buff *skb, _
 	ctx_init_common(c, dir);
 }
 
+/* XDP: no skb yet; never connection-tracked. */
+static __always_inline void ctx_init_xdp(struct pkt_ctx *c, struct xdp_md *xdp, __u8 dir)
+{
+	c->skb = xdp;
+	c->len = (__u32)((long)xdp->data_end - (long)xdp->data);
+	c->ifindex = xdp->ingress_ifindex;
+	ctx_init_common(c, dir);
+	c->ct_status = CT_UNTRACKED;
+}
 
 #endif /* MYELIN_LIB_CTX_H */

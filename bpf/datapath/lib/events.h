@@ -143,4 +143,29 @@ static __always_inline void event_emit(const struct pkt_ctx *c, __u8 type, __u8 
 	myelin_event_output(c->skb, &hdr);
 }
 
+/* The same for an XDP program (c->skb is its struct xdp_md): the same
+ * header, and up to 64 bytes of the packet when capture is on. */
+static __always_inline void event_emit_xdp(const struct pkt_ctx *c, __u8 type, __u8 sub_type, __u32 ep,
+					   __u8 dir)
+{
+	struct event *ev;
+	/* 1..64 bytes; the mask gives the verifier its bounds. */
+	__u32 n = c->len > 64 ? 64 : c->len;
+
+	if (c->agg == MONITOR_AGG_OFF)
+		return;
+	ev = bpf_ringbuf_reserve(&events, sizeof(struct event) + 64, 0);
+	if (!ev) {
+		events_count_lost();
+		return;
+	}
+	__builtin_memset(ev, 0, sizeof(*ev));
+	event_header(ev, c, type, sub_type, ep, dir);
+	n = ((n - 1) & 63) + 1;
+	if (cfg_capture_len(c->cfg) && c->len > 0 &&
+	    bpf_xdp_load_bytes((struct xdp_md *)c->skb, 0, (void *)(ev + 1), n) == 0)
+		ev->cap_len = n;
+	bpf_ringbuf_submit(ev, events_wakeup_flag(c->cfg));
+}
+
 #endif /* MYELIN_LIB_EVENTS_H */

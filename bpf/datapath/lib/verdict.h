@@ -16,6 +16,8 @@
  *                         the point
  *   ctx_not_ours()        let a frame the datapath does not handle (not IPv4,
  *                         not parsed, not for this hook) go on unchanged
+ *   ctx_drop_xdp()        XDP: drop (EVENT_DROP)
+ *   ctx_pass_xdp()        XDP: let the packet on to the tc programs
  *
  * and ctx_policy(), the one place policy decisions are made and reported
  * (EVENT_POLICY_VERDICT: every denial, allows of new connections).
@@ -27,6 +29,9 @@
  * along the way: at entry the hook's default outcome (from_container: to the
  * stack, counted TO_STACK; the uplink: observed FROM_NETWORK, not counted),
  * the drop reason from policy.
+ *
+ * XDP programs define MYELIN_VERDICT_XDP before including this header: they
+ * get the XDP exits without the policy maps.
  */
 #ifndef MYELIN_LIB_VERDICT_H
 #define MYELIN_LIB_VERDICT_H
@@ -35,7 +40,9 @@
 #include "ctx.h"
 #include "events.h"
 #include "metrics.h"
+#ifndef MYELIN_VERDICT_XDP
 #include "policy.h"
+#endif
 
 static __always_inline int trace_is_from(__u8 point)
 {
@@ -88,6 +95,7 @@ static __always_inline int ctx_drop(struct pkt_ctx *c, __u8 reason)
 	return ctx_drop_counted(c);
 }
 
+#ifndef MYELIN_VERDICT_XDP
 /* Run endpoint `ep`'s policy for direction `dir` against the peer, report
  * the decision; 0 = allowed, else the drop reason. A denial also becomes the
  * context's: c->reason is the drop reason and (c->ep_id, c->dir) the
@@ -107,6 +115,7 @@ static __always_inline int ctx_policy(struct pkt_ctx *c, __u32 ep, __u32 peer, _
 	}
 	return reason;
 }
+#endif
 
 /* Drop for the reason ctx_policy() put in the context. */
 static __always_inline int ctx_deny(struct pkt_ctx *c)
@@ -201,6 +210,22 @@ static __always_inline int ctx_not_ours(struct pkt_ctx *c)
 	if (c->agg == MONITOR_AGG_NONE)
 		ctx_trace(c);
 	return TC_ACT_OK;
+}
+
+/* XDP: drop for `reason` (counted for (c->ep_id, c->dir), always reported). */
+static __always_inline int ctx_drop_xdp(struct pkt_ctx *c, __u8 reason)
+{
+	c->reason = reason;
+	metrics_add(c->ep_id, c->dir, c->reason, c->len);
+	event_emit_xdp(c, EVENT_DROP, c->reason, c->ep_id, c->dir);
+	return XDP_DROP;
+}
+
+/* XDP: on to the tc programs, which count and report it. */
+static __always_inline int ctx_pass_xdp(struct pkt_ctx *c)
+{
+	ctx_count(c);
+	return XDP_PASS;
 }
 
 #endif /* MYELIN_LIB_VERDICT_H */
