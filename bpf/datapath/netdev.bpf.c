@@ -89,7 +89,7 @@ int to_netdev(struct __sk_buff *skb)
 			flow4_parse(skb, ip4, &c.f);
 	} else if (c.agg != MONITOR_AGG_NONE) {
 		/* The node's own traffic: reported only when everything is wanted
-		 * (then below, with its identities). */
+		 * (then by ctx_pass_on() below, with its identities). */
 		return ctx_not_ours(&c);
 	}
 	c.src_id = identity_of4(src, ip4->saddr, c.cfg);

@@ -15,7 +15,8 @@
  *                         at the hook's point (the uplink); ctx_pass() names
  *                         the point
  *   ctx_not_ours()        let a frame the datapath does not handle (not IPv4,
- *                         not parsed, not for this hook) go on unchanged
+ *                         not parsed, not for this hook) go on unchanged:
+ *                         counted as the hook counts, never reported
  *   ctx_drop_xdp()        XDP: drop (EVENT_DROP)
  *   ctx_pass_xdp()        XDP: let the packet on to the tc programs
  *
@@ -200,15 +201,14 @@ static __always_inline int ctx_pass(struct pkt_ctx *c, __u8 point)
 }
 
 /* A frame the datapath does not handle (not IPv4, too short to parse, not
- * for this hook's endpoint): it goes on unchanged, counted like anything
- * else the hook lets through (c->reason as the program set it: the pod veth
- * counts TO_STACK / FROM_STACK, the uplink nothing), reported at
- * c->obs_point only when every packet is wanted (monitor aggregation none). */
+ * for this hook's endpoint, the node's own traffic on the uplink): it goes
+ * on unchanged, counted like anything else the hook lets through (c->reason
+ * as the program set it: the pod veth counts TO_STACK / FROM_STACK, the
+ * uplink nothing). Not a flow: never reported, at any aggregation (a node
+ * with nothing to say stays quiet even at "none"). */
 static __always_inline int ctx_not_ours(struct pkt_ctx *c)
 {
 	ctx_count(c);
-	if (c->agg == MONITOR_AGG_NONE)
-		ctx_trace(c);
 	return TC_ACT_OK;
 }
 
