@@ -80,7 +80,27 @@ __attribute__((noinline)) int myelin_abi_btf_anchor_types(struct policy_key *k, 
 	return (int)k->prefixlen + (int)e->verdict + (int)ev->type;
 }
 
-static __always_inline int handle_arp(struct __sk_buff *skb)
+/* The Ethernet/IPv4 ARP frame at the start of the packet: 0 and its parts,
+ * or -1 if it is not one (or too short). */
+static __always_inline int arp_parse(struct __sk_buff *skb, struct ethhdr **eth, struct arphdr **arp,
+				     struct arp_eth_ipv4 **body)
+{
+	if (skb_ensure_linear(skb, ARP_ETH_IPV4_LEN))
+		return -1;
+	*eth = skb_ptr(skb, 0, ETH_HLEN);
+	*arp = skb_ptr(skb, ETH_HLEN, sizeof(**arp));
+	*body = skb_ptr(skb, ETH_HLEN + sizeof(**arp), sizeof(**body));
+	if (!*eth || !*arp || !*body || !arp_is_eth_ipv4(*arp))
+		return -1;
+	return 0;
+}
+
+/* ARP from the pod: requests from its own address for another address are
+ * answered here with the host veth's MAC (the pod's gateway MAC); the rest
+ * (its replies, DAD probes, gratuitous ARP, anything from another address)
+ * goes on to the stack, counted against the pod when the sender address is
+ * its own. */
+static __always_inline int handle_arp(struct pkt_ctx *c, struct __sk_buff *skb)
 {
 	struct ethhdr *eth;
 	struct arphdr *arp;
@@ -88,102 +108,132 @@ static __always_inline int handle_arp(struct __sk_buff *skb)
 	struct endpoint_info *ep;
 	__u32 sip, tip;
 
-	if (skb_ensure_linear(skb, ARP_ETH_IPV4_LEN))
-		return TC_ACT_OK;
-	eth = skb_ptr(skb, 0, ETH_HLEN);
-	arp = skb_ptr(skb, ETH_HLEN, sizeof(*arp));
-	body = skb_ptr(skb, ETH_HLEN + sizeof(*arp), sizeof(*body));
-	if (!eth || !arp || !body)
-		return TC_ACT_OK;
-	if (!arp_is_eth_ipv4_request(arp))
-		return TC_ACT_OK;
-
+	c->ct_status = CT_UNTRACKED;
+	if (arp_parse(skb, &eth, &arp, &body))
+		return ctx_not_ours(c);
 	sip = arp_ip(body->sip);
 	tip = arp_ip(body->tip);
-	/* DAD probes (sip 0) and gratuitous ARP (tip == sip) go to the stack. */
-	if (sip == 0 || tip == sip)
-		return TC_ACT_OK;
-
+	if (sip == 0)
+		return ctx_not_ours(c); /* a DAD probe */
 	ep = endpoint_lookup4(sip);
 	if (!ep || ep->ifindex != skb->ifindex)
-		return TC_ACT_OK;
+		return ctx_not_ours(c); /* not the pod's address: never answered */
+	c->ep_id = ep->endpoint_id;
+	c->src_id = endpoint_identity(ep);
+	/* Replies (to the node's requests) and gratuitous ARP (tip == sip) go to the stack. */
+	if (arp->ar_op != bpf_htons(ARPOP_REQUEST) || tip == sip)
+		return ctx_not_ours(c);
 
 	arp_make_reply(eth, arp, body, ep->host_mac);
-	metrics_add(ep->endpoint_id, METRIC_DIR_EGRESS, REASON_ARP_REPLY, skb->len);
-	return bpf_redirect(skb->ifindex, 0);
+	/* The frame is now the node's answer to the pod. */
+	c->dst_id = c->src_id;
+	c->src_id = IDENTITY_HOST;
+	return ctx_arp_reply(c);
 }
 
-static __always_inline int from_container_ipv4(struct __sk_buff *skb)
+static __always_inline int from_container_ipv4(struct pkt_ctx *c, struct __sk_buff *skb)
 {
-	struct pkt_ctx c = {};
 	struct endpoint_info *src, *dst;
 	struct ct4_entry *ct;
 	struct ethhdr *eth;
 	struct iphdr *ip4;
 	__u32 egress_rule, ingress_rule = 0;
-	int reason, to_pod;
+	int to_pod;
 
-	ctx_init(&c, skb, METRIC_DIR_EGRESS);
 	if (skb_ensure_linear(skb, ETH_HLEN + sizeof(struct iphdr)))
-		return ctx_drop(&c, DROP_INVALID);
+		return ctx_drop(c, DROP_INVALID);
 	eth = skb_ptr(skb, 0, ETH_HLEN);
 	ip4 = skb_ptr(skb, ETH_HLEN, sizeof(*ip4));
-	if (!eth || !ip4 || !ipv4_hdr_valid(ip4, c.len))
-		return ctx_drop(&c, DROP_INVALID);
+	if (!eth || !ip4 || !ipv4_hdr_valid(ip4, c->len))
+		return ctx_drop(c, DROP_INVALID);
 
 	/* Anti-spoofing: the source must be the endpoint behind this veth. */
 	src = endpoint_lookup4(ip4->saddr);
 	if (!src || src->ifindex != skb->ifindex)
-		return ctx_drop(&c, DROP_INVALID_SIP);
-	c.ep_id = src->endpoint_id;
-	c.src_id = endpoint_identity(src);
-	if (flow4_parse(skb, ip4, &c.f))
-		return ctx_drop(&c, DROP_INVALID);
+		return ctx_drop(c, DROP_INVALID_SIP);
+	c->ep_id = src->endpoint_id;
+	c->src_id = endpoint_identity(src);
+	if (flow4_parse(skb, ip4, &c->f))
+		return ctx_drop(c, DROP_INVALID);
 
 	dst = endpoint_lookup4(ip4->daddr);
 	to_pod = dst && !(dst->flags & EP_F_HOST);
-	c.dst_id = identity_of4(dst, ip4->daddr, c.cfg);
+	c->dst_id = identity_of4(dst, ip4->daddr, c->cfg);
 
-	ct = ctx_ct(&c);
-	if (c.ct_status == CT_REPLY || c.ct_status == CT_RELATED)
+	ct = ctx_ct(c);
+	if (c->ct_status == CT_REPLY || c->ct_status == CT_RELATED)
 		goto forward;
 
-	reason = ctx_policy(&c, src->endpoint_id, c.dst_id, ip4->daddr, METRIC_DIR_EGRESS);
-	if (reason)
-		return ctx_drop(&c, reason);
-	egress_rule = c.rule_id;
+	if (ctx_policy(c, src->endpoint_id, c->dst_id, ip4->daddr, METRIC_DIR_EGRESS))
+		return ctx_deny(c);
+	egress_rule = c->rule_id;
 	if (to_pod) {
-		reason = ctx_policy(&c, dst->endpoint_id, c.src_id, ip4->saddr, METRIC_DIR_INGRESS);
-		if (reason)
-			return ctx_drop_at(&c, dst->endpoint_id, METRIC_DIR_INGRESS, reason);
-		ingress_rule = c.rule_id;
+		/* A denial here is the destination's: counted for its ingress. */
+		if (ctx_policy(c, dst->endpoint_id, c->src_id, ip4->saddr, METRIC_DIR_INGRESS))
+			return ctx_deny(c);
+		ingress_rule = c->rule_id;
 	}
-	ctx_ct_commit(&c, ct, egress_rule, ingress_rule);
+	ctx_ct_commit(c, ct, egress_rule, ingress_rule);
 
 forward:
 	/* Node, world, or TTL expiring: the stack decides (and sends ICMP
 	 * time exceeded where it forwards). */
 	if (!to_pod || ip4->ttl <= 1)
-		return ctx_to_stack(&c);
+		return ctx_to_stack(c);
 
 	ipv4_dec_ttl(ip4);
 	mac_copy(eth->h_dest, dst->mac);
 	mac_copy(eth->h_source, dst->host_mac);
-	return ctx_redirect_peer(&c, dst);
+	return ctx_redirect_peer(c, dst);
 }
 
 SEC("tc")
 int from_container(struct __sk_buff *skb)
 {
+	struct pkt_ctx c = {};
+
+	ctx_init(&c, skb, METRIC_DIR_EGRESS);
+	/* Until an exit decides otherwise, what the pod sends goes on to the
+	 * node's stack (counted TO_STACK). */
+	c.reason = REASON_TO_STACK;
+	c.obs_point = TRACE_TO_STACK;
 	switch (skb->protocol) {
 	case bpf_htons(ETH_P_ARP):
-		return handle_arp(skb);
+		return handle_arp(&c, skb);
 	case bpf_htons(ETH_P_IP):
-		return from_container_ipv4(skb);
+		return from_container_ipv4(&c, skb);
 	default:
 		/* IPv6 and the rest: not handled yet, the stack decides. */
-		return TC_ACT_OK;
+		c.ct_status = CT_UNTRACKED;
+		return ctx_not_ours(&c);
 	}
+}
+
+/* ARP the node sends to the pod (requests for its address, replies): counted
+ * against the pod when the target address is its own. The replies
+ * from_container built (from the gateway MAC, the host veth's) pass here on
+ * their way back out: its ARP-reply exit counted and reported them already,
+ * so there is nothing left to count or report. */
+static __always_inline void arp_to_endpoint(struct pkt_ctx *c, struct __sk_buff *skb)
+{
+	struct ethhdr *eth;
+	struct arphdr *arp;
+	struct arp_eth_ipv4 *body;
+	struct endpoint_info *ep;
+
+	if (arp_parse(skb, &eth, &arp, &body))
+		return;
+	ep = endpoint_lookup4(arp_ip(body->tip));
+	if (!ep || ep->ifindex != skb->ifindex)
+		return;
+	if (arp->ar_op == bpf_htons(ARPOP_REPLY) && mac_eq(body->sha, ep->host_mac)) {
+		c->reason = CTX_REASON_NONE;
+		c->obs_point = CTX_POINT_NONE;
+		return;
+	}
+	c->ep_id = ep->endpoint_id;
+	c->dst_id = endpoint_identity(ep);
+	c->src_id = IDENTITY_HOST;
 }
 
 SEC("tc")
@@ -193,20 +243,29 @@ int to_container(struct __sk_buff *skb)
 	struct endpoint_info *ep;
 	struct ct4_entry *ct;
 	struct iphdr *ip4;
-	int reason = 0;
 
-	if (skb->protocol != bpf_htons(ETH_P_IP))
-		return TC_ACT_OK;
+	ctx_init(&c, skb, METRIC_DIR_INGRESS);
+	/* Until an exit decides otherwise, what the stack sends reaches the pod
+	 * (counted FROM_STACK). */
+	c.reason = REASON_FROM_STACK;
+	c.obs_point = TRACE_TO_LXC;
+	if (skb->protocol != bpf_htons(ETH_P_IP)) {
+		c.ct_status = CT_UNTRACKED;
+		if (skb->protocol == bpf_htons(ETH_P_ARP))
+			arp_to_endpoint(&c, skb);
+		return ctx_not_ours(&c);
+	}
+	c.ct_status = CT_UNTRACKED; /* until parsed */
 	if (skb_ensure_linear(skb, ETH_HLEN + sizeof(struct iphdr)))
-		return TC_ACT_OK;
+		return ctx_not_ours(&c);
 	ip4 = skb_ptr(skb, ETH_HLEN, sizeof(*ip4));
 	if (!ip4)
-		return TC_ACT_OK;
+		return ctx_not_ours(&c);
 
 	ep = endpoint_lookup4(ip4->daddr);
 	if (!ep || ep->ifindex != skb->ifindex)
-		return TC_ACT_OK;
-	ctx_init(&c, skb, METRIC_DIR_INGRESS);
+		return ctx_not_ours(&c);
+	c.ct_status = CT_NEW;
 	c.ep_id = ep->endpoint_id;
 	c.dst_id = endpoint_identity(ep);
 	if (!ipv4_hdr_valid(ip4, c.len) || flow4_parse(skb, ip4, &c.f))
@@ -218,10 +277,9 @@ int to_container(struct __sk_buff *skb)
 		return ctx_from_stack(&c);
 
 	/* The node always reaches its pods (allow-localhost) unless told not to. */
-	if (c.src_id != IDENTITY_HOST || (c.cfg && (c.cfg->flags & NODE_F_NO_ALLOW_LOCALHOST)))
-		reason = ctx_policy(&c, ep->endpoint_id, c.src_id, ip4->saddr, METRIC_DIR_INGRESS);
-	if (reason)
-		return ctx_drop(&c, reason);
+	if ((c.src_id != IDENTITY_HOST || (c.cfg && (c.cfg->flags & NODE_F_NO_ALLOW_LOCALHOST))) &&
+	    ctx_policy(&c, ep->endpoint_id, c.src_id, ip4->saddr, METRIC_DIR_INGRESS))
+		return ctx_deny(&c);
 	ctx_ct_commit(&c, ct, 0, c.rule_id);
 	return ctx_from_stack(&c);
 }

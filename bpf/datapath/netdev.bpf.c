@@ -38,23 +38,28 @@ int from_netdev(struct __sk_buff *skb)
 	struct ethhdr *eth;
 	struct iphdr *ip4;
 
+	ctx_init(&c, skb, METRIC_DIR_INGRESS);
+	/* Unless delivered to a pod here, it goes on to the stack, observed as
+	 * from-network and not counted (the stack counts its own). */
+	c.obs_point = TRACE_FROM_NETWORK;
+	c.ct_status = CT_UNTRACKED; /* until parsed */
 	if (skb->protocol != bpf_htons(ETH_P_IP))
-		return TC_ACT_OK;
+		return ctx_not_ours(&c);
 	if (skb_ensure_linear(skb, ETH_HLEN + sizeof(struct iphdr)))
-		return TC_ACT_OK;
+		return ctx_not_ours(&c);
 	eth = skb_ptr(skb, 0, ETH_HLEN);
 	ip4 = skb_ptr(skb, ETH_HLEN, sizeof(*ip4));
 	if (!eth || !ip4)
-		return TC_ACT_OK;
-	ctx_init(&c, skb, METRIC_DIR_INGRESS);
+		return ctx_not_ours(&c);
+	c.ct_status = CT_NEW;
 	if (!ipv4_hdr_valid(ip4, c.len))
-		return ctx_pass(&c, TRACE_FROM_NETWORK); /* the stack counts its own errors */
+		return ctx_pass_on(&c); /* the stack counts its own errors */
 
 	dst = endpoint_lookup4(ip4->daddr);
 	c.src_id = identity_of4(NULL, ip4->saddr, c.cfg);
 	c.dst_id = identity_of4(dst, ip4->daddr, c.cfg);
 	if (!dst || (dst->flags & EP_F_HOST) || !identity_is_workload(c.src_id) || endpoint_lookup4(ip4->saddr))
-		return ctx_pass(&c, TRACE_FROM_NETWORK);
+		return ctx_pass_on(&c);
 	return deliver_from_node(&c, skb, eth, ip4, dst);
 }
 
@@ -65,23 +70,29 @@ int to_netdev(struct __sk_buff *skb)
 	struct endpoint_info *src;
 	struct iphdr *ip4;
 
+	ctx_init(&c, skb, METRIC_DIR_EGRESS);
+	/* Observed as to-network, not counted. */
+	c.obs_point = TRACE_TO_NETWORK;
+	c.ct_status = CT_UNTRACKED; /* until parsed */
 	if (skb->protocol != bpf_htons(ETH_P_IP))
-		return TC_ACT_OK;
+		return ctx_not_ours(&c);
 	if (skb_ensure_linear(skb, ETH_HLEN + sizeof(struct iphdr)))
-		return TC_ACT_OK;
+		return ctx_not_ours(&c);
 	ip4 = skb_ptr(skb, ETH_HLEN, sizeof(*ip4));
 	if (!ip4)
-		return TC_ACT_OK;
-	ctx_init(&c, skb, METRIC_DIR_EGRESS);
+		return ctx_not_ours(&c);
+	c.ct_status = CT_NEW;
 	src = endpoint_lookup4(ip4->saddr);
 	if (src && !(src->flags & EP_F_HOST)) {
 		c.ep_id = src->endpoint_id;
 		if (ipv4_hdr_valid(ip4, c.len))
 			flow4_parse(skb, ip4, &c.f);
 	} else if (c.agg != MONITOR_AGG_NONE) {
-		return TC_ACT_OK; /* the node's own traffic: only when everything is wanted */
+		/* The node's own traffic: reported only when everything is wanted
+		 * (then by ctx_pass_on() below, with its identities). */
+		return ctx_not_ours(&c);
 	}
 	c.src_id = identity_of4(src, ip4->saddr, c.cfg);
 	c.dst_id = identity_of4(NULL, ip4->daddr, c.cfg);
-	return ctx_pass(&c, TRACE_TO_NETWORK);
+	return ctx_pass_on(&c);
 }

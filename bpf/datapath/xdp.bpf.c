@@ -4,10 +4,11 @@
  * prefix of `prefilter4` are dropped before an skb exists, counted per
  * prefix and reported as drops (reason DROP_POLICY_DENY: the deny list).
  */
+#define MYELIN_VERDICT_XDP /* the XDP exits, no policy maps */
 #include "lib/common.h"
 #include "lib/config.h"
-#include "lib/events.h"
-#include "lib/metrics.h"
+#include "lib/ctx.h"
+#include "lib/verdict.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -26,33 +27,6 @@ __attribute__((noinline)) int myelin_abi_btf_anchor_prefilter(struct prefilter_v
 	return (int)v->packets;
 }
 
-static __always_inline void prefilter_report(struct xdp_md *ctx, __u32 saddr, __u32 daddr, __u32 len)
-{
-	const struct node_config *cfg = node_config_get();
-	struct event *ev = bpf_ringbuf_reserve(&events, sizeof(struct event) + 64, 0);
-	/* 1..64 bytes; the mask gives the verifier its bounds. */
-	__u32 n = len > 64 ? 64 : len;
-
-	n = ((n - 1) & 63) + 1;
-
-	if (!ev) {
-		events_count_lost();
-		return;
-	}
-	__builtin_memset(ev, 0, sizeof(*ev));
-	ev->ktime_ns = bpf_ktime_get_ns();
-	ev->type = EVENT_DROP;
-	ev->sub_type = DROP_POLICY_DENY;
-	ev->direction = METRIC_DIR_INGRESS;
-	ev->orig_len = len;
-	ev->ifindex = ctx->ingress_ifindex;
-	ev->src_identity = IDENTITY_WORLD;
-	ev->dst_identity = IDENTITY_HOST;
-	if (cfg_capture_len(cfg) && len > 0 && bpf_xdp_load_bytes(ctx, 0, (void *)(ev + 1), n) == 0)
-		ev->cap_len = n;
-	bpf_ringbuf_submit(ev, events_wakeup_flag(cfg));
-}
-
 SEC("xdp")
 int prefilter(struct xdp_md *ctx)
 {
@@ -62,17 +36,18 @@ int prefilter(struct xdp_md *ctx)
 	struct iphdr *ip4 = data + ETH_HLEN;
 	struct ipcache_key key = { .prefixlen = 32 };
 	struct prefilter_value *hit;
-	__u32 len = (__u32)(data_end - data);
+	struct pkt_ctx c = {};
 
+	ctx_init_xdp(&c, ctx, METRIC_DIR_INGRESS);
 	if ((void *)(ip4 + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
-		return XDP_PASS;
+		return ctx_pass_xdp(&c);
 	key.ip4 = ip4->saddr;
 	hit = bpf_map_lookup_elem(&prefilter4, &key);
 	if (!hit)
-		return XDP_PASS;
+		return ctx_pass_xdp(&c);
 	__sync_fetch_and_add(&hit->packets, 1);
-	__sync_fetch_and_add(&hit->bytes, len);
-	metrics_add(0, METRIC_DIR_INGRESS, DROP_POLICY_DENY, len);
-	prefilter_report(ctx, ip4->saddr, ip4->daddr, len);
-	return XDP_DROP;
+	__sync_fetch_and_add(&hit->bytes, c.len);
+	c.src_id = IDENTITY_WORLD;
+	c.dst_id = IDENTITY_HOST;
+	return ctx_drop_xdp(&c, DROP_POLICY_DENY);
 }

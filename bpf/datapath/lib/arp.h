@@ -15,13 +15,18 @@ struct arp_eth_ipv4 {
 
 #define ARP_ETH_IPV4_LEN (ETH_HLEN + sizeof(struct arphdr) + sizeof(struct arp_eth_ipv4))
 
-/* Is this an Ethernet/IPv4 ARP request? */
-static __always_inline int arp_is_eth_ipv4_request(const struct arphdr *arp)
+/* Is this Ethernet/IPv4 ARP (a struct arp_eth_ipv4 follows)? */
+static __always_inline int arp_is_eth_ipv4(const struct arphdr *arp)
 {
 	return arp->ar_hrd == bpf_htons(ARPHRD_ETHER) &&
 	       arp->ar_pro == bpf_htons(ETH_P_IP) &&
-	       arp->ar_hln == ETH_ALEN && arp->ar_pln == 4 &&
-	       arp->ar_op == bpf_htons(ARPOP_REQUEST);
+	       arp->ar_hln == ETH_ALEN && arp->ar_pln == 4;
+}
+
+/* Is this an Ethernet/IPv4 ARP request? */
+static __always_inline int arp_is_eth_ipv4_request(const struct arphdr *arp)
+{
+	return arp_is_eth_ipv4(arp) && arp->ar_op == bpf_htons(ARPOP_REQUEST);
 }
 
 static __always_inline __u32 arp_ip(const __u8 *b)

@@ -22,12 +22,7 @@ struct {
 	MYELIN_PINNED;
 } ct4 SEC(".maps");
 
-enum ct_status {
-	CT_NEW,          /* no entry: policy decides, an allowed packet creates one */
-	CT_ESTABLISHED,  /* original direction of a tracked connection: policy re-runs */
-	CT_REPLY,        /* reply direction: passes */
-	CT_RELATED,      /* ICMP error about a tracked connection: passes */
-};
+/* enum ct_status (the state a packet carries in its context) is in ctx.h. */
 
 /* TCP flags whose first appearance in a direction is reported at medium
  * aggregation (Cilium's default "syn,fin,rst"); maximum reports only the

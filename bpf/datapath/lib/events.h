@@ -53,7 +53,7 @@ static __always_inline void event_header(struct event *ev, const struct pkt_ctx 
 	ev->sub_type = sub_type;
 	ev->direction = dir;
 	ev->orig_len = c->len;
-	ev->ifindex = ((struct __sk_buff *)c->skb)->ifindex;
+	ev->ifindex = c->ifindex;
 	ev->endpoint_id = ep_id;
 	ev->src_identity = c->src_id;
 	ev->dst_identity = c->dst_id;
@@ -61,18 +61,20 @@ static __always_inline void event_header(struct event *ev, const struct pkt_ctx 
 	ev->verdict = c->policy_verdict;
 	ev->match_type = c->match_type;
 	switch (c->ct_status) {
-	case 0: /* CT_NEW */
+	case CT_NEW:
 		ev->trace_reason = TRACE_REASON_NEW;
 		break;
-	case 1: /* CT_ESTABLISHED */
+	case CT_ESTABLISHED:
 		ev->trace_reason = TRACE_REASON_ESTABLISHED;
 		break;
-	case 2: /* CT_REPLY */
+	case CT_REPLY:
 		ev->trace_reason = TRACE_REASON_REPLY;
 		ev->flags |= EVENT_F_REPLY;
 		break;
-	case 3: /* CT_RELATED */
+	case CT_RELATED:
 		ev->trace_reason = TRACE_REASON_RELATED;
+		break;
+	default: /* CT_UNTRACKED: TRACE_REASON_UNKNOWN */
 		break;
 	}
 	if (c->handshake_us) {
@@ -139,6 +141,31 @@ static __always_inline void event_emit(const struct pkt_ctx *c, __u8 type, __u8 
 
 	event_header(&hdr, c, type, sub_type, ep, dir);
 	myelin_event_output(c->skb, &hdr);
+}
+
+/* The same for an XDP program (c->skb is its struct xdp_md): the same
+ * header, and up to 64 bytes of the packet when capture is on. */
+static __always_inline void event_emit_xdp(const struct pkt_ctx *c, __u8 type, __u8 sub_type, __u32 ep,
+					   __u8 dir)
+{
+	struct event *ev;
+	/* 1..64 bytes; the mask gives the verifier its bounds. */
+	__u32 n = c->len > 64 ? 64 : c->len;
+
+	if (c->agg == MONITOR_AGG_OFF)
+		return;
+	ev = bpf_ringbuf_reserve(&events, sizeof(struct event) + 64, 0);
+	if (!ev) {
+		events_count_lost();
+		return;
+	}
+	__builtin_memset(ev, 0, sizeof(*ev));
+	event_header(ev, c, type, sub_type, ep, dir);
+	n = ((n - 1) & 63) + 1;
+	if (cfg_capture_len(c->cfg) && c->len > 0 &&
+	    bpf_xdp_load_bytes((struct xdp_md *)c->skb, 0, (void *)(ev + 1), n) == 0)
+		ev->cap_len = n;
+	bpf_ringbuf_submit(ev, events_wakeup_flag(c->cfg));
 }
 
 #endif /* MYELIN_LIB_EVENTS_H */

@@ -22,7 +22,6 @@ static __always_inline int deliver_from_node(struct pkt_ctx *c, struct __sk_buff
 					     struct iphdr *ip4, const struct endpoint_info *dst)
 {
 	struct ct4_entry *ct;
-	int reason;
 
 	c->ep_id = dst->endpoint_id;
 	if (flow4_parse(skb, ip4, &c->f))
@@ -30,9 +29,8 @@ static __always_inline int deliver_from_node(struct pkt_ctx *c, struct __sk_buff
 
 	ct = ctx_ct(c);
 	if (c->ct_status != CT_REPLY && c->ct_status != CT_RELATED) {
-		reason = ctx_policy(c, dst->endpoint_id, c->src_id, ip4->saddr, METRIC_DIR_INGRESS);
-		if (reason)
-			return ctx_drop(c, reason);
+		if (ctx_policy(c, dst->endpoint_id, c->src_id, ip4->saddr, METRIC_DIR_INGRESS))
+			return ctx_deny(c);
 		ctx_ct_commit(c, ct, 0, c->rule_id);
 	}
 	if (ip4->ttl <= 1)

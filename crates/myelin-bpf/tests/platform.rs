@@ -24,8 +24,8 @@ use common::*;
 use myelin_bpf::{
     AttachMode, Backend, EventSettings, Frontend, LoadOptions, MonitorAggregation, PolicyMapEntry, RawEvent,
     TunnelRoute, DIR_EGRESS, DIR_INGRESS, DROP_NO_TUNNEL_ENDPOINT, DROP_POLICY, DROP_POLICY_DENY, EVENT_DROP,
-    EVENT_F_TUNNEL, EVENT_POLICY_VERDICT, EVENT_TRACE, REASON_FORWARDED, REASON_FROM_STACK, TRACE_TO_LXC,
-    TRACE_TO_OVERLAY,
+    EVENT_F_TUNNEL, EVENT_POLICY_VERDICT, EVENT_TRACE, IDENTITY_HOST, IDENTITY_WORLD, REASON_ARP_REPLY,
+    REASON_FORWARDED, REASON_FROM_STACK, REASON_TO_STACK, TRACE_TO_LXC, TRACE_TO_OVERLAY,
 };
 
 const OUTSIDE: Ipv4Addr = Ipv4Addr::new(172, 31, 0, 2);
@@ -492,4 +492,227 @@ fn the_overlay_carries_the_senders_identity_in_the_vni_and_the_receiver_enforces
 
     in_netns(&node, || dp.detach_tunnel("mvx").expect("detach the overlay"));
     assert!(!lab.pin.0.join("links/mvx").exists(), "tunnel links gone");
+}
+
+/// One event with the packet bytes, for the exits tests.
+#[derive(Clone, Debug)]
+struct FullEv {
+    event_type: u8,
+    sub_type: u8,
+    direction: u8,
+    trace_reason: u8,
+    ifindex: u32,
+    endpoint: u32,
+    src_identity: u32,
+    dst_identity: u32,
+    packet: Vec<u8>,
+}
+
+impl FullEv {
+    fn ethertype(&self) -> u16 {
+        self.packet.get(12..14).map_or(0, |b| u16::from_be_bytes([b[0], b[1]]))
+    }
+}
+
+type FullSeen = Rc<RefCell<Vec<FullEv>>>;
+
+fn full_reader(dp: &myelin_bpf::Datapath, seen: &FullSeen) -> myelin_bpf::EventReader {
+    let sink = seen.clone();
+    dp.event_reader(move |rec| {
+        let e = RawEvent::parse(rec).expect("a whole record");
+        sink.borrow_mut().push(FullEv {
+            event_type: e.event_type,
+            sub_type: e.sub_type,
+            direction: e.direction,
+            trace_reason: e.trace_reason,
+            ifindex: e.ifindex,
+            endpoint: e.endpoint_id,
+            src_identity: e.src_identity,
+            dst_identity: e.dst_identity,
+            packet: e.packet.to_vec(),
+        });
+    })
+    .expect("reader")
+}
+
+fn wait_full(reader: &myelin_bpf::EventReader, seen: &FullSeen, what: &str, done: impl Fn(&FullEv) -> bool) -> FullEv {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        reader.poll(Duration::from_millis(50)).expect("poll");
+        if let Some(e) = seen.borrow().iter().find(|e| done(e)) {
+            return e.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: never came: {:#?}", seen.borrow());
+    }
+}
+
+/// Send `count` copies of the Ethernet frame `frame` out of `dev` in netns `ns` (AF_PACKET).
+fn send_frame(ns: &str, dev: &str, frame: &[u8], count: u32) {
+    let hex: String = frame.iter().map(|b| format!("{b:02x}")).collect();
+    let script = "import socket, sys\n\
+                  s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n\
+                  s.bind((sys.argv[1], 0))\n\
+                  for _ in range(int(sys.argv[3])):\n    s.send(bytes.fromhex(sys.argv[2]))\n";
+    run(&["ip", "netns", "exec", ns, python(), "-c", script, dev, &hex, &count.to_string()]);
+}
+
+/// An Ethernet frame: dst, src, ethertype, payload padded to the 60-byte minimum.
+fn eth_frame(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(60);
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f.extend_from_slice(payload);
+    f.resize(f.len().max(60), 0);
+    f
+}
+
+/// Ethernet/IPv4 ARP: (operation, sender MAC, sender IP, target IP) of a frame, if it is one.
+fn arp_of(p: &[u8]) -> Option<(u16, [u8; 6], Ipv4Addr, Ipv4Addr)> {
+    let a = p.get(14..42)?;
+    (p.get(12..14)? == [0x08, 0x06]).then(|| {
+        let ip = |o: usize| Ipv4Addr::new(a[o], a[o + 1], a[o + 2], a[o + 3]);
+        (u16::from_be_bytes([a[6], a[7]]), a[8..14].try_into().unwrap(), ip(14), ip(24))
+    })
+}
+
+/// The exits that used to be bare returns: the ARP reply of from_container
+/// comes out as a trace event through the ring buffer (to-endpoint, the
+/// endpoint, the reply's bytes, no connection-tracking state) besides its
+/// REASON_ARP_REPLY counter; frames that are not IPv4 (a gratuitous ARP, an
+/// unknown ethertype) are counted by the "not ours" exit in both directions
+/// (against the pod when its own address says it is the pod's) and never
+/// reported, even at aggregation none.
+#[test]
+fn arp_replies_and_non_ip_frames_leave_through_the_exits() {
+    let lab = Lab::with_identities(&[1000, 1001]);
+    let dp = lab.dp();
+    dp.set_event_settings(&EventSettings {
+        aggregation: MonitorAggregation::Medium,
+        capture_len: 64,
+        ..EventSettings::default()
+    })
+    .expect("settings");
+    let seen: FullSeen = Rc::default();
+    let reader = full_reader(dp, &seen);
+    let (a, b) = (lab.a(), lab.b());
+    let lxc1 = in_netns(&lab.node.0, || ifindex("lxc1"));
+
+    // Pod A resolves its gateway: the datapath answers, at the default aggregation too.
+    run(&["ip", "-n", &a.ns.0, "neigh", "flush", "dev", "eth0"]);
+    let replies0 = lab.metric(a.ep_id, DIR_EGRESS, REASON_ARP_REPLY);
+    let from_stack0 = lab.metric(a.ep_id, DIR_INGRESS, REASON_FROM_STACK);
+    assert_eq!(ping(&a.ns.0, b.ip, 1, None), 1);
+    let reply = wait_full(&reader, &seen, "the ARP reply event", |e| e.ethertype() == 0x0806 && e.endpoint == a.ep_id);
+    assert_eq!((reply.event_type, reply.sub_type), (EVENT_TRACE, TRACE_TO_LXC), "{reply:?}");
+    assert_eq!((reply.endpoint, reply.direction, reply.ifindex), (a.ep_id, DIR_INGRESS, lxc1), "{reply:?}");
+    assert_eq!((reply.src_identity, reply.dst_identity), (IDENTITY_HOST, a.identity), "{reply:?}");
+    assert_eq!(reply.trace_reason, 0, "ARP is not connection-tracked: reason unknown: {reply:?}");
+    assert_eq!(&reply.packet[0..6], &a.mac, "addressed to the pod");
+    assert_eq!(arp_of(&reply.packet), Some((2, a.host_mac, GATEWAY, a.ip)), "the reply: gateway is-at host MAC");
+    assert!(lab.metric(a.ep_id, DIR_EGRESS, REASON_ARP_REPLY) > replies0, "and counted as before");
+    assert_eq!(
+        lab.metric(a.ep_id, DIR_INGRESS, REASON_FROM_STACK),
+        from_stack0,
+        "the reply passes lxc1's egress (to_container) on its way out: not counted twice"
+    );
+
+    // Not IPv4: counted, but not reported.
+    const ETH_P_EXPERIMENTAL: u16 = 0x88b5;
+    let odd_out = eth_frame(a.host_mac, a.mac, ETH_P_EXPERIMENTAL, b"from the pod");
+    let odd_in = eth_frame(a.mac, a.host_mac, ETH_P_EXPERIMENTAL, b"to the pod");
+    let mut garp = vec![0, 1, 8, 0, 6, 4, 0, 1]; // Ethernet/IPv4 request ...
+    garp.extend_from_slice(&a.mac);
+    garp.extend_from_slice(&a.ip.octets());
+    garp.extend_from_slice(&[0; 6]);
+    garp.extend_from_slice(&a.ip.octets()); // ... for its own address: gratuitous
+    let garp = eth_frame([0xff; 6], a.mac, 0x0806, &garp);
+    let count = |ep, dir, reason| lab.metric(ep, dir, reason);
+    let (out0, in0, garp0) = (
+        count(0, DIR_EGRESS, REASON_TO_STACK),
+        count(0, DIR_INGRESS, REASON_FROM_STACK),
+        count(a.ep_id, DIR_EGRESS, REASON_TO_STACK),
+    );
+    send_frame(&a.ns.0, "eth0", &odd_out, 3);
+    send_frame(&lab.node.0, "lxc1", &odd_in, 2);
+    send_frame(&a.ns.0, "eth0", &garp, 1);
+    assert!(
+        wait_until(Duration::from_secs(5), || count(0, DIR_EGRESS, REASON_TO_STACK) >= out0 + 3
+            && count(0, DIR_INGRESS, REASON_FROM_STACK) >= in0 + 2
+            && count(a.ep_id, DIR_EGRESS, REASON_TO_STACK) > garp0),
+        "not-IPv4 frames counted: from the pod (no address: endpoint 0) {out0} -> {}, to it {in0} -> {}, \
+         its gratuitous ARP (its endpoint) {garp0} -> {}",
+        count(0, DIR_EGRESS, REASON_TO_STACK),
+        count(0, DIR_INGRESS, REASON_FROM_STACK),
+        count(a.ep_id, DIR_EGRESS, REASON_TO_STACK)
+    );
+    reader.poll(Duration::from_millis(100)).expect("poll");
+    assert!(
+        seen.borrow()
+            .iter()
+            .all(|e| e.ethertype() != ETH_P_EXPERIMENTAL && arp_of(&e.packet).is_none_or(|arp| arp.0 == 2)),
+        "not reported: {:#?}",
+        seen.borrow()
+    );
+
+    // ... and not at aggregation none either: not flows (an idle node stays quiet).
+    dp.set_event_settings(&EventSettings {
+        aggregation: MonitorAggregation::None,
+        capture_len: 64,
+        ..EventSettings::default()
+    })
+    .expect("settings");
+    let out1 = count(0, DIR_EGRESS, REASON_TO_STACK);
+    send_frame(&a.ns.0, "eth0", &odd_out, 1);
+    send_frame(&lab.node.0, "lxc1", &odd_in, 1);
+    send_frame(&a.ns.0, "eth0", &garp, 1);
+    assert!(wait_until(Duration::from_secs(5), || count(0, DIR_EGRESS, REASON_TO_STACK) > out1), "counted");
+    reader.poll(Duration::from_millis(200)).expect("poll");
+    assert!(
+        seen.borrow()
+            .iter()
+            .all(|e| e.ethertype() != ETH_P_EXPERIMENTAL && arp_of(&e.packet).is_none_or(|arp| arp.0 == 2)),
+        "never reported: {:#?}",
+        seen.borrow()
+    );
+    assert!(dp.events_lost().expect("lost").iter().all(|n| *n == 0), "nothing lost");
+}
+
+/// The XDP prefilter's drop leaves through the XDP exit: counted and reported
+/// like every other drop (world -> host, the deny list's reason, at most 64
+/// captured bytes), and not reported when observability is off.
+#[test]
+fn xdp_prefilter_drops_leave_through_the_xdp_exit() {
+    let lab = Lab::new();
+    let out = add_outside(&lab);
+    let dp = lab.dp();
+    let node = lab.node.0.clone();
+    let up0 = in_netns(&node, || {
+        dp.attach_uplink("up0", ifindex("up0")).expect("attach uplink");
+        ifindex("up0")
+    });
+    dp.set_event_settings(&EventSettings { capture_len: 128, ..EventSettings::default() }).expect("settings");
+    let seen: FullSeen = Rc::default();
+    let reader = full_reader(dp, &seen);
+    dp.prefilter_deny(OUTSIDE, 32).expect("deny");
+    let drops0 = lab.metric(0, DIR_INGRESS, DROP_POLICY_DENY);
+    assert_eq!(ping(&out.0, UPLINK_IP, 2, None), 0, "dropped by XDP");
+    let d = wait_full(&reader, &seen, "the XDP drop", |e| e.event_type == EVENT_DROP && e.ifindex == up0);
+    assert_eq!((d.sub_type, d.endpoint, d.direction), (DROP_POLICY_DENY, 0, DIR_INGRESS), "{d:?}");
+    assert_eq!((d.src_identity, d.dst_identity, d.trace_reason), (IDENTITY_WORLD, IDENTITY_HOST, 0), "{d:?}");
+    assert!(!d.packet.is_empty() && d.packet.len() <= 64, "{} bytes captured", d.packet.len());
+    assert_eq!(&d.packet[12..14], &[0x08, 0x00], "the dropped IPv4 packet");
+    assert!(lab.metric(0, DIR_INGRESS, DROP_POLICY_DENY) >= drops0 + 2, "counted");
+
+    // Observability off: still dropped and counted, no event.
+    dp.set_event_settings(&EventSettings { aggregation: MonitorAggregation::Off, ..EventSettings::default() })
+        .expect("off");
+    reader.poll(Duration::from_millis(100)).expect("poll");
+    seen.borrow_mut().clear();
+    let drops1 = lab.metric(0, DIR_INGRESS, DROP_POLICY_DENY);
+    assert_eq!(ping(&out.0, UPLINK_IP, 1, None), 0);
+    assert!(lab.metric(0, DIR_INGRESS, DROP_POLICY_DENY) > drops1, "counted");
+    reader.poll(Duration::from_millis(200)).expect("poll");
+    assert!(seen.borrow().iter().all(|e| e.ifindex != up0), "no event when off: {:#?}", seen.borrow());
+    in_netns(&node, || dp.detach_uplink("up0").expect("detach uplink"));
 }
