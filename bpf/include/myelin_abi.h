@@ -518,6 +518,49 @@ struct lb4_sock_key {
 	__u16  _pad;
 };
 
+/* Per-socket local storage of the socket load balancer (`lb4_sock_backends`,
+ * SK_STORAGE, pinned): the backends (at most MYELIN_LB4_SOCK_SLOTS) that
+ * connect4/sendmsg4 translated this socket to, i.e. the lb4_sock_revnat
+ * entries it owns. sock_release (cgroup/sock_release) deletes those entries
+ * when the socket goes away; a socket that reached more backends leaves the
+ * oldest ones to the LRU. The storage itself is freed with the socket.
+ *
+ * post_bind4 (cgroup/post_bind4) refuses bind() to an address:port that is
+ * a service frontend (slot 0 of lb4_services for the socket's protocol):
+ * the caller gets EPERM, so a pod cannot take over a service address. */
+#define MYELIN_LB4_SOCK_SLOTS 4
+
+struct lb4_sock_backend {
+	__be32 address;            /* 0: slot unused */
+	__be16 port;
+	__u16  _pad;
+};
+
+struct lb4_sock_backends {
+	__u32 next;                /* the slot to reuse when all are taken */
+	__u32 _pad;
+	struct lb4_sock_backend slot[MYELIN_LB4_SOCK_SLOTS];
+};
+
+/* ------------------------------------------------------------------------
+ * Per-cgroup traffic accounting (cgroup_skb.bpf.c): cgroup_skb/ingress and
+ * cgroup_skb/egress programs on the pods' cgroup count every packet a socket
+ * of a cgroup below it receives or sends, keyed by the socket's cgroup v2 id
+ * (bpf_skb_cgroup_id(): the pod's own cgroup), in `cgroup_traffic`
+ * (LRU_PERCPU_HASH, __u64 cgroup id -> struct cgroup_traffic_value).
+ * Bytes are skb->len (the IP packet). The programs always allow (return 1):
+ * they observe, they do not filter.
+ * ------------------------------------------------------------------------ */
+
+#define MYELIN_MAX_CGROUP_TRAFFIC 16384
+
+struct cgroup_traffic_value {
+	__u64 ingress_packets;
+	__u64 ingress_bytes;
+	__u64 egress_packets;
+	__u64 egress_bytes;
+};
+
 /* ------------------------------------------------------------------------
  * XDP prefilter on the uplink (xdp.bpf.c): packets whose source lies in a
  * prefix of `prefilter4` (LPM, ipcache_key -> prefilter_value) are dropped

@@ -226,11 +226,26 @@ pub async fn run(mut cfg: Config) -> Result<()> {
         let dp = datapath.clone();
         let cg2 = cg.clone();
         match tokio::task::spawn_blocking(move || dp.attach_cgroup(&cg2)).await? {
-            Ok(_) => features.push(Feature {
-                name: "socket_lb".into(),
-                available: true,
-                detail: format!("cgroup {}", cg.display()),
-            }),
+            Ok(_) => {
+                features.push(Feature {
+                    name: "socket_lb".into(),
+                    available: true,
+                    detail: format!("cgroup {}", cg.display()),
+                });
+                // Per-cgroup traffic accounting (cgroup_skb), attached with the socket programs.
+                let on = [myelin_bpf::objects::CgroupHook::SkbIngress, myelin_bpf::objects::CgroupHook::SkbEgress]
+                    .into_iter()
+                    .all(|h| datapath.cgroup_attached(h));
+                features.push(Feature {
+                    name: "cgroup_traffic".into(),
+                    available: on,
+                    detail: if on {
+                        format!("cgroup_skb ingress/egress on {}", cg.display())
+                    } else {
+                        "the cgroup_skb object is not loaded (see datapath.unavailable)".into()
+                    },
+                });
+            }
             Err(e) => {
                 warn!(error = %e, "socket load balancing NOT attached");
                 features.push(Feature { name: "socket_lb".into(), available: false, detail: e.to_string() });

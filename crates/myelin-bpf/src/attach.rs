@@ -6,7 +6,7 @@
 //! | pod veth in/out     | TCX link pinned links/<if>/ingress|egress | clsact + bpf filter (netlink)    |
 //! | uplink in/out       | TCX link pinned links/<if>/uplink_in|out  | clsact + bpf filter (netlink)    |
 //! | uplink XDP          | XDP link pinned links/<if>/xdp            | (same)                           |
-//! | cgroup sock_addr    | cgroup link pinned links/cgroup/<prog>    | (same)                           |
+//! | cgroup sock_addr, sock, skb | cgroup link pinned links/cgroup/<prog> | (same)                    |
 //! | tp_btf, tracepoint  | tracing/perf link pinned links/tracing/<prog> | (same)                       |
 //!
 //! Pinned links and tc filters outlive the agent: traffic keeps flowing
@@ -104,7 +104,26 @@ fn cgroup_attach_type(h: CgroupHook) -> libbpf_rs::libbpf_sys::bpf_attach_type {
         CgroupHook::Sendmsg4 => s::BPF_CGROUP_UDP4_SENDMSG,
         CgroupHook::Recvmsg4 => s::BPF_CGROUP_UDP4_RECVMSG,
         CgroupHook::Getpeername4 => s::BPF_CGROUP_INET4_GETPEERNAME,
+        CgroupHook::SockRelease => s::BPF_CGROUP_INET_SOCK_RELEASE,
+        CgroupHook::PostBind4 => s::BPF_CGROUP_INET4_POST_BIND,
+        CgroupHook::SkbIngress => s::BPF_CGROUP_INET_INGRESS,
+        CgroupHook::SkbEgress => s::BPF_CGROUP_INET_EGRESS,
     }
+}
+
+/// Ids of the programs attached directly to the cgroup (v2) directory
+/// `cgroup` at `hook` (by anyone: links and legacy attachments alike).
+pub(crate) fn cgroup_prog_ids(cgroup: &Path, hook: CgroupHook) -> Result<Vec<u32>, BpfError> {
+    let file = std::fs::File::open(cgroup).map_err(|source| BpfError::PinDir {
+        action: "opening the cgroup",
+        path: cgroup.to_path_buf(),
+        source,
+    })?;
+    sys::cgroup_prog_ids(file.as_fd(), cgroup_attach_type(hook)).map_err(|source| BpfError::PinDir {
+        action: "querying the programs attached to",
+        path: cgroup.to_path_buf(),
+        source,
+    })
 }
 
 /// What a pinned link is attached to.
@@ -395,8 +414,11 @@ impl Datapath {
         Ok(())
     }
 
-    /// Attach the socket load-balancing programs to the cgroup (v2) directory
-    /// `cgroup`; links pinned at `links/cgroup/<program>`. Idempotent.
+    /// Attach every loaded cgroup program to the cgroup (v2) directory
+    /// `cgroup`: the socket load balancer's sock_addr and sock programs and
+    /// the traffic accounting's cgroup_skb programs; links pinned at
+    /// `links/cgroup/<program>`. Idempotent: links already pinned for this
+    /// cgroup are adopted (Ok(false) when nothing was new).
     pub fn attach_cgroup(&self, cgroup: &Path) -> Result<bool, BpfError> {
         let dir = self.pin_dir.join("links").join("cgroup");
         mkdir(&dir)?;
@@ -432,6 +454,15 @@ impl Datapath {
             new = true;
         }
         Ok(new)
+    }
+
+    /// Whether the program of `hook` is attached through a link pinned at
+    /// `links/cgroup/<program>` (to whichever cgroup).
+    #[must_use]
+    pub fn cgroup_attached(&self, hook: CgroupHook) -> bool {
+        let Some((name, _)) = self.prog(Hook::Cgroup(hook)) else { return false };
+        let path = self.pin_dir.join("links").join("cgroup").join(name);
+        matches!(pinned_target(&path), Some((LinkTypeInfo::Cgroup(_), _)))
     }
 
     /// Detach the cgroup programs (remove their link pins). Ok if absent.

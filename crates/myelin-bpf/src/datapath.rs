@@ -19,6 +19,8 @@
 //! <pin_dir>/events               RINGBUF  struct event + packet bytes
 //! <pin_dir>/events_lost          PERCPU_ARRAY [u64; 1]
 //! <pin_dir>/lb4_*                socket load balancing (services.rs)
+//! <pin_dir>/lb4_sock_slots       SK_STORAGE lb4_sock_backends (per socket: its lb4_sock_revnat entries)
+//! <pin_dir>/cgroup_traffic       LRU_PERCPU_HASH cgroup id -> cgroup_traffic_value (cgroup_skb)
 //! <pin_dir>/prefilter4           LPM_TRIE ipcache_key -> prefilter_value (XDP)
 //! <pin_dir>/tunnel_map           LPM_TRIE tunnel_key -> tunnel_value (overlay: pod prefix -> node)
 //! <pin_dir>/links/<ifname>/ingress|egress        pod veth (TCX links)
@@ -72,10 +74,12 @@ pub struct LoadOptions {
     pub attach_mode: Option<AttachMode>,
 }
 
-/// An object that was not loaded, and why.
+/// An object that was not loaded, and why; or one program of a loaded
+/// object that was left out (its attach type is newer than this kernel).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Unavailable {
-    /// Object name.
+    /// Object name; for a program left out of a loaded object, the
+    /// program's name (unique across objects).
     pub object: &'static str,
     /// The probes it needs, and what they said.
     pub reason: String,
@@ -114,6 +118,7 @@ pub(crate) struct Maps {
     pub lb4_reverse_nat: Option<MapHandle>,
     pub prefilter4: Option<MapHandle>,
     pub tunnel_map: Option<MapHandle>,
+    pub cgroup_traffic: Option<MapHandle>,
 }
 
 /// The loaded datapath.
@@ -204,6 +209,33 @@ fn supported(features: &[crate::FeatureProbe]) -> (Vec<&'static ObjectSpec>, Vec
     (ok, not)
 }
 
+/// The programs of `specs` whose own probes fail: left out of their objects.
+fn programs_without_features(specs: &[&'static ObjectSpec], features: &[crate::FeatureProbe]) -> Vec<Unavailable> {
+    let mut out = Vec::new();
+    for spec in specs {
+        for p in spec.programs {
+            let missing: Vec<String> = p
+                .requires
+                .iter()
+                .filter(|n| !features.iter().any(|f| f.name == **n && f.available))
+                .map(|n| {
+                    features
+                        .iter()
+                        .find(|f| f.name == *n)
+                        .map_or(format!("{n}: not probed"), |f| format!("{n}: {}", f.detail))
+                })
+                .collect();
+            if !missing.is_empty() {
+                out.push(Unavailable {
+                    object: p.name,
+                    reason: format!("program of object {} left out: {}", spec.name, missing.join("; ")),
+                });
+            }
+        }
+    }
+    out
+}
+
 fn take_map(obj: &libbpf_rs::Object, name: &'static str) -> Option<Result<MapHandle, BpfError>> {
     obj.maps()
         .find(|m| m.name() == name)
@@ -223,6 +255,13 @@ impl Datapath {
 
     /// [`Datapath::load`] with explicit objects and attach mode.
     pub fn load_with(pin_dir: &Path, opts: &LoadOptions) -> Result<Self, BpfError> {
+        Self::load_probed(pin_dir, opts, &crate::probe_features())
+    }
+
+    /// [`Datapath::load_with`] deciding by the given feature probes instead
+    /// of probing (tests: what a kernel without a feature gets).
+    #[doc(hidden)]
+    pub fn load_probed(pin_dir: &Path, opts: &LoadOptions, features: &[crate::FeatureProbe]) -> Result<Self, BpfError> {
         check_pin_dir(pin_dir)?;
         let links = pin_dir.join("links");
         std::fs::create_dir_all(&links).map_err(|source| BpfError::PinDir {
@@ -230,15 +269,16 @@ impl Datapath {
             path: links.clone(),
             source,
         })?;
-        let features = crate::probe_features();
-        let (specs, unavailable) = match &opts.objects {
+        let (specs, mut unavailable) = match &opts.objects {
             Some(list) => (list.clone(), Vec::new()),
-            None => supported(&features),
+            None => supported(features),
         };
+        let left_out = programs_without_features(&specs, features);
+        let skip: Vec<&str> = left_out.iter().map(|u| u.object).collect();
         let tcx = features.iter().any(|f| f.name == "tcx" && f.available);
         let mode = opts.attach_mode.unwrap_or(if tcx { AttachMode::Tcx } else { AttachMode::Tc });
 
-        let loaded = loader::load(pin_dir, &specs)?;
+        let loaded = loader::load(pin_dir, &specs, &skip)?;
         let find = |name: &'static str| -> Option<Result<MapHandle, BpfError>> {
             loaded.objects.iter().find_map(|(_, o)| take_map(o, name))
         };
@@ -263,10 +303,11 @@ impl Datapath {
             lb4_reverse_nat: find("lb4_reverse_nat").transpose()?,
             prefilter4: find("prefilter4").transpose()?,
             tunnel_map: find("tunnel_map").transpose()?,
+            cgroup_traffic: find("cgroup_traffic").transpose()?,
         };
         let mut progs = Vec::new();
         for (spec, obj) in &loaded.objects {
-            for p in spec.programs {
+            for p in spec.programs.iter().filter(|p| !skip.contains(&p.name)) {
                 let prog = obj
                     .progs_mut()
                     .find(|x| x.name() == p.name)
@@ -279,6 +320,7 @@ impl Datapath {
                 progs.push((p.name, p.hook, handle));
             }
         }
+        unavailable.extend(left_out);
         let names = loaded.objects.iter().map(|(s, _)| s.name).collect();
         let previous_abi = loaded.previous_abi;
         let moved = loaded.moved.clone();

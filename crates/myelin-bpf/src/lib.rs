@@ -16,12 +16,14 @@
 //!   `ipcache`, connection tracking ([`Datapath::ct_entries`],
 //!   [`Datapath::ct_gc`]), per-rule counters, flow events ([`EventReader`]),
 //!   services ([`Datapath::upsert_service`]), the XDP prefilter, process
-//!   exec/exit events ([`ProcessReader`], tp_btf and tracepoint programs).
+//!   exec/exit events ([`ProcessReader`], tp_btf and tracepoint programs),
+//!   per-cgroup traffic ([`Datapath::cgroup_traffic`], cgroup_skb programs).
 //!   Semantics: `bpf/include/myelin_abi.h`.
 //! - [`ensure_bpffs`], [`remove_pin_dir`], [`probe_features`].
 
 mod attach;
 mod bpffs;
+mod cgroup_traffic;
 mod conntrack;
 mod datapath;
 mod error;
@@ -63,10 +65,12 @@ skeleton!(skel_lb, "sock.skel.rs");
 skeleton!(skel_xdp, "xdp.skel.rs");
 skeleton!(skel_process, "process.skel.rs");
 skeleton!(skel_overlay, "overlay.skel.rs");
+skeleton!(skel_cgskb, "cgroup_skb.skel.rs");
 
 use std::net::Ipv4Addr;
 
 pub use bpffs::{ensure_bpffs, remove_pin_dir};
+pub use cgroup_traffic::CgroupTraffic;
 pub use conntrack::{CtEntry, CtTimeouts};
 pub use datapath::{
     endpoint_run_stats, AttachMode, Datapath, LoadOptions, ProgramRunStats, Unavailable, UpgradeReport,

@@ -99,8 +99,10 @@ fn read_abi(pin_dir: &Path) -> Result<Option<u32>, BpfError> {
     Ok(pin_dir.join("endpoints").exists().then_some(1))
 }
 
-/// Open, check against the pins, and load `specs` (in order) into `pin_dir`.
-pub(crate) fn load(pin_dir: &Path, specs: &[&'static ObjectSpec]) -> Result<Loaded, BpfError> {
+/// Open, check against the pins, and load `specs` (in order) into `pin_dir`;
+/// the programs named in `skip` are left out (not loaded, the rest of their
+/// object is).
+pub(crate) fn load(pin_dir: &Path, specs: &[&'static ObjectSpec], skip: &[&str]) -> Result<Loaded, BpfError> {
     let previous_abi = read_abi(pin_dir)?;
     let migrate = migrate_dir(pin_dir);
     let mut moved: Vec<Moved> = Vec::new();
@@ -108,7 +110,12 @@ pub(crate) fn load(pin_dir: &Path, specs: &[&'static ObjectSpec]) -> Result<Load
     for spec in specs {
         let mut builder = ObjectBuilder::default();
         builder.pin_root_path(pin_dir).map_err(load_err(pin_dir, spec.name))?;
-        let open = builder.open_memory(spec.bytes).map_err(load_err(pin_dir, spec.name))?;
+        let mut open = builder.open_memory(spec.bytes).map_err(load_err(pin_dir, spec.name))?;
+        for mut prog in open.progs_mut() {
+            if skip.iter().any(|n| prog.name() == *n) {
+                prog.set_autoload(false);
+            }
+        }
         for map in open.maps() {
             let Some(pin) = sys::open_map_pin_path(&map) else { continue };
             if !pin.exists() {

@@ -13,6 +13,10 @@
 //! |          | to_netdev          | tc egress of the node's uplink        |                   |
 //! | xdp      | prefilter          | XDP on the node's uplink              | xdp               |
 //! | sock     | sock4_connect, ... | cgroup sock_addr hooks of the pods' cgroup | cgroup_sock_addr |
+//! |          | sock_release       | cgroup/sock_release of the pods' cgroup | cgroup_sock_release (this program only) |
+//! |          | sock4_post_bind    | cgroup/post_bind4 of the pods' cgroup | cgroup_post_bind4 (this program only) |
+//! | cgroup_skb | traffic_ingress  | cgroup_skb/ingress of the pods' cgroup | cgroup_skb       |
+//! |          | traffic_egress     | cgroup_skb/egress of the pods' cgroup |                   |
 //! | process  | process_exec       | tp_btf sched_process_exec             | tp_btf + tracepoint |
 //! |          | process_exit       | tracepoint sched/sched_process_exit   |                   |
 
@@ -25,7 +29,8 @@ pub enum TcDir {
     Egress,
 }
 
-/// A cgroup sock_addr hook.
+/// A cgroup hook: sock_addr (`BPF_PROG_TYPE_CGROUP_SOCK_ADDR`), sock
+/// (`BPF_PROG_TYPE_CGROUP_SOCK`) or skb (`BPF_PROG_TYPE_CGROUP_SKB`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum CgroupHook {
     /// `connect()` of IPv4 sockets.
@@ -36,6 +41,14 @@ pub enum CgroupHook {
     Recvmsg4,
     /// `getpeername()` of IPv4 sockets.
     Getpeername4,
+    /// A socket is released (`cgroup/sock_release`, kernel >= 5.9).
+    SockRelease,
+    /// After `bind()` of an IPv4 socket (`cgroup/post_bind4`); returning 0 fails the bind with EPERM.
+    PostBind4,
+    /// Packets received by sockets (`cgroup_skb/ingress`).
+    SkbIngress,
+    /// Packets sent by sockets (`cgroup_skb/egress`).
+    SkbEgress,
 }
 
 /// Where a program attaches.
@@ -73,6 +86,11 @@ pub struct ProgramSpec {
     pub name: &'static str,
     /// Where it attaches.
     pub hook: Hook,
+    /// Feature probes (see [`crate::probe_features`]) that must all be
+    /// available for this program to load (its attach type may be newer
+    /// than its object's program type); without them the rest of the
+    /// object still loads and the program is reported unavailable.
+    pub requires: &'static [&'static str],
 }
 
 /// One eBPF object: its ELF bytes and its programs.
@@ -112,8 +130,8 @@ pub static LXC: ObjectSpec = ObjectSpec {
     name: "lxc",
     bytes: object_bytes!("lxc"),
     programs: &[
-        ProgramSpec { name: "from_container", hook: Hook::PodVeth(TcDir::Ingress) },
-        ProgramSpec { name: "to_container", hook: Hook::PodVeth(TcDir::Egress) },
+        ProgramSpec { name: "from_container", hook: Hook::PodVeth(TcDir::Ingress), requires: &[] },
+        ProgramSpec { name: "to_container", hook: Hook::PodVeth(TcDir::Egress), requires: &[] },
     ],
     requires_any: &["tcx", "tc"],
     requires_all: &[],
@@ -124,8 +142,8 @@ pub static NETDEV: ObjectSpec = ObjectSpec {
     name: "netdev",
     bytes: object_bytes!("netdev"),
     programs: &[
-        ProgramSpec { name: "from_netdev", hook: Hook::Uplink(TcDir::Ingress) },
-        ProgramSpec { name: "to_netdev", hook: Hook::Uplink(TcDir::Egress) },
+        ProgramSpec { name: "from_netdev", hook: Hook::Uplink(TcDir::Ingress), requires: &[] },
+        ProgramSpec { name: "to_netdev", hook: Hook::Uplink(TcDir::Egress), requires: &[] },
     ],
     requires_any: &["tcx", "tc"],
     requires_all: &[],
@@ -136,8 +154,8 @@ pub static OVERLAY: ObjectSpec = ObjectSpec {
     name: "overlay",
     bytes: object_bytes!("overlay"),
     programs: &[
-        ProgramSpec { name: "from_overlay", hook: Hook::Tunnel(TcDir::Ingress) },
-        ProgramSpec { name: "to_overlay", hook: Hook::Tunnel(TcDir::Egress) },
+        ProgramSpec { name: "from_overlay", hook: Hook::Tunnel(TcDir::Ingress), requires: &[] },
+        ProgramSpec { name: "to_overlay", hook: Hook::Tunnel(TcDir::Egress), requires: &[] },
     ],
     requires_any: &["tcx", "tc"],
     requires_all: &[],
@@ -147,7 +165,7 @@ pub static OVERLAY: ObjectSpec = ObjectSpec {
 pub static XDP: ObjectSpec = ObjectSpec {
     name: "xdp",
     bytes: object_bytes!("xdp"),
-    programs: &[ProgramSpec { name: "prefilter", hook: Hook::UplinkXdp }],
+    programs: &[ProgramSpec { name: "prefilter", hook: Hook::UplinkXdp, requires: &[] }],
     requires_any: &["xdp"],
     requires_all: &[],
 };
@@ -157,12 +175,34 @@ pub static SOCK: ObjectSpec = ObjectSpec {
     name: "sock",
     bytes: object_bytes!("sock"),
     programs: &[
-        ProgramSpec { name: "sock4_connect", hook: Hook::Cgroup(CgroupHook::Connect4) },
-        ProgramSpec { name: "sock4_sendmsg", hook: Hook::Cgroup(CgroupHook::Sendmsg4) },
-        ProgramSpec { name: "sock4_recvmsg", hook: Hook::Cgroup(CgroupHook::Recvmsg4) },
-        ProgramSpec { name: "sock4_getpeername", hook: Hook::Cgroup(CgroupHook::Getpeername4) },
+        ProgramSpec { name: "sock4_connect", hook: Hook::Cgroup(CgroupHook::Connect4), requires: &[] },
+        ProgramSpec { name: "sock4_sendmsg", hook: Hook::Cgroup(CgroupHook::Sendmsg4), requires: &[] },
+        ProgramSpec { name: "sock4_recvmsg", hook: Hook::Cgroup(CgroupHook::Recvmsg4), requires: &[] },
+        ProgramSpec { name: "sock4_getpeername", hook: Hook::Cgroup(CgroupHook::Getpeername4), requires: &[] },
+        ProgramSpec {
+            name: "sock_release",
+            hook: Hook::Cgroup(CgroupHook::SockRelease),
+            requires: &["cgroup_sock_release"],
+        },
+        ProgramSpec {
+            name: "sock4_post_bind",
+            hook: Hook::Cgroup(CgroupHook::PostBind4),
+            requires: &["cgroup_post_bind4"],
+        },
     ],
     requires_any: &["cgroup_sock_addr"],
+    requires_all: &[],
+};
+
+/// Per-cgroup traffic accounting (cgroup_skb).
+pub static CGROUP_SKB: ObjectSpec = ObjectSpec {
+    name: "cgroup_skb",
+    bytes: object_bytes!("cgroup_skb"),
+    programs: &[
+        ProgramSpec { name: "traffic_ingress", hook: Hook::Cgroup(CgroupHook::SkbIngress), requires: &[] },
+        ProgramSpec { name: "traffic_egress", hook: Hook::Cgroup(CgroupHook::SkbEgress), requires: &[] },
+    ],
+    requires_any: &["cgroup_skb"],
     requires_all: &[],
 };
 
@@ -171,15 +211,15 @@ pub static PROCESS: ObjectSpec = ObjectSpec {
     name: "process",
     bytes: object_bytes!("process"),
     programs: &[
-        ProgramSpec { name: "process_exec", hook: Hook::TpBtf("sched_process_exec") },
-        ProgramSpec { name: "process_exit", hook: Hook::Tracepoint("sched", "sched_process_exit") },
+        ProgramSpec { name: "process_exec", hook: Hook::TpBtf("sched_process_exec"), requires: &[] },
+        ProgramSpec { name: "process_exit", hook: Hook::Tracepoint("sched", "sched_process_exit"), requires: &[] },
     ],
     requires_any: &["tp_btf"],
     requires_all: &["tp_btf", "tracepoint"],
 };
 
 /// Every object, in load order (lxc first: it creates the shared maps).
-pub static ALL: [&ObjectSpec; 6] = [&LXC, &NETDEV, &OVERLAY, &XDP, &SOCK, &PROCESS];
+pub static ALL: [&ObjectSpec; 7] = [&LXC, &NETDEV, &OVERLAY, &XDP, &SOCK, &CGROUP_SKB, &PROCESS];
 
 /// The program attached at `hook`, and the object that holds it.
 #[must_use]
@@ -198,8 +238,8 @@ pub mod testing {
         name: "lxc_v1",
         bytes: object_bytes!("lxc_v1"),
         programs: &[
-            ProgramSpec { name: "from_container", hook: Hook::PodVeth(TcDir::Ingress) },
-            ProgramSpec { name: "to_container", hook: Hook::PodVeth(TcDir::Egress) },
+            ProgramSpec { name: "from_container", hook: Hook::PodVeth(TcDir::Ingress), requires: &[] },
+            ProgramSpec { name: "to_container", hook: Hook::PodVeth(TcDir::Egress), requires: &[] },
         ],
         requires_any: &["tcx"],
         requires_all: &[],

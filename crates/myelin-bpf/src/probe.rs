@@ -81,6 +81,21 @@ pub fn probe_features() -> Vec<FeatureProbe> {
         sys::probe_prog_type(libbpf_sys::BPF_PROG_TYPE_CGROUP_SOCK_ADDR),
     ));
     out.push(from_probe(
+        "cgroup_sock",
+        "BPF_PROG_TYPE_CGROUP_SOCK",
+        sys::probe_prog_type(libbpf_sys::BPF_PROG_TYPE_CGROUP_SOCK),
+    ));
+    out.push(from_load(
+        "cgroup_sock_release",
+        "cgroup sock program for BPF_CGROUP_INET_SOCK_RELEASE (kernel >= 5.9)",
+        sys::probe_attach_type_load(libbpf_sys::BPF_PROG_TYPE_CGROUP_SOCK, libbpf_sys::BPF_CGROUP_INET_SOCK_RELEASE),
+    ));
+    out.push(from_load(
+        "cgroup_post_bind4",
+        "cgroup sock program for BPF_CGROUP_INET4_POST_BIND",
+        sys::probe_attach_type_load(libbpf_sys::BPF_PROG_TYPE_CGROUP_SOCK, libbpf_sys::BPF_CGROUP_INET4_POST_BIND),
+    ));
+    out.push(from_probe(
         "cgroup_skb",
         "BPF_PROG_TYPE_CGROUP_SKB",
         sys::probe_prog_type(libbpf_sys::BPF_PROG_TYPE_CGROUP_SKB),

@@ -14,6 +14,7 @@ use std::path::Path;
 use libbpf_rs::libbpf_sys;
 
 use crate::skel::types;
+use crate::skel_cgskb::types as cgskb_types;
 use crate::skel_lb::types as lb_types;
 use crate::skel_overlay::types as overlay_types;
 use crate::skel_process::types as process_types;
@@ -195,32 +196,30 @@ fn probe_ret(ret: i32) -> io::Result<bool> {
     }
 }
 
-/// Really load a trivial BTF-attached program (`r0 = 0; exit`) of type
-/// `prog_type` / `attach` against the vmlinux function `func`: this is what
-/// kernel lockdown or a missing config refuses, unlike libbpf's type probe.
-pub(crate) fn probe_btf_prog_load(
+/// Really load a trivial program (`r0 = 0; exit`) of type `prog_type` with
+/// expected attach type `attach`: the kernel refuses an attach type it does
+/// not know for that program type (e.g. `BPF_CGROUP_INET_SOCK_RELEASE`
+/// before 5.9), which libbpf's program type probe does not check.
+pub(crate) fn probe_attach_type_load(
     prog_type: libbpf_sys::bpf_prog_type,
     attach: libbpf_sys::bpf_attach_type,
-    func: &str,
 ) -> io::Result<()> {
-    let name = CString::new(func).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: `name` is a valid C string; libbpf parses vmlinux BTF itself.
-    let btf_id = unsafe { libbpf_sys::libbpf_find_vmlinux_btf_id(name.as_ptr(), attach) };
-    if btf_id < 0 {
-        return Err(neg_errno(btf_id));
-    }
+    let opts = libbpf_sys::bpf_prog_load_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_prog_load_opts>() as libbpf_sys::size_t,
+        expected_attach_type: attach,
+        ..Default::default()
+    };
+    load_trivial(prog_type, opts)
+}
+
+/// Load `r0 = 0; exit` with `opts`, and close it.
+fn load_trivial(prog_type: libbpf_sys::bpf_prog_type, mut opts: libbpf_sys::bpf_prog_load_opts) -> io::Result<()> {
     let insns = [
         // BPF_MOV64_IMM(BPF_REG_0, 0)
         libbpf_sys::bpf_insn { code: 0xb7, ..Default::default() },
         // BPF_EXIT_INSN()
         libbpf_sys::bpf_insn { code: 0x95, ..Default::default() },
     ];
-    let mut opts = libbpf_sys::bpf_prog_load_opts {
-        sz: std::mem::size_of::<libbpf_sys::bpf_prog_load_opts>() as libbpf_sys::size_t,
-        expected_attach_type: attach,
-        attach_btf_id: btf_id.unsigned_abs(),
-        ..Default::default()
-    };
     let license = c"GPL";
     // SAFETY: `insns` outlives the call and its length is passed; `opts` is a
     // sized, zero-initialised struct; the strings are NUL-terminated.
@@ -240,6 +239,46 @@ pub(crate) fn probe_btf_prog_load(
     // SAFETY: a successful load returns a new fd we own; dropping closes it.
     drop(unsafe { OwnedFd::from_raw_fd(fd) });
     Ok(())
+}
+
+/// Ids of the programs attached to the cgroup `cgroup` (an open cgroup v2
+/// directory) at `attach`, directly (not inherited from ancestors).
+pub(crate) fn cgroup_prog_ids(cgroup: BorrowedFd<'_>, attach: libbpf_sys::bpf_attach_type) -> io::Result<Vec<u32>> {
+    let mut ids = vec![0u32; 64];
+    let mut count = 64u32;
+    let mut flags = 0u32;
+    // SAFETY: `ids` holds `count` u32s and outlives the call; the kernel
+    // writes at most `count` ids and the real count back into `count`.
+    let ret =
+        unsafe { libbpf_sys::bpf_prog_query(cgroup.as_raw_fd(), attach, 0, &mut flags, ids.as_mut_ptr(), &mut count) };
+    if ret < 0 {
+        return Err(neg_errno(ret));
+    }
+    ids.truncate(usize::try_from(count.min(64)).unwrap_or(0));
+    Ok(ids)
+}
+
+/// Really load a trivial BTF-attached program (`r0 = 0; exit`) of type
+/// `prog_type` / `attach` against the vmlinux function `func`: this is what
+/// kernel lockdown or a missing config refuses, unlike libbpf's type probe.
+pub(crate) fn probe_btf_prog_load(
+    prog_type: libbpf_sys::bpf_prog_type,
+    attach: libbpf_sys::bpf_attach_type,
+    func: &str,
+) -> io::Result<()> {
+    let name = CString::new(func).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `name` is a valid C string; libbpf parses vmlinux BTF itself.
+    let btf_id = unsafe { libbpf_sys::libbpf_find_vmlinux_btf_id(name.as_ptr(), attach) };
+    if btf_id < 0 {
+        return Err(neg_errno(btf_id));
+    }
+    let opts = libbpf_sys::bpf_prog_load_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_prog_load_opts>() as libbpf_sys::size_t,
+        expected_attach_type: attach,
+        attach_btf_id: btf_id.unsigned_abs(),
+        ..Default::default()
+    };
+    load_trivial(prog_type, opts)
 }
 
 /// (instructions the verifier processed, translated instructions, JITed bytes)
@@ -363,6 +402,8 @@ unsafe impl Pod for overlay_types::tunnel_value {}
 unsafe impl Pod for xdp_types::ipcache_key {}
 // SAFETY: as above.
 unsafe impl Pod for process_types::process_event {}
+// SAFETY: as above.
+unsafe impl Pod for cgskb_types::cgroup_traffic_value {}
 // SAFETY: a u32 is plain data.
 unsafe impl Pod for u32 {}
 // SAFETY: a u16 is plain data.
@@ -390,6 +431,7 @@ const _: () = {
     assert!(size_of::<lb_types::lb4_backend>() == 4 + 2 + 1 + 1);
     assert!(size_of::<lb_types::lb4_reverse_nat>() == 4 + 2 + 2);
     assert!(size_of::<xdp_types::prefilter_value>() == 16);
+    assert!(size_of::<cgskb_types::cgroup_traffic_value>() == 4 * 8);
     assert!(size_of::<types::metrics_key>() == 4 + 1 + 1 + 2);
     assert!(size_of::<types::metrics_value>() == 8 + 8);
 };

@@ -123,3 +123,9 @@ pub fn run_program(dp: &crate::Datapath, name: &str, data: &[u8], repeat: u32) -
         .ok_or_else(|| BpfError::Invalid(format!("no loaded program named {name}")))?;
     sys::prog_test_run(prog.as_fd(), data, repeat).map_err(|e| BpfError::Invalid(format!("test run of {name}: {e}")))
 }
+
+/// Ids of the programs attached directly to the cgroup (v2) directory
+/// `cgroup` at `hook`, whoever attached them (to tell one attachment from two).
+pub fn cgroup_prog_ids(cgroup: &Path, hook: crate::objects::CgroupHook) -> Result<Vec<u32>, BpfError> {
+    crate::attach::cgroup_prog_ids(cgroup, hook)
+}

@@ -269,6 +269,36 @@ def tcp_connect_peer(addr, port, timeout):
     except OSError as e:
         print("error", e.errno, flush=True)
 
+def udp_hold(addr, port, mode, timeout):
+    """One datagram to addr:port, echoed, on a socket that is "connected" or
+    "unconnected" (sendto); print "ok <peer>" as recvfrom() reports it, then
+    keep the socket until a line on stdin, close it and print "closed"."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(timeout)
+    try:
+        if mode == "connected":
+            s.connect((addr, port))
+            s.send(b"hold")
+        else:
+            s.sendto(b"hold", (addr, port))
+        _, peer = s.recvfrom(100)
+        print("ok %s:%d" % peer, flush=True)
+    except socket.timeout:
+        print("timeout", flush=True)
+    sys.stdin.readline()
+    s.close()
+    print("closed", flush=True)
+
+def bind(proto, addr, port):
+    """bind() with IP_FREEBIND (the address need not be local): ok / error <errno>."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
+    s.setsockopt(socket.IPPROTO_IP, 15, 1)  # IP_FREEBIND
+    try:
+        s.bind((addr, port))
+        print("ok", flush=True)
+    except OSError as e:
+        print("error", e.errno, flush=True)
+
 cmd, args = sys.argv[1], sys.argv[2:]
 if cmd == "ping":
     ping(args[0], int(args[1]), float(args[2]), args[3] if len(args) > 3 else None)
@@ -296,5 +326,9 @@ elif cmd == "tcp-connect-peer":
     tcp_connect_peer(args[0], int(args[1]), float(args[2]))
 elif cmd == "tcp-session":
     tcp_session(args[0], int(args[1]), float(args[2]))
+elif cmd == "udp-hold":
+    udp_hold(args[0], int(args[1]), args[2], float(args[3]))
+elif cmd == "bind":
+    bind(args[0], args[1], int(args[2]))
 else:
     sys.exit("unknown command " + cmd)

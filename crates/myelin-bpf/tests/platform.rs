@@ -16,7 +16,6 @@ mod common;
 
 use std::cell::RefCell;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -200,52 +199,6 @@ fn wait_events(reader: &myelin_bpf::EventReader, seen: &Seen, done: impl Fn(&[Ev
         }
         assert!(std::time::Instant::now() < deadline, "events never came: {:?}", seen.borrow());
     }
-}
-
-/// A cgroup v2 directory for the test, removed on drop.
-struct Cgroup(PathBuf);
-
-impl Cgroup {
-    fn new() -> Self {
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-        let root = mounts
-            .lines()
-            .find(|l| l.contains(" - cgroup2 "))
-            .and_then(|l| l.split(' ').nth(4))
-            .expect("a cgroup2 mount (this machine: /sys/fs/cgroup/unified)");
-        let dir = PathBuf::from(root).join(unique("cg"));
-        std::fs::create_dir(&dir).expect("create cgroup");
-        Self(dir)
-    }
-}
-
-impl Drop for Cgroup {
-    fn drop(&mut self) {
-        let _ = std::fs::write(self.0.join("cgroup.kill"), "1");
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while std::fs::remove_dir(&self.0).is_err() && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-/// Run netprobe in pod netns `ns` from a process that joined cgroup `cg` first.
-fn in_cgroup(cg: &Cgroup, ns: &str, args: &[&str]) -> String {
-    let script = format!(
-        "echo $$ > {}/cgroup.procs && exec ip netns exec {ns} {} -c \"$NETPROBE\" \"$@\"",
-        cg.0.display(),
-        python()
-    );
-    let out = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .arg("sh")
-        .args(args)
-        .env("NETPROBE", NETPROBE)
-        .output()
-        .expect("run netprobe in the cgroup");
-    assert!(out.status.success(), "netprobe in cgroup failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// Run `sh -c SCRIPT` from a shell that first moved itself into `cg`; returns (pid, exit status).

@@ -360,3 +360,49 @@ pub fn serve(ns: &str, args: &[&str]) -> Server {
     assert_eq!(line.trim(), "ready", "server {args:?} in {ns} did not start");
     Server { _stdin: stdin, _guard: guard }
 }
+
+/// A cgroup v2 directory for the test, removed on drop.
+pub struct Cgroup(pub PathBuf);
+
+impl Cgroup {
+    pub fn new() -> Self {
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        let root = mounts
+            .lines()
+            .find(|l| l.contains(" - cgroup2 "))
+            .and_then(|l| l.split(' ').nth(4))
+            .expect("a cgroup2 mount (this machine: /sys/fs/cgroup/unified)");
+        let dir = PathBuf::from(root).join(unique("cg"));
+        std::fs::create_dir(&dir).expect("create cgroup");
+        Self(dir)
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.0.join("cgroup.kill"), "1");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::fs::remove_dir(&self.0).is_err() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// `sh -c` that joins cgroup `cg`, then runs netprobe in pod netns `ns`.
+pub fn in_cgroup_cmd(cg: &Cgroup, ns: &str, args: &[&str]) -> Command {
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec ip netns exec {ns} {} -c \"$NETPROBE\" \"$@\"",
+        cg.0.display(),
+        python()
+    );
+    let mut c = Command::new("sh");
+    c.arg("-c").arg(script).arg("sh").args(args).env("NETPROBE", NETPROBE);
+    c
+}
+
+/// Run netprobe in pod netns `ns` from a process that joined cgroup `cg` first.
+pub fn in_cgroup(cg: &Cgroup, ns: &str, args: &[&str]) -> String {
+    let out = in_cgroup_cmd(cg, ns, args).output().expect("run netprobe in the cgroup");
+    assert!(out.status.success(), "netprobe in cgroup failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
