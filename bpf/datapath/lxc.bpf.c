@@ -38,6 +38,7 @@
 #include "lib/conntrack.h"
 #include "lib/policy.h"
 #include "lib/verdict.h"
+#include "lib/tunnel.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -131,6 +132,46 @@ static __always_inline int handle_arp(struct pkt_ctx *c, struct __sk_buff *skb)
 	return ctx_arp_reply(c);
 }
 
+/* A pod of another node (the ipcache names it, it is not here): straight into
+ * the tunnel device when the node has an overlay and a node holds the
+ * address, else out of the device the kernel's FIB gives, with its next hop's
+ * MACs (Cilium's BPF host routing). Whatever the FIB cannot answer goes to the
+ * stack, which decides and reports. */
+static __always_inline int to_other_node(struct pkt_ctx *c, struct __sk_buff *skb, struct ethhdr *eth,
+					 struct iphdr *ip4)
+{
+	struct bpf_fib_lookup fib = {};
+	struct bpf_redir_neigh nh = {};
+	__u32 ifindex = overlay_ifindex_for(ip4->daddr);
+	int r;
+
+	if (ifindex) {
+		ipv4_dec_ttl(ip4);
+		return ctx_redirect_node(c, ifindex, NULL);
+	}
+	fib.family = MYELIN_AF_INET;
+	fib.ifindex = skb->ifindex;
+	fib.tos = ip4->tos;
+	fib.l4_protocol = ip4->protocol;
+	fib.tot_len = bpf_ntohs(ip4->tot_len);
+	fib.ipv4_src = ip4->saddr;
+	fib.ipv4_dst = ip4->daddr;
+	r = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	if (r == BPF_FIB_LKUP_RET_SUCCESS) {
+		ipv4_dec_ttl(ip4);
+		mac_copy(eth->h_dest, fib.dmac);
+		mac_copy(eth->h_source, fib.smac);
+		return ctx_redirect_node(c, fib.ifindex, NULL);
+	}
+	if (r == BPF_FIB_LKUP_RET_NO_NEIGH) {
+		nh.nh_family = MYELIN_AF_INET;
+		nh.ipv4_nh = fib.ipv4_dst;
+		ipv4_dec_ttl(ip4);
+		return ctx_redirect_node(c, fib.ifindex, &nh);
+	}
+	return ctx_to_stack(c);
+}
+
 static __always_inline int from_container_ipv4(struct pkt_ctx *c, struct __sk_buff *skb)
 {
 	struct endpoint_info *src, *dst;
@@ -178,8 +219,10 @@ static __always_inline int from_container_ipv4(struct pkt_ctx *c, struct __sk_bu
 forward:
 	/* Node, world, or TTL expiring: the stack decides (and sends ICMP
 	 * time exceeded where it forwards). */
-	if (!to_pod || ip4->ttl <= 1)
+	if (ip4->ttl <= 1)
 		return ctx_to_stack(c);
+	if (!to_pod)
+		return identity_is_workload(c->dst_id) ? to_other_node(c, skb, eth, ip4) : ctx_to_stack(c);
 
 	ipv4_dec_ttl(ip4);
 	mac_copy(eth->h_dest, dst->mac);

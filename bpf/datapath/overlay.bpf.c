@@ -31,18 +31,11 @@
 #include "lib/policy.h"
 #include "lib/remote.h"
 #include "lib/verdict.h"
+#include "lib/tunnel.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
-/* Pod prefixes of other nodes -> the node's underlay address. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__type(key, struct tunnel_key);
-	__type(value, struct tunnel_value);
-	__uint(max_entries, MYELIN_MAX_TUNNEL);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	MYELIN_PINNED;
-} tunnel_map SEC(".maps");
+
 
 /* VNIs are 24 bits; 0 carries no identity (a sender that is not Myelin). */
 static __always_inline __u32 identity_of_vni(__u32 vni)

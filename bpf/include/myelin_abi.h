@@ -165,6 +165,15 @@ enum reserved_identity {
 
 #define MYELIN_MAX_TUNNEL 65536
 
+/* `overlay_dev` (array of one, pinned): the node's tunnel device. Pods'
+ * packets to another node's pod are redirected straight into it (the
+ * overlay's egress program sets the key), skipping the node's routing.
+ * ifindex 0: no overlay (native routing: the kernel's FIB is asked instead). */
+struct overlay_dev {
+	__u32 ifindex;
+	__u32 flags;               /* reserved, 0 */
+};
+
 struct tunnel_key {
 	__u32 prefixlen;
 	__u32 ip4;                 /* network byte order */

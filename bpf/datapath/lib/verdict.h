@@ -136,6 +136,21 @@ static __always_inline int ctx_to_stack(struct pkt_ctx *c)
 	return TC_ACT_OK;
 }
 
+/* Send the packet to another node's pod without the node's routing: into the
+ * tunnel device (whose program sets the key), or out of the uplink to the
+ * next hop the kernel's FIB gave (MACs already set; with `nh`, the kernel
+ * resolves the neighbour). Counted as forwarded for the sender. */
+static __always_inline int ctx_redirect_node(struct pkt_ctx *c, __u32 ifindex, struct bpf_redir_neigh *nh)
+{
+	c->reason = REASON_FORWARDED;
+	c->obs_point = TRACE_FROM_LXC;
+	ctx_count(c);
+	ctx_trace(c);
+	if (nh)
+		return bpf_redirect_neigh(ifindex, nh, sizeof(*nh), 0);
+	return bpf_redirect(ifindex, 0);
+}
+
 /* Deliver into the local pod `dst` (whose entry the caller looked up; MACs
  * and TTL already rewritten). Counted as forwarded for the sender (when it
  * is a local endpoint) and for the receiver. */

@@ -174,4 +174,70 @@ struct bpf_tunnel_key {
 	};
 };
 
+/* bpf_fib_lookup(): the kernel's route and neighbour for a packet (UAPI layout). */
+#define MYELIN_AF_INET 2
+
+enum {
+	BPF_FIB_LKUP_RET_SUCCESS,
+	BPF_FIB_LKUP_RET_BLACKHOLE,
+	BPF_FIB_LKUP_RET_UNREACHABLE,
+	BPF_FIB_LKUP_RET_PROHIBIT,
+	BPF_FIB_LKUP_RET_NOT_FWDED,
+	BPF_FIB_LKUP_RET_FWD_DISABLED,
+	BPF_FIB_LKUP_RET_UNSUPP_LWT,
+	BPF_FIB_LKUP_RET_NO_NEIGH,
+	BPF_FIB_LKUP_RET_FRAG_NEEDED,
+	BPF_FIB_LKUP_RET_NO_SRC_ADDR,
+};
+
+struct bpf_fib_lookup {
+	__u8  family;
+	__u8  l4_protocol;
+	__be16 sport;
+	__be16 dport;
+	union {
+		__u16 tot_len;     /* input: the L3 length */
+		__u16 mtu_result;  /* output */
+	} __attribute__((packed, aligned(2)));
+	__u32 ifindex;             /* input: ingress device; output: egress device */
+	union {
+		__u8  tos;
+		__be32 flowinfo;
+		__u32 rt_metric;
+	};
+	union {
+		__be32 ipv4_src;
+		__u32 ipv6_src[4];
+	};
+	union {
+		__be32 ipv4_dst;   /* output: the gateway, for a gateway route */
+		__u32 ipv6_dst[4];
+	};
+	union {
+		struct {
+			__be16 h_vlan_proto;
+			__be16 h_vlan_TCI;
+		};
+		__u32 tbid;
+	};
+	union {
+		struct {
+			__u32 mark;
+		};
+		struct {
+			__u8 smac[6];
+			__u8 dmac[6];
+		};
+	};
+};
+
+/* bpf_redirect_neigh(): the next hop whose neighbour the kernel resolves. */
+struct bpf_redir_neigh {
+	__u32 nh_family;
+	union {
+		__be32 ipv4_nh;
+		__u32 ipv6_nh[4];
+	};
+};
+
 #endif /* MYELIN_BPF_H */

@@ -23,6 +23,7 @@
 //! <pin_dir>/cgroup_traffic       LRU_PERCPU_HASH cgroup id -> cgroup_traffic_value (cgroup_skb)
 //! <pin_dir>/prefilter4           LPM_TRIE ipcache_key -> prefilter_value (XDP)
 //! <pin_dir>/tunnel_map           LPM_TRIE tunnel_key -> tunnel_value (overlay: pod prefix -> node)
+//! <pin_dir>/overlay_dev          ARRAY[1] overlay_dev (the tunnel device pods' packets go straight into)
 //! <pin_dir>/links/<ifname>/ingress|egress        pod veth (TCX links)
 //! <pin_dir>/links/<ifname>/uplink_in|uplink_out  uplink (TCX links)
 //! <pin_dir>/links/<ifname>/xdp                   uplink XDP link
@@ -118,6 +119,7 @@ pub(crate) struct Maps {
     pub lb4_reverse_nat: Option<MapHandle>,
     pub prefilter4: Option<MapHandle>,
     pub tunnel_map: Option<MapHandle>,
+    pub overlay_dev: Option<MapHandle>,
     pub cgroup_traffic: Option<MapHandle>,
 }
 
@@ -303,6 +305,7 @@ impl Datapath {
             lb4_reverse_nat: find("lb4_reverse_nat").transpose()?,
             prefilter4: find("prefilter4").transpose()?,
             tunnel_map: find("tunnel_map").transpose()?,
+            overlay_dev: find("overlay_dev").transpose()?,
             cgroup_traffic: find("cgroup_traffic").transpose()?,
         };
         let mut progs = Vec::new();

@@ -399,6 +399,8 @@ unsafe impl Pod for overlay_types::tunnel_key {}
 // SAFETY: as above.
 unsafe impl Pod for overlay_types::tunnel_value {}
 // SAFETY: as above.
+unsafe impl Pod for overlay_types::overlay_dev {}
+// SAFETY: as above.
 unsafe impl Pod for xdp_types::ipcache_key {}
 // SAFETY: as above.
 unsafe impl Pod for process_types::process_event {}

@@ -61,6 +61,18 @@ impl Datapath {
         }
     }
 
+    /// Send pods' packets for other nodes' pods straight into the tunnel device `ifindex` (0:
+    /// no overlay; the pod programs then ask the kernel's FIB for the next hop).
+    pub fn set_overlay_device(&self, ifindex: u32) -> Result<(), BpfError> {
+        let m =
+            self.maps.overlay_dev.as_ref().ok_or_else(|| {
+                BpfError::Invalid("the datapath has no overlay_dev map (an older lxc object?)".into())
+            })?;
+        let v = types::overlay_dev { ifindex, flags: 0 };
+        m.update(sys::as_bytes(&0u32), sys::as_bytes(&v), MapFlags::ANY)
+            .map_err(map_err("overlay_dev", format!("setting ifindex {ifindex}")))
+    }
+
     /// Every pod prefix with its node, sorted.
     pub fn tunnels(&self) -> Result<Vec<TunnelRoute>, BpfError> {
         let m = self.tunnel_map()?;

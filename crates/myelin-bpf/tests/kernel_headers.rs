@@ -112,6 +112,8 @@ fn own_uapi_structs_match_the_running_kernel() {
         "xdp_md",
         "bpf_sock_addr",
         "bpf_tunnel_key",
+        "bpf_fib_lookup",
+        "bpf_redir_neigh",
         "ethhdr",
         "arphdr",
         "iphdr",

@@ -670,3 +670,47 @@ fn another_nodes_own_traffic_is_remote_node_not_host() {
         assert!(!tcp(lab, "a", "c", 8080).reached("a -> c"), "{routing}: a pod of another node is not remote-node");
     }
 }
+
+/// `Ip: ForwDatagrams` of a node's kernel: packets it routed.
+fn kernel_forwarded(lab: &Lab, node: &str) -> u64 {
+    let netns = lab.node(node).unwrap().netns;
+    let out = Command::new("ip").args(["netns", "exec", &netns, "cat", "/proc/net/snmp"]).output().expect("ip");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut ip = text.lines().filter(|l| l.starts_with("Ip:"));
+    let (names, values) = (ip.next().expect("Ip: header"), ip.next().expect("Ip: values"));
+    let i = names.split_whitespace().position(|n| n == "ForwDatagrams").expect("ForwDatagrams");
+    values.split_whitespace().nth(i).unwrap().parse().unwrap()
+}
+
+/// A pod's packets to another node's pod leave its node without the node's routing: the pod's
+/// program sends them straight into the tunnel device (VXLAN) or out of the uplink to the next
+/// hop the kernel's FIB names (native), counted as forwarded by eBPF, while the sending node's
+/// kernel forwards none of them.
+#[test]
+fn packets_to_another_nodes_pod_skip_the_senders_routing() {
+    const FORWARDED: u8 = 0;
+    const TO_STACK: u8 = 1;
+    for routing in ["vxlan", "native"] {
+        let g = LabGuard::up(&lab_yaml(routing, 1, &[("a", "node1", "client"), ("b", "node2", "server")]), "mnf");
+        let lab = g.lab();
+        wait_remote_ips(lab, &[("node1", 1), ("node2", 1)], Duration::from_secs(20));
+        serve(lab, "b", 8080);
+        assert!(tcp(lab, "a", "b", 8080).reached("warm-up"), "{routing}: a -> b");
+        let a_ep = endpoint_id(lab, "default", "a");
+        let (fwd0, stack0, kern0) = (
+            metric(lab, "node1", a_ep, "egress", FORWARDED).0,
+            metric(lab, "node1", a_ep, "egress", TO_STACK).0,
+            kernel_forwarded(lab, "node1"),
+        );
+        let mut s = tcp_connect(&pod_ns(lab, "default", "a"), addr(lab, "b", 8080)).expect("a -> b");
+        for i in 0..50 {
+            echo(&mut s, &format!("{routing}: echo {i}"));
+        }
+        let fwd = metric(lab, "node1", a_ep, "egress", FORWARDED).0 - fwd0;
+        let stack = metric(lab, "node1", a_ep, "egress", TO_STACK).0 - stack0;
+        let kern = kernel_forwarded(lab, "node1") - kern0;
+        assert!(fwd >= 50, "{routing}: a's packets counted as forwarded by eBPF: {fwd}");
+        assert_eq!(stack, 0, "{routing}: none handed to node1's stack");
+        assert!(kern < 5, "{routing}: node1's kernel forwarded {kern} packets (expected none of the 50+)");
+    }
+}

@@ -311,17 +311,19 @@ pub(crate) fn verify(kind: Kind, vxlan: bool, d: &Counters) -> Vec<Check> {
         ok: n(d.server_rx) > 0,
     }];
     if matches!(kind, Kind::CrossMyelin { .. }) {
-        // Across nodes the client's eBPF program hands the packet to n1's stack (to-stack), n1's
-        // kernel routes it (into the tunnel device or onto the underlay), and n2's eBPF program
-        // (tunnel device or underlay ingress) puts it straight into the server pod (forwarded).
+        // Across nodes the client's eBPF program sends the packet on itself (forwarded): into the
+        // tunnel device (VXLAN) or out of the uplink to the next hop the FIB names (native), so
+        // n1's kernel routes none of it; n2's eBPF program (tunnel device or uplink ingress)
+        // puts it straight into the server pod (forwarded).
         checks.push(Check {
-            claim: "eBPF on the client endpoint handed the traffic to n1's kernel, which routed it to n2".into(),
+            claim: "eBPF on the client endpoint sent the traffic to n2 itself, without n1's routing".into(),
             evidence: format!(
-                "client endpoint egress \"to-stack\" +{} packets; n1 Ip:ForwDatagrams +{}",
+                "client endpoint egress \"forwarded\" +{} packets, \"to-stack\" +{}; n1 Ip:ForwDatagrams +{}",
+                n(d.ebpf_forwarded),
                 n(d.ebpf_to_stack),
                 n(d.node_forwarded)
             ),
-            ok: n(d.ebpf_to_stack) > 0 && n(d.node_forwarded) > 0,
+            ok: n(d.ebpf_forwarded) > 0 && n(d.node_forwarded) * 10 < n(d.ebpf_forwarded).max(1),
         });
         checks.push(Check {
             claim: "eBPF on n2 delivered it straight into the server pod".into(),
@@ -392,9 +394,17 @@ mod tests {
         let no_tunnel = Counters { tunnel_rx: Some(0), ..d };
         assert!(!verify(Kind::CrossKernel { vxlan: true }, true, &no_tunnel).iter().all(|c| c.ok));
         // Myelin: the eBPF counters on both ends are what prove its path.
-        let my = Counters { ebpf_to_stack: Some(90), ebpf_server_forwarded: Some(0), ..d };
+        let my = Counters {
+            ebpf_forwarded: Some(90),
+            ebpf_to_stack: Some(0),
+            node_forwarded: Some(0),
+            ebpf_server_forwarded: Some(0),
+            ..d
+        };
         assert!(!verify(Kind::CrossMyelin { vxlan: true }, true, &my).iter().all(|c| c.ok));
-        let my = Counters { ebpf_to_stack: Some(90), ebpf_server_forwarded: Some(85), ..d };
+        let routed = Counters { ebpf_server_forwarded: Some(85), node_forwarded: Some(90), ..my };
+        assert!(!verify(Kind::CrossMyelin { vxlan: true }, true, &routed).iter().all(|c| c.ok), "n1 routed it");
+        let my = Counters { ebpf_server_forwarded: Some(85), ..my };
         assert!(verify(Kind::CrossMyelin { vxlan: true }, true, &my).iter().all(|c| c.ok));
         assert!(verify(Kind::CrossMyelin { vxlan: false }, false, &my).iter().all(|c| c.ok));
     }

@@ -38,9 +38,13 @@ impl Overlay {
         let link = tunnel::ensure_tunnel_device(kind, name, mtu).await.with_context(|| format!("creating {name}"))?;
         let dp = datapath.clone();
         let index = link.index;
-        tokio::task::spawn_blocking(move || dp.attach_tunnel(name, index))
-            .await?
-            .with_context(|| format!("attaching the overlay programs to {name}"))?;
+        tokio::task::spawn_blocking(move || {
+            dp.attach_tunnel(name, index)?;
+            // Pods' packets for other nodes' pods go straight into the device.
+            dp.set_overlay_device(index)
+        })
+        .await?
+        .with_context(|| format!("attaching the overlay programs to {name}"))?;
         let mut installed = BTreeMap::new();
         let dp = datapath.clone();
         for t in tokio::task::spawn_blocking(move || dp.tunnels()).await?.context("reading tunnel_map")? {
