@@ -132,9 +132,9 @@ static __always_inline int handle_arp(struct pkt_ctx *c, struct __sk_buff *skb)
 	return ctx_arp_reply(c);
 }
 
-/* A pod of another node (the ipcache names it, it is not here): straight into
- * the tunnel device when the node has an overlay and a node holds the
- * address, else out of the device the kernel's FIB gives, with its next hop's
+/* A pod of another node (the ipcache names it, it is not here): with an
+ * overlay, the tunnel key set here (remote = the node holding the address,
+ * VNI = the pod's identity) and straight into the tunnel device; else out of the device the kernel's FIB gives, with its next hop's
  * MACs (Cilium's BPF host routing). Whatever the FIB cannot answer goes to the
  * stack, which decides and reports. */
 static __always_inline int to_other_node(struct pkt_ctx *c, struct __sk_buff *skb, struct ethhdr *eth,
@@ -142,10 +142,12 @@ static __always_inline int to_other_node(struct pkt_ctx *c, struct __sk_buff *sk
 {
 	struct bpf_fib_lookup fib = {};
 	struct bpf_redir_neigh nh = {};
-	__u32 ifindex = overlay_ifindex_for(ip4->daddr);
+	__u32 ifindex = overlay_ifindex();
 	int r;
 
 	if (ifindex) {
+		if (tunnel_key_set(skb, ip4->daddr, c->src_id, &c->tunnel_remote))
+			return ctx_drop(c, DROP_NO_TUNNEL_ENDPOINT);
 		ipv4_dec_ttl(ip4);
 		return ctx_redirect_node(c, ifindex, NULL);
 	}
@@ -153,7 +155,9 @@ static __always_inline int to_other_node(struct pkt_ctx *c, struct __sk_buff *sk
 	fib.ifindex = skb->ifindex;
 	fib.tos = ip4->tos;
 	fib.l4_protocol = ip4->protocol;
-	fib.tot_len = bpf_ntohs(ip4->tot_len);
+	/* tot_len 0: the kernel checks the skb against the egress MTU itself,
+	 * GSO-aware (a GSO packet's IP length is above any MTU). */
+	fib.tot_len = 0;
 	fib.ipv4_src = ip4->saddr;
 	fib.ipv4_dst = ip4->daddr;
 	r = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);

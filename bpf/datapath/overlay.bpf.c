@@ -78,11 +78,9 @@ int from_overlay(struct __sk_buff *skb)
 SEC("tc")
 int to_overlay(struct __sk_buff *skb)
 {
-	struct tunnel_key tk = { .prefixlen = 32 };
 	struct bpf_tunnel_key key = {};
 	struct pkt_ctx c = {};
 	struct endpoint_info *src;
-	struct tunnel_value *tv;
 	struct iphdr *ip4;
 
 	if (skb->protocol != bpf_htons(ETH_P_IP))
@@ -101,17 +99,13 @@ int to_overlay(struct __sk_buff *skb)
 	c.src_id = identity_of4(src, ip4->saddr, c.cfg);
 	c.dst_id = identity_of4(NULL, ip4->daddr, c.cfg);
 
-	tk.ip4 = ip4->daddr;
-	tv = bpf_map_lookup_elem(&tunnel_map, &tk);
-	if (!tv || !tv->remote_ip4)
+	/* A pod's packet arrives with its key set (from_container); what the node
+	 * routed here gets it now. */
+	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) == 0 && key.tunnel_id && key.remote_ipv4) {
+		c.tunnel_remote = bpf_htonl(key.remote_ipv4);
+		return ctx_pass(&c, TRACE_TO_OVERLAY);
+	}
+	if (tunnel_key_set(skb, ip4->daddr, c.src_id, &c.tunnel_remote))
 		return ctx_drop(&c, DROP_NO_TUNNEL_ENDPOINT);
-	key.remote_ipv4 = bpf_ntohl(tv->remote_ip4);
-	/* The node's own traffic is "host" here and "remote-node" at the receiver (Cilium's 6): a
-	 * policy admitting the host must not admit every other node. */
-	key.tunnel_id = c.src_id == IDENTITY_HOST ? IDENTITY_REMOTE_NODE : c.src_id;
-	key.tunnel_ttl = 64;
-	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX) < 0)
-		return ctx_drop(&c, DROP_NO_TUNNEL_ENDPOINT);
-	c.tunnel_remote = tv->remote_ip4;
 	return ctx_pass(&c, TRACE_TO_OVERLAY);
 }

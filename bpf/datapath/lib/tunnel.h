@@ -25,17 +25,37 @@ struct {
 	MYELIN_PINNED;
 } overlay_dev SEC(".maps");
 
-/* The tunnel device, when the node has an overlay and a node holds `ip4`. */
-static __always_inline __u32 overlay_ifindex_for(__u32 ip4)
+/* The node's tunnel device; 0 without an overlay. */
+static __always_inline __u32 overlay_ifindex(void)
 {
-	struct tunnel_key tk = { .prefixlen = 32, .ip4 = ip4 };
 	struct overlay_dev *od;
 	__u32 zero = 0;
 
 	od = bpf_map_lookup_elem(&overlay_dev, &zero);
-	if (!od || !od->ifindex || !bpf_map_lookup_elem(&tunnel_map, &tk))
-		return 0;
-	return od->ifindex;
+	return od ? od->ifindex : 0;
+}
+
+/* Set the tunnel key towards the node holding `daddr` (network order):
+ * VNI = the sender's security identity, as Cilium does (the node's own
+ * packets: remote-node, so that a policy admitting `host` does not admit
+ * every node). 0 and the remote node's address (network order) in *remote;
+ * -1 when no node holds the address or the key cannot be set. */
+static __always_inline int tunnel_key_set(struct __sk_buff *skb, __u32 daddr, __u32 identity, __u32 *remote)
+{
+	struct tunnel_key tk = { .prefixlen = 32, .ip4 = daddr };
+	struct bpf_tunnel_key key = {};
+	struct tunnel_value *tv;
+
+	tv = bpf_map_lookup_elem(&tunnel_map, &tk);
+	if (!tv || !tv->remote_ip4)
+		return -1;
+	key.remote_ipv4 = bpf_ntohl(tv->remote_ip4);
+	key.tunnel_id = identity == IDENTITY_HOST ? IDENTITY_REMOTE_NODE : identity;
+	key.tunnel_ttl = 64;
+	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX) < 0)
+		return -1;
+	*remote = tv->remote_ip4;
+	return 0;
 }
 
 #endif /* MYELIN_LIB_TUNNEL_H */

@@ -706,6 +706,9 @@ fn packets_to_another_nodes_pod_skip_the_senders_routing() {
         for i in 0..50 {
             echo(&mut s, &format!("{routing}: echo {i}"));
         }
+        // Bulk too: the pod's TCP sends GSO packets far above the MTU, which the FIB's MTU check
+        // must not turn back to the stack.
+        echo_roundtrip(tcp_connect(&pod_ns(lab, "default", "a"), addr(lab, "b", 8080)).expect("a -> b"), 4 << 20);
         let fwd = metric(lab, "node1", a_ep, "egress", FORWARDED).0 - fwd0;
         let stack = metric(lab, "node1", a_ep, "egress", TO_STACK).0 - stack0;
         let kern = kernel_forwarded(lab, "node1") - kern0;
