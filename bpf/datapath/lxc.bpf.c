@@ -149,7 +149,7 @@ static __always_inline int to_other_node(struct pkt_ctx *c, struct __sk_buff *sk
 		if (tunnel_key_set(skb, ip4->daddr, c->src_id, &c->tunnel_remote))
 			return ctx_drop(c, DROP_NO_TUNNEL_ENDPOINT);
 		ipv4_dec_ttl(ip4);
-		return ctx_redirect_node(c, ifindex, NULL);
+		return ctx_redirect_node(c, ifindex, NULL, TRACE_TO_OVERLAY);
 	}
 	fib.family = MYELIN_AF_INET;
 	fib.ifindex = skb->ifindex;
@@ -165,13 +165,13 @@ static __always_inline int to_other_node(struct pkt_ctx *c, struct __sk_buff *sk
 		ipv4_dec_ttl(ip4);
 		mac_copy(eth->h_dest, fib.dmac);
 		mac_copy(eth->h_source, fib.smac);
-		return ctx_redirect_node(c, fib.ifindex, NULL);
+		return ctx_redirect_node(c, fib.ifindex, NULL, TRACE_TO_NETWORK);
 	}
 	if (r == BPF_FIB_LKUP_RET_NO_NEIGH) {
 		nh.nh_family = MYELIN_AF_INET;
 		nh.ipv4_nh = fib.ipv4_dst;
 		ipv4_dec_ttl(ip4);
-		return ctx_redirect_node(c, fib.ifindex, &nh);
+		return ctx_redirect_node(c, fib.ifindex, &nh, TRACE_TO_NETWORK);
 	}
 	return ctx_to_stack(c);
 }

@@ -85,8 +85,8 @@ int to_netdev(struct __sk_buff *skb)
 	src = endpoint_lookup4(ip4->saddr);
 	if (src && !(src->flags & EP_F_HOST)) {
 		c.ep_id = src->endpoint_id;
-		if (ipv4_hdr_valid(ip4, c.len))
-			flow4_parse(skb, ip4, &c.f);
+		if (ipv4_hdr_valid(ip4, c.len) && !flow4_parse(skb, ip4, &c.f))
+			ctx_ct_seen(&c);
 	} else if (c.agg != MONITOR_AGG_NONE) {
 		/* The node's own traffic: reported only when everything is wanted
 		 * (then by ctx_pass_on() below, with its identities). */

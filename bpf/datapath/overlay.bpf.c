@@ -94,8 +94,8 @@ int to_overlay(struct __sk_buff *skb)
 	src = endpoint_lookup4(ip4->saddr);
 	if (src && !(src->flags & EP_F_HOST))
 		c.ep_id = src->endpoint_id;
-	if (ipv4_hdr_valid(ip4, c.len))
-		flow4_parse(skb, ip4, &c.f);
+	if (ipv4_hdr_valid(ip4, c.len) && !flow4_parse(skb, ip4, &c.f) && c.ep_id)
+		ctx_ct_seen(&c);
 	c.src_id = identity_of4(src, ip4->saddr, c.cfg);
 	c.dst_id = identity_of4(NULL, ip4->daddr, c.cfg);
 

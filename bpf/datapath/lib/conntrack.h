@@ -244,6 +244,19 @@ static __always_inline void ct4_create(const struct flow4 *f, const struct node_
  * accounted here and attributed with the identities the connection was
  * decided with; the original direction is accounted by ctx_ct_commit()
  * once policy allowed it. */
+/* On a device after the pod's program (the uplink's or the tunnel's egress):
+ * the pod's program tracked and reported the connection as monitor
+ * aggregation allows, so report here only what conntrack has not seen
+ * (read-only: nothing is created or refreshed). */
+static __always_inline void ctx_ct_seen(struct pkt_ctx *c)
+{
+	struct ct4_entry *e;
+
+	c->ct_status = ct4_lookup(&c->f, &e);
+	if (c->ct_status != CT_NEW)
+		c->report = 0;
+}
+
 static __always_inline struct ct4_entry *ctx_ct(struct pkt_ctx *c)
 {
 	struct ct4_entry *e;

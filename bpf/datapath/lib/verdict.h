@@ -137,14 +137,16 @@ static __always_inline int ctx_to_stack(struct pkt_ctx *c)
 }
 
 /* Send the packet to another node's pod without the node's routing: into the
- * tunnel device (whose program sets the key), or out of the uplink to the
- * next hop the kernel's FIB gave (MACs already set; with `nh`, the kernel
- * resolves the neighbour). Counted as forwarded for the sender. */
-static __always_inline int ctx_redirect_node(struct pkt_ctx *c, __u32 ifindex, struct bpf_redir_neigh *nh)
+ * tunnel device (key already set; observed at `point` TO_OVERLAY, with the
+ * tunnel endpoint), or out of the uplink to the next hop the kernel's FIB gave
+ * (MACs already set; with `nh`, the kernel resolves the neighbour; observed
+ * TO_NETWORK). Counted as forwarded for the sender. */
+static __always_inline int ctx_redirect_node(struct pkt_ctx *c, __u32 ifindex, struct bpf_redir_neigh *nh,
+					     __u8 point)
 {
 	c->reason = REASON_FORWARDED;
-	c->obs_point = TRACE_FROM_LXC;
 	ctx_count(c);
+	c->obs_point = point;
 	ctx_trace(c);
 	if (nh)
 		return bpf_redirect_neigh(ifindex, nh, sizeof(*nh), 0);
