@@ -235,7 +235,6 @@ mod tests {
     use super::*;
     use crate::plan::plan;
     use crate::spec::LabSpec;
-    use std::collections::HashMap;
 
     /// A temporary directory removed on drop, even when the test fails.
     struct TempDir(std::path::PathBuf);
@@ -251,15 +250,7 @@ mod tests {
         let mut spec = LabSpec::demo();
         spec.nodes.push(spec.nodes[0].clone());
         spec.nodes[1].name = "node2".into();
-        let lab = Lab {
-            state: plan("t3", spec, dir.0.clone(), None),
-            bin_dir: None,
-            agent_timeout: Duration::from_secs(1),
-            kvstore_timeout: Duration::from_secs(1),
-            etcd: None,
-            progress: None,
-            children: HashMap::new(),
-        };
+        let lab = Lab::for_test(plan("t3", spec, dir.0.clone(), None));
         for (i, n) in lab.state.nodes.iter().enumerate() {
             lab.write_agent_config(i).unwrap();
             let text = std::fs::read_to_string(&n.agent_config).unwrap();
@@ -277,15 +268,7 @@ mod tests {
     fn agent_config_names_the_cluster_its_kvstore_and_routing() {
         let dir = TempDir(std::env::temp_dir().join(format!("myelin-lab-kvcfg-{}", std::process::id())));
         let cfg_of = |spec: LabSpec| {
-            let lab = Lab {
-                state: plan("t6", spec, dir.0.clone(), None),
-                bin_dir: None,
-                agent_timeout: Duration::from_secs(1),
-                kvstore_timeout: Duration::from_secs(1),
-                etcd: None,
-                progress: None,
-                children: HashMap::new(),
-            };
+            let lab = Lab::for_test(plan("t6", spec, dir.0.clone(), None));
             lab.write_agent_config(0).unwrap();
             toml::from_str::<toml::Table>(&std::fs::read_to_string(&lab.state.nodes[0].agent_config).unwrap()).unwrap()
         };
@@ -303,15 +286,7 @@ mod tests {
         spec.agent.insert("kvstore_lease_ttl_s".into(), serde_json::json!(5));
         assert_eq!(cfg_of(spec.clone())["kvstore_lease_ttl_s"].as_integer(), Some(5));
         spec.agent.insert("routing".into(), serde_json::json!("native"));
-        let lab = Lab {
-            state: plan("t6", spec, dir.0.clone(), None),
-            bin_dir: None,
-            agent_timeout: Duration::from_secs(1),
-            kvstore_timeout: Duration::from_secs(1),
-            etcd: None,
-            progress: None,
-            children: HashMap::new(),
-        };
+        let lab = Lab::for_test(plan("t6", spec, dir.0.clone(), None));
         let e = lab.write_agent_config(0).unwrap_err().to_string();
         assert!(e.contains("agent.routing"), "the lab sets routing itself: {e}");
 

@@ -464,6 +464,22 @@ impl Lab {
 }
 
 #[cfg(test)]
+impl Lab {
+    /// A handle on a planned state, for unit tests (nothing is built or started).
+    pub(crate) fn for_test(state: LabState) -> Lab {
+        Lab {
+            state,
+            bin_dir: None,
+            agent_timeout: Duration::from_secs(1),
+            kvstore_timeout: Duration::from_secs(1),
+            etcd: None,
+            progress: None,
+            children: HashMap::new(),
+        }
+    }
+}
+
+#[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
@@ -474,15 +490,7 @@ mod tests {
         let mut s = plan("t2", LabSpec::demo(), PathBuf::from("/run/myelin/lab/t2"), None);
         s.pods[0].ip = Some("10.244.1.2".into());
         s.pods[0].endpoint_id = Some(7);
-        let lab = Lab {
-            state: s,
-            bin_dir: None,
-            agent_timeout: Duration::from_secs(1),
-            kvstore_timeout: Duration::from_secs(1),
-            etcd: None,
-            progress: None,
-            children: HashMap::new(),
-        };
+        let lab = Lab::for_test(s);
         let v = serde_json::to_value(lab.status()).unwrap();
         assert_eq!(v["name"], "t2");
         let node = &v["nodes"][0];
@@ -511,15 +519,7 @@ mod tests {
         let mut spec = LabSpec::demo();
         spec.nodes.push(crate::spec::NodeSpec { name: "node2".into(), pod_cidr: None });
         spec.kvstore_members = Some(3);
-        let lab = Lab {
-            state: plan("t5", spec, PathBuf::from("/run/myelin/lab/t5"), None),
-            bin_dir: None,
-            agent_timeout: Duration::from_secs(1),
-            kvstore_timeout: Duration::from_secs(1),
-            etcd: None,
-            progress: None,
-            children: HashMap::new(),
-        };
+        let lab = Lab::for_test(plan("t5", spec, PathBuf::from("/run/myelin/lab/t5"), None));
         let v = serde_json::to_value(lab.status()).unwrap();
         assert_eq!(v["routing"], "vxlan");
         assert_eq!(v["kvstore"]["kind"], "etcd");

@@ -111,9 +111,9 @@ pub async fn start(
         publish_rx: prepared.publish_rx,
         unpublished: BTreeMap::new(),
         status: status_tx,
-        identities: BTreeMap::new(),
-        nodes: BTreeMap::new(),
-        ips: BTreeMap::new(),
+        identities: Watched::default(),
+        nodes: Watched::default(),
+        ips: Watched::default(),
         published: BTreeMap::new(),
         last_view: None,
     };
@@ -138,9 +138,9 @@ struct Task {
     unpublished: BTreeMap<String, Option<String>>,
     status: watch::Sender<ClusterStatus>,
     /// The cluster as last listed/watched (kept while disconnected: last known state).
-    identities: BTreeMap<u32, myelin_policy::Labels>,
-    nodes: BTreeMap<String, NodeRecord>,
-    ips: BTreeMap<Ipv4Addr, IpRecord>,
+    identities: Watched<u32, myelin_policy::Labels>,
+    nodes: Watched<String, NodeRecord>,
+    ips: Watched<Ipv4Addr, IpRecord>,
     /// This node's ip/v1 entries as written in the current session.
     published: BTreeMap<Ipv4Addr, IpRecord>,
     last_view: Option<ClusterView>,
@@ -352,8 +352,9 @@ impl Task {
         let mut changed = self.snapshots.changed.subscribe();
         // Listings replace the last known state once each is complete (entries gone meanwhile
         // are withdrawn then, not before).
-        let (mut id_next, mut node_next, mut ip_next) =
-            (Some(BTreeMap::new()), Some(BTreeMap::new()), Some(BTreeMap::new()));
+        self.identities.relist();
+        self.nodes.relist();
+        self.ips.relist();
         self.status.send_modify(|st| {
             st.connected = true;
             st.sessions = n;
@@ -396,50 +397,37 @@ impl Task {
                     None => return End::Stopped,
                 },
                 ev = idw.next() => match ev {
-                    Some(Ok(IdentityEvent::Upsert { id, labels })) => {
-                        let l = labels::from_kv(&labels);
-                        match id_next.as_mut() { Some(m) => { m.insert(id, l); } None => { self.identities.insert(id, l); } }
-                        dirty_at.get_or_insert(Instant::now() + DEBOUNCE);
-                    }
-                    Some(Ok(IdentityEvent::Delete { id })) => {
-                        match id_next.as_mut() { Some(m) => { m.remove(&id); } None => { self.identities.remove(&id); } }
-                        dirty_at.get_or_insert(Instant::now() + DEBOUNCE);
-                    }
-                    Some(Ok(IdentityEvent::Synced)) => {
-                        if let Some(m) = id_next.take() { self.identities = m; }
-                        dirty_at.get_or_insert(Instant::now());
+                    Some(Ok(e)) => {
+                        let change = match e {
+                            IdentityEvent::Upsert { id, labels } => Change::Upsert(id, labels::from_kv(&labels)),
+                            IdentityEvent::Delete { id } => Change::Delete(id),
+                            IdentityEvent::Synced => Change::Synced,
+                        };
+                        dirty_at.get_or_insert(self.identities.apply(change));
                     }
                     Some(Err(e)) => return End::Lost(format!("identity watch: {e}")),
                     None => return End::Lost("identity watch ended".into()),
                 },
                 ev = nodew.next() => match ev {
-                    Some(Ok(NodeEvent::Upsert(rec))) => {
-                        match node_next.as_mut() { Some(m) => { m.insert(rec.name.clone(), rec); } None => { self.nodes.insert(rec.name.clone(), rec); } }
-                        dirty_at.get_or_insert(Instant::now() + DEBOUNCE);
-                    }
-                    Some(Ok(NodeEvent::Delete { name })) => {
-                        match node_next.as_mut() { Some(m) => { m.remove(&name); } None => { self.nodes.remove(&name); } }
-                        dirty_at.get_or_insert(Instant::now() + DEBOUNCE);
-                    }
-                    Some(Ok(NodeEvent::Synced)) => {
-                        if let Some(m) = node_next.take() { self.nodes = m; }
-                        dirty_at.get_or_insert(Instant::now());
+                    Some(Ok(e)) => {
+                        let change = match e {
+                            NodeEvent::Upsert(rec) => Change::Upsert(rec.name.clone(), rec),
+                            NodeEvent::Delete { name } => Change::Delete(name),
+                            NodeEvent::Synced => Change::Synced,
+                        };
+                        dirty_at.get_or_insert(self.nodes.apply(change));
                     }
                     Some(Err(e)) => return End::Lost(format!("node watch: {e}")),
                     None => return End::Lost("node watch ended".into()),
                 },
                 ev = ipw.next() => match ev {
-                    Some(Ok(IpEvent::Upsert(rec))) => {
-                        match ip_next.as_mut() { Some(m) => { m.insert(rec.ip, rec); } None => { self.ips.insert(rec.ip, rec); } }
-                        dirty_at.get_or_insert(Instant::now() + DEBOUNCE);
-                    }
-                    Some(Ok(IpEvent::Delete { ip })) => {
-                        match ip_next.as_mut() { Some(m) => { m.remove(&ip); } None => { self.ips.remove(&ip); } }
-                        dirty_at.get_or_insert(Instant::now() + DEBOUNCE);
-                    }
-                    Some(Ok(IpEvent::Synced)) => {
-                        if let Some(m) = ip_next.take() { self.ips = m; }
-                        dirty_at.get_or_insert(Instant::now());
+                    Some(Ok(e)) => {
+                        let change = match e {
+                            IpEvent::Upsert(rec) => Change::Upsert(rec.ip, rec),
+                            IpEvent::Delete { ip } => Change::Delete(ip),
+                            IpEvent::Synced => Change::Synced,
+                        };
+                        dirty_at.get_or_insert(self.ips.apply(change));
                     }
                     Some(Err(e)) => return End::Lost(format!("ipcache watch: {e}")),
                     None => return End::Lost("ipcache watch ended".into()),
@@ -479,7 +467,7 @@ impl Task {
                 () = flush => {
                     dirty_at = None;
                     // Only once every listing is complete: a partial view would withdraw entries.
-                    if id_next.is_none() && node_next.is_none() && ip_next.is_none() {
+                    if self.identities.listed() && self.nodes.listed() && self.ips.listed() {
                         self.push().await;
                     }
                 }
@@ -539,9 +527,9 @@ impl Task {
     async fn push(&mut self) {
         let me = &self.settings.node;
         let view = ClusterView {
-            identities: self.identities.clone(),
-            remote_ips: self.ips.values().filter(|r| &r.node != me).map(|r| (r.ip, r.identity)).collect(),
-            remote_nodes: self.nodes.values().filter(|n| &n.name != me).map(|n| n.ip).collect(),
+            identities: self.identities.live.clone(),
+            remote_ips: self.ips.live.values().filter(|r| &r.node != me).map(|r| (r.ip, r.identity)).collect(),
+            remote_nodes: self.nodes.live.values().filter(|n| &n.name != me).map(|n| n.ip).collect(),
         };
         if self.last_view.as_ref() != Some(&view) {
             let _ = self.policy.cluster_view(view.clone());
@@ -549,6 +537,7 @@ impl Task {
             self.snapshots.publish_remote(RemoteView {
                 by_ip: self
                     .ips
+                    .live
                     .values()
                     .filter(|r| &r.node != me)
                     .map(|r| {
@@ -565,6 +554,7 @@ impl Task {
         }
         let routes: BTreeMap<Ipv4Net, Ipv4Addr> = self
             .nodes
+            .live
             .values()
             .filter(|n| &n.name != me)
             .filter_map(|n| n.pod_cidr.parse::<Ipv4Net>().ok().map(|c| (c.trunc(), n.ip)))
@@ -573,8 +563,8 @@ impl Task {
             o.sync(&self.datapath, &routes).await;
         }
         let (nodes, ids, ips) = (
-            self.nodes.len().saturating_sub(1),
-            self.identities.len(),
+            self.nodes.live.len().saturating_sub(1),
+            self.identities.live.len(),
             self.last_view.as_ref().map_or(0, |v| v.remote_ips.len()),
         );
         self.status.send_modify(|s| {
@@ -582,6 +572,60 @@ impl Task {
             s.identities = ids;
             s.remote_ips = ips;
         });
+    }
+}
+
+/// One watched change, whatever the prefix.
+enum Change<K, V> {
+    Upsert(K, V),
+    Delete(K),
+    Synced,
+}
+
+/// A watched prefix as this node knows it: `live` is what the datapath and the policy engine
+/// follow (the last known state, kept while disconnected); a new session's listing goes to
+/// `next` and replaces `live` once complete, so what vanished meanwhile is withdrawn only then.
+struct Watched<K, V> {
+    live: BTreeMap<K, V>,
+    next: Option<BTreeMap<K, V>>,
+}
+
+impl<K, V> Default for Watched<K, V> {
+    fn default() -> Self {
+        Self { live: BTreeMap::new(), next: None }
+    }
+}
+
+impl<K: Ord, V> Watched<K, V> {
+    /// A new listing starts.
+    fn relist(&mut self) {
+        self.next = Some(BTreeMap::new());
+    }
+
+    /// The listing is complete (changes apply to `live` directly).
+    fn listed(&self) -> bool {
+        self.next.is_none()
+    }
+
+    /// Apply a change; returns when to push the view (a completed listing at once, else after
+    /// the debounce).
+    fn apply(&mut self, change: Change<K, V>) -> Instant {
+        let target = self.next.as_mut().unwrap_or(&mut self.live);
+        match change {
+            Change::Upsert(k, v) => {
+                target.insert(k, v);
+            }
+            Change::Delete(k) => {
+                target.remove(&k);
+            }
+            Change::Synced => {
+                if let Some(m) = self.next.take() {
+                    self.live = m;
+                }
+                return Instant::now();
+            }
+        }
+        Instant::now() + DEBOUNCE
     }
 }
 
