@@ -695,20 +695,7 @@ pub fn render(r: &PropagationReport) -> String {
         t.add_row(vec![format!("{} {}", if c.ok { "✓" } else { "✗" }, c.claim), c.evidence.clone()]);
     }
     let _ = writeln!(s, "{t}\n");
-    let mut t = Table::new();
-    t.load_preset(UTF8_BORDERS_ONLY).set_content_arrangement(ContentArrangement::Dynamic).set_header(vec![
-        "goal",
-        "status",
-        "where we stand",
-    ]);
-    for g in &r.goals {
-        t.add_row(vec![g.goal.clone(), g.status.to_string(), g.detail.clone()]);
-    }
-    let _ = writeln!(s, "{t}");
-    for n in &r.notes {
-        let _ = writeln!(s, "note: {n}");
-    }
-    let _ = write!(s, "took {:.0} s", r.elapsed_seconds);
+    crate::report::goals_notes_took(&mut s, &r.goals, &r.notes, r.elapsed_seconds);
     s
 }
 

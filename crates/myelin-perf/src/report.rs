@@ -527,16 +527,21 @@ pub fn render(r: &Report) -> String {
         }
     }
     let _ = writeln!(s, "{t}\n");
+    goals_notes_took(&mut s, &r.goals, &r.notes, r.elapsed_seconds);
+    s
+}
+
+/// The end of every report: the goals table, the notes, the run's length.
+pub(crate) fn goals_notes_took(s: &mut String, goals: &[Goal], notes: &[String], elapsed_seconds: f64) {
     let mut t = table(vec!["goal".into(), "status".into(), "where we stand".into()]);
-    for g in &r.goals {
+    for g in goals {
         t.add_row(vec![g.goal.clone(), g.status.to_string(), g.detail.clone()]);
     }
     let _ = writeln!(s, "{t}");
-    for n in &r.notes {
+    for n in notes {
         let _ = writeln!(s, "note: {n}");
     }
-    let _ = write!(s, "took {:.0} s", r.elapsed_seconds);
-    s
+    let _ = write!(s, "took {elapsed_seconds:.0} s");
 }
 
 #[cfg(test)]
