@@ -313,6 +313,9 @@ fn native_routing_with_etcd_enforces_policy_by_label_across_nodes() {
     assert!(tcp(lab, "a", "b", 8080).reached("a -> b"), "client on node1 -> server on node2");
     assert!(!tcp(lab, "c", "b", 8080).reached("c -> b"), "other on node3 dropped: its identity came from the ipcache");
     assert!(ping_pod(lab, "b", "c").reached("b -> c"), "ICMP node2 -> node3 natively routed");
+    let (a, c) = (pod_ns(lab, "default", "a"), pod_ns(lab, "default", "c"));
+    assert!(udp_roundtrip(&a, &c, pod_ip(lab, "default", "c")), "UDP node1 -> node3 natively routed");
+    assert!(udp_roundtrip(&c, &a, pod_ip(lab, "default", "a")), "UDP node3 -> node1 natively routed");
 }
 
 #[test]
