@@ -198,17 +198,17 @@ fn supported(features: &[crate::FeatureProbe]) -> (Vec<&'static ObjectSpec>, Vec
                 .iter()
                 .chain(spec.requires_all.iter())
                 .filter(|n| !have(n))
-                .map(|n| {
-                    features
-                        .iter()
-                        .find(|f| f.name == *n)
-                        .map_or(format!("{n}: not probed"), |f| format!("{n}: {}", f.detail))
-                })
+                .map(|n| missing_feature(features, n))
                 .collect();
             not.push(Unavailable { object: spec.name, reason: why.join("; ") });
         }
     }
     (ok, not)
+}
+
+/// Why feature `n` is missing, from its probe.
+fn missing_feature(features: &[crate::FeatureProbe], n: &str) -> String {
+    features.iter().find(|f| f.name == n).map_or(format!("{n}: not probed"), |f| format!("{n}: {}", f.detail))
 }
 
 /// The programs of `specs` whose own probes fail: left out of their objects.
@@ -220,12 +220,7 @@ fn programs_without_features(specs: &[&'static ObjectSpec], features: &[crate::F
                 .requires
                 .iter()
                 .filter(|n| !features.iter().any(|f| f.name == **n && f.available))
-                .map(|n| {
-                    features
-                        .iter()
-                        .find(|f| f.name == *n)
-                        .map_or(format!("{n}: not probed"), |f| format!("{n}: {}", f.detail))
-                })
+                .map(|n| missing_feature(features, n))
                 .collect();
             if !missing.is_empty() {
                 out.push(Unavailable {

@@ -203,14 +203,8 @@ impl Target {
         let found = (lab.pod("default", "client"), lab.pod("default", "server"), lab.node("n1"), lab.node("n2"));
         t.lab = Some(lab); // torn down on drop from here on
         let (client, server, n1, n2) = (found.0?, found.1?, found.2?, found.3?);
-        let ip = |p: &myelin_lab::PodInfo| -> Result<Ipv4Addr> {
-            p.ip.as_deref().and_then(|s| s.parse().ok()).ok_or_else(|| PerfError::Invalid {
-                what: format!("lab {name} pod {}", p.name),
-                message: "has no IPv4 address".into(),
-            })
-        };
-        t.client_ip = ip(&client)?;
-        t.server_ip = ip(&server)?;
+        t.client_ip = topo::pod_ipv4(&name, &client)?;
+        t.server_ip = topo::pod_ipv4(&name, &server)?;
         t.client_ns = client.netns_path.clone();
         t.server_ns = server.netns_path.clone();
         t.node_ns = Some(n1.netns_path.clone());

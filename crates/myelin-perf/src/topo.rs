@@ -42,6 +42,14 @@ pub const REASON_TO_STACK: u8 = 1;
 pub const CLIENT_APP: &str = "perf-client";
 pub const SERVER_APP: &str = "perf-server";
 
+/// The IPv4 address a lab gave pod `p` (lab `lab`).
+pub(crate) fn pod_ipv4(lab: &str, p: &myelin_lab::PodInfo) -> Result<Ipv4Addr> {
+    p.ip.as_deref().and_then(|s| s.parse().ok()).ok_or_else(|| PerfError::Invalid {
+        what: format!("lab {lab} pod {}", p.name),
+        message: "has no IPv4 address".into(),
+    })
+}
+
 /// One configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
@@ -440,14 +448,8 @@ impl Target {
         let lab = Lab::up(spec, &name, LabOptions { bin_dir: bin_dir.clone(), ..LabOptions::default() })?;
         let (client, server, node) = (lab.pod("default", "client")?, lab.pod("default", "server")?, lab.node("n1")?);
         t.lab = Some(lab);
-        let ip = |p: &myelin_lab::PodInfo| -> Result<Ipv4Addr> {
-            p.ip.as_deref().and_then(|s| s.parse().ok()).ok_or_else(|| PerfError::Invalid {
-                what: format!("lab {name} pod {}", p.name),
-                message: "has no IPv4 address".into(),
-            })
-        };
-        t.client_ip = ip(&client)?;
-        t.server_ip = ip(&server)?;
+        t.client_ip = pod_ipv4(&name, &client)?;
+        t.server_ip = pod_ipv4(&name, &server)?;
         t.client_ns = client.netns_path.clone();
         t.server_ns = server.netns_path.clone();
         t.node_ns = Some(node.netns_path.clone());
