@@ -2,18 +2,21 @@
 //!
 //! ```text
 //!   CNI plugin / CLI / lab --HTTP on the unix socket--> server (axum, tokio workers)
-//!        |  reads: Snapshots (ArcSwap: endpoints view, policy view) -- no lock, never waits
+//!        |  reads: Snapshots (ArcSwap: endpoints, policy, IPAM views) -- no lock, never waits
 //!        |  writes: a command + a oneshot for the answer
 //!        v                                   v
 //!  [endpoints thread]  EndpointCmd      [policy thread]  PolicyCmd (batched)
-//!   records, IPAM, store(endpoints)      policies, identities, namespaces, rule ids,
-//!   books an ADD, then spawns ---+       compiler; the ONLY writer of policy maps,
-//!   a plumbing task per ADD      |       endpoint entries, ipcache, policy_cidrs
-//!   (tokio), answered on Plumbed |              ^
-//!                                v              | PolicyCmd::Endpoints (identity + policy
-//!   plumbing task: veth (netlink) -> policy ----+  installed, then the entry)
+//!   records, store(endpoints),           policies, identities, namespaces, rule ids,
+//!   endpoint ids; books an ADD,          compiler; the ONLY writer of policy maps,
+//!   then spawns a plumbing task --+      endpoint entries, ipcache, policy_cidrs
+//!   per ADD (tokio), answered on  |             ^
+//!   Plumbed; a DEL's address goes |             | PolicyCmd::Endpoints (identity + policy
+//!   back to IPAM after its record |             |  installed, then the entry)
+//!                                 v             |
+//!   plumbing task: address (IpamCmd::Allocate) -> veth (netlink) -> policy
 //!     -> attach on the blocking pool (TCX waits an RCU grace period: concurrent ADDs overlap)
 //!     -> routes -> EndpointCmd::Plumbed
+//!  [ipam thread]  IpamCmd: the pool, store(allocations + cursor), Snapshots::ipam; drawn in `ipam`
 //!  [ct-gc thread]  timer -> Datapath::ct_gc (its own handle; blocking syscalls)
 //!  [cluster task]  (with kvstore_endpoints) the only etcd client: cluster identities for the
 //!   policy thread (blocking call with a timeout), remote identities and pod addresses to it
@@ -38,7 +41,7 @@ use crate::policy::{EngineState, PolicyEngine, PolicySettings, StoredPolicy};
 use crate::server::{router, AgentState};
 use crate::snapshot::Snapshots;
 use crate::store::Store;
-use crate::{cluster, endpoints, gc, masq, policy};
+use crate::{cluster, endpoints, gc, ipam, masq, policy};
 use myelin_netlink::tunnel::TunnelKind;
 
 fn write_sysctl(path: &str, value: &str) -> Result<()> {
@@ -138,7 +141,8 @@ pub async fn run(mut cfg: Config) -> Result<()> {
         }
     }
     let stored = store.snapshot()?;
-    let mut engine = PolicyEngine::new(state, policies, store.rules()?, stored.endpoints, vec![node_ip, gateway]);
+    let mut engine =
+        PolicyEngine::new(state, policies, store.rules()?, stored.endpoints.clone(), vec![node_ip, gateway]);
     let cluster_parts = if cfg.kvstore_endpoints.is_empty() {
         None
     } else {
@@ -178,7 +182,10 @@ pub async fn run(mut cfg: Config) -> Result<()> {
         .context("starting the policy component")?;
 
     let plumber = Plumber { datapath: datapath.clone(), policy: policy.clone(), gateway, mtu: pod_mtu };
-    let restored = endpoints::restore(&store, pod_cidr, &plumber).await?;
+    // IPAM keeps the allocations of recorded endpoints and releases the rest (ADDs a crash
+    // interrupted); the endpoints component removes their veths and adopts the others.
+    let (pool, orphans) = ipam::restore(&store, &stored, pod_cidr, &endpoints::owners(&stored.endpoints))?;
+    let restored = endpoints::restore(stored.endpoints, stored.next_endpoint_id, &orphans, &plumber).await;
     info!(endpoints = restored.records.len(), adopted = restored.adopted, "state restored");
 
     // Endpoints and policy are in the (possibly new) maps: from now on this build's programs
@@ -253,9 +260,11 @@ pub async fn run(mut cfg: Config) -> Result<()> {
         }
     }
 
+    let ipam = ipam::spawn(pool, store.clone(), snapshots.clone())?;
     let endpoints = endpoints::spawn(
         restored,
         store.clone(),
+        ipam.clone(),
         plumber.clone(),
         snapshots.clone(),
         tokio::runtime::Handle::current(),
@@ -352,6 +361,7 @@ pub async fn run(mut cfg: Config) -> Result<()> {
     let state = Arc::new(AgentState {
         snapshots,
         endpoints,
+        ipam,
         policy,
         plumber,
         datapath,

@@ -28,6 +28,7 @@ use crate::snapshot::Snapshots;
 pub struct AgentState {
     pub snapshots: Arc<Snapshots>,
     pub endpoints: EndpointsHandle,
+    pub ipam: crate::ipam::IpamHandle,
     pub policy: PolicyHandle,
     pub plumber: Plumber,
     pub datapath: Arc<Datapath>,
@@ -361,7 +362,7 @@ async fn explain(State(s): State<Shared>, b: Body<ExplainRequest>) -> Reply<Expl
 }
 
 async fn ipam(State(s): State<Shared>) -> Json<myelin_api::IpamState> {
-    Json(s.snapshots.endpoints.load().ipam.clone())
+    Json(myelin_api::IpamState::clone(&s.snapshots.ipam.load()))
 }
 
 async fn metrics(State(s): State<Shared>) -> Reply<Vec<DatapathMetric>> {
@@ -410,8 +411,12 @@ async fn stall(State(s): State<Shared>, b: Body<Stall>) -> Reply<Stall> {
     match req.component.as_str() {
         "policy" => s.policy.stall(d).await?,
         "endpoints" => s.endpoints.stall(d).await?,
+        "ipam" => s.ipam.stall(d).await.map_err(|e| fail(ErrorCode::Internal, e.to_string()))?,
         other => {
-            return Err(fail(ErrorCode::BadRequest, format!("component {other:?}: use \"policy\" or \"endpoints\"")))
+            return Err(fail(
+                ErrorCode::BadRequest,
+                format!("component {other:?}: use \"policy\", \"endpoints\" or \"ipam\""),
+            ))
         }
     }
     Ok(Json(req))

@@ -20,8 +20,6 @@ pub struct EndpointsView {
     pub by_id: BTreeMap<u32, Endpoint>,
     /// Endpoints adopted at start.
     pub adopted: usize,
-    /// The address allocations.
-    pub ipam: IpamState,
     /// Endpoint id by address.
     pub by_ip: HashMap<Ipv4Addr, u32>,
 }
@@ -69,6 +67,8 @@ pub struct Snapshots {
     pub endpoints: ArcSwap<EndpointsView>,
     pub policy: ArcSwap<PolicyView>,
     pub remote: ArcSwap<RemoteView>,
+    /// What the IPAM component publishes: the pool and its allocations.
+    pub ipam: ArcSwap<IpamState>,
     /// Bumped after every publish (caches derived from the snapshots compare it).
     pub generation: std::sync::atomic::AtomicU64,
     /// The generation, for components that wait for a change (the cluster component).
@@ -91,6 +91,13 @@ impl Snapshots {
     /// Publish a new policy view.
     pub fn publish_policy(&self, view: PolicyView) {
         self.policy.store(Arc::new(view));
+        let g = self.generation.fetch_add(1, std::sync::atomic::Ordering::Release);
+        self.changed.send_replace(g + 1);
+    }
+
+    /// Publish the IPAM component's state.
+    pub fn publish_ipam(&self, view: IpamState) {
+        self.ipam.store(Arc::new(view));
         let g = self.generation.fetch_add(1, std::sync::atomic::Ordering::Release);
         self.changed.send_replace(g + 1);
     }

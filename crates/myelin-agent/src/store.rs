@@ -1,5 +1,6 @@
 //! The agent's own durable state in an embedded redb database:
-//! endpoints, IPAM allocations and counters. The datapath's state lives in
+//! endpoints (written by the endpoints component), IPAM allocations (the IPAM
+//! component) and counters. The datapath's state lives in
 //! pinned maps; this is what the agent needs to rebuild and adopt it.
 
 // redb's error type is large; it only travels the (cold) write path.
@@ -98,14 +99,21 @@ impl Store {
         Ok(Snapshot { endpoints, allocations, next_endpoint_id, ipam_cursor })
     }
 
-    /// Record an address allocation and the counters in one transaction,
-    /// before anything is plumbed, so a crash never hands the address out twice.
-    pub fn record_allocation(&self, ip: Ipv4Addr, owner: &str, next_endpoint_id: u32) -> Result<(), StoreError> {
+    /// Record an address allocation and the pool's cursor in one transaction (the
+    /// IPAM component), before anything is plumbed: a crash never hands the address out twice.
+    pub fn record_allocation(&self, ip: Ipv4Addr, owner: &str) -> Result<(), StoreError> {
         self.write(|tx| {
             tx.open_table(IPAM)?.insert(u32::from(ip), owner)?;
-            let mut meta = tx.open_table(META)?;
-            meta.insert(IPAM_CURSOR, u64::from(u32::from(ip)))?;
-            meta.insert(NEXT_ENDPOINT_ID, u64::from(next_endpoint_id))?;
+            tx.open_table(META)?.insert(IPAM_CURSOR, u64::from(u32::from(ip)))?;
+            Ok(())
+        })
+    }
+
+    /// Book endpoint ids below `next_endpoint_id` (the endpoints component): ids are
+    /// handed out only once booked, so a crash never hands one out twice.
+    pub fn book_endpoint_ids(&self, next_endpoint_id: u32) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.open_table(META)?.insert(NEXT_ENDPOINT_ID, u64::from(next_endpoint_id))?;
             Ok(())
         })
     }
@@ -199,13 +207,10 @@ impl Store {
         })
     }
 
-    /// Remove an endpoint and its address allocation in one transaction.
-    pub fn remove_endpoint(&self, id: u32, ip: Option<Ipv4Addr>) -> Result<(), StoreError> {
+    /// Remove an endpoint record (its address is released after, by the IPAM component).
+    pub fn remove_endpoint(&self, id: u32) -> Result<(), StoreError> {
         self.write(|tx| {
             tx.open_table(ENDPOINTS)?.remove(id)?;
-            if let Some(ip) = ip {
-                tx.open_table(IPAM)?.remove(u32::from(ip))?;
-            }
             Ok(())
         })
     }
@@ -244,11 +249,13 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         {
             let s = Store::open(&dir).unwrap();
-            s.record_allocation(Ipv4Addr::new(10, 0, 0, 2), "c1/eth0", 2).unwrap();
+            s.book_endpoint_ids(3).unwrap();
+            s.record_allocation(Ipv4Addr::new(10, 0, 0, 2), "c1/eth0").unwrap();
             s.put_endpoint(&ep(1, "10.0.0.2")).unwrap();
-            s.record_allocation(Ipv4Addr::new(10, 0, 0, 3), "c2/eth0", 3).unwrap();
+            s.record_allocation(Ipv4Addr::new(10, 0, 0, 3), "c2/eth0").unwrap();
             s.put_endpoint(&ep(2, "10.0.0.3")).unwrap();
-            s.remove_endpoint(2, Some(Ipv4Addr::new(10, 0, 0, 3))).unwrap();
+            s.remove_endpoint(2).unwrap();
+            s.release_allocation(Ipv4Addr::new(10, 0, 0, 3)).unwrap();
         }
         let s = Store::open(&dir).unwrap();
         let snap = s.snapshot().unwrap();

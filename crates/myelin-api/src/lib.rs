@@ -274,7 +274,7 @@ impl RuleInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Stall {
-    /// "policy" or "endpoints".
+    /// "policy", "endpoints" or "ipam".
     pub component: String,
     pub millis: u64,
 }

@@ -308,3 +308,93 @@ fn an_endpoint_whose_labels_are_unknown_is_init_until_they_are_set() {
     h.join().expect("server");
     let _: myelin_api::Deleted = c.delete("/v1/endpoints/by-container/init-pod/eth0").expect("DEL");
 }
+
+fn add_request(container: &str, ns: &NetnsGuard, pod: &str) -> EndpointAddRequest {
+    EndpointAddRequest {
+        container_id: container.into(),
+        netns: ns.path().display().to_string(),
+        ifname: "eth0".into(),
+        namespace: Some("x".into()),
+        pod_name: Some(pod.into()),
+        labels: [("app".to_string(), pod.to_string())].into(),
+        ports: vec![],
+        labels_pending: false,
+    }
+}
+
+fn allocation_of(c: &myelin_api::Client, owner: &str) -> Option<String> {
+    let ipam: myelin_api::IpamState = c.get("/v1/ipam").expect("GET /v1/ipam");
+    ipam.allocations.into_iter().find(|a| a.owner == owner).map(|a| a.ip)
+}
+
+/// IPAM is a component of its own: while it is busy, an ADD waits for its address but the
+/// endpoints component goes on (a DEL completes, labels change, reads are answered), and the
+/// DEL's address is released once IPAM is free. Its bookings are crash-consistent with the
+/// endpoint records: an agent killed between the address booking and the endpoint record
+/// (the ADD held at the busy policy component) releases the address and removes the veth on
+/// the next start, and the same ADD then succeeds.
+#[test]
+fn ipam_is_its_own_component_and_a_crash_between_booking_and_record_loses_nothing() {
+    let mut lab = LabGuard::up(LAB, "ipamc");
+    let c = client(lab.lab(), "node1");
+    let (ns1, ns2) = (NetnsGuard::new("ipam1"), NetnsGuard::new("ipam2"));
+
+    let first: Endpoint = c.post("/v1/endpoints", &add_request("ipam-first", &ns1, "first")).expect("ADD");
+    assert_eq!(allocation_of(&c, "ipam-first/eth0").as_deref(), Some(first.ipv4.as_str()));
+
+    stall(&c, "ipam", 5000);
+    let c2 = c.clone();
+    let req = add_request("ipam-second", &ns2, "second");
+    let add = std::thread::spawn(move || c2.post::<_, Endpoint>("/v1/endpoints", &req));
+    let gone: myelin_api::Deleted =
+        c.delete("/v1/endpoints/by-container/ipam-first/eth0").expect("DEL while IPAM is busy");
+    assert!(gone.existed);
+    let a = endpoint_id(lab.lab(), "x", "a");
+    let relabelled: Endpoint = c
+        .put(
+            &format!("/v1/endpoints/{a}/labels"),
+            &LabelsUpdate { labels: [("app".to_string(), "a".to_string())].into(), ports: None },
+        )
+        .expect("labels while IPAM is busy");
+    assert_eq!(relabelled.id, a);
+    assert!(
+        allocation_of(&c, "ipam-first/eth0").is_some(),
+        "the DEL's address is released by IPAM, after its record, once IPAM is free"
+    );
+    assert!(!add.is_finished(), "the DEL and the labels update finished while the ADD waits for its address");
+    let second = add.join().expect("add thread").expect("the ADD completes once IPAM is free");
+    assert_eq!(allocation_of(&c, "ipam-second/eth0").as_deref(), Some(second.ipv4.as_str()));
+    wait_for("the DEL's address to be released", Duration::from_secs(5), || {
+        allocation_of(&c, "ipam-first/eth0").is_none().then_some(())
+    });
+
+    // Crash between the booking and the record.
+    let ns3 = NetnsGuard::new("ipam3");
+    stall(&c, "policy", 20_000);
+    let c3 = c.clone();
+    let req = add_request("ipam-crash", &ns3, "crash");
+    let add = std::thread::spawn(move || c3.post::<_, Endpoint>("/v1/endpoints", &req));
+    let booked =
+        wait_for("the ADD's address to be booked", Duration::from_secs(10), || allocation_of(&c, "ipam-crash/eth0"));
+    let host_if = myelin_netlink::host_ifname("ipam-crash", "eth0");
+    let node_netns = lab.lab().node("node1").expect("node1").netns;
+    wait_for("the ADD's veth to exist", Duration::from_secs(10), || {
+        ip_n(&node_netns, &["link", "show", &host_if]).contains(&host_if).then_some(())
+    });
+    let eps: Vec<Endpoint> = c.get("/v1/endpoints").expect("endpoints");
+    assert!(eps.iter().all(|e| e.container_id != "ipam-crash"), "no record before the policy is in place");
+    lab.lab_mut().restart_agent("node1", Signal::SIGKILL).expect("restart the agent after SIGKILL");
+    assert!(add.join().expect("add thread").is_err(), "the killed agent never answered the ADD");
+    let c = client(lab.lab(), "node1");
+    assert_eq!(allocation_of(&c, "ipam-crash/eth0"), None, "the booking of the interrupted ADD is released");
+    assert!(!ip_n(&node_netns, &["link", "show"]).contains(&host_if), "its veth is removed");
+    assert_eq!(
+        allocation_of(&c, "ipam-second/eth0").as_deref(),
+        Some(second.ipv4.as_str()),
+        "a recorded endpoint keeps its address"
+    );
+    let again: Endpoint = c.post("/v1/endpoints", &add_request("ipam-crash", &ns3, "crash")).expect("ADD again");
+    assert_ne!(again.ipv4, booked, "round robin: the released address is not handed out first");
+    assert_eq!(allocation_of(&c, "ipam-crash/eth0").as_deref(), Some(again.ipv4.as_str()));
+    assert!(ping(lab.lab(), "x/a", &again.ipv4), "the re-added pod is reachable");
+}

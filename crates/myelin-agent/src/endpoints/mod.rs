@@ -1,12 +1,23 @@
-//! The endpoints component: one thread that owns the endpoint records and the
-//! node's IPAM and writes them to the store; it publishes an
-//! [`EndpointsView`] snapshot after every change.
+//! The endpoints component: one thread that owns the endpoint records and
+//! writes them to the store; it publishes an [`EndpointsView`] snapshot after
+//! every change.
 //!
-//! A CNI ADD is booked here (address, endpoint id, allocation record: a crash
-//! never hands an address out twice), then plumbed by its own task
-//! ([`plumb::Plumber`]) so that concurrent ADDs overlap in the kernel; the
-//! task reports back and the record is committed. A DEL is the reverse.
-//! ADDs and DELs of one container interface are served in order.
+//! ```text
+//!  API (CNI ADD/DEL, labels) --EndpointCmd--> [endpoints thread] records, endpoint ids (booked in blocks)
+//!      ^                                          | spawns one task per ADD / DEL
+//!      | answered when the task reports back      v
+//!      +------ EndpointCmd::Plumbed ------ plumbing task: address from [ipam thread] (booked in the
+//!              / Unplumbed                   store), then veth, policy, programs, routes (plumb.rs)
+//!  DEL: unplumbing task -> Unplumbed -> record removed -> IpamCmd::Release (ordered before later ADDs)
+//! ```
+//!
+//! An ADD gets its endpoint id here and its address from the IPAM component
+//! ([`crate::ipam`]), then is plumbed by its own task ([`plumb::Plumber`]) so
+//! that concurrent ADDs overlap in the kernel; the task reports back and the
+//! record is committed. A DEL is the reverse: the record goes before the
+//! address, so every record has its address booked and a crash in between
+//! leaves only an allocation, which the next start releases. ADDs and DELs of
+//! one container interface are served in order.
 
 pub mod plumb;
 
@@ -21,7 +32,7 @@ use myelin_netlink as nl;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
-use crate::ipam::{Ipam, IpamError};
+use crate::ipam::{IpamError, IpamHandle};
 use crate::snapshot::{EndpointsView, Snapshots};
 use crate::store::{Store, StoreError};
 use plumb::Plumber;
@@ -83,11 +94,10 @@ pub enum EndpointCmd {
         update: LabelsUpdate,
         reply: Reply<Endpoint>,
     },
-    /// A plumbing task finished (internal).
+    /// A plumbing task finished (internal); a failed one has released its address.
     Plumbed {
         owner: String,
         id: u32,
-        ip: Ipv4Addr,
         result: Result<Endpoint, EndpointError>,
     },
     /// An unplumbing task finished (internal).
@@ -135,7 +145,7 @@ impl EndpointsHandle {
 }
 
 /// Owner key of an address allocation: one per container interface.
-fn owner_key(container_id: &str, ifname: &str) -> String {
+pub fn owner_key(container_id: &str, ifname: &str) -> String {
     format!("{container_id}/{ifname}")
 }
 
@@ -156,50 +166,53 @@ struct InFlight {
     netns: String,
 }
 
+/// Endpoint ids are booked in the store this many at a time (a start skips what was booked
+/// and not handed out).
+const ID_BLOCK: u32 = 64;
+
 /// The state the component starts from (see [`restore`]).
 pub struct Restored {
     pub records: Vec<Endpoint>,
-    pub ipam: Ipam,
     pub next_id: u32,
     pub adopted: usize,
 }
 
-/// Read the store, release allocations of ADDs a crash interrupted, and adopt
-/// what exists in the kernel (nothing that forwards is touched).
-pub async fn restore(store: &Store, pod_cidr: ipnet::Ipv4Net, plumber: &Plumber) -> Result<Restored, EndpointError> {
-    let snap = store.snapshot()?;
-    let mut ipam = Ipam::new(pod_cidr);
-    if let Some(c) = snap.ipam_cursor {
-        ipam.set_cursor(c);
-    }
-    let known: std::collections::HashSet<String> =
-        snap.endpoints.iter().map(|e| owner_key(&e.container_id, &e.ifname)).collect();
-    for (ip, owner) in &snap.allocations {
-        if known.contains(owner) {
-            if let Err(e) = ipam.reserve(*ip, owner) {
-                warn!(%ip, %owner, error = %e, "stored allocation does not fit the pod CIDR");
-            }
-        } else {
-            warn!(%ip, %owner, "releasing an allocation left by an interrupted ADD");
-            if let Some((cid, ifname)) = owner.rsplit_once('/') {
-                let _ = nl::delete_link(&nl::host_ifname(cid, ifname)).await;
-            }
-            store.release_allocation(*ip)?;
+/// The allocation owners of endpoint records (what the IPAM component keeps at start).
+#[must_use]
+pub fn owners(records: &[Endpoint]) -> std::collections::HashSet<String> {
+    records.iter().map(|e| owner_key(&e.container_id, &e.ifname)).collect()
+}
+
+/// Remove what ADDs a crash interrupted left (the veths of `orphans`, the allocations the
+/// IPAM component released at start), and adopt what exists in the kernel (nothing that
+/// forwards is touched).
+pub async fn restore(
+    records: Vec<Endpoint>,
+    next_id: u32,
+    orphans: &[(Ipv4Addr, String)],
+    plumber: &Plumber,
+) -> Restored {
+    for (_, owner) in orphans {
+        if let Some((cid, ifname)) = owner.rsplit_once('/') {
+            let _ = nl::delete_link(&nl::host_ifname(cid, ifname)).await;
         }
     }
     let mut adopted = 0;
-    for ep in &snap.endpoints {
+    for ep in &records {
         if plumber.adopt(ep).await {
             adopted += 1;
         }
     }
-    Ok(Restored { records: snap.endpoints, ipam, next_id: snap.next_endpoint_id, adopted })
+    // Ids were booked before use; never below a stored record's.
+    let next_id = records.iter().map(|e| e.id.saturating_add(1)).fold(next_id.max(1), u32::max);
+    Restored { records, next_id, adopted }
 }
 
 /// Start the component on its own thread.
 pub fn spawn(
     restored: Restored,
     store: Arc<Store>,
+    ipam: IpamHandle,
     plumber: Plumber,
     snapshots: Arc<Snapshots>,
     runtime: tokio::runtime::Handle,
@@ -207,10 +220,11 @@ pub fn spawn(
     let (tx, mut rx) = mpsc::unbounded_channel::<EndpointCmd>();
     let mut comp = Component {
         records: restored.records.into_iter().map(|e| (e.id, e)).collect(),
-        ipam: restored.ipam,
         next_id: restored.next_id,
+        booked: restored.next_id,
         adopted: restored.adopted,
         store,
+        ipam,
         plumber,
         snapshots,
         runtime,
@@ -228,10 +242,12 @@ pub fn spawn(
 
 struct Component {
     records: BTreeMap<u32, Endpoint>,
-    ipam: Ipam,
     next_id: u32,
+    /// Ids below this are booked in the store.
+    booked: u32,
     adopted: usize,
     store: Arc<Store>,
+    ipam: IpamHandle,
     plumber: Plumber,
     snapshots: Arc<Snapshots>,
     runtime: tokio::runtime::Handle,
@@ -245,7 +261,7 @@ impl Component {
             EndpointCmd::Add { req, reply } => self.add(req, reply),
             EndpointCmd::Del { container_id, ifname, reply } => self.del(&container_id, &ifname, reply),
             EndpointCmd::Labels { id, update, reply } => self.labels(id, update, reply),
-            EndpointCmd::Plumbed { owner, id, ip, result } => self.plumbed(&owner, id, ip, result),
+            EndpointCmd::Plumbed { owner, id, result } => self.plumbed(&owner, id, result),
             EndpointCmd::Unplumbed { owner, id } => self.unplumbed(&owner, id),
             EndpointCmd::Stall { duration, reply } => {
                 // Answer first: the caller learns the component is busy from now on.
@@ -290,46 +306,66 @@ impl Component {
             let _ = reply.send(Err(EndpointError::NetnsNotFound(req.netns)));
             return;
         }
-        let ip = match self.ipam.allocate(&owner) {
-            Ok(ip) => ip,
+        let id = match self.book_id() {
+            Ok(id) => id,
             Err(e) => {
                 let _ = reply.send(Err(e.into()));
                 return;
             }
         };
-        let id = self.next_id;
-        if let Err(e) = self.store.record_allocation(ip, &owner, id + 1) {
-            self.ipam.release(ip);
-            let _ = reply.send(Err(e.into()));
-            return;
-        }
-        self.next_id += 1;
-        self.publish();
         self.in_flight.insert(
             owner.clone(),
             InFlight { adds: vec![reply], dels: Vec::new(), queue: VecDeque::new(), netns: req.netns.clone() },
         );
-        let (plumber, tx) = (self.plumber.clone(), self.tx.clone());
+        let (plumber, ipam, tx) = (self.plumber.clone(), self.ipam.clone(), self.tx.clone());
         self.runtime.spawn(async move {
-            let result = plumber.plumb(&req, id, ip).await;
-            let _ = tx.send(EndpointCmd::Plumbed { owner, id, ip, result });
+            let result = match ipam.allocate(&owner).await {
+                Ok(ip) => {
+                    let r = plumber.plumb(&req, id, ip).await;
+                    if r.is_err() {
+                        release(&ipam, ip, &owner).await;
+                    }
+                    r
+                }
+                Err(e) => Err(e.into()),
+            };
+            let _ = tx.send(EndpointCmd::Plumbed { owner, id, result });
         });
     }
 
-    fn plumbed(&mut self, owner: &str, id: u32, ip: Ipv4Addr, result: Result<Endpoint, EndpointError>) {
-        let result = result.and_then(|ep| {
-            self.store.put_endpoint(&ep)?;
-            Ok(ep)
-        });
-        if result.is_err() {
-            self.ipam.release(ip);
-            if let Err(e) = self.store.release_allocation(ip) {
-                warn!(error = %e, "releasing the address of a failed ADD");
-            }
+    /// The next endpoint id, booking a block in the store when the booked ones run out.
+    fn book_id(&mut self) -> Result<u32, StoreError> {
+        if self.next_id >= self.booked {
+            let booked = self.next_id.saturating_add(ID_BLOCK);
+            self.store.book_endpoint_ids(booked)?;
+            self.booked = booked;
         }
-        if let Ok(ep) = &result {
-            self.records.insert(id, ep.clone());
-        }
+        let id = self.next_id;
+        self.next_id += 1;
+        Ok(id)
+    }
+
+    fn plumbed(&mut self, owner: &str, id: u32, result: Result<Endpoint, EndpointError>) {
+        let result = match result {
+            Ok(ep) => match self.store.put_endpoint(&ep) {
+                Ok(()) => {
+                    self.records.insert(id, ep.clone());
+                    Ok(ep)
+                }
+                Err(e) => {
+                    // Not recorded: undo the kernel side, then free the address.
+                    let (plumber, ipam, owner) = (self.plumber.clone(), self.ipam.clone(), owner.to_owned());
+                    self.runtime.spawn(async move {
+                        plumber.unplumb(&ep.host_ifname, ep.id).await;
+                        if let Ok(ip) = ep.ipv4.parse() {
+                            release(&ipam, ip, &owner).await;
+                        }
+                    });
+                    Err(e.into())
+                }
+            },
+            Err(e) => Err(e),
+        };
         self.publish();
         let Some(f) = self.in_flight.remove(owner) else { return };
         for reply in f.adds {
@@ -371,11 +407,11 @@ impl Component {
     fn unplumbed(&mut self, owner: &str, id: u32) {
         let result = match self.records.get(&id).cloned() {
             Some(ep) => {
-                let ip = ep.ipv4.parse::<Ipv4Addr>().ok();
-                match self.store.remove_endpoint(id, ip) {
+                match self.store.remove_endpoint(id) {
                     Ok(()) => {
-                        if let Some(ip) = ip {
-                            self.ipam.release(ip);
+                        // After the record: a crash in between leaves only the allocation.
+                        if let Ok(ip) = ep.ipv4.parse::<Ipv4Addr>() {
+                            self.ipam.release_later(ip, owner);
                         }
                         self.records.remove(&id);
                         info!(endpoint = id, container = %ep.container_id, "endpoint deleted");
@@ -435,17 +471,14 @@ impl Component {
             by_ip: self.records.values().filter_map(|e| e.ipv4.parse().ok().map(|ip| (ip, e.id))).collect(),
             by_id: self.records.clone(),
             adopted: self.adopted,
-            ipam: myelin_api::IpamState {
-                cidr: self.ipam.cidr().to_string(),
-                gateway: self.ipam.gateway().to_string(),
-                capacity: self.ipam.capacity(),
-                allocations: self
-                    .ipam
-                    .allocations()
-                    .map(|(ip, owner)| myelin_api::Allocation { ip: ip.to_string(), owner: owner.to_owned() })
-                    .collect(),
-            },
         });
+    }
+}
+
+/// Release an address a failed ADD booked (logged when it cannot be: the next start releases it).
+async fn release(ipam: &IpamHandle, ip: Ipv4Addr, owner: &str) {
+    if let Err(e) = ipam.release(ip, owner).await {
+        warn!(%ip, %owner, error = %e, "releasing the address of a failed ADD");
     }
 }
 

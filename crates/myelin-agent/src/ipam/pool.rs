@@ -1,5 +1,5 @@
-//! IPv4 address management for one node's pod CIDR. Pure logic: the store
-//! persists what this hands out.
+//! The address pool of one node's pod CIDR. Pure logic: the IPAM component
+//! (`super`) owns it and persists what it hands out.
 //!
 //! Addresses are handed out round-robin from a cursor (as host-local IPAM
 //! does), so a just-released address is the last to be reused: stale
@@ -19,6 +19,10 @@ pub enum IpamError {
     OutOfRange(Ipv4Addr, Ipv4Net),
     #[error("address {0} is already allocated to {1}")]
     InUse(Ipv4Addr, String),
+    #[error("booking the address: {0}")]
+    Store(String),
+    #[error("the IPAM component is not running")]
+    Gone,
 }
 
 #[derive(Debug, Clone)]
