@@ -240,14 +240,12 @@ pub async fn run(mut cfg: Config) -> Result<()> {
                     detail: format!("cgroup {}", cg.display()),
                 });
                 // Per-cgroup traffic accounting (cgroup_skb), attached with the socket programs.
-                let on = [myelin_bpf::objects::CgroupHook::SkbIngress, myelin_bpf::objects::CgroupHook::SkbEgress]
-                    .into_iter()
-                    .all(|h| datapath.cgroup_attached(h));
+                let on = crate::cgroups::accounting_on(&datapath);
                 features.push(Feature {
                     name: "cgroup_traffic".into(),
                     available: on,
                     detail: if on {
-                        format!("cgroup_skb ingress/egress on {}", cg.display())
+                        format!("cgroup_skb ingress/egress on {}: GET /v1/cgroup-traffic", cg.display())
                     } else {
                         "the cgroup_skb object is not loaded (see datapath.unavailable)".into()
                     },
@@ -369,6 +367,7 @@ pub async fn run(mut cfg: Config) -> Result<()> {
         observability: Some(observability.clone()),
         status,
         debug_api: cfg.debug_api,
+        cgroup_root: cfg.cgroup_root.clone(),
         process,
         cluster,
     });

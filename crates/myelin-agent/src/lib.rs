@@ -3,6 +3,7 @@
 //! them are drawn at the top of [`daemon`].
 #![forbid(unsafe_code)]
 
+pub mod cgroups;
 pub mod cluster;
 pub mod config;
 pub mod daemon;

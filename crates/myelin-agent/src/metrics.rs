@@ -1,7 +1,8 @@
 //! The agent's Prometheus endpoint: flow metrics (Hubble's names, folded on
 //! the ingest thread by the metrics sink) and the agent's own figures, read
 //! at each scrape from the published snapshots and counters (no lock of the
-//! components), served over HTTP on `metrics_listen`.
+//! components), served over HTTP on `metrics_listen`. Socket traffic per pod
+//! (the cgroup_skb counters, named by [`crate::cgroups`]) is read at each scrape too.
 //!
 //! ```text
 //!  [flow-ingest] MetricsSink: per-flow hash update; fold into counters once a second
@@ -9,6 +10,7 @@
 //!        snapshots, GC counters, map usage (syscalls), ring; then the registry)
 //! ```
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -17,7 +19,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use myelin_bpf::Datapath;
-use myelin_observe::metrics::{AgentSource, AgentStats, MapUse, MetricsHandle};
+use myelin_observe::metrics::{AgentSource, AgentStats, MapUse, MetricsHandle, PodTraffic};
 use myelin_observe::ring::Ring;
 use tracing::{info, warn};
 
@@ -30,6 +32,38 @@ pub struct AgentMetricsSource {
     pub datapath: Arc<Datapath>,
     pub gc: Arc<GcStats>,
     pub ring: Arc<Ring>,
+    /// The pods' cgroups (None: no cgroup traffic accounting).
+    pub cgroup_root: Option<std::path::PathBuf>,
+}
+
+impl AgentMetricsSource {
+    /// Socket traffic per pod, summed over the pod's cgroups; cgroups of no pod are left out.
+    fn pod_traffic(&self) -> Vec<PodTraffic> {
+        let Some(root) = self.cgroup_root.as_deref().filter(|_| crate::cgroups::accounting_on(&self.datapath)) else {
+            return Vec::new();
+        };
+        let rows = match crate::cgroups::traffic(&self.datapath, root, &self.snapshots.endpoint_list()) {
+            Ok(rows) => rows,
+            Err(e) => {
+                warn!(error = %e, "reading cgroup traffic for the metrics");
+                return Vec::new();
+            }
+        };
+        let mut by_pod: BTreeMap<(String, String), PodTraffic> = BTreeMap::new();
+        for r in rows {
+            let (Some(namespace), Some(pod)) = (r.namespace, r.pod) else { continue };
+            let t = by_pod.entry((namespace.clone(), pod.clone())).or_insert_with(|| PodTraffic {
+                namespace,
+                pod,
+                ..PodTraffic::default()
+            });
+            t.ingress_packets += r.ingress_packets;
+            t.ingress_bytes += r.ingress_bytes;
+            t.egress_packets += r.egress_packets;
+            t.egress_bytes += r.egress_bytes;
+        }
+        by_pod.into_values().collect()
+    }
 }
 
 impl AgentSource for AgentMetricsSource {
@@ -58,6 +92,7 @@ impl AgentSource for AgentMetricsSource {
             maps,
             flow_ring_len: self.ring.view().len as u64,
             flow_ring_capacity: self.ring.capacity() as u64,
+            pod_traffic: self.pod_traffic(),
         }
     }
 }

@@ -236,6 +236,7 @@ pub async fn start(
             datapath: datapath.clone(),
             gc,
             ring: observer.ring.clone(),
+            cgroup_root: cfg.cgroup_root.clone(),
         }));
         crate::metrics::serve(addr, handle.clone()).await?;
     }

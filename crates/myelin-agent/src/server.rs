@@ -37,6 +37,8 @@ pub struct AgentState {
     /// Everything of the status that does not change after start.
     pub status: Status,
     pub debug_api: bool,
+    /// Where the pods' cgroups are (None: socket programs and cgroup accounting off).
+    pub cgroup_root: Option<std::path::PathBuf>,
     /// Process events with pod attribution (None: `process_events` off or unavailable).
     pub process: Option<crate::process::ProcessHandle>,
     /// The kvstore link, as the cluster component reports it (None: no kvstore).
@@ -117,6 +119,7 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/endpoints/by-container/{cid}/{ifname}/check", post(check))
         .route("/v1/metrics/datapath", get(metrics))
         .route("/v1/ipam", get(ipam))
+        .route("/v1/cgroup-traffic", get(cgroup_traffic))
         .route("/v1/policies", get(policies).post(apply))
         .route("/v1/policies/delete", post(delete_policies))
         .route("/v1/policies/explain", post(explain))
@@ -363,6 +366,18 @@ async fn explain(State(s): State<Shared>, b: Body<ExplainRequest>) -> Reply<Expl
 
 async fn ipam(State(s): State<Shared>) -> Json<myelin_api::IpamState> {
     Json(myelin_api::IpamState::clone(&s.snapshots.ipam.load()))
+}
+
+async fn cgroup_traffic(State(s): State<Shared>) -> Reply<Vec<myelin_api::CgroupTraffic>> {
+    let Some(root) = s.cgroup_root.clone().filter(|_| crate::cgroups::accounting_on(&s.datapath)) else {
+        return Err(fail(
+            ErrorCode::NotFound,
+            "cgroup traffic accounting is off: set cgroup_root in the agent config to the cgroup holding the pods \
+             (see /v1/status features: cgroup_traffic)",
+        ));
+    };
+    let (dp, endpoints) = (s.datapath.clone(), s.snapshots.endpoint_list());
+    Ok(Json(blocking(move || crate::cgroups::traffic(&dp, &root, &endpoints)).await?))
 }
 
 async fn metrics(State(s): State<Shared>) -> Reply<Vec<DatapathMetric>> {

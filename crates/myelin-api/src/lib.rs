@@ -11,6 +11,7 @@
 //! - `PUT    /v1/endpoints/{id}/labels`  [`LabelsUpdate`] -> [`Endpoint`]
 //! - `GET    /v1/metrics/datapath`                    -> `Vec<DatapathMetric>`
 //! - `GET    /v1/ipam`                                -> [`IpamState`]
+//! - `GET    /v1/cgroup-traffic`                      -> `Vec<CgroupTraffic>`
 //! - `GET    /v1/policies`                            -> `Vec<AppliedPolicy>`
 //! - `POST   /v1/policies`         [`PolicyApply`]    -> [`PolicyChange`] (all or nothing)
 //! - `POST   /v1/policies/delete`  [`PolicyDelete`]   -> [`PolicyChange`] (all or nothing)
@@ -297,6 +298,26 @@ pub struct Allocation {
     pub ip: String,
     /// `container_id/ifname`.
     pub owner: String,
+}
+
+/// One row of `GET /v1/cgroup-traffic`: what the sockets of one cgroup under the agent's
+/// `cgroup_root` sent and received (counted by the cgroup_skb programs), and the pod it belongs
+/// to when the agent can tell.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CgroupTraffic {
+    /// The cgroup v2 id (the inode number of its directory).
+    pub cgroup_id: u64,
+    /// Its directory, relative to `cgroup_root` (None: it is gone).
+    pub cgroup: Option<String>,
+    /// The endpoint it belongs to: the directory name contains the endpoint's container id, or
+    /// one of its processes is in the endpoint's network namespace.
+    pub endpoint_id: Option<u32>,
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    pub ingress_packets: u64,
+    pub ingress_bytes: u64,
+    pub egress_packets: u64,
+    pub egress_bytes: u64,
 }
 
 /// `GET /v1/ipam`.

@@ -398,3 +398,52 @@ fn ipam_is_its_own_component_and_a_crash_between_booking_and_record_loses_nothin
     assert_eq!(allocation_of(&c, "ipam-crash/eth0").as_deref(), Some(again.ipv4.as_str()));
     assert!(ping(lab.lab(), "x/a", &again.ipv4), "the re-added pod is reachable");
 }
+
+/// The pods' socket traffic, counted by the cgroup_skb programs on the node's cgroup (the lab
+/// gives each agent one, holding its pods' cgroups), is named by pod through
+/// `GET /v1/cgroup-traffic` and `myelin_pod_socket_*_total`: what a ping in pod a sends to b
+/// and gets back is a's, under a's cgroup; b, where nothing ran, has no traffic of its own.
+#[test]
+fn pod_socket_traffic_is_counted_per_pod_and_exported() {
+    use myelin_observe::testing::{http_get_via, parse_samples, sample_value, Connector};
+    let lab = LabGuard::up(LAB, "cgtr");
+    let l = lab.lab();
+    let c = client(l, "node1");
+    let status: Status = c.get("/v1/status").expect("status");
+    let feature = status.features.iter().find(|f| f.name == "cgroup_traffic").expect("cgroup_traffic reported");
+    assert!(feature.available, "{feature:?}");
+
+    let b_ip = pod_ip(l, "x", "b").to_string();
+    let out = exec(l, "x/a", &["ping", "-c", "5", "-i", "0.2", "-s", "1000", "-W", "2", &b_ip]);
+    assert!(out.status.success(), "ping from a: {}", String::from_utf8_lossy(&out.stdout));
+
+    let rows: Vec<myelin_api::CgroupTraffic> = c.get("/v1/cgroup-traffic").expect("GET /v1/cgroup-traffic");
+    let a = rows
+        .iter()
+        .find(|r| r.namespace.as_deref() == Some("x") && r.pod.as_deref() == Some("a"))
+        .unwrap_or_else(|| panic!("a row for x/a: {rows:#?}"));
+    assert_eq!(a.endpoint_id, Some(endpoint_id(l, "x", "a")));
+    let container = &l.pod("x", "a").expect("pod a").container_id;
+    assert!(a.cgroup.as_deref().is_some_and(|cg| cg.ends_with(container.as_str())), "{a:?}");
+    assert!(a.egress_packets >= 5 && a.egress_bytes >= 5 * 1028, "5 echo requests of 1028 bytes: {a:?}");
+    assert!(a.ingress_packets >= 5 && a.ingress_bytes >= 5 * 1028, "5 echo replies: {a:?}");
+    assert!(
+        rows.iter().all(|r| r.pod.as_deref() != Some("b") || r.egress_packets == 0),
+        "nothing ran in b: the kernel answered the echo requests, no socket of b's: {rows:#?}"
+    );
+
+    let node = l.node("node1").expect("node1");
+    let ns = node.netns_path.clone();
+    let via = Connector(std::sync::Arc::new(move |addr: SocketAddr, timeout: Duration| {
+        let ns = ns.clone();
+        in_ns(&ns, move || std::net::TcpStream::connect_timeout(&addr, timeout))
+    }));
+    let target: SocketAddr = format!("{}:9965", node.address).parse().expect("metrics address");
+    let (code, text) = http_get_via(Some(&via), target, "/metrics", Duration::from_secs(5)).expect("scrape");
+    assert_eq!(code, 200, "{text}");
+    let samples = parse_samples(&text).expect("exposition parses");
+    let pod = |dir: &'static str| [("namespace", "x"), ("pod", "a"), ("direction", dir)];
+    let bytes = sample_value(&samples, "myelin_pod_socket_bytes_total", &pod("egress")).unwrap_or(0.0);
+    let packets = sample_value(&samples, "myelin_pod_socket_packets_total", &pod("ingress")).unwrap_or(0.0);
+    assert!(bytes >= 5.0 * 1028.0 && packets >= 5.0, "egress bytes {bytes}, ingress packets {packets}:\n{text}");
+}

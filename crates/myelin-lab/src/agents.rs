@@ -70,9 +70,16 @@ impl Lab {
             cluster_name: &'a str,
             kvstore_endpoints: Vec<String>,
             routing: &'static str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            cgroup_root: Option<PathBuf>,
         }
         let n = &self.state.nodes[i];
         std::fs::create_dir_all(&n.agent_state_dir).map_err(io("creating", &n.agent_state_dir))?;
+        // The node's pods' cgroups are below this: its socket programs and cgroup accounting.
+        let cgroup_root = self.state.cgroup_root.as_ref().map(|r| r.join(&n.name));
+        if let Some(cg) = &cgroup_root {
+            std::fs::create_dir_all(cg).map_err(io("creating the node's cgroup", cg))?;
+        }
         let cfg = AgentConfig {
             node_name: &n.name,
             pod_cidr: (!n.pod_cidr.is_empty()).then_some(n.pod_cidr.as_str()),
@@ -99,6 +106,7 @@ impl Lab {
             cluster_name: &self.state.name,
             kvstore_endpoints: self.kvstore_endpoints(),
             routing: self.state.routing.as_str(),
+            cgroup_root,
         };
         let bad = |message: String| LabError::State { path: n.agent_config.clone(), message };
         let mut table = toml::Table::try_from(&cfg).map_err(|e| bad(e.to_string()))?;

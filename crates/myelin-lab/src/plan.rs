@@ -270,14 +270,18 @@ fn cluster_token(name: &str) -> String {
 
 pub(crate) fn plan_pod(lab: &str, p: &PodSpec, cgroup_root: Option<&Path>) -> PodInfo {
     let netns = naming::pod_netns(lab, &p.namespace, &p.name);
+    let container_id = naming::container_id(lab, &p.namespace, &p.name);
+    // Per node (its agent's cgroup_root), named by container id as containerd names a
+    // sandbox's scope (the agent names cgroups by pod that way).
+    let cgroup_dir = cgroup_root.map(|r| r.join(&p.node).join(&container_id));
     PodInfo {
         namespace: p.namespace.clone(),
         name: p.name.clone(),
         node: p.node.clone(),
         netns_path: naming::netns_path(&netns),
         netns,
-        container_id: naming::container_id(lab, &p.namespace, &p.name),
-        cgroup_dir: cgroup_root.map(|r| r.join(format!("{}_{}", p.namespace, p.name))),
+        container_id,
+        cgroup_dir,
         labels: p.labels.clone(),
         ports: p.ports.clone(),
         ip: None,
@@ -307,7 +311,7 @@ mod tests {
         assert_eq!(s.external[0].netns, "myl-t1-x-world1");
         let db = s.pods.iter().find(|p| p.name == "db").unwrap();
         assert_eq!(db.netns, "myl-t1-p-prod-db");
-        assert_eq!(db.cgroup_dir, Some(PathBuf::from("/cg/myelin/t1/prod_db")));
+        assert_eq!(db.cgroup_dir, Some(PathBuf::from(format!("/cg/myelin/t1/{}/myl-t1-prod-db", db.node))));
         assert_eq!(db.container_id, "myl-t1-prod-db");
         assert_eq!(s.routing, Routing::Native);
         assert!(s.kvstore.is_none(), "the demo has one node and no kvstore");

@@ -43,6 +43,12 @@ impl Lab {
             }
         }
         if let Some(root) = &self.state.cgroup_root {
+            if all_ended {
+                // The nodes' cgroups (their agents' cgroup_root), then the lab's.
+                for n in &self.state.nodes {
+                    note(&mut errors, sys::rmdir_if_exists(&root.join(&n.name)));
+                }
+            }
             note(&mut errors, sys::rmdir_if_exists(root));
             if let Some(parent) = root.parent() {
                 sys::rmdir_if_empty(parent);

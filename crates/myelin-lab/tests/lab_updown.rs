@@ -129,7 +129,7 @@ fn up_status_exec_down_restores_the_machine() {
     let addrs = run_in(&lab, "default/a", &["ip", "-o", "-4", "addr", "show", "dev", "eth0"]);
     assert!(addrs.contains(a.ip.as_deref().unwrap_or("?")), "{addrs}");
     let cg = run_in(&lab, "default/a", &["cat", "/proc/self/cgroup"]);
-    assert!(cg.contains(&format!("myelin/{name}/default_a")), "{cg}");
+    assert!(cg.contains(&format!("myelin/{name}/node1/{}", a.container_id)), "{cg}");
     let node_addrs = run_in(&lab, "node1", &["ip", "-o", "-4", "addr", "show", "dev", "eth0"]);
     assert!(node_addrs.contains("172.30.0.10/24"), "{node_addrs}");
     let ext_addrs = run_in(&lab, "world1", &["ip", "-o", "-4", "addr", "show", "dev", "eth0"]);

@@ -769,6 +769,17 @@ pub struct MapUse {
     pub max_entries: u64,
 }
 
+/// What the sockets of one pod sent and received (the cgroup_skb counters of its cgroups).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodTraffic {
+    pub namespace: String,
+    pub pod: String,
+    pub ingress_packets: u64,
+    pub ingress_bytes: u64,
+    pub egress_packets: u64,
+    pub egress_bytes: u64,
+}
+
 /// What the agent reports about itself at each scrape.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AgentStats {
@@ -783,6 +794,8 @@ pub struct AgentStats {
     /// Flows in the in-memory ring, and its capacity.
     pub flow_ring_len: u64,
     pub flow_ring_capacity: u64,
+    /// Socket traffic per pod (empty: cgroup accounting is off).
+    pub pod_traffic: Vec<PodTraffic>,
 }
 
 /// Implemented by the agent: called at each scrape, on the HTTP handler's
@@ -831,6 +844,8 @@ struct Shared {
     map_pressure: Family<Labels, F64Gauge>,
     ring_len: Gauge,
     ring_capacity: Gauge,
+    pod_packets: Family<Labels, TotalCounter>,
+    pod_bytes: Family<Labels, TotalCounter>,
     agent: RwLock<Option<Arc<dyn AgentSource>>>,
 }
 
@@ -882,6 +897,22 @@ impl MetricsHandle {
             #[allow(clippy::cast_precision_loss)]
             let pressure = if m.max_entries == 0 { 0.0 } else { m.entries as f64 / m.max_entries as f64 };
             s.map_pressure.get_or_create(&l).set(pressure);
+        }
+        // Pods come and go: their series with them.
+        s.pod_packets.clear();
+        s.pod_bytes.clear();
+        for t in &a.pod_traffic {
+            for (direction, packets, bytes) in
+                [("ingress", t.ingress_packets, t.ingress_bytes), ("egress", t.egress_packets, t.egress_bytes)]
+            {
+                let l = vec![
+                    ("namespace", t.namespace.clone()),
+                    ("pod", t.pod.clone()),
+                    ("direction", direction.to_owned()),
+                ];
+                s.pod_packets.get_or_create(&l).0.store(packets, Ordering::Relaxed);
+                s.pod_bytes.get_or_create(&l).0.store(bytes, Ordering::Relaxed);
+            }
         }
     }
 
@@ -1650,6 +1681,18 @@ impl Metrics {
         myelin.register("flow_ring_flows", "Flows held in the in-memory flow ring", ring_len.clone());
         let ring_capacity = Gauge::default();
         myelin.register("flow_ring_capacity", "Capacity of the in-memory flow ring", ring_capacity.clone());
+        let pod_packets = Family::<Labels, TotalCounter>::default();
+        myelin.register(
+            "pod_socket_packets",
+            "Packets sent (egress) and received (ingress) by the sockets of a pod's cgroups",
+            pod_packets.clone(),
+        );
+        let pod_bytes = Family::<Labels, TotalCounter>::default();
+        myelin.register(
+            "pod_socket_bytes",
+            "Bytes (IP packets) sent and received by the sockets of a pod's cgroups",
+            pod_bytes.clone(),
+        );
 
         let any_class = groups.iter().any(|g| g.spec.mode == Mode::Class)
             || handshake.as_ref().is_some_and(|h| h.mode == Mode::Class);
@@ -1666,6 +1709,8 @@ impl Metrics {
             map_pressure,
             ring_len,
             ring_capacity,
+            pod_packets,
+            pod_bytes,
             agent: RwLock::new(None),
         });
         let handle = MetricsHandle { shared };
@@ -2207,6 +2252,14 @@ mod tests {
             maps: vec![MapUse { name: "ct".into(), entries: 100, max_entries: 1000 }],
             flow_ring_len: 42,
             flow_ring_capacity: 4096,
+            pod_traffic: vec![PodTraffic {
+                namespace: "x".into(),
+                pod: "a".into(),
+                ingress_packets: 5,
+                ingress_bytes: 500,
+                egress_packets: 6,
+                egress_bytes: 600,
+            }],
         });
         let text = m.encode();
         if let Err(e) = crate::testing::promtool_check_metrics(&text) {
@@ -2216,6 +2269,9 @@ mod tests {
         assert_eq!(sample_value(&s, "hubble_lost_events_total", &[("source", "perf_event_ring_buffer")]), Some(12.0));
         assert_eq!(sample_value(&s, "myelin_bpf_map_pressure", &[("map_name", "ct")]), Some(0.1));
         assert_eq!(sample_value(&s, "myelin_endpoints", &[]), Some(3.0));
+        let pod = |dir: &'static str| [("namespace", "x"), ("pod", "a"), ("direction", dir)];
+        assert_eq!(sample_value(&s, "myelin_pod_socket_bytes_total", &pod("egress")), Some(600.0));
+        assert_eq!(sample_value(&s, "myelin_pod_socket_packets_total", &pod("ingress")), Some(5.0));
         assert!(text.contains("# TYPE hubble_drop_total counter"), "{text}");
         assert!(!text.contains("# EOF") && !text.contains("# UNIT"), "{text}");
         // The OpenMetrics form carries the same samples.

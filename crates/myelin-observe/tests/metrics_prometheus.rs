@@ -71,6 +71,7 @@ impl AgentSource for Agent {
             ],
             flow_ring_len: 1_000,
             flow_ring_capacity: 65_536,
+            pod_traffic: Vec::new(),
         }
     }
 }
