@@ -1,9 +1,9 @@
-//! `myelin endpoint list|get|labels|metrics`.
+//! `myelin endpoint list|get|labels|metrics|traffic`.
 
 use crate::agent::AgentArgs;
 use crate::output::{self, Format};
 use anyhow::{bail, Context, Result};
-use myelin_api::{DatapathMetric, Endpoint, EndpointPolicy, Labels, LabelsUpdate};
+use myelin_api::{CgroupTraffic, DatapathMetric, Endpoint, EndpointPolicy, Labels, LabelsUpdate};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -30,6 +30,8 @@ pub enum Command {
     },
     /// Per-endpoint datapath counters (packets and bytes by verdict).
     Metrics(Common),
+    /// What the sockets of each pod cgroup sent and received (needs cgroup_root in the agent config).
+    Traffic(Common),
 }
 
 #[derive(Debug, clap::Args)]
@@ -90,6 +92,31 @@ pub fn run(cmd: Command) -> Result<i32> {
                         format!("{} ({})", r.reason_name, r.reason),
                         r.packets.to_string(),
                         r.bytes.to_string(),
+                    ]);
+                }
+                outln!("{t}");
+            }
+        }
+        Command::Traffic(c) => {
+            let rows: Vec<CgroupTraffic> = c.agent.get("/v1/cgroup-traffic")?;
+            if c.output == Format::Json {
+                output::json(&rows)?;
+            } else {
+                let mut t =
+                    output::table(["POD", "ENDPOINT", "CGROUP", "RX PACKETS", "RX BYTES", "TX PACKETS", "TX BYTES"]);
+                for r in &rows {
+                    let pod = match (&r.namespace, &r.pod) {
+                        (Some(ns), Some(p)) => format!("{ns}/{p}"),
+                        _ => "-".into(),
+                    };
+                    t.add_row(vec![
+                        pod,
+                        r.endpoint_id.map_or_else(|| "-".into(), |i| i.to_string()),
+                        r.cgroup.clone().unwrap_or_else(|| format!("(gone: id {})", r.cgroup_id)),
+                        r.ingress_packets.to_string(),
+                        r.ingress_bytes.to_string(),
+                        r.egress_packets.to_string(),
+                        r.egress_bytes.to_string(),
                     ]);
                 }
                 outln!("{t}");

@@ -432,6 +432,10 @@ fn pod_socket_traffic_is_counted_per_pod_and_exported() {
         "nothing ran in b: the kernel answered the echo requests, no socket of b's: {rows:#?}"
     );
 
+    let (code, table, err) = myelin(&["endpoint", "traffic", "--lab", l.name()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(table.lines().any(|line| line.contains(" x/a ") && line.contains(container.as_str())), "{table}");
+
     let node = l.node("node1").expect("node1");
     let ns = node.netns_path.clone();
     let via = Connector(std::sync::Arc::new(move |addr: SocketAddr, timeout: Duration| {
