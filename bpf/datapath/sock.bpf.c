@@ -202,7 +202,12 @@ int sock_release(struct bpf_sock *ctx)
 }
 
 /* bind() to a service frontend: refused (0 -> EPERM). A pod cannot take a
- * service address:port over, e.g. with IP_FREEBIND. */
+ * service address:port over, e.g. with IP_FREEBIND. A wildcard bind
+ * (0.0.0.0:port) is let through: it cannot receive a ClusterIP frontend's
+ * traffic, whose address is not local and whose connect() is translated
+ * before routing. (Cilium refuses wildcard binds only where a frontend is a
+ * local address: NodePort, LoadBalancer and ExternalIP services, which this
+ * datapath does not have yet.) */
 SEC("cgroup/post_bind4")
 int sock4_post_bind(struct bpf_sock *ctx)
 {
