@@ -19,6 +19,13 @@
  *                          source's identity. No node for the destination is
  *                          a drop (no tunnel endpoint), never a packet sent
  *                          without a key.
+ *
+ * Frames that are not IPv4 (or not parsed) go on unchanged through
+ * ctx_not_ours(), counted for no endpoint as the pod veths count them:
+ * from_overlay's to-stack (ingress), to_overlay's from-stack (egress; without
+ * a key the device drops them: nothing else belongs in the tunnel). Never
+ * reported. Every packet leaves through one of the verdict exits of
+ * lib/verdict.h.
  */
 #include "lib/common.h"
 #include "lib/config.h"
@@ -52,15 +59,22 @@ int from_overlay(struct __sk_buff *skb)
 	struct ethhdr *eth;
 	struct iphdr *ip4;
 
+	ctx_init(&c, skb, METRIC_DIR_INGRESS);
+	/* Until parsed as IPv4: not ours, on to the stack, counted to-stack. */
+	c.reason = REASON_TO_STACK;
+	c.ct_status = CT_UNTRACKED;
 	if (skb->protocol != bpf_htons(ETH_P_IP))
-		return TC_ACT_OK;
+		return ctx_not_ours(&c);
 	if (skb_ensure_linear(skb, ETH_HLEN + sizeof(struct iphdr)))
-		return TC_ACT_OK;
+		return ctx_not_ours(&c);
 	eth = skb_ptr(skb, 0, ETH_HLEN);
 	ip4 = skb_ptr(skb, ETH_HLEN, sizeof(*ip4));
 	if (!eth || !ip4)
-		return TC_ACT_OK;
-	ctx_init(&c, skb, METRIC_DIR_INGRESS);
+		return ctx_not_ours(&c);
+	/* IPv4 on to the stack: observed as from-overlay, not counted (the
+	 * stack counts its own). */
+	c.reason = CTX_REASON_NONE;
+	c.ct_status = CT_NEW;
 	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0)
 		return ctx_drop(&c, DROP_NO_TUNNEL_ENDPOINT); /* not from a collect-metadata tunnel */
 	c.tunnel_remote = bpf_htonl(key.remote_ipv4);
@@ -83,14 +97,20 @@ int to_overlay(struct __sk_buff *skb)
 	struct endpoint_info *src;
 	struct iphdr *ip4;
 
+	ctx_init(&c, skb, METRIC_DIR_EGRESS);
+	/* Until parsed as IPv4: not ours, counted from-stack. */
+	c.reason = REASON_FROM_STACK;
+	c.ct_status = CT_UNTRACKED;
 	if (skb->protocol != bpf_htons(ETH_P_IP))
-		return TC_ACT_OK; /* without a key the device drops it: nothing else belongs in the tunnel */
+		return ctx_not_ours(&c);
 	if (skb_ensure_linear(skb, ETH_HLEN + sizeof(struct iphdr)))
-		return TC_ACT_OK;
+		return ctx_not_ours(&c);
 	ip4 = skb_ptr(skb, ETH_HLEN, sizeof(*ip4));
 	if (!ip4)
-		return TC_ACT_OK;
-	ctx_init(&c, skb, METRIC_DIR_EGRESS);
+		return ctx_not_ours(&c);
+	/* IPv4: only the drop below is counted. */
+	c.reason = CTX_REASON_NONE;
+	c.ct_status = CT_NEW;
 	src = endpoint_lookup4(ip4->saddr);
 	if (src && !(src->flags & EP_F_HOST))
 		c.ep_id = src->endpoint_id;

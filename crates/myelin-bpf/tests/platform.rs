@@ -284,6 +284,20 @@ fn mac_of(ns: &str, dev: &str) -> String {
         .to_owned()
 }
 
+/// The overlay: `mvx`, a VXLAN device in collect-metadata mode on the node
+/// with the overlay programs attached, and `rvx`, the remote node's (`out`,
+/// the outside netns) own. Returns their MACs.
+fn add_overlay(lab: &Lab, out: &Netns) -> (String, String) {
+    let (node, o) = (&lab.node.0, &out.0);
+    for (ns, dev) in [(node, "mvx"), (o, "rvx")] {
+        run(&["ip", "-n", ns, "link", "add", dev, "type", "vxlan", "external", "dstport", "8472"]);
+        run(&["ip", "-n", ns, "link", "set", dev, "up"]);
+    }
+    let dp = lab.dp();
+    in_netns(node, || dp.attach_tunnel("mvx", ifindex("mvx")).expect("attach the overlay"));
+    (mac_of(node, "mvx"), mac_of(o, "rvx"))
+}
+
 /// The overlay: a VXLAN device in collect-metadata mode on the node, the
 /// overlay programs on it, and a "remote node" (the outside netns) whose pod
 /// address 10.201.0.2 sits behind its own external VXLAN device and sends with
@@ -300,12 +314,8 @@ fn the_overlay_carries_the_senders_identity_in_the_vni_and_the_receiver_enforces
     let dp = lab.dp();
     assert!(dp.objects().contains(&"overlay"), "the overlay object loads: {:?}", dp.objects());
     let (node, o) = (lab.node.0.clone(), out.0.clone());
-    run(&["ip", "-n", &node, "link", "add", "mvx", "type", "vxlan", "external", "dstport", "8472"]);
-    run(&["ip", "-n", &node, "link", "set", "mvx", "up"]);
-    run(&["ip", "-n", &o, "link", "add", "rvx", "type", "vxlan", "external", "dstport", "8472"]);
-    run(&["ip", "-n", &o, "link", "set", "rvx", "up"]);
+    let (mvx_mac, rvx_mac) = add_overlay(&lab, &out);
     run(&["ip", "-n", &o, "addr", "add", &format!("{REMOTE_POD}/32"), "dev", "rvx"]);
-    let (mvx_mac, rvx_mac) = (mac_of(&node, "mvx"), mac_of(&o, "rvx"));
     let a = lab.a();
     let a_ip = a.ip.to_string();
     // The remote node: pods of this node are behind the tunnel, sent with VNI 300.
@@ -346,7 +356,6 @@ fn the_overlay_carries_the_senders_identity_in_the_vni_and_the_receiver_enforces
         "permanent",
     ]);
     run(&["ip", "netns", "exec", &node, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]);
-    in_netns(&node, || dp.attach_tunnel("mvx", ifindex("mvx")).expect("attach the overlay"));
     for leaf in ["tunnel_in", "tunnel_out"] {
         assert!(lab.pin.0.join("links/mvx").join(leaf).exists(), "{leaf} link pinned");
     }
@@ -625,6 +634,110 @@ fn arp_replies_and_non_ip_frames_leave_through_the_exits() {
         seen.borrow()
             .iter()
             .all(|e| e.ethertype() != ETH_P_EXPERIMENTAL && arp_of(&e.packet).is_none_or(|arp| arp.0 == 2)),
+        "never reported: {:#?}",
+        seen.borrow()
+    );
+    assert!(dp.events_lost().expect("lost").iter().all(|n| *n == 0), "nothing lost");
+}
+
+/// Frames that are not IPv4 on the tunnel device leave the overlay programs
+/// through the "not ours" exit, counted for no endpoint and never reported,
+/// even at aggregation none: IPv6 another node sends through the tunnel
+/// (from_overlay: on to the stack, counted to-stack, ingress) and what the
+/// node sends into the device, an unknown ethertype and an IPv4 frame too
+/// short to parse (to_overlay: counted from-stack, egress). Before, they left
+/// by early returns that counted nothing.
+#[test]
+fn non_ipv4_frames_on_the_overlay_are_counted_by_its_exits_and_not_reported() {
+    let lab = Lab::new();
+    let out = add_outside(&lab);
+    let dp = lab.dp();
+    let (mvx_mac, _) = add_overlay(&lab, &out);
+    let (node, o) = (&lab.node.0, &out.0);
+    let mvx = in_netns(node, || ifindex("mvx"));
+    // The node's own IPv6 (neighbour discovery, MLD) out of mvx would be counted too.
+    run(&["ip", "netns", "exec", node, "sysctl", "-qw", "net.ipv6.conf.mvx.disable_ipv6=1"]);
+    dp.set_event_settings(&EventSettings {
+        aggregation: MonitorAggregation::None,
+        capture_len: 64,
+        ..EventSettings::default()
+    })
+    .expect("every packet reported");
+    let seen: FullSeen = Rc::default();
+    let reader = full_reader(dp, &seen);
+    let count = |dir, reason| lab.metric(0, dir, reason);
+
+    // The remote node sends IPv6 through the tunnel (an encap route, VNI 300).
+    let uplink = UPLINK_IP.to_string();
+    run(&["ip", "-n", o, "-6", "addr", "add", "fd00:201::2/128", "dev", "rvx", "nodad"]);
+    run(&[
+        "ip",
+        "-n",
+        o,
+        "-6",
+        "route",
+        "add",
+        "fd00:200::/64",
+        "encap",
+        "ip",
+        "id",
+        "300",
+        "dst",
+        &uplink,
+        "dev",
+        "rvx",
+    ]);
+    run(&[
+        "ip",
+        "-n",
+        o,
+        "-6",
+        "neigh",
+        "replace",
+        "fd00:200::1",
+        "lladdr",
+        &mvx_mac,
+        "dev",
+        "rvx",
+        "nud",
+        "permanent",
+    ]);
+    let script = "import socket\n\
+                  s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n\
+                  for _ in range(3):\n    s.sendto(b'over the tunnel', ('fd00:200::1', 9))\n";
+    let in0 = count(DIR_INGRESS, REASON_TO_STACK);
+    run(&["ip", "netns", "exec", o, python(), "-c", script]);
+    assert!(
+        wait_until(Duration::from_secs(5), || count(DIR_INGRESS, REASON_TO_STACK) >= in0 + 3),
+        "IPv6 from the tunnel counted to-stack by from_overlay: {in0} -> {}",
+        count(DIR_INGRESS, REASON_TO_STACK)
+    );
+
+    // The node sends into the tunnel device: an unknown ethertype, then IPv4 cut short of its header.
+    // (No key: the device drops them after to_overlay, whatever their MACs.)
+    const ETH_P_EXPERIMENTAL: u16 = 0x88b5;
+    let (dst, src) = ([0x02, 0, 0, 0, 0x03, 1], [0x02, 0, 0, 0, 0x03, 2]);
+    let out0 = count(DIR_EGRESS, REASON_FROM_STACK);
+    send_frame(node, "mvx", &eth_frame(dst, src, ETH_P_EXPERIMENTAL, b"into the tunnel"), 2);
+    assert!(
+        wait_until(Duration::from_secs(5), || count(DIR_EGRESS, REASON_FROM_STACK) >= out0 + 2),
+        "an unknown ethertype counted from-stack by to_overlay: {out0} -> {}",
+        count(DIR_EGRESS, REASON_FROM_STACK)
+    );
+    let mut short = eth_frame(dst, src, 0x0800, &[0x45, 0, 0, 20]);
+    short.truncate(14 + 6); // Ethernet header and 6 bytes
+    send_frame(node, "mvx", &short, 1);
+    assert!(
+        wait_until(Duration::from_secs(5), || count(DIR_EGRESS, REASON_FROM_STACK) >= out0 + 3),
+        "IPv4 too short to parse counted from-stack by to_overlay: {out0} -> {}",
+        count(DIR_EGRESS, REASON_FROM_STACK)
+    );
+
+    reader.poll(Duration::from_millis(200)).expect("poll");
+    assert!(
+        seen.borrow()
+            .iter()
+            .all(|e| e.ifindex != mvx && e.ethertype() != 0x86dd && e.ethertype() != ETH_P_EXPERIMENTAL),
         "never reported: {:#?}",
         seen.borrow()
     );
