@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle, Object};
 
+use crate::loader::MapShape;
 use crate::objects::{Hook, ObjectSpec, TcDir};
 use crate::sys::{self, TcxHook};
 use crate::BpfError;
@@ -27,7 +28,111 @@ impl std::fmt::Debug for LegacyDatapath {
     }
 }
 
+/// A map that [`LegacyDatapath::load_over`] replaced by one of the older layout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Replaced {
+    /// Map name (and pin name).
+    pub map: String,
+    /// Its layout as this build's datapath made it.
+    pub from: MapShape,
+    /// Its layout as the older object declares it.
+    pub to: MapShape,
+    /// Entries carried over.
+    pub copied: usize,
+    /// Entries the converter left out (or the new map refused).
+    pub left_out: usize,
+}
+
+/// Converts one entry of a map of this build's layout to the older one: (map name, key, value) ->
+/// the older value, or None to leave the entry out.
+pub type Downgrade<'a> = &'a dyn Fn(&str, &[u8], &[u8]) -> Option<Vec<u8>>;
+
 impl LegacyDatapath {
+    /// Load `spec` (an older build's object) into a pin directory that a newer datapath made, as
+    /// if the older build had made it. Every pinned map whose layout `spec` declares differently
+    /// is unpinned (programs still attached keep using it) and replaced by a map of the older
+    /// layout, pinned under the same name, holding the old map's entries as `convert` turns them
+    /// (the key is kept; only plain maps: a per-CPU, map-in-map or ring buffer map whose layout
+    /// differs, or whose key size differs, is an error). Maps of the same layout are reused as
+    /// they are, with their contents, as the older build would have reused them.
+    pub fn load_over(
+        pin_dir: &Path,
+        spec: &'static ObjectSpec,
+        convert: Downgrade<'_>,
+    ) -> Result<(Self, Vec<Replaced>), BpfError> {
+        let err = |source| BpfError::Load { pin_dir: pin_dir.to_path_buf(), object: spec.name, source };
+        let mut b = libbpf_rs::ObjectBuilder::default();
+        b.pin_root_path(pin_dir).map_err(err)?;
+        let open = b.open_memory(spec.bytes).map_err(err)?;
+        let mut old_maps: Vec<(String, MapHandle, MapShape, MapShape)> = Vec::new();
+        for map in open.maps() {
+            let Some(pin) = sys::open_map_pin_path(&map) else { continue };
+            if !pin.exists() {
+                continue;
+            }
+            let name = map.name().to_string_lossy().into_owned();
+            let want = MapShape {
+                map_type: map.map_type() as u32,
+                key_size: map.key_size(),
+                value_size: map.value_size(),
+                max_entries: map.max_entries(),
+                flags: map.map_flags(),
+            };
+            let old = MapHandle::from_pinned_path(&pin).map_err(|source| BpfError::Map {
+                map: "legacy",
+                op: format!("opening {}", pin.display()),
+                source,
+            })?;
+            let (have, _) = MapShape::of(&old).map_err(|source| BpfError::PinDir {
+                action: "reading the layout of",
+                path: pin.clone(),
+                source,
+            })?;
+            if have == want {
+                continue;
+            }
+            // Hash, array, LRU hash, LPM trie: values read and written whole.
+            if ![1, 2, 9, 11].contains(&have.map_type)
+                || have.map_type != want.map_type
+                || have.key_size != want.key_size
+            {
+                return Err(BpfError::Invalid(format!(
+                    "map {name}: cannot turn {have} into {want} (only plain maps with the same key)"
+                )));
+            }
+            std::fs::remove_file(&pin).map_err(|source| BpfError::PinDir {
+                action: "unpinning",
+                path: pin.clone(),
+                source,
+            })?;
+            old_maps.push((name, old, have, want));
+        }
+        let obj = open.load().map_err(err)?;
+        let me = Self { pin_dir: pin_dir.to_path_buf(), spec, obj };
+        let mut replaced = Vec::new();
+        for (name, old, from, to) in old_maps {
+            let new = me.map(&name)?;
+            let mut r = Replaced { map: name.clone(), from, to, copied: 0, left_out: 0 };
+            let keys: Vec<Vec<u8>> = old.keys().collect();
+            for k in keys {
+                let Some(v) = old.lookup(&k, MapFlags::ANY).map_err(|source| BpfError::Map {
+                    map: "legacy",
+                    op: format!("reading {name}"),
+                    source,
+                })?
+                else {
+                    continue;
+                };
+                match convert(&name, &k, &v) {
+                    Some(v) if new.update(&k, &v, MapFlags::ANY).is_ok() => r.copied += 1,
+                    _ => r.left_out += 1,
+                }
+            }
+            replaced.push(r);
+        }
+        Ok((me, replaced))
+    }
+
     /// Load `spec` into `pin_dir` (maps pinned by name).
     pub fn load(pin_dir: &Path, spec: &'static ObjectSpec) -> Result<Self, BpfError> {
         std::fs::create_dir_all(pin_dir.join("links")).map_err(|source| BpfError::PinDir {
@@ -59,6 +164,52 @@ impl LegacyDatapath {
             op: format!("writing {map}"),
             source,
         })
+    }
+
+    /// The names of the object's maps that are pinned in the pin directory.
+    #[must_use]
+    pub fn pinned_maps(&self) -> Vec<String> {
+        self.obj.maps().filter(|m| m.is_pinned()).map(|m| m.name().to_string_lossy().into_owned()).collect()
+    }
+
+    /// The kernel id of a program of the object, by name.
+    #[must_use]
+    pub fn prog_id(&self, name: &str) -> Option<u32> {
+        self.obj.progs().find(|p| p.name() == name).and_then(|p| libbpf_rs::Program::id_from_fd(p.as_fd()).ok())
+    }
+
+    /// Replace the programs of the pod veth links pinned at `links/<ifname>/ingress|egress` (by
+    /// whichever build) with this object's, atomically (BPF_LINK_UPDATE, as
+    /// [`crate::Datapath::activate`] does the other way): the hooks are never empty. Returns the
+    /// number of links updated.
+    pub fn update_endpoint_links(&self, ifname: &str) -> Result<usize, BpfError> {
+        let dir = self.pin_dir.join("links").join(ifname);
+        let mut n = 0;
+        for p in self.spec.programs {
+            let leaf = match p.hook {
+                Hook::PodVeth(TcDir::Ingress) => "ingress",
+                Hook::PodVeth(TcDir::Egress) => "egress",
+                _ => continue,
+            };
+            let prog = self
+                .obj
+                .progs()
+                .find(|x| x.name() == p.name)
+                .ok_or_else(|| BpfError::Invalid(format!("no program {}", p.name)))?;
+            let path = dir.join(leaf);
+            let link = libbpf_rs::Link::open(&path)
+                .map_err(|e| BpfError::Invalid(format!("opening the pinned link {}: {e}", path.display())))?;
+            sys::link_update(link.as_fd(), prog.as_fd()).map_err(|source| BpfError::Attach {
+                prog: p.name,
+                hook: "link update",
+                mode: "link",
+                ifname: ifname.to_string(),
+                ifindex: 0,
+                source,
+            })?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// Attach the pod veth programs with TCX links pinned at
@@ -103,6 +254,13 @@ impl LegacyDatapath {
 pub fn link_prog_id(path: &Path) -> Result<u32, BpfError> {
     let link = libbpf_rs::Link::open(path).map_err(|e| BpfError::Invalid(format!("{}: {e}", path.display())))?;
     Ok(link.info().map_err(|e| BpfError::Invalid(format!("{}: {e}", path.display())))?.prog_id)
+}
+
+/// The id of a pinned link itself: it stays the same when the link's program is replaced
+/// (BPF_LINK_UPDATE), and changes when the link is replaced by another.
+pub fn link_id(path: &Path) -> Result<u32, BpfError> {
+    let link = libbpf_rs::Link::open(path).map_err(|e| BpfError::Invalid(format!("{}: {e}", path.display())))?;
+    Ok(link.info().map_err(|e| BpfError::Invalid(format!("{}: {e}", path.display())))?.id)
 }
 
 /// The id of a loaded program of `dp`, by name.
