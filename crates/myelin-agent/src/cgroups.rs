@@ -96,23 +96,11 @@ mod tests {
 
     fn ep(id: u32, container_id: &str, netns: &str) -> Endpoint {
         Endpoint {
-            id,
             container_id: container_id.into(),
             netns: netns.into(),
-            ifname: "eth0".into(),
-            host_ifname: String::new(),
-            host_ifindex: 0,
-            ipv4: String::new(),
-            gateway: String::new(),
-            mac: String::new(),
-            host_mac: String::new(),
             namespace: Some("x".into()),
             pod_name: Some(format!("p{id}")),
-            labels: Default::default(),
-            ports: vec![],
-            identity: 0,
-            created: 0,
-            labels_pending: false,
+            ..crate::store::tests::ep(id, "10.0.0.2")
         }
     }
 

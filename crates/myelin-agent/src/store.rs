@@ -218,10 +218,11 @@ impl Store {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn ep(id: u32, ip: &str) -> Endpoint {
+    /// An endpoint record for tests: container `c<id>`, netns `/x`.
+    pub(crate) fn ep(id: u32, ip: &str) -> Endpoint {
         Endpoint {
             id,
             container_id: format!("c{id}"),

@@ -40,6 +40,43 @@ pub struct MapShape {
     pub flags: u32,
 }
 
+/// A map of an object being opened that is pinned already: its pin, the layout the object
+/// declares and the layout of the pinned map.
+pub(crate) struct PinnedMap {
+    pub name: String,
+    pub pin: PathBuf,
+    pub want: MapShape,
+    pub have: MapShape,
+    pub handle: MapHandle,
+}
+
+/// The pinned map `map` would reuse (None: not pinned, or nothing pinned at its path yet).
+/// `what` names the map in errors.
+pub(crate) fn pinned_map(map: &libbpf_rs::OpenMap<'_>, what: &'static str) -> Result<Option<PinnedMap>, BpfError> {
+    let Some(pin) = sys::open_map_pin_path(map) else { return Ok(None) };
+    if !pin.exists() {
+        return Ok(None);
+    }
+    let want = MapShape {
+        map_type: map.map_type() as u32,
+        key_size: map.key_size(),
+        value_size: map.value_size(),
+        max_entries: map.max_entries(),
+        flags: map.map_flags(),
+    };
+    let handle = MapHandle::from_pinned_path(&pin).map_err(|source| BpfError::Map {
+        map: what,
+        op: format!("opening {}", pin.display()),
+        source,
+    })?;
+    let (have, _) = MapShape::of(&handle).map_err(|source| BpfError::PinDir {
+        action: "reading the layout of",
+        path: pin.clone(),
+        source,
+    })?;
+    Ok(Some(PinnedMap { name: map.name().to_string_lossy().into_owned(), pin, want, have, handle }))
+}
+
 impl MapShape {
     pub(crate) fn of(map: &impl AsFd) -> Result<(Self, u32), std::io::Error> {
         let (map_type, key_size, value_size, max_entries, flags, id) = sys::map_shape(map.as_fd())?;
@@ -117,29 +154,8 @@ pub(crate) fn load(pin_dir: &Path, specs: &[&'static ObjectSpec], skip: &[&str])
             }
         }
         for map in open.maps() {
-            let Some(pin) = sys::open_map_pin_path(&map) else { continue };
-            if !pin.exists() {
-                continue;
-            }
-            let name = map.name().to_string_lossy().into_owned();
-            let want = MapShape {
-                map_type: map.map_type() as u32,
-                key_size: map.key_size(),
-                value_size: map.value_size(),
-                max_entries: map.max_entries(),
-                flags: map.map_flags(),
-            };
-            let pinned = MapHandle::from_pinned_path(&pin).map_err(|source| BpfError::Map {
-                map: "pinned map",
-                op: format!("opening {}", pin.display()),
-                source,
-            })?;
-            let (have, _) = MapShape::of(&pinned).map_err(|source| BpfError::PinDir {
-                action: "reading the layout of",
-                path: pin.clone(),
-                source,
-            })?;
-            drop(pinned);
+            let Some(PinnedMap { name, pin, want, have, handle }) = pinned_map(&map, "pinned map")? else { continue };
+            drop(handle);
             // The ring buffer's size is rounded by the kernel; compare what matters.
             let same = if want.map_type == 27 {
                 have.map_type == 27 && have.max_entries == want.max_entries

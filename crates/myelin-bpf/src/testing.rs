@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, Object};
 
 use crate::loader::MapShape;
-use crate::objects::{Hook, ObjectSpec, TcDir};
+use crate::objects::{Hook, ObjectSpec, ProgramSpec, TcDir};
 use crate::sys::{self, TcxHook};
 use crate::BpfError;
 
@@ -66,28 +66,11 @@ impl LegacyDatapath {
         let open = b.open_memory(spec.bytes).map_err(err)?;
         let mut old_maps: Vec<(String, MapHandle, MapShape, MapShape)> = Vec::new();
         for map in open.maps() {
-            let Some(pin) = sys::open_map_pin_path(&map) else { continue };
-            if !pin.exists() {
+            let Some(crate::loader::PinnedMap { name, pin, want, have, handle: old }) =
+                crate::loader::pinned_map(&map, "legacy")?
+            else {
                 continue;
-            }
-            let name = map.name().to_string_lossy().into_owned();
-            let want = MapShape {
-                map_type: map.map_type() as u32,
-                key_size: map.key_size(),
-                value_size: map.value_size(),
-                max_entries: map.max_entries(),
-                flags: map.map_flags(),
             };
-            let old = MapHandle::from_pinned_path(&pin).map_err(|source| BpfError::Map {
-                map: "legacy",
-                op: format!("opening {}", pin.display()),
-                source,
-            })?;
-            let (have, _) = MapShape::of(&old).map_err(|source| BpfError::PinDir {
-                action: "reading the layout of",
-                path: pin.clone(),
-                source,
-            })?;
             if have == want {
                 continue;
             }
@@ -185,17 +168,7 @@ impl LegacyDatapath {
     pub fn update_endpoint_links(&self, ifname: &str) -> Result<usize, BpfError> {
         let dir = self.pin_dir.join("links").join(ifname);
         let mut n = 0;
-        for p in self.spec.programs {
-            let leaf = match p.hook {
-                Hook::PodVeth(TcDir::Ingress) => "ingress",
-                Hook::PodVeth(TcDir::Egress) => "egress",
-                _ => continue,
-            };
-            let prog = self
-                .obj
-                .progs()
-                .find(|x| x.name() == p.name)
-                .ok_or_else(|| BpfError::Invalid(format!("no program {}", p.name)))?;
+        for (p, _, leaf, prog) in self.pod_programs()? {
             let path = dir.join(leaf);
             let link = libbpf_rs::Link::open(&path)
                 .map_err(|e| BpfError::Invalid(format!("opening the pinned link {}: {e}", path.display())))?;
@@ -212,15 +185,12 @@ impl LegacyDatapath {
         Ok(n)
     }
 
-    /// Attach the pod veth programs with TCX links pinned at
-    /// `links/<ifname>/ingress|egress`, as every ABI so far did.
-    pub fn attach_endpoint(&self, ifname: &str, ifindex: u32) -> Result<(), BpfError> {
-        let dir = self.pin_dir.join("links").join(ifname);
-        std::fs::create_dir_all(&dir).map_err(|source| BpfError::PinDir {
-            action: "creating",
-            path: dir.clone(),
-            source,
-        })?;
+    /// The pod veth programs: spec, TCX hook, link pin leaf (`ingress`/`egress`) and program.
+    #[allow(clippy::type_complexity)]
+    fn pod_programs(
+        &self,
+    ) -> Result<Vec<(&'static ProgramSpec, TcxHook, &'static str, libbpf_rs::Program<'_>)>, BpfError> {
+        let mut out = Vec::new();
         for p in self.spec.programs {
             let (hook, leaf) = match p.hook {
                 Hook::PodVeth(TcDir::Ingress) => (TcxHook::Ingress, "ingress"),
@@ -232,6 +202,21 @@ impl LegacyDatapath {
                 .progs()
                 .find(|x| x.name() == p.name)
                 .ok_or_else(|| BpfError::Invalid(format!("no program {}", p.name)))?;
+            out.push((p, hook, leaf, prog));
+        }
+        Ok(out)
+    }
+
+    /// Attach the pod veth programs with TCX links pinned at
+    /// `links/<ifname>/ingress|egress`, as every ABI so far did.
+    pub fn attach_endpoint(&self, ifname: &str, ifindex: u32) -> Result<(), BpfError> {
+        let dir = self.pin_dir.join("links").join(ifname);
+        std::fs::create_dir_all(&dir).map_err(|source| BpfError::PinDir {
+            action: "creating",
+            path: dir.clone(),
+            source,
+        })?;
+        for (p, hook, leaf, prog) in self.pod_programs()? {
             let link = sys::tcx_link_create(prog.as_fd(), ifindex, hook).map_err(|source| BpfError::Attach {
                 prog: p.name,
                 hook: leaf,
