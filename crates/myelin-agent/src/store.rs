@@ -18,6 +18,9 @@ const POLICIES: TableDefinition<&str, &str> = TableDefinition::new("policies");
 const KV: TableDefinition<&str, &str> = TableDefinition::new("kv");
 const RULES: TableDefinition<u32, &str> = TableDefinition::new("rules");
 
+/// redb's page cache (read cache and write buffer together).
+const STORE_CACHE_BYTES: usize = 4 << 20;
+
 const NEXT_ENDPOINT_ID: &str = "next_endpoint_id";
 const IPAM_CURSOR: &str = "ipam_cursor";
 
@@ -46,7 +49,13 @@ impl Store {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let path = dir.join("state.redb");
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Db { path: path.clone(), message: e.to_string() })?;
-        let db = Database::create(&path).map_err(|e| StoreError::Db { path: path.clone(), message: e.to_string() })?;
+        // redb keeps every page it writes in its cache, up to 1 GiB by default: with a policy
+        // set rewritten at each apply, that is memory that only grows. The store is read whole
+        // once at start; a small cache is enough.
+        let db = redb::Builder::new()
+            .set_cache_size(STORE_CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| StoreError::Db { path: path.clone(), message: e.to_string() })?;
         let store = Self { db, path };
         // Create the tables so that reads never meet a missing table.
         store.write(|tx| {
