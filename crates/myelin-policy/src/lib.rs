@@ -31,8 +31,8 @@ pub use identity::{
 pub use labels::{security_labels, LabelSelector, Labels, Operator, Requirement};
 pub use matching::{Endpoint, EndpointId, NamedPort, PolicyInput};
 pub use model::{
-    Direction, Entity, Peer, PeerKind, Policy, PolicyKind, PolicyRule, PolicySpec, PortMatch, PortSpec, Protocol,
-    RuleRef, Verdict,
+    share_selectors, Direction, Entity, Peer, PeerKind, Policy, PolicyKind, PolicyRule, PolicySpec, PortMatch,
+    PortSpec, Protocol, RuleRef, Verdict,
 };
 pub use parse::{parse_documents, parse_files};
 pub use reference::{reference_verdict, ReferenceResult, RuleMatch};

@@ -2,7 +2,9 @@
 //! Kubernetes NetworkPolicy documents are parsed into. Namespace scoping is already applied:
 //! every selector here is matched as is against identity labels.
 
+use std::collections::HashSet;
 use std::fmt;
+use std::sync::Arc;
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
@@ -247,8 +249,9 @@ pub struct Peer {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum PeerKind {
-    /// Identities whose labels match (namespace scoping already applied).
-    Selector(LabelSelector),
+    /// Identities whose labels match (namespace scoping already applied). Shared: rules of
+    /// large policies repeat a few selectors, see [`share_selectors`].
+    Selector(Arc<LabelSelector>),
     /// CIDR identities whose prefix lies inside `cidr` and inside none of `except`
     /// (a /0 also covers `world`).
     Cidr {
@@ -339,5 +342,28 @@ pub struct RuleRef {
 impl fmt::Display for RuleRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {} {}", self.kind, self.policy, self.section)
+    }
+}
+
+/// Make equal peer selectors of `policies` one allocation. A selector is the largest part of a
+/// parsed rule (its labels are a map), and the rules of a large policy name a few selectors
+/// over and over: a 10,000-rule policy with two selectors shrinks by half. Run after parsing
+/// and after reading policies back from storage (deserializing shares nothing).
+pub fn share_selectors(policies: &mut [Policy]) {
+    let mut seen: HashSet<Arc<LabelSelector>> = HashSet::new();
+    for peer in policies
+        .iter_mut()
+        .flat_map(|p| p.specs.iter_mut())
+        .flat_map(|s| s.rules.iter_mut())
+        .flat_map(|r| r.peers.iter_mut().flatten())
+    {
+        if let PeerKind::Selector(sel) = &mut peer.kind {
+            match seen.get(sel) {
+                Some(shared) => *sel = shared.clone(),
+                None => {
+                    seen.insert(sel.clone());
+                }
+            }
+        }
     }
 }

@@ -60,6 +60,7 @@ pub fn parse_files(files: &[(&str, &str)]) -> Result<Vec<Policy>, PolicyError> {
     }
     issues.extend(duplicate_issues(&policies));
     if issues.is_empty() {
+        crate::model::share_selectors(&mut policies);
         Ok(policies)
     } else {
         Err(PolicyError::Invalid(issues))
@@ -576,7 +577,7 @@ impl Doc<'_> {
             for (i, s) in list.iter().enumerate() {
                 let p = idx(&join(path, &f_endpoints), i);
                 if let Some(sel) = self.selector(s, &p) {
-                    peers.push(Peer { path: p, kind: PeerKind::Selector(scope(sel, policy)) });
+                    peers.push(Peer { path: p, kind: PeerKind::Selector(std::sync::Arc::new(scope(sel, policy))) });
                 }
             }
         }
@@ -938,7 +939,7 @@ impl Doc<'_> {
                 }
             }
         };
-        Some(Peer { path: path.to_owned(), kind: PeerKind::Selector(sel) })
+        Some(Peer { path: path.to_owned(), kind: PeerKind::Selector(std::sync::Arc::new(sel)) })
     }
 }
 

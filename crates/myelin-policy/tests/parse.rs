@@ -83,7 +83,7 @@ spec:
         .iter()
         .flatten()
         .map(|p| match &p.kind {
-            PeerKind::Selector(s) => s,
+            PeerKind::Selector(s) => &**s,
             other => panic!("{other:?}"),
         })
         .collect();
@@ -266,4 +266,37 @@ fn validate_catches_problems_in_code_built_policies() {
         err,
         "test.yaml: document 1 (CiliumNetworkPolicy default/a): spec.ingress[0].toPorts[0].ports[0].port: 70000 is not a port number (1-65535)"
     );
+}
+
+/// Equal peer selectors are one allocation after parsing, and again after a round trip through
+/// storage (JSON) and `share_selectors`; different ones stay apart.
+#[test]
+fn equal_selectors_are_shared_after_parsing_and_after_storage() {
+    let yaml = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p, namespace: x}\nspec:\n  \
+                endpointSelector: {matchLabels: {app: db}}\n  ingress:\n  \
+                - fromEndpoints: [{matchLabels: {app: a}}]\n    toPorts: [{ports: [{port: '80', protocol: TCP}]}]\n  \
+                - fromEndpoints: [{matchLabels: {app: a}}]\n    toPorts: [{ports: [{port: '81', protocol: TCP}]}]\n  \
+                - fromEndpoints: [{matchLabels: {app: b}}]\n";
+    let selectors = |policies: &[Policy]| -> Vec<std::sync::Arc<LabelSelector>> {
+        policies[0].specs[0]
+            .rules
+            .iter()
+            .flat_map(|r| r.peers.iter().flatten())
+            .map(|p| match &p.kind {
+                PeerKind::Selector(s) => s.clone(),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    };
+    let parsed = parse(yaml);
+    let s = selectors(&parsed);
+    assert_eq!(s.len(), 3);
+    assert!(std::sync::Arc::ptr_eq(&s[0], &s[1]), "the two app=a selectors are one");
+    assert!(!std::sync::Arc::ptr_eq(&s[0], &s[2]) && s[0] != s[2]);
+    let mut stored: Vec<Policy> = serde_json::from_str(&serde_json::to_string(&parsed).unwrap()).unwrap();
+    assert!(!std::sync::Arc::ptr_eq(&selectors(&stored)[0], &selectors(&stored)[1]), "deserializing shares nothing");
+    myelin_policy::share_selectors(&mut stored);
+    let s = selectors(&stored);
+    assert!(std::sync::Arc::ptr_eq(&s[0], &s[1]));
+    assert_eq!(stored, parsed, "sharing changes no value");
 }

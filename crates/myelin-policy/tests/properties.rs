@@ -73,7 +73,7 @@ fn cidr_peer(r: &mut Rng) -> PeerKind {
 
 fn peer(r: &mut Rng) -> PeerKind {
     match r.below(3) {
-        0 => PeerKind::Selector(selector(r)),
+        0 => PeerKind::Selector(std::sync::Arc::new(selector(r))),
         1 => cidr_peer(r),
         _ => PeerKind::Entity(*r.pick(&Entity::ALL)),
     }
@@ -82,7 +82,7 @@ fn peer(r: &mut Rng) -> PeerKind {
 /// A NetworkPolicy peer: a selector or an ipBlock (which selects pods by address too).
 fn knp_peer(r: &mut Rng) -> PeerKind {
     if r.chance(35) {
-        PeerKind::Selector(selector(r))
+        PeerKind::Selector(std::sync::Arc::new(selector(r)))
     } else {
         cidr_peer(r)
     }

@@ -253,6 +253,8 @@ impl PolicyEngine {
             models.push(p.policy);
             yamls.push(p.yaml);
         }
+        // Read back from the store, equal selectors are separate allocations again.
+        pol::share_selectors(&mut models);
         let rules = RuleIndex::from_records(rules, state.next_rule_id, state.live_rules);
         let mut this = Self {
             keys,
@@ -675,6 +677,8 @@ impl PolicyEngine {
             let old = self.put(&key, Some(p));
             undo.0.push((key, old, rev));
         }
+        // Across policies too (each apply's own are shared by the parser).
+        pol::share_selectors(&mut self.models);
         undo
     }
 
